@@ -1,0 +1,324 @@
+"""The async client for a running Sluice stack.
+
+Everything goes through the public contract: requests to the orchestrator
+for writes and queries, the ``flow_runs`` KV bucket for reading and watching
+a run, the log stream for logs. Errors are :mod:`shared.errors` classes;
+nats-py exceptions are translated in :mod:`shared.connection`.
+
+    async with Client() as client:
+        run = await client.create_flow_run("etl/nightly", parameters={"day": "2026-11-20"})
+        final = await client.wait_for_flow_run(run.id)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterable
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Self
+
+import msgspec
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.kv import KeyValue
+
+from shared import names
+from shared.codec import decode
+from shared.connection import connect, request
+from shared.errors import FlowRunNotFound, StackUnavailable
+from shared.messages import (
+    CancelFlowRun,
+    CreateFlowRun,
+    Deleted,
+    DeploymentPage,
+    DeploymentRef,
+    FlowRunPage,
+    ListDeployments,
+    ListFlowRuns,
+    LogRecord,
+    ProposedState,
+    ProposeReply,
+    ProposeState,
+    RegisterDeployment,
+)
+from shared.models import Deployment, FlowRun
+from shared.settings import Settings
+from shared.states import TERMINAL_TYPES
+
+__all__ = ["Client"]
+
+
+class Client:
+    """A connection to the stack. Use as ``async with Client(settings) as c``.
+
+    Pass ``nc`` to reuse a NATS connection you own (it is not closed for you).
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        nc: NATS | None = None,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        self.settings = settings or Settings.from_env()
+        self._nc = nc
+        self._owns_nc = nc is None
+        self._connect_timeout = connect_timeout
+        self._runs_kv: KeyValue | None = None
+
+    async def __aenter__(self) -> Self:
+        if self._nc is None:
+            self._nc = await connect(
+                self.settings, name="sluice-client", wait=self._connect_timeout
+            )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._owns_nc and self._nc is not None:
+            await self._nc.close()
+            self._nc = None
+
+    @property
+    def nc(self) -> NATS:
+        if self._nc is None:
+            raise RuntimeError("use the client as `async with Client() as client:`")
+        return self._nc
+
+    async def _request(self, subject: str, payload: Any, reply_type: type[Any]) -> Any:
+        return await request(
+            self.nc, subject, payload, reply_type, timeout=self.settings.request_timeout
+        )
+
+    async def _kv(self) -> KeyValue:
+        if self._runs_kv is None:
+            try:
+                self._runs_kv = await self.nc.jetstream().key_value(names.FLOW_RUNS_BUCKET)
+            except nats.js.errors.BucketNotFoundError:
+                raise StackUnavailable(
+                    "the flow_runs bucket does not exist; has the orchestrator ever started?"
+                ) from None
+        return self._runs_kv
+
+    # --- flow runs --------------------------------------------------------------
+    async def create_flow_run(
+        self,
+        deployment: str | None = None,
+        *,
+        deployment_id: str | None = None,
+        flow_name: str | None = None,
+        parameters: dict[str, Any] | None = None,
+        name: str | None = None,
+        scheduled_start_time: datetime | None = None,
+        idempotency_key: str | None = None,
+        tags: Iterable[str] = (),
+        parent_flow_run_id: str | None = None,
+    ) -> FlowRun:
+        """Create a run of a deployment (``flow/deployment``, or by id).
+
+        Returns once the run is durably stored. With an ``idempotency_key``,
+        calling again returns the first run instead of creating another, so it
+        is safe to retry after a StackUnavailable.
+        """
+        req = CreateFlowRun(
+            deployment=deployment,
+            deployment_id=deployment_id,
+            flow_name=flow_name,
+            parameters=parameters,
+            name=name,
+            scheduled_start_time=scheduled_start_time,
+            idempotency_key=idempotency_key,
+            tags=list(tags),
+            parent_flow_run_id=parent_flow_run_id,
+        )
+        return await self._request(names.FLOWRUN_CREATE, req, FlowRun)
+
+    async def read_flow_run(self, run_id: str) -> FlowRun:
+        return (await self._read_with_revision(run_id))[0]
+
+    async def _read_with_revision(self, run_id: str) -> tuple[FlowRun, int]:
+        kv = await self._kv()
+        try:
+            entry = await kv.get(run_id, validate_keys=False)
+        except nats.js.errors.NotFoundError:
+            raise FlowRunNotFound(f"no flow run with id {run_id}") from None
+        except (nats.errors.TimeoutError, TimeoutError):
+            raise StackUnavailable("the flow_runs bucket did not answer") from None
+        if not entry.value:
+            raise FlowRunNotFound(f"no flow run with id {run_id}")
+        return decode(entry.value, FlowRun), entry.revision or 0
+
+    async def list_flow_runs(
+        self,
+        *,
+        states: Iterable[str] = (),
+        deployment: str | None = None,
+        flow_name: str | None = None,
+        tags: Iterable[str] = (),
+        parent_flow_run_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> FlowRunPage:
+        """Newest first (by expected start time), ``limit`` at a time."""
+        req = ListFlowRuns(
+            states=list(states),
+            deployment=deployment,
+            flow_name=flow_name,
+            tags=list(tags),
+            parent_flow_run_id=parent_flow_run_id,
+            since=since,
+            until=until,
+            limit=limit,
+            offset=offset,
+        )
+        return await self._request(names.FLOWRUN_LIST, req, FlowRunPage)
+
+    async def cancel_flow_run(self, run_id: str, *, reason: str | None = None) -> FlowRun:
+        """Move a run to Cancelling (Cancelled at once if it has not started).
+
+        Raises Conflict if the run already finished; cancelling twice is harmless.
+        """
+        return await self._request(
+            names.FLOWRUN_CANCEL, CancelFlowRun(id=run_id, reason=reason), FlowRun
+        )
+
+    async def propose_state(
+        self,
+        run_id: str,
+        state: ProposedState,
+        *,
+        transition_id: str | None = None,
+        attempt: int | None = None,
+        runner: str | None = None,
+        retry: bool = False,
+    ) -> ProposeReply:
+        req = ProposeState(
+            id=run_id,
+            state=state,
+            transition_id=transition_id,
+            attempt=attempt,
+            runner=runner,
+            retry=retry,
+        )
+        return await self._request(names.FLOWRUN_PROPOSE, req, ProposeReply)
+
+    async def watch_flow_run(self, run_id: str, *, resync: float = 5.0) -> AsyncIterator[FlowRun]:
+        """Yield the run now, then every time it changes, until the caller stops.
+
+        Changes come from a KV watch. Every ``resync`` seconds without news the
+        run is read again, and the watch is rebuilt if the connection was
+        re-established meanwhile (a watcher can go quiet across a reconnect).
+        """
+        run, last = await self._read_with_revision(run_id)
+        yield run
+        kv = await self._kv()
+        while True:
+            reconnects = self.nc.stats["reconnects"]
+            watcher = await kv.watch(run_id)
+            try:
+                while True:
+                    try:
+                        entry = await watcher.updates(timeout=resync)
+                    except nats.errors.TimeoutError:
+                        run, revision = await self._read_with_revision(run_id)
+                        if revision > last:
+                            last = revision
+                            yield run
+                        if self.nc.stats["reconnects"] != reconnects:
+                            break
+                        continue
+                    if entry is None or not entry.value or (entry.revision or 0) <= last:
+                        continue
+                    last = entry.revision or 0
+                    yield decode(entry.value, FlowRun)
+            finally:
+                with contextlib.suppress(Exception):  # the connection may be gone
+                    await watcher.stop()
+
+    async def wait_for_flow_run(self, run_id: str) -> FlowRun:
+        """Return the run once it reaches a terminal state. Cancellation stops waiting."""
+        async for run in self.watch_flow_run(run_id):
+            if run.state.type in TERMINAL_TYPES:
+                return run
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def logs(self, run_id: str, *, follow: bool = False) -> AsyncIterator[LogRecord]:
+        """Yield a run's log records, oldest first; with ``follow``, keep waiting for more."""
+        js = self.nc.jetstream()
+        sub = await js.subscribe(
+            names.logs_subject(run_id),
+            stream=names.LOGS_STREAM,
+            ordered_consumer=True,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
+        )
+        try:
+            info = await sub.consumer_info()
+            if not follow and not info.num_pending:
+                return
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=1.0 if not follow else 3600.0)
+                except nats.errors.TimeoutError:
+                    if follow:
+                        continue
+                    return
+                try:
+                    yield decode(msg.data, LogRecord)
+                except msgspec.DecodeError:
+                    continue
+                if not follow and msg.metadata.num_pending == 0:
+                    return
+        finally:
+            await sub.unsubscribe()
+
+    # --- deployments -------------------------------------------------------------
+    async def register_deployment(self, deployment: RegisterDeployment) -> Deployment:
+        return await self._request(names.DEPLOYMENT_REGISTER, deployment, Deployment)
+
+    async def read_deployment(
+        self, name: str | None = None, *, id: str | None = None
+    ) -> Deployment:
+        """By ``flow/deployment``, by id, or by flow name when it has one deployment."""
+        return await self._request(
+            names.DEPLOYMENT_READ, DeploymentRef(id=id, name=name), Deployment
+        )
+
+    async def list_deployments(
+        self,
+        *,
+        flow_name: str | None = None,
+        tags: Iterable[str] = (),
+        limit: int = 100,
+        offset: int = 0,
+    ) -> DeploymentPage:
+        req = ListDeployments(flow_name=flow_name, tags=list(tags), limit=limit, offset=offset)
+        return await self._request(names.DEPLOYMENT_LIST, req, DeploymentPage)
+
+    async def pause_deployment(
+        self, name: str | None = None, *, id: str | None = None
+    ) -> Deployment:
+        return await self._request(
+            names.DEPLOYMENT_PAUSE, DeploymentRef(id=id, name=name), Deployment
+        )
+
+    async def resume_deployment(
+        self, name: str | None = None, *, id: str | None = None
+    ) -> Deployment:
+        return await self._request(
+            names.DEPLOYMENT_RESUME, DeploymentRef(id=id, name=name), Deployment
+        )
+
+    async def delete_deployment(self, name: str | None = None, *, id: str | None = None) -> Deleted:
+        return await self._request(
+            names.DEPLOYMENT_DELETE, DeploymentRef(id=id, name=name), Deleted
+        )

@@ -1,0 +1,101 @@
+"""A small blocking facade over :class:`engine.client.Client`, for scripts and notebooks.
+
+It runs its own event loop in a background thread (an anyio blocking
+portal); every method blocks until the async call returns and raises what it
+raised. Iterating methods (watching, logs) stay async-only: use ``Client``.
+
+    with SyncClient() as client:
+        run = client.create_flow_run("etl/nightly")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from contextlib import ExitStack
+from datetime import datetime
+from types import TracebackType
+from typing import Any, ParamSpec, Self, TypeVar
+
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+
+from shared.messages import DeploymentPage, FlowRunPage, RegisterDeployment
+from shared.models import Deployment, FlowRun
+from shared.settings import Settings
+
+from .client import Client
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class SyncClient:
+    def __init__(self, settings: Settings | None = None, *, connect_timeout: float = 5.0) -> None:
+        self._client = Client(settings, connect_timeout=connect_timeout)
+        self._stack = ExitStack()
+        self._portal: BlockingPortal | None = None
+
+    def __enter__(self) -> Self:
+        self._portal = self._stack.enter_context(start_blocking_portal())
+        try:
+            self._stack.enter_context(self._portal.wrap_async_context_manager(self._client))
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stack.close()
+        self._portal = None
+
+    def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if self._portal is None:
+            raise RuntimeError("use the client as `with SyncClient() as client:`")
+        return self._portal.call(lambda: fn(*args, **kwargs))
+
+    def create_flow_run(
+        self,
+        deployment: str | None = None,
+        *,
+        deployment_id: str | None = None,
+        parameters: dict[str, Any] | None = None,
+        name: str | None = None,
+        scheduled_start_time: datetime | None = None,
+        idempotency_key: str | None = None,
+        tags: Iterable[str] = (),
+    ) -> FlowRun:
+        return self._call(
+            self._client.create_flow_run,
+            deployment,
+            deployment_id=deployment_id,
+            parameters=parameters,
+            name=name,
+            scheduled_start_time=scheduled_start_time,
+            idempotency_key=idempotency_key,
+            tags=tags,
+        )
+
+    def read_flow_run(self, run_id: str) -> FlowRun:
+        return self._call(self._client.read_flow_run, run_id)
+
+    def list_flow_runs(self, **filters: Any) -> FlowRunPage:
+        return self._call(self._client.list_flow_runs, **filters)
+
+    def cancel_flow_run(self, run_id: str, *, reason: str | None = None) -> FlowRun:
+        return self._call(self._client.cancel_flow_run, run_id, reason=reason)
+
+    def wait_for_flow_run(self, run_id: str) -> FlowRun:
+        return self._call(self._client.wait_for_flow_run, run_id)
+
+    def register_deployment(self, deployment: RegisterDeployment) -> Deployment:
+        return self._call(self._client.register_deployment, deployment)
+
+    def read_deployment(self, name: str | None = None, *, id: str | None = None) -> Deployment:
+        return self._call(self._client.read_deployment, name, id=id)
+
+    def list_deployments(self, **filters: Any) -> DeploymentPage:
+        return self._call(self._client.list_deployments, **filters)

@@ -1,0 +1,1 @@
+"""Sluice's long-running services, one package per process (``python -m services.<name>``)."""

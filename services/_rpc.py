@@ -1,0 +1,111 @@
+"""Serving request/reply subjects: concurrency, backpressure and the error boundary.
+
+A :class:`RequestServer` subscribes handlers to subjects (in a queue group, so
+replicas share the load) and runs each request as its own task, at most
+``concurrency`` at a time; when all slots are busy it stops reading, and NATS
+buffers. Whatever a handler raises becomes a coded error reply: a
+:class:`SluiceError` as itself, anything else as ``internal`` (logged with its
+traceback). No request goes unanswered and no request can stop the service.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import nats.errors
+from anyio.abc import TaskGroup
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from shared.codec import encode, encode_error
+from shared.errors import InternalError, SluiceError, StackUnavailable
+
+log = logging.getLogger("sluice.rpc")
+
+Handler = Callable[[Msg], Awaitable[Any]]
+
+
+class RequestServer:
+    def __init__(
+        self,
+        nc: NATS,
+        tg: TaskGroup,
+        *,
+        queue: str,
+        concurrency: int = 256,
+    ) -> None:
+        self._nc = nc
+        self._tg = tg
+        self._queue = queue
+        self._limiter = anyio.CapacityLimiter(concurrency)
+        self._subs: list[Subscription] = []
+        self._idle = anyio.Event()
+        self._idle.set()
+
+    async def add(self, subject: str, handler: Handler) -> None:
+        """Subscribe ``handler`` to ``subject``; returns once subscribed."""
+
+        async def on_message(msg: Msg) -> None:
+            token = object()
+            await self._limiter.acquire_on_behalf_of(token)  # full: stop reading
+            if self._idle.is_set():
+                self._idle = anyio.Event()
+            self._tg.start_soon(self._run, handler, msg, token)
+
+        sub = await self._nc.subscribe(
+            subject,
+            queue=self._queue,
+            cb=on_message,
+            pending_msgs_limit=100_000,
+            pending_bytes_limit=256 * 1024 * 1024,
+        )
+        self._subs.append(sub)
+
+    async def _run(self, handler: Handler, msg: Msg, token: object) -> None:
+        try:
+            try:
+                reply = encode(await handler(msg))
+            except SluiceError as exc:
+                reply = encode_error(exc)
+            except (nats.errors.Error, TimeoutError) as exc:
+                # The one boundary where NATS trouble becomes a coded error.
+                log.warning("request on %s: NATS error %r", msg.subject, exc)
+                reply = encode_error(
+                    StackUnavailable(
+                        f"the state store did not answer ({type(exc).__name__}); "
+                        "retry (with the same idempotency key)"
+                    )
+                )
+            except Exception as exc:
+                log.exception("request on %s failed", msg.subject)
+                reply = encode_error(InternalError(f"internal error: {type(exc).__name__}: {exc}"))
+            if msg.reply:
+                try:
+                    await self._nc.publish(msg.reply, reply)
+                except Exception as exc:  # the connection is gone; the client will time out
+                    log.warning("could not reply on %s: %s", msg.subject, exc)
+        finally:
+            self._limiter.release_on_behalf_of(token)
+            if not self._limiter.borrowed_tokens:
+                self._idle.set()
+
+    async def stop(self, grace: float) -> None:
+        """Stop taking requests, then wait up to ``grace`` seconds for in-flight ones."""
+        for sub in self._subs:
+            try:
+                await sub.unsubscribe()
+            except Exception as exc:
+                log.debug("unsubscribe failed: %s", exc)
+        self._subs.clear()
+        with anyio.move_on_after(grace):
+            await self._idle.wait()
+        if self._limiter.borrowed_tokens:
+            log.warning(
+                "shutdown: %d requests still running after %.1fs; cancelling them",
+                self._limiter.borrowed_tokens,
+                grace,
+            )

@@ -1,0 +1,70 @@
+"""The embedded stack: a private nats-server and every service, in one process.
+
+``DevStack`` starts nats-server where ``SLUICE_NATS_URL`` points (data under
+``$SLUICE_HOME/nats``), then enters each service's context manager in order,
+and leaves them in reverse order on exit, stopping the server last.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import AsyncExitStack
+from types import TracebackType
+from typing import Self
+from urllib.parse import urlparse
+
+import anyio
+
+from services.orchestrator import Orchestrator
+from shared.errors import StackUnavailable
+from shared.settings import Settings
+
+from ._natsserver import NatsServer
+
+log = logging.getLogger("sluice.dev")
+
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "0.0.0.0", "::1", ""}
+
+
+def server_for(settings: Settings) -> NatsServer:
+    """A NatsServer listening where the settings' URL points, on this machine."""
+    url = urlparse(settings.nats_url.split(",")[0].strip())
+    host = url.hostname or "127.0.0.1"
+    if host not in LOCAL_HOSTS:
+        raise StackUnavailable(
+            f"SLUICE_NATS_URL points at {host}, which is not this machine; the embedded "
+            "stack starts its own server on a local address (e.g. nats://127.0.0.1:4222)"
+        )
+    return NatsServer(
+        settings.home / "nats",
+        host="127.0.0.1" if host in ("localhost", "") else host,
+        port=url.port or 4222,
+    )
+
+
+class DevStack:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.server = server_for(settings)
+        self._stack = AsyncExitStack()
+
+    async def __aenter__(self) -> Self:
+        try:
+            await anyio.to_thread.run_sync(self.server.start)
+            self._stack.callback(self.server.stop)
+            log.info(
+                "nats-server listening on %s (data in %s)", self.server.url, self.server.store_dir
+            )
+            await self._stack.enter_async_context(Orchestrator(self.settings))
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        return await self._stack.__aexit__(exc_type, exc, tb)

@@ -1,0 +1,193 @@
+"""Deployment handlers: register, resolve by id or name, list, pause, resume, delete.
+
+A ``flow/deployment`` name may have several versions; registering an existing
+name with a new version adds a version, and a name resolves to the newest.
+Registering the same version again updates it in place (same id).
+"""
+
+from __future__ import annotations
+
+import uuid
+import zoneinfo
+from collections.abc import Iterable
+
+import msgspec
+from croniter import croniter
+from dateutil import rrule
+
+from shared.clock import Clock
+from shared.errors import AmbiguousName, DeploymentNotFound, MalformedRequest
+from shared.messages import (
+    Deleted,
+    DeploymentPage,
+    DeploymentRef,
+    ListDeployments,
+    RegisterDeployment,
+)
+from shared.models import CronSchedule, Deployment, IntervalSchedule, RRuleSchedule
+
+from . import _params
+from ._store import DeploymentStore, NameIndex, Stale
+
+CAS_ATTEMPTS = 20
+
+
+def check_schedules(req: RegisterDeployment) -> None:
+    """Refuse invalid cron, rrule or time zone text, naming the field."""
+    for i, item in enumerate(req.schedules):
+        where = f"schedules[{i}].schedule"
+        sched = item.schedule
+        try:
+            zoneinfo.ZoneInfo(sched.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise MalformedRequest(
+                f"{where}.timezone: unknown time zone {sched.timezone!r}"
+            ) from None
+        if isinstance(sched, CronSchedule) and not croniter.is_valid(sched.cron):
+            raise MalformedRequest(f"{where}.cron: invalid cron expression {sched.cron!r}")
+        if isinstance(sched, RRuleSchedule):
+            try:
+                rrule.rrulestr(sched.rrule)
+            except (ValueError, TypeError) as exc:
+                raise MalformedRequest(
+                    f"{where}.rrule: invalid rrule {sched.rrule!r}: {exc}"
+                ) from None
+        if isinstance(sched, IntervalSchedule) and sched.interval <= 0:
+            raise MalformedRequest(f"{where}.interval: must be positive")
+
+
+def _newest_per_name(deployments: Iterable[Deployment]) -> dict[str, Deployment]:
+    newest: dict[str, Deployment] = {}
+    for d in deployments:
+        seen = newest.get(d.full_name)
+        if seen is None or d.created >= seen.created:
+            newest[d.full_name] = d
+    return newest
+
+
+class Deployments:
+    def __init__(self, store: DeploymentStore, clock: Clock) -> None:
+        self._store = store
+        self._clock = clock
+
+    async def register(self, req: RegisterDeployment) -> Deployment:
+        _params.check_schema(req.parameter_schema)
+        check_schedules(req)
+        full_name = f"{req.flow_name}/{req.name}"
+        fields = msgspec.structs.asdict(req)
+        for _ in range(CAS_ATTEMPTS):
+            now = self._clock.now()
+            index, revision = await self._store.index(full_name)
+            same_version = None
+            for deployment_id in index.ids:
+                existing = await self._store.get(deployment_id)
+                if existing is not None and existing.version == req.version:
+                    same_version = existing
+            deployment = Deployment(
+                id=same_version.id if same_version else str(uuid.uuid4()),
+                created=same_version.created if same_version else now,
+                updated=now,
+                **fields,
+            )
+            await self._store.put(deployment)
+            if deployment.id in index.ids:
+                return deployment
+            try:
+                ids = [*index.ids, deployment.id]
+                await self._store.set_index(NameIndex(full_name=full_name, ids=ids), revision)
+            except Stale:
+                await self._store.delete(deployment.id)  # a concurrent register won; retry
+                continue
+            return deployment
+        raise MalformedRequest(f"too many concurrent registrations of {full_name}; try again")
+
+    async def resolve(self, ref: DeploymentRef) -> Deployment:
+        """Find a deployment by id, ``flow/deployment``, or a flow name with one deployment."""
+        if ref.id:
+            deployment = await self._store.get(ref.id)
+            if deployment is None:
+                raise DeploymentNotFound(f"no deployment with id {ref.id}")
+            return deployment
+        if not ref.name:
+            raise MalformedRequest("give a deployment id or name")
+        if "/" in ref.name:
+            return await self._by_full_name(ref.name)
+        return await self._by_flow_name(ref.name)
+
+    async def _by_full_name(self, full_name: str) -> Deployment:
+        index, _ = await self._store.index(full_name)
+        for deployment_id in reversed(index.ids):
+            deployment = await self._store.get(deployment_id)
+            if deployment is not None:
+                return deployment
+        flow_name = full_name.split("/", 1)[0]
+        choices = sorted(_newest_per_name(await self._of_flow(flow_name)))
+        hint = f"; deployments of flow {flow_name!r}: {', '.join(choices)}" if choices else ""
+        raise DeploymentNotFound(
+            f"no deployment named {full_name!r}{hint}", details={"choices": choices}
+        )
+
+    async def _by_flow_name(self, flow_name: str) -> Deployment:
+        newest = _newest_per_name(await self._of_flow(flow_name))
+        if not newest:
+            raise DeploymentNotFound(
+                f"no deployment of flow {flow_name!r}; name one as FLOW/DEPLOYMENT"
+            )
+        if len(newest) > 1:
+            choices = sorted(newest)
+            raise AmbiguousName(
+                f"flow {flow_name!r} has {len(choices)} deployments; pick one of: "
+                + ", ".join(choices),
+                details={"choices": choices},
+            )
+        return next(iter(newest.values()))
+
+    async def _of_flow(self, flow_name: str) -> list[Deployment]:
+        return [d for d in await self._store.all() if d.flow_name == flow_name]
+
+    async def page(self, req: ListDeployments) -> DeploymentPage:
+        found = [
+            d
+            for d in _newest_per_name(await self._store.all()).values()
+            if (req.flow_name is None or d.flow_name == req.flow_name)
+            and all(t in d.tags for t in req.tags)
+        ]
+        found.sort(key=lambda d: d.full_name)
+        page = found[req.offset : req.offset + req.limit]
+        more = req.offset + req.limit < len(found)
+        return DeploymentPage(
+            deployments=page,
+            offset=req.offset,
+            next_offset=req.offset + req.limit if more else None,
+        )
+
+    async def ids_for(self, name_or_id: str) -> list[str]:
+        """Every version id of ``flow/deployment``, or the id itself."""
+        if "/" not in name_or_id:
+            return [name_or_id]
+        index, _ = await self._store.index(name_or_id)
+        return list(index.ids)
+
+    async def set_paused(self, ref: DeploymentRef, paused: bool) -> Deployment:
+        deployment = await self.resolve(ref)
+        updated = msgspec.structs.replace(deployment, paused=paused, updated=self._clock.now())
+        await self._store.put(updated)
+        return updated
+
+    async def delete(self, ref: DeploymentRef) -> Deleted:
+        """By id: that version. By name: every version of the name."""
+        deployment = await self.resolve(ref)
+        for _ in range(CAS_ATTEMPTS):
+            index, revision = await self._store.index(deployment.full_name)
+            doomed = [deployment.id] if ref.id else list(index.ids)
+            keep = [i for i in index.ids if i not in doomed]
+            try:
+                await self._store.set_index(
+                    NameIndex(full_name=deployment.full_name, ids=keep), revision
+                )
+            except Stale:
+                continue
+            for deployment_id in doomed:
+                await self._store.delete(deployment_id)
+            return Deleted(id=deployment.id)
+        raise MalformedRequest(f"too many concurrent changes to {deployment.full_name}; try again")

@@ -1,0 +1,262 @@
+"""The run query index: an SQLite file fed by the event stream.
+
+Owns answering ``flowrun.list``. It is a cache, never a source of truth: it is
+built only from ``FLOWRUN_EVENTS``, remembers the last stream sequence it
+applied, and if the file is lost (or the stream was recreated) it rebuilds
+itself from the stream. An event older than what a row already holds (by the
+run's KV revision) is ignored, so replays and duplicates are harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import anyio
+import msgspec
+import nats.errors
+from anyio.abc import TaskStatus
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from shared import names
+from shared.codec import decode, encode
+from shared.messages import (
+    Event,
+    FlowRunCreated,
+    FlowRunPage,
+    FlowRunStateChanged,
+    ListFlowRuns,
+)
+from shared.models import FlowRun
+from shared.states import StateType
+
+log = logging.getLogger("sluice.readmodel")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    revision INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    flow_name TEXT NOT NULL,
+    deployment_id TEXT,
+    deployment_name TEXT,
+    parent_flow_run_id TEXT,
+    state_type TEXT NOT NULL,
+    state_name TEXT NOT NULL,
+    expected_start REAL NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runs_by_start ON runs (expected_start DESC, id DESC);
+CREATE INDEX IF NOT EXISTS runs_by_state ON runs (state_type, expected_start DESC);
+CREATE INDEX IF NOT EXISTS runs_by_deployment ON runs (deployment_id, expected_start DESC);
+CREATE INDEX IF NOT EXISTS runs_by_flow ON runs (flow_name, expected_start DESC);
+CREATE TABLE IF NOT EXISTS run_tags (
+    tag TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    PRIMARY KEY (tag, run_id)
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+BATCH = 500
+
+
+def _ts(dt: datetime) -> float:
+    return dt.timestamp()
+
+
+class ReadModel:
+    def __init__(self, path: Path, js: JetStreamContext) -> None:
+        self._path = path
+        self._js = js
+        self._db: aiosqlite.Connection | None = None
+        self.applied_seq = 0
+        self._caught_up = anyio.Event()
+
+    async def open(self) -> None:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = await aiosqlite.connect(self._path)
+        await self._db.executescript(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000;"
+        )
+        await self._db.executescript(SCHEMA)
+        async with self._db.execute("SELECT value FROM meta WHERE key='seq'") as cur:
+            row = await cur.fetchone()
+        self.applied_seq = int(row[0]) if row else 0
+        await self._db.commit()
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        assert self._db is not None, "ReadModel.open() was not called"
+        return self._db
+
+    async def _reset(self) -> None:
+        log.warning("read model is ahead of the event stream (stream recreated?); rebuilding")
+        await self.db.executescript("DELETE FROM runs; DELETE FROM run_tags; DELETE FROM meta;")
+        await self.db.commit()
+        self.applied_seq = 0
+
+    # --- feeding ------------------------------------------------------------------
+    async def follow(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Apply events forever; resubscribe after any consumer failure.
+
+        Signals ``task_status`` once subscribed. Cancellation stops it between
+        batches; a half-applied batch is rolled back by SQLite.
+        """
+        started = False
+        while True:
+            try:
+                info = await self._js.stream_info(names.EVENTS_STREAM)
+                if info.state.last_seq < self.applied_seq:
+                    await self._reset()
+                sub = await self._js.subscribe(
+                    f"{names.EVENTS_PREFIX}.>",
+                    stream=names.EVENTS_STREAM,
+                    ordered_consumer=True,
+                    config=ConsumerConfig(
+                        deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                        opt_start_seq=self.applied_seq + 1,
+                    ),
+                    idle_heartbeat=2.0,
+                    pending_msgs_limit=50_000,
+                )
+                if not started:
+                    started = True
+                    task_status.started()
+                if info.state.last_seq <= self.applied_seq:
+                    self._caught_up.set()
+                try:
+                    await self._consume(sub, info.state.last_seq)
+                finally:
+                    await sub.unsubscribe()
+            except (nats.errors.Error, TimeoutError, OSError) as exc:
+                log.warning("event stream consumer failed (%s); resubscribing", exc)
+                await anyio.sleep(0.5)
+
+    async def _consume(self, sub: Any, last_seq_at_start: int) -> None:
+        pending: list[tuple[int, bytes]] = []
+        while True:
+            timeout = 0.05 if pending else 5.0
+            try:
+                msg = await sub.next_msg(timeout=timeout)
+            except nats.errors.TimeoutError:
+                if pending:
+                    await self._apply(pending)
+                    pending = []
+                    if self.applied_seq >= last_seq_at_start:
+                        self._caught_up.set()
+                continue
+            pending.append((msg.metadata.sequence.stream, msg.data))
+            if len(pending) >= BATCH:
+                await self._apply(pending)
+                pending = []
+
+    async def _apply(self, batch: list[tuple[int, bytes]]) -> None:
+        db = self.db
+        for seq, data in batch:
+            try:
+                event: FlowRunCreated | FlowRunStateChanged = decode(data, Event)  # type: ignore[arg-type]
+            except msgspec.DecodeError as exc:
+                log.error("skipping undecodable event at seq %d: %s", seq, exc)
+                continue
+            await self._upsert(event.flow_run, event.revision)
+        last = batch[-1][0]
+        await db.execute(
+            "INSERT INTO meta(key, value) VALUES('seq', ?) "
+            "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+            (str(last),),
+        )
+        await db.commit()
+        self.applied_seq = last
+
+    async def _upsert(self, run: FlowRun, revision: int) -> None:
+        db = self.db
+        cur = await db.execute(
+            """INSERT INTO runs (id, revision, name, flow_name, deployment_id, deployment_name,
+                   parent_flow_run_id, state_type, state_name, expected_start, body)
+               VALUES (?,?,?,?,?,?,?,?,?,?,?)
+               ON CONFLICT(id) DO UPDATE SET
+                   revision=excluded.revision, name=excluded.name,
+                   state_type=excluded.state_type, state_name=excluded.state_name,
+                   expected_start=excluded.expected_start, body=excluded.body
+               WHERE excluded.revision > runs.revision""",
+            (
+                run.id,
+                revision,
+                run.name,
+                run.flow_name,
+                run.deployment_id,
+                run.deployment_name,
+                run.parent_flow_run_id,
+                run.state.type.value,
+                run.state.name,
+                _ts(run.expected_start_time),
+                encode(run),
+            ),
+        )
+        if cur.rowcount:
+            await db.execute("DELETE FROM run_tags WHERE run_id=?", (run.id,))
+            await db.executemany(
+                "INSERT OR IGNORE INTO run_tags(tag, run_id) VALUES (?, ?)",
+                [(tag, run.id) for tag in run.tags],
+            )
+
+    async def wait_caught_up(self) -> None:
+        await self._caught_up.wait()
+
+    # --- querying -------------------------------------------------------------------
+    async def query(self, req: ListFlowRuns, deployment_ids: list[str] | None) -> FlowRunPage:
+        where: list[str] = []
+        args: list[Any] = []
+        if req.states:
+            types = [s.upper() for s in req.states if s.upper() in StateType.__members__]
+            state_names = [s for s in req.states if s.upper() not in StateType.__members__]
+            clauses = []
+            if types:
+                clauses.append(f"state_type IN ({','.join('?' * len(types))})")
+                args.extend(types)
+            if state_names:
+                clauses.append(f"state_name COLLATE NOCASE IN ({','.join('?' * len(state_names))})")
+                args.extend(state_names)
+            where.append("(" + " OR ".join(clauses) + ")")
+        if deployment_ids is not None:
+            where.append(f"deployment_id IN ({','.join('?' * len(deployment_ids)) or 'NULL'})")
+            args.extend(deployment_ids)
+        if req.flow_name:
+            where.append("flow_name = ?")
+            args.append(req.flow_name)
+        if req.parent_flow_run_id:
+            where.append("parent_flow_run_id = ?")
+            args.append(req.parent_flow_run_id)
+        if req.since:
+            where.append("expected_start >= ?")
+            args.append(_ts(req.since))
+        if req.until:
+            where.append("expected_start < ?")
+            args.append(_ts(req.until))
+        for tag in req.tags:
+            where.append("id IN (SELECT run_id FROM run_tags WHERE tag = ?)")
+            args.append(tag)
+        sql = "SELECT body FROM runs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY expected_start DESC, id DESC LIMIT ? OFFSET ?"
+        args.extend([req.limit + 1, req.offset])
+        async with self.db.execute(sql, args) as cur:
+            rows = list(await cur.fetchall())
+        runs = [decode(row[0], FlowRun) for row in rows[: req.limit]]
+        more = len(rows) > req.limit
+        return FlowRunPage(
+            flow_runs=runs,
+            offset=req.offset,
+            next_offset=req.offset + req.limit if more else None,
+        )

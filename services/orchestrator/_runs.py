@@ -1,0 +1,194 @@
+"""Flow-run handlers: create, propose a state, cancel, read.
+
+Every write is a compare-and-set on the run's KV revision, and every accepted
+write is followed by one event. A create is answered only after the run is
+stored; with an idempotency key, the key is claimed *before* the run is
+written, so a crash in between is finished by the next request with that key
+instead of leaving a second run.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+
+from shared.clock import Clock, utc
+from shared.errors import Conflict, FlowRunNotFound, MalformedRequest
+from shared.messages import (
+    CancelFlowRun,
+    CreateFlowRun,
+    Decision,
+    DeploymentRef,
+    FlowRunRef,
+    ProposedState,
+    ProposeReply,
+    ProposeState,
+)
+from shared.models import Deployment, FlowRun
+from shared.states import TERMINAL_TYPES, State, StateDetails, StateType
+
+from . import _params, rules
+from ._deployments import Deployments
+from ._names import run_name
+from ._publish import Publisher, is_due
+from ._store import Exists, IdempotencyStore, RunStore, Stale
+
+CAS_ATTEMPTS = 50
+
+
+class Runs:
+    def __init__(
+        self,
+        runs: RunStore,
+        idempotency: IdempotencyStore,
+        deployments: Deployments,
+        publisher: Publisher,
+        clock: Clock,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._runs = runs
+        self._idempotency = idempotency
+        self._deployments = deployments
+        self._publisher = publisher
+        self._clock = clock
+        self._rng = rng or random.Random()
+
+    # --- create -------------------------------------------------------------------
+    async def create(self, req: CreateFlowRun) -> FlowRun:
+        deployment = await self._deployment_for(req)
+        if deployment is not None:
+            flow_name, scope = deployment.flow_name, deployment.full_name
+            parameters = _params.merge(deployment.parameters, req.parameters)
+            _params.validate(deployment, parameters)
+        else:
+            assert req.flow_name is not None
+            flow_name, scope = req.flow_name, f"flow:{req.flow_name}"
+            parameters = dict(req.parameters or {})
+
+        run_id = str(uuid.uuid4())
+        if req.idempotency_key is not None:
+            key = IdempotencyStore.key(scope, req.idempotency_key)
+            bound = await self._idempotency.claim(key, run_id)
+            if bound != run_id:
+                existing = await self._runs.get(bound)
+                if existing is not None:
+                    return existing[0]
+                # The first request with this key died after claiming it and
+                # before storing its run: store that run now, under its id.
+                run_id = bound
+
+        now = self._clock.now()
+        start = utc(req.scheduled_start_time) if req.scheduled_start_time else now
+        run = FlowRun(
+            id=run_id,
+            name=req.name or run_name(self._rng),
+            flow_name=flow_name,
+            deployment_id=deployment.id if deployment else None,
+            deployment_name=deployment.full_name if deployment else None,
+            deployment_version=deployment.version if deployment else None,
+            parameters=parameters,
+            tags=sorted({*(deployment.tags if deployment else ()), *req.tags}),
+            idempotency_key=req.idempotency_key,
+            parent_flow_run_id=req.parent_flow_run_id,
+            queue=deployment.queue if deployment else "default",
+            state=State(
+                type=StateType.SCHEDULED,
+                name="Scheduled",
+                timestamp=now,
+                details=StateDetails(scheduled_time=start),
+            ),
+            created=now,
+            updated=now,
+            expected_start_time=start,
+        )
+        try:
+            revision = await self._runs.create(run)
+        except Exists:
+            existing = await self._runs.get(run_id)
+            if existing is None:  # pragma: no cover - a run is never deleted by us
+                raise Conflict(f"flow run {run_id} vanished while being created") from None
+            return existing[0]
+        if is_due(run, now):
+            await self._publisher.dispatch(run)
+        await self._publisher.created(run, revision)
+        return run
+
+    async def _deployment_for(self, req: CreateFlowRun) -> Deployment | None:
+        given = [x for x in (req.deployment, req.deployment_id, req.flow_name) if x]
+        if len(given) != 1:
+            raise MalformedRequest(
+                "give exactly one of deployment (FLOW/DEPLOYMENT), deployment_id or flow_name"
+            )
+        if req.flow_name:
+            return None
+        return await self._deployments.resolve(
+            DeploymentRef(id=req.deployment_id, name=req.deployment)
+        )
+
+    # --- reading ----------------------------------------------------------------
+    async def read(self, req: FlowRunRef) -> FlowRun:
+        found = await self._runs.get(req.id)
+        if found is None:
+            raise FlowRunNotFound(f"no flow run with id {req.id}")
+        return found[0]
+
+    # --- transitions --------------------------------------------------------------
+    async def propose(self, req: ProposeState) -> ProposeReply:
+        for _ in range(CAS_ATTEMPTS):
+            found = await self._runs.get(req.id)
+            if found is None:
+                raise FlowRunNotFound(f"no flow run with id {req.id}")
+            run, revision = found
+            ctx = rules.Context(run=run, proposal=req, now=self._clock.now())
+            outcome = rules.decide(ctx)
+            if outcome.status is not Decision.ACCEPT or outcome.replay:
+                return ProposeReply(
+                    status=outcome.status,
+                    state=run.state,
+                    reason=outcome.reason,
+                    delay_seconds=outcome.delay_seconds,
+                    attempt=run.attempt,
+                    revision=revision,
+                )
+            state = rules.build_state(ctx)
+            new = rules.apply(ctx, state)
+            try:
+                new_revision = await self._runs.update(new, revision)
+            except Stale:
+                continue  # someone else moved the run; judge again against the new state
+            if is_due(new, ctx.now):
+                await self._publisher.dispatch(new)
+            await self._publisher.changed(
+                new, new_revision, from_state=run.state, transition_id=req.transition_id
+            )
+            return ProposeReply(
+                status=Decision.ACCEPT, state=state, attempt=new.attempt, revision=new_revision
+            )
+        raise Conflict(f"flow run {req.id} is changing too fast; propose again")
+
+    async def cancel(self, req: CancelFlowRun) -> FlowRun:
+        """Scheduled or Pending: Cancelled at once. Running or Paused: Cancelling,
+        for the cancellation-watcher to finish. Cancelling twice is harmless."""
+        for _ in range(CAS_ATTEMPTS):
+            run = await self.read(FlowRunRef(id=req.id))
+            current = run.state.type
+            if current in (StateType.CANCELLING, StateType.CANCELLED):
+                return run
+            if current in TERMINAL_TYPES:
+                raise Conflict(
+                    f"flow run {run.id} already ended as {run.state.describe()}; nothing to cancel",
+                    details={"state": current.value},
+                )
+            target = (
+                StateType.CANCELLED
+                if current in (StateType.SCHEDULED, StateType.PENDING)
+                else StateType.CANCELLING
+            )
+            message = req.reason or "cancelled on request"
+            reply = await self.propose(
+                ProposeState(id=run.id, state=ProposedState(type=target, message=message))
+            )
+            if reply.status is Decision.ACCEPT:
+                return await self.read(FlowRunRef(id=req.id))
+            # the run moved under us (e.g. it just finished); look again
+        raise Conflict(f"flow run {req.id} is changing too fast; cancel again")

@@ -1,0 +1,136 @@
+"""Typed access to the KV buckets the orchestrator writes.
+
+Owns key layout and compare-and-set. The orchestrator is the only writer of
+``flow_runs``; everything here turns nats-py's KV exceptions into
+:class:`Exists`, :class:`Stale` or ``None`` so handlers never see them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import msgspec
+import nats.js.errors
+from nats.js.kv import KeyValue
+
+from shared.codec import decode, encode
+from shared.models import Deployment, FlowRun
+
+
+class Exists(Exception):
+    """A create found the key already present."""
+
+
+class Stale(Exception):
+    """A compare-and-set lost: the key changed since it was read."""
+
+
+def _digest(text: str) -> str:
+    # KV keys allow a narrow alphabet; user-chosen strings are hashed.
+    return hashlib.sha256(text.encode()).hexdigest()[:40]
+
+
+class RunStore:
+    def __init__(self, kv: KeyValue) -> None:
+        self._kv = kv
+
+    async def get(self, run_id: str) -> tuple[FlowRun, int] | None:
+        try:
+            entry = await self._kv.get(run_id, validate_keys=False)
+        except nats.js.errors.NotFoundError:
+            return None
+        if entry.value is None:
+            return None
+        return decode(entry.value, FlowRun), entry.revision or 0
+
+    async def create(self, run: FlowRun) -> int:
+        try:
+            return await self._kv.create(run.id, encode(run), validate_keys=False)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            raise Exists(run.id) from None
+
+    async def update(self, run: FlowRun, last_revision: int) -> int:
+        try:
+            return await self._kv.update(
+                run.id, encode(run), last=last_revision, validate_keys=False
+            )
+        except nats.js.errors.KeyWrongLastSequenceError:
+            raise Stale(run.id) from None
+
+
+class IdempotencyStore:
+    """Idempotency key -> run id, created once and never expired."""
+
+    def __init__(self, kv: KeyValue) -> None:
+        self._kv = kv
+
+    @staticmethod
+    def key(scope: str, idempotency_key: str) -> str:
+        return _digest(f"{scope}\x00{idempotency_key}")
+
+    async def claim(self, key: str, run_id: str) -> str:
+        """Bind ``key`` to ``run_id`` unless already bound; return the bound id."""
+        try:
+            await self._kv.create(key, run_id.encode(), validate_keys=False)
+            return run_id
+        except nats.js.errors.KeyWrongLastSequenceError:
+            entry = await self._kv.get(key, validate_keys=False)
+            return (entry.value or b"").decode()
+
+
+class NameIndex(msgspec.Struct, frozen=True, kw_only=True):
+    """All versions of one ``flow/deployment`` name, oldest first."""
+
+    full_name: str
+    ids: list[str] = msgspec.field(default_factory=list)
+
+
+class DeploymentStore:
+    """Deployments under ``d.<id>``; a name index under ``n.<digest(name)>``."""
+
+    def __init__(self, kv: KeyValue) -> None:
+        self._kv = kv
+
+    async def get(self, deployment_id: str) -> Deployment | None:
+        try:
+            entry = await self._kv.get(f"d.{deployment_id}", validate_keys=False)
+        except nats.js.errors.NotFoundError:
+            return None
+        return decode(entry.value, Deployment) if entry.value else None
+
+    async def put(self, deployment: Deployment) -> None:
+        await self._kv.put(f"d.{deployment.id}", encode(deployment), validate_keys=False)
+
+    async def delete(self, deployment_id: str) -> None:
+        await self._kv.delete(f"d.{deployment_id}", validate_keys=False)
+
+    async def index(self, full_name: str) -> tuple[NameIndex, int]:
+        try:
+            entry = await self._kv.get(f"n.{_digest(full_name)}", validate_keys=False)
+        except nats.js.errors.NotFoundError:
+            return NameIndex(full_name=full_name), 0
+        if not entry.value:
+            return NameIndex(full_name=full_name), entry.revision or 0
+        return decode(entry.value, NameIndex), entry.revision or 0
+
+    async def set_index(self, index: NameIndex, last_revision: int) -> None:
+        key = f"n.{_digest(index.full_name)}"
+        try:
+            if last_revision == 0:
+                await self._kv.create(key, encode(index), validate_keys=False)
+            else:
+                await self._kv.update(key, encode(index), last=last_revision, validate_keys=False)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            raise Stale(key) from None
+
+    async def all(self) -> list[Deployment]:
+        try:
+            keys = await self._kv.keys(filters=["d.>"])
+        except nats.js.errors.NoKeysError:
+            return []
+        out = []
+        for key in keys:
+            deployment = await self.get(key[2:])
+            if deployment is not None:
+                out.append(deployment)
+        return out

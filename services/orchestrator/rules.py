@@ -1,0 +1,191 @@
+"""Orchestration rules: may this proposed state follow the current one?
+
+Each rule is a pure function of a frozen :class:`Context` that returns an
+:class:`Outcome` to object, or ``None`` to let the next rule speak. The first
+objection wins; no objection means ACCEPT. :func:`apply` then computes the
+run's new value. Nothing here touches NATS, SQLite or the wall clock: the
+service passes ``now`` in and persists what comes out.
+
+Decisions, as the proposer reads them:
+
+* ACCEPT — the run is now in the proposed state.
+* REJECT — refused; the run keeps its current state, which the reply carries.
+* WAIT   — not yet; propose again after ``delay_seconds``.
+* ABORT  — stop working on this run: it is finished, or someone else owns it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+
+import msgspec
+
+from shared.messages import Decision, ProposeState
+from shared.models import FlowRun
+from shared.states import DEFAULT_NAMES, TERMINAL_TYPES, State, StateType
+
+#: How many accepted transition ids a run remembers for de-duplication.
+RECENT_TRANSITIONS = 16
+
+CLAIMED_TYPES = frozenset(
+    {StateType.PENDING, StateType.RUNNING, StateType.CANCELLING, StateType.PAUSED}
+)
+
+
+class Context(msgspec.Struct, frozen=True, kw_only=True):
+    run: FlowRun
+    proposal: ProposeState
+    now: datetime
+
+
+class Outcome(msgspec.Struct, frozen=True, kw_only=True):
+    status: Decision
+    reason: str | None = None
+    delay_seconds: float | None = None
+    replay: bool = False
+    """ACCEPT of a transition id already applied: nothing to write."""
+
+
+Rule = Callable[[Context], Outcome | None]
+
+
+def _current(ctx: Context) -> State:
+    return ctx.run.state
+
+
+def terminal_is_final(ctx: Context) -> Outcome | None:
+    current, proposed = _current(ctx), ctx.proposal.state.type
+    if current.type not in TERMINAL_TYPES:
+        return None
+    if ctx.proposal.retry and proposed is StateType.SCHEDULED:
+        return None
+    return Outcome(
+        status=Decision.ABORT,
+        reason=f"the run already ended as {current.describe()}; "
+        "only an explicit retry (SCHEDULED with retry=true) can reopen it",
+    )
+
+
+def retry_needs_a_finished_run(ctx: Context) -> Outcome | None:
+    if ctx.proposal.retry and _current(ctx).type not in TERMINAL_TYPES:
+        return Outcome(
+            status=Decision.REJECT,
+            reason=f"a retry needs a finished run; this one is {_current(ctx).describe()}",
+        )
+    return None
+
+
+def stale_claim(ctx: Context) -> Outcome | None:
+    """A report from an owner whose claim was superseded is refused."""
+    attempt = ctx.proposal.attempt
+    if attempt is None or attempt == ctx.run.attempt:
+        return None
+    return Outcome(
+        status=Decision.ABORT,
+        reason=f"claim attempt {attempt} is stale; the run is at attempt {ctx.run.attempt}",
+    )
+
+
+def no_double_pending(ctx: Context) -> Outcome | None:
+    if ctx.proposal.state.type is StateType.PENDING and _current(ctx).type in CLAIMED_TYPES:
+        owner = f" by {ctx.run.runner}" if ctx.run.runner else ""
+        return Outcome(
+            status=Decision.ABORT,
+            reason=f"the run is already claimed{owner} ({_current(ctx).describe()})",
+        )
+    return None
+
+
+def cancelling_only_to_cancelled(ctx: Context) -> Outcome | None:
+    if _current(ctx).type is not StateType.CANCELLING:
+        return None
+    if ctx.proposal.state.type in (StateType.CANCELLED, StateType.CANCELLING):
+        return None
+    return Outcome(
+        status=Decision.REJECT,
+        reason="the run is being cancelled; only Cancelled may follow Cancelling",
+    )
+
+
+def wait_for_scheduled_time(ctx: Context) -> Outcome | None:
+    current = _current(ctx)
+    if current.type is not StateType.SCHEDULED:
+        return None
+    if ctx.proposal.state.type not in (StateType.PENDING, StateType.RUNNING):
+        return None
+    when = current.details.scheduled_time or ctx.run.expected_start_time
+    delay = (when - ctx.now).total_seconds()
+    if delay <= 0:
+        return None
+    return Outcome(
+        status=Decision.WAIT,
+        reason=f"the run is scheduled for {when.isoformat()}",
+        delay_seconds=delay,
+    )
+
+
+#: Order matters: finality and ownership are judged before timing.
+RULES: tuple[Rule, ...] = (
+    terminal_is_final,
+    retry_needs_a_finished_run,
+    stale_claim,
+    no_double_pending,
+    cancelling_only_to_cancelled,
+    wait_for_scheduled_time,
+)
+
+
+def decide(ctx: Context, rules: tuple[Rule, ...] = RULES) -> Outcome:
+    """Run the rules in order; the first objection wins."""
+    if ctx.proposal.transition_id and ctx.proposal.transition_id in ctx.run.recent_transitions:
+        return Outcome(status=Decision.ACCEPT, reason="transition already applied", replay=True)
+    for rule in rules:
+        outcome = rule(ctx)
+        if outcome is not None:
+            return outcome
+    return Outcome(status=Decision.ACCEPT)
+
+
+def build_state(ctx: Context) -> State:
+    """The state to store for an accepted proposal, stamped with ``now``."""
+    p = ctx.proposal.state
+    details = p.details
+    if p.type is StateType.SCHEDULED and details.scheduled_time is None:
+        details = msgspec.structs.replace(details, scheduled_time=ctx.now)
+    if ctx.proposal.transition_id and details.transition_id is None:
+        details = msgspec.structs.replace(details, transition_id=ctx.proposal.transition_id)
+    if p.type is StateType.PENDING and ctx.proposal.runner:
+        details = msgspec.structs.replace(details, runner=ctx.proposal.runner)
+    return State(
+        type=p.type,
+        name=p.name or DEFAULT_NAMES[p.type],
+        timestamp=ctx.now,
+        message=p.message,
+        details=details,
+        data=p.data,
+    )
+
+
+def apply(ctx: Context, state: State) -> FlowRun:
+    """The run after ``state`` was accepted: counters, owner and timestamps."""
+    run = ctx.run
+    changes: dict[str, object] = {"state": state, "updated": ctx.now}
+    if state.type is StateType.PENDING:
+        changes["attempt"] = run.attempt + 1
+        changes["runner"] = ctx.proposal.runner
+    elif state.type is StateType.RUNNING:
+        changes["run_count"] = run.run_count + (run.state.type is not StateType.RUNNING)
+        if run.start_time is None:
+            changes["start_time"] = ctx.now
+    elif state.type is StateType.SCHEDULED:
+        changes["expected_start_time"] = state.details.scheduled_time or ctx.now
+        if ctx.proposal.retry:
+            changes["runner"] = None
+            changes["end_time"] = None
+    if state.type in TERMINAL_TYPES:
+        changes["end_time"] = ctx.now
+    if ctx.proposal.transition_id:
+        recent = [*run.recent_transitions, ctx.proposal.transition_id]
+        changes["recent_transitions"] = recent[-RECENT_TRANSITIONS:]
+    return msgspec.structs.replace(run, **changes)

@@ -1,0 +1,160 @@
+"""The state-orchestration service: the only writer of flow-run state.
+
+``Orchestrator`` is an async context manager. Entering it connects to NATS,
+bootstraps streams and buckets, finishes work a crashed predecessor left
+(``_recovery``), starts the read model, and subscribes every handler in the
+``sluice-orchestrator`` queue group; it returns only once it serves. Leaving
+it stops taking requests, lets in-flight ones finish within ``grace``
+seconds, then cancels what remains and closes the connection.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import anyio
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from services._rpc import RequestServer
+from shared import names
+from shared.bootstrap import bootstrap
+from shared.clock import Clock, SystemClock, utc
+from shared.codec import decode_request
+from shared.connection import connect
+from shared.messages import (
+    CancelFlowRun,
+    CreateFlowRun,
+    DeploymentRef,
+    FlowRunPage,
+    FlowRunRef,
+    ListDeployments,
+    ListFlowRuns,
+    ProposeState,
+    RegisterDeployment,
+)
+from shared.settings import Settings
+
+from ._deployments import Deployments
+from ._publish import Publisher
+from ._readmodel import ReadModel
+from ._recovery import recover
+from ._runs import Runs
+from ._store import DeploymentStore, IdempotencyStore, RunStore
+
+log = logging.getLogger("sluice.orchestrator")
+
+R = TypeVar("R")
+
+
+class Orchestrator:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        read_model_path: Path | None = None,
+        grace: float = 10.0,
+        concurrency: int = 256,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.read_model_path = read_model_path or settings.home / "orchestrator" / "runs.sqlite"
+        self.grace = grace
+        self.concurrency = concurrency
+        self._stack = AsyncExitStack()
+        self.nc: NATS | None = None
+
+    async def __aenter__(self) -> Self:
+        try:
+            await self._start(self._stack)
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        return await self._stack.__aexit__(exc_type, exc, tb)
+
+    async def _start(self, stack: AsyncExitStack) -> None:
+        s = self.settings
+        nc = self.nc = await connect(s, name="sluice-orchestrator")
+        stack.push_async_callback(nc.close)
+        js = nc.jetstream()
+        await bootstrap(js, s)
+
+        publisher = Publisher(js)
+        deployments = Deployments(
+            DeploymentStore(await js.key_value(names.DEPLOYMENTS_BUCKET)), self.clock
+        )
+        runs = Runs(
+            RunStore(await js.key_value(names.FLOW_RUNS_BUCKET)),
+            IdempotencyStore(await js.key_value(names.IDEMPOTENCY_BUCKET)),
+            deployments,
+            publisher,
+            self.clock,
+        )
+        self.read_model = read_model = ReadModel(self.read_model_path, js)
+        await read_model.open()
+        stack.push_async_callback(read_model.close)
+
+        await recover(js, publisher, self.clock)
+
+        tg = await stack.enter_async_context(anyio.create_task_group())
+        await tg.start(read_model.follow)
+        server = RequestServer(nc, tg, queue=names.ORCHESTRATOR_QUEUE, concurrency=self.concurrency)
+
+        async def stop() -> None:
+            await server.stop(self.grace)
+            tg.cancel_scope.cancel()
+
+        stack.push_async_callback(stop)
+
+        async def list_runs(req: ListFlowRuns) -> FlowRunPage:
+            ids = await deployments.ids_for(req.deployment) if req.deployment else None
+            if req.since or req.until:
+                req = ListFlowRuns(
+                    **{
+                        **{f: getattr(req, f) for f in req.__struct_fields__},
+                        "since": utc(req.since) if req.since else None,
+                        "until": utc(req.until) if req.until else None,
+                    }
+                )
+            return await read_model.query(req, ids)
+
+        routes: list[tuple[str, type[Any], Callable[[Any], Awaitable[Any]]]] = [
+            (names.FLOWRUN_CREATE, CreateFlowRun, runs.create),
+            (names.FLOWRUN_PROPOSE, ProposeState, runs.propose),
+            (names.FLOWRUN_CANCEL, CancelFlowRun, runs.cancel),
+            (names.FLOWRUN_READ, FlowRunRef, runs.read),
+            (names.FLOWRUN_LIST, ListFlowRuns, list_runs),
+            (names.DEPLOYMENT_REGISTER, RegisterDeployment, deployments.register),
+            (names.DEPLOYMENT_READ, DeploymentRef, deployments.resolve),
+            (names.DEPLOYMENT_LIST, ListDeployments, deployments.page),
+            (names.DEPLOYMENT_PAUSE, DeploymentRef, lambda r: deployments.set_paused(r, True)),
+            (names.DEPLOYMENT_RESUME, DeploymentRef, lambda r: deployments.set_paused(r, False)),
+            (names.DEPLOYMENT_DELETE, DeploymentRef, deployments.delete),
+        ]
+        for subject, type_, fn in routes:
+            await server.add(subject, self._decoding(type_, fn))
+        log.info("orchestrator serving on %s", s.nats_url)
+
+    def _decoding(
+        self, type_: type[Any], fn: Callable[[Any], Awaitable[R]]
+    ) -> Callable[[Msg], Awaitable[R]]:
+        limit = self.settings.max_request_bytes
+
+        async def handle(msg: Msg) -> R:
+            return await fn(decode_request(msg.data, type_, max_bytes=limit))
+
+        return handle

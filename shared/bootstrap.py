@@ -1,0 +1,118 @@
+"""Create the JetStream streams and KV buckets Sluice needs, idempotently.
+
+Every service calls :func:`bootstrap` before it serves, so the stack comes up
+in any order. An existing stream or bucket is left as it is (an operator may
+have tuned it); a missing one is created with file storage and the configured
+number of replicas. Two services bootstrapping at once is harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import nats.errors
+import nats.js.errors
+from nats.js import JetStreamContext
+from nats.js.api import (
+    DiscardPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+
+from . import names
+from .settings import Settings
+
+log = logging.getLogger("sluice.bootstrap")
+
+DUPLICATE_WINDOW = 120.0  # seconds; JetStream's Nats-Msg-Id de-duplication
+
+
+def stream_configs(settings: Settings) -> list[StreamConfig]:
+    return [
+        StreamConfig(
+            name=names.EVENTS_STREAM,
+            description="One event per accepted flow-run transition",
+            subjects=[f"{names.EVENTS_PREFIX}.>"],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            num_replicas=settings.replicas,
+            max_age=settings.events_max_age or None,
+            duplicate_window=DUPLICATE_WINDOW,
+            allow_direct=True,
+        ),
+        StreamConfig(
+            name=names.LOGS_STREAM,
+            description="Log records of flow runs",
+            subjects=[f"{names.LOGS_PREFIX}.>"],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            num_replicas=settings.replicas,
+            max_age=settings.logs_max_age or None,
+            discard=DiscardPolicy.OLD,
+            allow_direct=True,
+        ),
+        StreamConfig(
+            name=names.DISPATCH_STREAM,
+            description="Flow runs that are due, waiting for a runner",
+            subjects=[f"{names.DISPATCH_PREFIX}.>"],
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+            num_replicas=settings.replicas,
+            duplicate_window=DUPLICATE_WINDOW,
+        ),
+    ]
+
+
+def bucket_configs(settings: Settings) -> list[KeyValueConfig]:
+    # No TTL on any of these: runs, deployments and idempotency keys are
+    # kept until someone deletes them.
+    return [
+        KeyValueConfig(
+            bucket=names.FLOW_RUNS_BUCKET,
+            description="Flow runs with their current state; written only by the orchestrator",
+            history=1,
+            storage=StorageType.FILE,
+            replicas=settings.replicas,
+            direct=True,
+        ),
+        KeyValueConfig(
+            bucket=names.DEPLOYMENTS_BUCKET,
+            description="Deployments by id, and name index entries",
+            history=5,
+            storage=StorageType.FILE,
+            replicas=settings.replicas,
+            direct=True,
+        ),
+        KeyValueConfig(
+            bucket=names.IDEMPOTENCY_BUCKET,
+            description="Idempotency key -> flow run id; keys never expire",
+            history=1,
+            storage=StorageType.FILE,
+            replicas=settings.replicas,
+            direct=True,
+        ),
+    ]
+
+
+async def bootstrap(js: JetStreamContext, settings: Settings) -> None:
+    """Ensure every stream and bucket exists. Safe to call concurrently."""
+    for config in stream_configs(settings):
+        try:
+            await js.stream_info(config.name or "")
+        except nats.js.errors.NotFoundError:
+            try:
+                await js.add_stream(config)
+                log.info("created stream %s", config.name)
+            except nats.js.errors.BadRequestError:
+                await js.stream_info(config.name or "")  # created by a peer meanwhile
+    for kv_config in bucket_configs(settings):
+        try:
+            await js.key_value(kv_config.bucket)
+        except nats.js.errors.BucketNotFoundError:
+            try:
+                await js.create_key_value(kv_config)
+                log.info("created bucket %s", kv_config.bucket)
+            except nats.js.errors.BadRequestError:
+                await js.key_value(kv_config.bucket)

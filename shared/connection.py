@@ -1,0 +1,127 @@
+"""Connecting to NATS, and the client-side boundary for NATS exceptions.
+
+:func:`connect` gives every process the same supervised connection: unlimited
+reconnects, a short ping interval so a dead server is noticed in seconds, and
+credentials/TLS from :class:`Settings`. :func:`request` is where nats-py
+exceptions become :class:`StackUnavailable` for callers.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from typing import Any, TypeVar
+
+import anyio
+import nats
+import nats.errors
+from nats.aio.client import Client as NATS
+
+from .codec import decode_reply, encode
+from .errors import StackUnavailable
+from .settings import Settings
+
+log = logging.getLogger("sluice.nats")
+
+T = TypeVar("T")
+
+PING_INTERVAL = 5  # seconds; two missed pings mark the connection dead
+RECONNECT_WAIT = 0.5
+
+
+def _tls_context(settings: Settings) -> ssl.SSLContext | None:
+    if not (settings.tls_ca or settings.tls_cert or settings.nats_url.startswith("tls://")):
+        return None
+    ctx = ssl.create_default_context(cafile=settings.tls_ca)
+    if settings.tls_cert:
+        ctx.load_cert_chain(settings.tls_cert, settings.tls_key)
+    return ctx
+
+
+async def connect(
+    settings: Settings,
+    *,
+    name: str,
+    wait: float | None = None,
+    **callbacks: Any,
+) -> NATS:
+    """Open a supervised NATS connection.
+
+    With ``wait=None`` the call waits for the server as long as it takes (what
+    a service wants while its NATS container starts). With a number it gives up
+    after that many seconds and raises :class:`StackUnavailable` (what a CLI
+    command wants). Cancellation abandons the attempt and closes the socket.
+    """
+
+    async def on_error(exc: Exception) -> None:
+        log.warning("nats (%s): %s", name, exc or type(exc).__name__)
+
+    async def on_disconnect() -> None:
+        if not nc.is_closed:
+            log.warning("nats (%s): disconnected; reconnecting", name)
+
+    async def on_reconnect() -> None:
+        log.info("nats (%s): reconnected", name)
+
+    options: dict[str, Any] = {
+        "servers": [u.strip() for u in settings.nats_url.split(",")],
+        "name": name,
+        "max_reconnect_attempts": -1,
+        "reconnect_time_wait": RECONNECT_WAIT,
+        "ping_interval": PING_INTERVAL,
+        "max_outstanding_pings": 2,
+        "connect_timeout": 2,
+        "error_cb": on_error,
+        "disconnected_cb": on_disconnect,
+        "reconnected_cb": on_reconnect,
+        "tls": _tls_context(settings),
+        "user": settings.nats_user,
+        "password": settings.nats_password,
+        "token": settings.nats_token,
+        "user_credentials": settings.nats_creds,
+        # A client buffers this much while reconnecting instead of failing.
+        "pending_size": 64 * 1024 * 1024,
+    }
+    options.update(callbacks)
+    nc = NATS()
+    if wait is None:
+        await nc.connect(**options)
+        return nc
+    try:
+        with anyio.fail_after(wait):
+            await nc.connect(**options)
+    except TimeoutError:
+        await nc.close()
+        raise StackUnavailable(
+            f"cannot reach NATS at {settings.nats_url}; is the stack running? "
+            "Start it with `sluice dev`, or set SLUICE_NATS_URL."
+        ) from None
+    return nc
+
+
+async def request(
+    nc: NATS,
+    subject: str,
+    payload: Any,
+    reply_type: type[T],
+    *,
+    timeout: float,
+) -> T:
+    """Send a request and decode the reply; raise the SluiceError it carries.
+
+    Raises StackUnavailable when nobody serves the subject or no reply comes
+    in time; a raised error does not say whether the request took effect, so
+    callers that must not repeat work send an idempotency key.
+    """
+    data = payload if isinstance(payload, bytes) else encode(payload)
+    try:
+        msg = await nc.request(subject, data, timeout=timeout)
+    except nats.errors.NoRespondersError:
+        raise StackUnavailable(
+            f"no service answers {subject!r}; is the orchestrator running?"
+        ) from None
+    except (nats.errors.TimeoutError, TimeoutError):
+        raise StackUnavailable(f"no reply on {subject!r} within {timeout:g}s") from None
+    except nats.errors.ConnectionClosedError:
+        raise StackUnavailable("the NATS connection is closed") from None
+    return decode_reply(msg.data, reply_type)

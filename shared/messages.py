@@ -1,0 +1,208 @@
+"""Requests, replies, events and work items exchanged on NATS subjects.
+
+Requests come from any client and reject unknown fields, so a typo such as
+``paramaters`` is an error the sender sees. Events and work items pass between
+our own services and tolerate unknown fields, so a rolling upgrade works.
+Tags of the event union are stable dotted names and are never reused.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Annotated, Any
+
+import msgspec
+
+from .models import (
+    Deployment,
+    DeploymentSchedule,
+    FlowRun,
+    Infrastructure,
+    Name,
+    Tag,
+)
+from .states import State, StateDetails, StateType
+
+Uuid = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-fA-F-]{32,36}$")]
+Key = Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
+PageLimit = Annotated[int, msgspec.Meta(ge=1, le=1000)]
+Offset = Annotated[int, msgspec.Meta(ge=0)]
+
+
+class Request(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Base of every client request: unknown fields are refused."""
+
+
+# --- flow runs -------------------------------------------------------------------
+class CreateFlowRun(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    deployment: str | None = None
+    """``flow/deployment``; resolves to the newest version of that deployment."""
+    deployment_id: Uuid | None = None
+    flow_name: Name | None = None
+    """For a run with no deployment (a flow called directly from Python)."""
+    parameters: dict[str, Any] | None = None
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=256)] | None = None
+    scheduled_start_time: datetime | None = None
+    idempotency_key: Key | None = None
+    tags: list[Tag] = msgspec.field(default_factory=list)
+    parent_flow_run_id: Uuid | None = None
+
+
+class ProposedState(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    type: StateType
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
+    message: str | None = None
+    details: StateDetails = StateDetails()
+    data: Any = None
+
+
+class ProposeState(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    id: Uuid
+    state: ProposedState
+    transition_id: Key | None = None
+    """Makes a repeated proposal harmless: the same id is accepted once."""
+    attempt: int | None = None
+    """The claim the proposer holds; a stale owner's report is refused."""
+    runner: Name | None = None
+    """Who claims the run, when proposing PENDING."""
+    retry: bool = False
+    """Leave a terminal state: only with SCHEDULED (AwaitingRetry)."""
+
+
+class Decision(enum.StrEnum):
+    ACCEPT = "ACCEPT"
+    REJECT = "REJECT"
+    WAIT = "WAIT"
+    ABORT = "ABORT"
+
+
+class ProposeReply(msgspec.Struct, frozen=True, kw_only=True):
+    status: Decision
+    state: State
+    """The accepted state on ACCEPT, otherwise the run's current state."""
+    reason: str | None = None
+    delay_seconds: float | None = None
+    """On WAIT: propose again after this many seconds."""
+    attempt: int = 0
+    revision: int = 0
+
+
+class FlowRunRef(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    id: Uuid
+
+
+class CancelFlowRun(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    id: Uuid
+    reason: str | None = None
+
+
+class ListFlowRuns(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    states: list[str] = msgspec.field(default_factory=list)
+    """State types (``FAILED``) or names (``Late``); a run matching any is kept."""
+    deployment: str | None = None
+    """``flow/deployment`` or a deployment id."""
+    flow_name: str | None = None
+    tags: list[str] = msgspec.field(default_factory=list)
+    """A run must carry every one of these tags."""
+    parent_flow_run_id: str | None = None
+    since: datetime | None = None
+    """Expected start time at or after this instant."""
+    until: datetime | None = None
+    limit: PageLimit = 50
+    offset: Offset = 0
+
+
+class FlowRunPage(msgspec.Struct, frozen=True, kw_only=True):
+    flow_runs: list[FlowRun]
+    offset: int
+    next_offset: int | None = None
+
+
+# --- deployments -----------------------------------------------------------------
+class RegisterDeployment(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    name: Name
+    flow_name: Name
+    version: str | None = None
+    entrypoint: str | None = None
+    path: str | None = None
+    description: str | None = None
+    tags: list[Tag] = msgspec.field(default_factory=list)
+    parameters: dict[str, Any] = msgspec.field(default_factory=dict)
+    parameter_schema: dict[str, Any] = msgspec.field(default_factory=dict)
+    enforce_parameter_schema: bool = True
+    schedules: list[DeploymentSchedule] = msgspec.field(default_factory=list)
+    paused: bool = False
+    concurrency_limit: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    infrastructure: Infrastructure = Infrastructure()
+    queue: Name = "default"
+
+
+class DeploymentRef(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A deployment by id, by ``flow/deployment``, or by flow name alone when
+    that flow has exactly one deployment."""
+
+    id: Uuid | None = None
+    name: str | None = None
+
+
+class ListDeployments(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    flow_name: str | None = None
+    tags: list[str] = msgspec.field(default_factory=list)
+    limit: PageLimit = 100
+    offset: Offset = 0
+
+
+class DeploymentPage(msgspec.Struct, frozen=True, kw_only=True):
+    deployments: list[Deployment]
+    offset: int
+    next_offset: int | None = None
+
+
+class Deleted(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    deleted: bool = True
+
+
+# --- events (tagged union; between our services: unknown fields tolerated) -------
+class FlowRunCreated(
+    msgspec.Struct, frozen=True, kw_only=True, tag="flowrun.created", tag_field="kind"
+):
+    flow_run: FlowRun
+    revision: int
+    """The run's KV revision after this write; orders events of one run."""
+    occurred: datetime
+
+
+class FlowRunStateChanged(
+    msgspec.Struct, frozen=True, kw_only=True, tag="flowrun.state.changed", tag_field="kind"
+):
+    flow_run: FlowRun
+    revision: int
+    occurred: datetime
+    from_state: State | None = None
+    transition_id: str | None = None
+
+
+Event = FlowRunCreated | FlowRunStateChanged
+
+
+# --- work items and logs ---------------------------------------------------------
+class Dispatch(msgspec.Struct, frozen=True, kw_only=True):
+    """A run that is due, offered to the runners of its queue."""
+
+    flow_run_id: str
+    deployment_id: str | None
+    queue: str
+    attempt: int
+    """The run's attempt counter when dispatched; a runner claims attempt + 1."""
+    scheduled_time: datetime
+
+
+class LogRecord(msgspec.Struct, frozen=True, kw_only=True):
+    flow_run_id: str
+    timestamp: datetime
+    level: int
+    message: str
+    logger: str = "sluice"
+    task_run_id: str | None = None

@@ -1,0 +1,114 @@
+"""The records Sluice stores: flow runs, deployments and their schedules.
+
+These Structs are the values of the ``flow_runs`` and ``deployments`` KV
+buckets and the bodies of replies. They tolerate unknown fields so an older
+reader keeps working while a newer writer adds fields (rule: new fields get
+defaults, a field's type never changes).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+import msgspec
+
+from .states import State
+
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[^/%\x00-\x1f]+$")]
+Tag = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+
+
+# --- schedules ----------------------------------------------------------------
+class IntervalSchedule(msgspec.Struct, frozen=True, kw_only=True, tag="interval", tag_field="type"):
+    interval: Annotated[float, msgspec.Meta(gt=0)]
+    """Seconds between runs."""
+    anchor_date: datetime | None = None
+    timezone: str = "UTC"
+
+
+class CronSchedule(msgspec.Struct, frozen=True, kw_only=True, tag="cron", tag_field="type"):
+    cron: str
+    timezone: str = "UTC"
+    day_or: bool = True
+
+
+class RRuleSchedule(msgspec.Struct, frozen=True, kw_only=True, tag="rrule", tag_field="type"):
+    rrule: str
+    timezone: str = "UTC"
+
+
+Schedule = IntervalSchedule | CronSchedule | RRuleSchedule
+
+
+class DeploymentSchedule(msgspec.Struct, frozen=True, kw_only=True):
+    schedule: Schedule
+    active: bool = True
+    #: Overrides merged over the deployment's default parameters.
+    parameters: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class Infrastructure(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a run's process starts (a flow runner): ``process`` by default."""
+
+    type: str = "process"
+    env: dict[str, str] = msgspec.field(default_factory=dict)
+    options: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+# --- deployments ----------------------------------------------------------------
+class Deployment(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    name: str
+    flow_name: str
+    version: str | None = None
+    entrypoint: str | None = None
+    """``path/to/file.py:function`` or ``package.module:function``."""
+    path: str | None = None
+    """Working directory the entrypoint is relative to."""
+    description: str | None = None
+    tags: list[str] = msgspec.field(default_factory=list)
+    parameters: dict[str, Any] = msgspec.field(default_factory=dict)
+    parameter_schema: dict[str, Any] = msgspec.field(default_factory=dict)
+    enforce_parameter_schema: bool = True
+    schedules: list[DeploymentSchedule] = msgspec.field(default_factory=list)
+    paused: bool = False
+    concurrency_limit: int | None = None
+    infrastructure: Infrastructure = Infrastructure()
+    queue: str = "default"
+    created: datetime
+    updated: datetime
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.flow_name}/{self.name}"
+
+
+# --- flow runs ----------------------------------------------------------------------
+class FlowRun(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    name: str
+    flow_name: str
+    deployment_id: str | None = None
+    deployment_name: str | None = None
+    """``flow/deployment`` at the time the run was created."""
+    deployment_version: str | None = None
+    parameters: dict[str, Any] = msgspec.field(default_factory=dict)
+    tags: list[str] = msgspec.field(default_factory=list)
+    idempotency_key: str | None = None
+    parent_flow_run_id: str | None = None
+    queue: str = "default"
+    state: State
+    created: datetime
+    updated: datetime
+    expected_start_time: datetime
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    run_count: int = 0
+    """How many times the run entered RUNNING."""
+    attempt: int = 0
+    """How many times the run was claimed (entered PENDING); a claim's token."""
+    runner: str | None = None
+    """The runner holding the current claim, if any."""
+    recent_transitions: list[str] = msgspec.field(default_factory=list)
+    """Ids of the last accepted transitions, so a repeated proposal is harmless."""

@@ -1,0 +1,56 @@
+"""Every NATS subject, stream, consumer, queue group and bucket name Sluice uses.
+
+This module owns names only. No other module spells a subject or bucket as a
+string literal: they import it from here, so a rename is one edit and a reader
+can see the whole public surface on one screen.
+"""
+
+from __future__ import annotations
+
+# --- request/reply subjects (served by the orchestrator's queue group) -------
+FLOWRUN_CREATE = "flowrun.create"
+FLOWRUN_PROPOSE = "flowrun.state.propose"
+FLOWRUN_CANCEL = "flowrun.cancel"
+FLOWRUN_READ = "flowrun.read"
+FLOWRUN_LIST = "flowrun.list"
+
+DEPLOYMENT_REGISTER = "deployment.register"
+DEPLOYMENT_READ = "deployment.read"
+DEPLOYMENT_LIST = "deployment.list"
+DEPLOYMENT_PAUSE = "deployment.pause"
+DEPLOYMENT_RESUME = "deployment.resume"
+DEPLOYMENT_DELETE = "deployment.delete"
+
+ORCHESTRATOR_QUEUE = "sluice-orchestrator"
+
+# --- JetStream streams ------------------------------------------------------
+EVENTS_STREAM = "FLOWRUN_EVENTS"
+EVENTS_PREFIX = "flowrun.events"
+LOGS_STREAM = "FLOWRUN_LOGS"
+LOGS_PREFIX = "flowrun.logs"
+DISPATCH_STREAM = "FLOWRUN_DISPATCH"
+DISPATCH_PREFIX = "flowrun.dispatch"
+
+# --- KV buckets ---------------------------------------------------------------
+FLOW_RUNS_BUCKET = "flow_runs"
+DEPLOYMENTS_BUCKET = "deployments"
+IDEMPOTENCY_BUCKET = "flow_run_idempotency"
+
+DEFAULT_QUEUE = "default"
+
+
+def events_subject(run_id: str) -> str:
+    return f"{EVENTS_PREFIX}.{run_id}"
+
+
+def logs_subject(run_id: str) -> str:
+    return f"{LOGS_PREFIX}.{run_id}"
+
+
+def dispatch_subject(queue: str) -> str:
+    return f"{DISPATCH_PREFIX}.{queue}"
+
+
+def kv_stream(bucket: str) -> str:
+    """The JetStream stream that backs a KV bucket (a NATS convention)."""
+    return f"KV_{bucket}"

@@ -1,0 +1,78 @@
+"""Settings read from the environment, in one frozen record.
+
+Every knob a user or operator can turn is a ``SLUICE_*`` variable listed here
+with its default; nothing else in the code base reads ``os.environ`` for
+configuration.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import msgspec
+
+DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    nats_url: str = DEFAULT_NATS_URL
+    nats_user: str | None = None
+    nats_password: str | None = None
+    nats_token: str | None = None
+    nats_creds: str | None = None
+    """Path to a NATS ``.creds`` file (JWT + nkey seed)."""
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    home: Path = Path.home() / ".sluice"
+    replicas: int = 1
+    """JetStream replicas for buckets and streams (3 on a cluster)."""
+    max_request_bytes: int = 1024 * 1024
+    request_timeout: float = 10.0
+    events_max_age: float = 0.0
+    """Seconds to keep run events (0: forever; the read model is rebuilt from them)."""
+    logs_max_age: float = 7 * 24 * 3600.0
+    log_level: str = "INFO"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+        env = dict(os.environ if environ is None else environ)
+
+        def get(name: str) -> str | None:
+            value = env.get(f"SLUICE_{name}")
+            return value if value not in (None, "") else None
+
+        values: dict[str, object] = {}
+        for field, var in [
+            ("nats_url", "NATS_URL"),
+            ("nats_user", "NATS_USER"),
+            ("nats_password", "NATS_PASSWORD"),
+            ("nats_token", "NATS_TOKEN"),
+            ("nats_creds", "NATS_CREDS"),
+            ("tls_ca", "NATS_TLS_CA"),
+            ("tls_cert", "NATS_TLS_CERT"),
+            ("tls_key", "NATS_TLS_KEY"),
+            ("log_level", "LOG_LEVEL"),
+        ]:
+            if (value := get(var)) is not None:
+                values[field] = value
+        if (home := get("HOME")) is not None:
+            values["home"] = Path(home).expanduser()
+        for field, var, conv in [
+            ("replicas", "REPLICAS", int),
+            ("max_request_bytes", "MAX_REQUEST_BYTES", int),
+            ("request_timeout", "REQUEST_TIMEOUT", float),
+            ("events_max_age", "EVENTS_MAX_AGE", float),
+            ("logs_max_age", "LOGS_MAX_AGE", float),
+        ]:
+            if (value := get(var)) is not None:
+                try:
+                    values[field] = conv(value)
+                except ValueError:
+                    raise ValueError(f"SLUICE_{var}={value!r} is not a valid number") from None
+        return cls(**values)  # type: ignore[arg-type]
