@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import anyio
@@ -43,7 +44,7 @@ async def connect(
     *,
     name: str,
     wait: float | None = None,
-    **callbacks: Any,
+    on_reconnect: Callable[[], Awaitable[None]] | None = None,
 ) -> NATS:
     """Open a supervised NATS connection.
 
@@ -51,6 +52,8 @@ async def connect(
     a service wants while its NATS container starts). With a number it gives up
     after that many seconds and raises :class:`StackUnavailable` (what a CLI
     command wants). Cancellation abandons the attempt and closes the socket.
+    ``on_reconnect`` runs after every re-established connection: the place to
+    rebuild consumers and watchers, which can go quiet across a reconnect.
     """
 
     async def on_error(exc: Exception) -> None:
@@ -60,8 +63,10 @@ async def connect(
         if not nc.is_closed:
             log.warning("nats (%s): disconnected; reconnecting", name)
 
-    async def on_reconnect() -> None:
+    async def on_reconnected() -> None:
         log.info("nats (%s): reconnected", name)
+        if on_reconnect is not None:
+            await on_reconnect()
 
     options: dict[str, Any] = {
         "servers": [u.strip() for u in settings.nats_url.split(",")],
@@ -73,7 +78,7 @@ async def connect(
         "connect_timeout": 2,
         "error_cb": on_error,
         "disconnected_cb": on_disconnect,
-        "reconnected_cb": on_reconnect,
+        "reconnected_cb": on_reconnected,
         "tls": _tls_context(settings),
         "user": settings.nats_user,
         "password": settings.nats_password,
@@ -82,7 +87,6 @@ async def connect(
         # A client buffers this much while reconnecting instead of failing.
         "pending_size": 64 * 1024 * 1024,
     }
-    options.update(callbacks)
     nc = NATS()
     if wait is None:
         await nc.connect(**options)

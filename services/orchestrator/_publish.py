@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from datetime import datetime
 
+import nats.js.errors
 from nats.js import JetStreamContext
 
 from shared import names
-from shared.codec import encode
-from shared.messages import Dispatch, FlowRunCreated, FlowRunStateChanged
+from shared.codec import decode, encode
+from shared.messages import Dispatch, Event, FlowRunCreated, FlowRunStateChanged
 from shared.models import FlowRun
 from shared.states import State, StateType
 
@@ -62,6 +63,32 @@ class Publisher:
             stream=names.EVENTS_STREAM,
             headers={MSG_ID: f"{run_id}:{revision}"},
         )
+
+    async def last_event_revision(self, run_id: str) -> int:
+        """The revision carried by the newest event of a run (0: none)."""
+        try:
+            msg = await self._js.get_last_msg(names.EVENTS_STREAM, names.events_subject(run_id))
+        except nats.js.errors.NotFoundError:
+            return 0
+        return decode(msg.data or b"", Event).revision  # type: ignore[arg-type]
+
+    async def ensure_announced(self, run: FlowRun, revision: int, now: datetime) -> bool:
+        """Publish the event (and dispatch) of a stored write if they are missing.
+
+        For the paths that answer from what is already stored — a repeated
+        idempotency key, a replayed transition id, start-up recovery — where
+        the first attempt may have died between the KV write and its event.
+        Returns True if an event had to be published.
+        """
+        missing = await self.last_event_revision(run.id) < revision
+        if missing:
+            if run.created == run.updated:
+                await self.created(run, revision)
+            else:
+                await self.changed(run, revision, from_state=None)
+        if is_due(run, now):
+            await self.dispatch(run)
+        return missing
 
     async def dispatch(self, run: FlowRun) -> None:
         item = Dispatch(

@@ -19,7 +19,7 @@ import anyio
 import msgspec
 import nats.errors
 from anyio.abc import TaskStatus
-from nats.js import JetStreamContext
+from nats.aio.client import Client as NATS
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from shared import names
@@ -70,12 +70,13 @@ def _ts(dt: datetime) -> float:
 
 
 class ReadModel:
-    def __init__(self, path: Path, js: JetStreamContext) -> None:
+    def __init__(self, path: Path, nc: NATS) -> None:
         self._path = path
-        self._js = js
+        self._nc = nc
+        self._js = nc.jetstream()
         self._db: aiosqlite.Connection | None = None
         self.applied_seq = 0
-        self._caught_up = anyio.Event()
+        self._progress = anyio.Event()
 
     async def open(self) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)
@@ -107,7 +108,11 @@ class ReadModel:
 
     # --- feeding ------------------------------------------------------------------
     async def follow(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Apply events forever; resubscribe after any consumer failure.
+        """Apply events forever; resubscribe after a reconnect or any consumer failure.
+
+        nats-py's ordered consumer can go quiet after the server restarts, so
+        the subscription is rebuilt from the last applied sequence whenever
+        the connection was re-established.
 
         Signals ``task_status`` once subscribed. Cancellation stops it between
         batches; a half-applied batch is rolled back by SQLite.
@@ -132,28 +137,27 @@ class ReadModel:
                 if not started:
                     started = True
                     task_status.started()
-                if info.state.last_seq <= self.applied_seq:
-                    self._caught_up.set()
                 try:
-                    await self._consume(sub, info.state.last_seq)
+                    await self._consume(sub, self._nc.stats["reconnects"])
                 finally:
                     await sub.unsubscribe()
             except (nats.errors.Error, TimeoutError, OSError) as exc:
                 log.warning("event stream consumer failed (%s); resubscribing", exc)
                 await anyio.sleep(0.5)
 
-    async def _consume(self, sub: Any, last_seq_at_start: int) -> None:
+    async def _consume(self, sub: Any, reconnects: int) -> None:
+        """Apply messages in batches; return when the connection was re-established."""
         pending: list[tuple[int, bytes]] = []
         while True:
-            timeout = 0.05 if pending else 5.0
+            timeout = 0.05 if pending else 1.0
             try:
                 msg = await sub.next_msg(timeout=timeout)
             except nats.errors.TimeoutError:
                 if pending:
                     await self._apply(pending)
                     pending = []
-                    if self.applied_seq >= last_seq_at_start:
-                        self._caught_up.set()
+                if self._nc.stats["reconnects"] != reconnects:
+                    return
                 continue
             pending.append((msg.metadata.sequence.stream, msg.data))
             if len(pending) >= BATCH:
@@ -177,6 +181,8 @@ class ReadModel:
         )
         await db.commit()
         self.applied_seq = last
+        self._progress.set()
+        self._progress = anyio.Event()
 
     async def _upsert(self, run: FlowRun, revision: int) -> None:
         db = self.db
@@ -210,8 +216,20 @@ class ReadModel:
                 [(tag, run.id) for tag in run.tags],
             )
 
-    async def wait_caught_up(self) -> None:
-        await self._caught_up.wait()
+    async def sync(self, timeout: float = 1.0) -> bool:
+        """Wait until every event published so far is applied (read-your-writes).
+
+        Events are published before a write is acknowledged, so after ``sync``
+        a query sees every write its caller was told about. Gives up after
+        ``timeout`` seconds and returns False; the query then answers from
+        what is applied.
+        """
+        info = await self._js.stream_info(names.EVENTS_STREAM)
+        target = info.state.last_seq
+        with anyio.move_on_after(timeout):
+            while self.applied_seq < target:
+                await self._progress.wait()
+        return self.applied_seq >= target
 
     # --- querying -------------------------------------------------------------------
     async def query(self, req: ListFlowRuns, deployment_ids: list[str] | None) -> FlowRunPage:

@@ -23,7 +23,7 @@ from shared.codec import decode
 from shared.messages import Event
 from shared.models import FlowRun
 
-from ._publish import Publisher, is_due
+from ._publish import Publisher
 
 log = logging.getLogger("sluice.recovery")
 
@@ -32,15 +32,12 @@ log = logging.getLogger("sluice.recovery")
 MARGIN = 2000
 
 
-async def _last_event_revision(js: JetStreamContext, subject: str | None = None) -> int:
+async def _newest_event_revision(js: JetStreamContext) -> int:
+    info = await js.stream_info(names.EVENTS_STREAM)
+    if not info.state.last_seq:
+        return 0
     try:
-        if subject is None:
-            info = await js.stream_info(names.EVENTS_STREAM)
-            if not info.state.last_seq:
-                return 0
-            msg = await js.get_msg(names.EVENTS_STREAM, seq=info.state.last_seq)
-        else:
-            msg = await js.get_last_msg(names.EVENTS_STREAM, subject)
+        msg = await js.get_msg(names.EVENTS_STREAM, seq=info.state.last_seq)
     except nats.js.errors.NotFoundError:
         return 0
     return decode(msg.data or b"", Event).revision  # type: ignore[arg-type]
@@ -51,7 +48,7 @@ async def recover(js: JetStreamContext, publisher: Publisher, clock: Clock) -> i
     kv_stream = names.kv_stream(names.FLOW_RUNS_BUCKET)
     info = await js.stream_info(kv_stream)
     last_kv = info.state.last_seq
-    start = max(info.state.first_seq, await _last_event_revision(js) - MARGIN + 1, 1)
+    start = max(info.state.first_seq, await _newest_event_revision(js) - MARGIN + 1, 1)
     if not info.state.messages or start > last_kv:
         return 0
     sub = await js.subscribe(
@@ -73,15 +70,8 @@ async def recover(js: JetStreamContext, publisher: Publisher, clock: Clock) -> i
                 pass
             elif msg.data:
                 run = decode(msg.data, FlowRun)
-                revision = meta.sequence.stream
-                if await _last_event_revision(js, names.events_subject(run.id)) < revision:
-                    if run.created == run.updated:
-                        await publisher.created(run, revision)
-                    else:
-                        await publisher.changed(run, revision, from_state=None)
+                if await publisher.ensure_announced(run, meta.sequence.stream, now):
                     published += 1
-                if is_due(run, now):
-                    await publisher.dispatch(run)
             if meta.num_pending == 0:
                 break
     finally:

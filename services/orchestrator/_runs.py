@@ -72,7 +72,9 @@ class Runs:
             if bound != run_id:
                 existing = await self._runs.get(bound)
                 if existing is not None:
-                    return existing[0]
+                    run, revision = existing
+                    await self._publisher.ensure_announced(run, revision, self._clock.now())
+                    return run
                 # The first request with this key died after claiming it and
                 # before storing its run: store that run now, under its id.
                 run_id = bound
@@ -107,6 +109,7 @@ class Runs:
             existing = await self._runs.get(run_id)
             if existing is None:  # pragma: no cover - a run is never deleted by us
                 raise Conflict(f"flow run {run_id} vanished while being created") from None
+            await self._publisher.ensure_announced(*existing, self._clock.now())
             return existing[0]
         if is_due(run, now):
             await self._publisher.dispatch(run)
@@ -141,6 +144,8 @@ class Runs:
             run, revision = found
             ctx = rules.Context(run=run, proposal=req, now=self._clock.now())
             outcome = rules.decide(ctx)
+            if outcome.replay:
+                await self._publisher.ensure_announced(run, revision, ctx.now)
             if outcome.status is not Decision.ACCEPT or outcome.replay:
                 return ProposeReply(
                     status=outcome.status,

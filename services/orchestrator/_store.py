@@ -124,13 +124,16 @@ class DeploymentStore:
             raise Stale(key) from None
 
     async def all(self) -> list[Deployment]:
+        """Every stored deployment version, read in one pass over the bucket."""
+        # (nats-py's KeyValue.keys() filters by substring, so we watch instead.)
+        watcher = await self._kv.watch("d.*", ignore_deletes=True)
+        out: list[Deployment] = []
         try:
-            keys = await self._kv.keys(filters=["d.>"])
-        except nats.js.errors.NoKeysError:
-            return []
-        out = []
-        for key in keys:
-            deployment = await self.get(key[2:])
-            if deployment is not None:
-                out.append(deployment)
+            async for entry in watcher:
+                if entry is None:  # the end of the current values
+                    break
+                if entry.value:
+                    out.append(decode(entry.value, Deployment))
+        finally:
+            await watcher.stop()
         return out

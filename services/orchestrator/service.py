@@ -10,6 +10,7 @@ seconds, then cancels what remains and closes the connection.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -18,8 +19,10 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import anyio
+import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 
 from services._rpc import RequestServer
 from shared import names
@@ -88,7 +91,15 @@ class Orchestrator:
 
     async def _start(self, stack: AsyncExitStack) -> None:
         s = self.settings
-        nc = self.nc = await connect(s, name="sluice-orchestrator")
+        reconnects, self._reconnects = anyio.create_memory_object_stream[None](1)
+        stack.callback(reconnects.close)
+        stack.callback(self._reconnects.close)
+
+        async def on_reconnect() -> None:
+            with contextlib.suppress(anyio.WouldBlock, anyio.ClosedResourceError):
+                reconnects.send_nowait(None)  # one pending signal is enough
+
+        nc = self.nc = await connect(s, name="sluice-orchestrator", on_reconnect=on_reconnect)
         stack.push_async_callback(nc.close)
         js = nc.jetstream()
         await bootstrap(js, s)
@@ -104,7 +115,7 @@ class Orchestrator:
             publisher,
             self.clock,
         )
-        self.read_model = read_model = ReadModel(self.read_model_path, js)
+        self.read_model = read_model = ReadModel(self.read_model_path, nc)
         await read_model.open()
         stack.push_async_callback(read_model.close)
 
@@ -112,6 +123,7 @@ class Orchestrator:
 
         tg = await stack.enter_async_context(anyio.create_task_group())
         await tg.start(read_model.follow)
+        tg.start_soon(self._recover_after_reconnects, js, publisher)
         server = RequestServer(nc, tg, queue=names.ORCHESTRATOR_QUEUE, concurrency=self.concurrency)
 
         async def stop() -> None:
@@ -130,6 +142,7 @@ class Orchestrator:
                         "until": utc(req.until) if req.until else None,
                     }
                 )
+            await read_model.sync()
             return await read_model.query(req, ids)
 
         routes: list[tuple[str, type[Any], Callable[[Any], Awaitable[Any]]]] = [
@@ -148,6 +161,14 @@ class Orchestrator:
         for subject, type_, fn in routes:
             await server.add(subject, self._decoding(type_, fn))
         log.info("orchestrator serving on %s", s.nats_url)
+
+    async def _recover_after_reconnects(self, js: JetStreamContext, publisher: Publisher) -> None:
+        """A write cut off by a NATS outage may lack its event: look again after each."""
+        async for _ in self._reconnects:
+            try:
+                await recover(js, publisher, self.clock)
+            except (nats.errors.Error, TimeoutError) as exc:
+                log.warning("recovery after reconnect failed (%s); will retry on the next", exc)
 
     def _decoding(
         self, type_: type[Any], fn: Callable[[Any], Awaitable[R]]

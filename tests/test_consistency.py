@@ -1,0 +1,158 @@
+"""Races and repeats: compare-and-set claims, idempotency under concurrency, transition ids."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import anyio
+import pytest
+
+from engine.client import Client
+from services.orchestrator import Orchestrator
+from shared.messages import Decision, ProposedState, RegisterDeployment
+from shared.settings import Settings
+from shared.states import StateType
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def two_replicas(settings: Settings, tmp_path: Path) -> AsyncIterator[None]:
+    """Two orchestrators in one queue group, as `docker compose up --scale` gives."""
+    second = Settings(nats_url=settings.nats_url, home=tmp_path / "replica-2")
+    async with Orchestrator(settings, grace=1), Orchestrator(second, grace=1):
+        yield
+
+
+async def test_racing_claims_exactly_one_wins(
+    two_replicas: None, settings: Settings, unique: str
+) -> None:
+    async with Client(settings) as admin:
+        await admin.register_deployment(RegisterDeployment(name="d", flow_name=f"f{unique}"))
+        runs = [await admin.create_flow_run(f"f{unique}/d") for _ in range(5)]
+
+    clients = [Client(settings) for _ in range(8)]
+    for c in clients:
+        await c.__aenter__()
+    try:
+        for run in runs:
+            outcomes: list[Decision] = []
+
+            async def claim(
+                c: Client, i: int, run_id: str = run.id, out: list[Decision] = outcomes
+            ) -> None:
+                reply = await c.propose_state(
+                    run_id, ProposedState(type=StateType.PENDING), runner=f"runner-{i}", attempt=0
+                )
+                out.append(reply.status)
+
+            async with anyio.create_task_group() as tg:
+                for i in range(40):
+                    tg.start_soon(claim, clients[i % len(clients)], i)
+            counts = Counter(outcomes)
+            assert counts[Decision.ACCEPT] == 1, counts
+            assert counts[Decision.ABORT] == 39, counts
+            final = await clients[0].read_flow_run(run.id)
+            assert final.state.type is StateType.PENDING
+            assert final.attempt == 1
+    finally:
+        for c in clients:
+            await c.__aexit__(None, None, None)
+
+
+async def test_concurrent_creates_with_one_key_make_one_run(
+    two_replicas: None, settings: Settings, unique: str
+) -> None:
+    async with Client(settings) as c:
+        await c.register_deployment(RegisterDeployment(name="d", flow_name=f"f{unique}"))
+        ids: list[str] = []
+
+        async def create() -> None:
+            run = await c.create_flow_run(f"f{unique}/d", idempotency_key="same")
+            ids.append(run.id)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(30):
+                tg.start_soon(create)
+        assert len(set(ids)) == 1
+        page = await c.list_flow_runs(flow_name=f"f{unique}")
+        assert [r.id for r in page.flow_runs] == [ids[0]]
+
+
+async def test_a_repeated_transition_is_harmless(client: Client, unique: str) -> None:
+    await client.register_deployment(RegisterDeployment(name="d", flow_name=f"f{unique}"))
+    run = await client.create_flow_run(f"f{unique}/d")
+    first = await client.propose_state(
+        run.id, ProposedState(type=StateType.RUNNING), transition_id="tx-1"
+    )
+    done = await client.propose_state(
+        run.id, ProposedState(type=StateType.COMPLETED), transition_id="tx-2"
+    )
+    # the network lost the replies; the proposer sends both again
+    again = await client.propose_state(
+        run.id, ProposedState(type=StateType.RUNNING), transition_id="tx-1"
+    )
+    again_done = await client.propose_state(
+        run.id, ProposedState(type=StateType.COMPLETED), transition_id="tx-2"
+    )
+    assert first.status is done.status is Decision.ACCEPT
+    assert again.status is again_done.status is Decision.ACCEPT
+    assert again.revision == again_done.revision == done.revision  # nothing was written
+    final = await client.read_flow_run(run.id)
+    assert final.state.type is StateType.COMPLETED
+    assert final.run_count == 1
+
+
+async def test_running_too_early_waits(client: Client, unique: str) -> None:
+    await client.register_deployment(RegisterDeployment(name="d", flow_name=f"f{unique}"))
+    later = datetime.now(UTC) + timedelta(hours=1)
+    run = await client.create_flow_run(f"f{unique}/d", scheduled_start_time=later)
+    reply = await client.propose_state(run.id, ProposedState(type=StateType.RUNNING))
+    assert reply.status is Decision.WAIT
+    assert reply.delay_seconds is not None and 3500 < reply.delay_seconds <= 3600
+    assert reply.state.type is StateType.SCHEDULED
+
+
+async def test_a_stale_owner_cannot_report(client: Client, unique: str) -> None:
+    await client.register_deployment(RegisterDeployment(name="d", flow_name=f"f{unique}"))
+    run = await client.create_flow_run(f"f{unique}/d")
+    claim = await client.propose_state(
+        run.id, ProposedState(type=StateType.PENDING), runner="old", attempt=0
+    )
+    await client.propose_state(run.id, ProposedState(type=StateType.RUNNING), attempt=claim.attempt)
+    await client.propose_state(run.id, ProposedState(type=StateType.CRASHED))
+    await client.propose_state(run.id, ProposedState(type=StateType.SCHEDULED), retry=True)
+    new = await client.propose_state(
+        run.id, ProposedState(type=StateType.PENDING), runner="new", attempt=claim.attempt
+    )
+    assert new.status is Decision.ACCEPT
+    late = await client.propose_state(
+        run.id, ProposedState(type=StateType.COMPLETED), attempt=claim.attempt
+    )
+    assert late.status is Decision.ABORT
+    assert "stale" in (late.reason or "")
+    assert (await client.read_flow_run(run.id)).runner == "new"
+
+
+async def test_watch_sees_every_change(client: Client, unique: str) -> None:
+    await client.register_deployment(RegisterDeployment(name="d", flow_name=f"f{unique}"))
+    run = await client.create_flow_run(f"f{unique}/d")
+    seen: list[StateType] = []
+
+    async def watch() -> None:
+        async for current in client.watch_flow_run(run.id):
+            seen.append(current.state.type)
+            if current.state.is_terminal:
+                return
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch)
+        for t in (StateType.PENDING, StateType.RUNNING, StateType.COMPLETED):
+            await client.propose_state(run.id, ProposedState(type=t))
+    assert seen[0] is StateType.SCHEDULED
+    assert seen[-1] is StateType.COMPLETED
+    final = await client.wait_for_flow_run(run.id)
+    assert final.state.type is StateType.COMPLETED

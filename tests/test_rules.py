@@ -1,0 +1,187 @@
+"""The orchestration-rule table, as pure functions: no NATS, no clock."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from services.orchestrator import rules
+from shared.messages import Decision, ProposedState, ProposeState
+from shared.models import FlowRun
+from shared.states import State, StateDetails, StateType
+
+NOW = datetime(2030, 1, 1, 12, tzinfo=UTC)
+RUN_ID = "00000000-0000-4000-8000-000000000001"
+T = StateType
+
+
+def run_in(
+    type_: StateType,
+    *,
+    attempt: int = 1,
+    scheduled: datetime = NOW,
+    recent: tuple[str, ...] = (),
+) -> FlowRun:
+    return FlowRun(
+        id=RUN_ID,
+        name="brave-otter",
+        flow_name="f",
+        deployment_id="d",
+        state=State(
+            type=type_,
+            name=type_.value.title(),
+            timestamp=NOW,
+            details=StateDetails(scheduled_time=scheduled),
+        ),
+        created=NOW,
+        updated=NOW,
+        expected_start_time=scheduled,
+        attempt=attempt,
+        recent_transitions=list(recent),
+    )
+
+
+def decide(run: FlowRun, to: StateType, **kw: object) -> rules.Outcome:
+    proposal = ProposeState(id=run.id, state=ProposedState(type=to), **kw)  # type: ignore[arg-type]
+    return rules.decide(rules.Context(run=run, proposal=proposal, now=NOW))
+
+
+# (current, proposed, extra proposal fields, expected decision)
+TABLE = [
+    # claiming
+    (T.SCHEDULED, T.PENDING, {}, Decision.ACCEPT),
+    (T.PENDING, T.PENDING, {}, Decision.ABORT),
+    (T.RUNNING, T.PENDING, {}, Decision.ABORT),
+    (T.CANCELLING, T.PENDING, {}, Decision.ABORT),
+    (T.PAUSED, T.PENDING, {}, Decision.ABORT),
+    # ordinary progress
+    (T.PENDING, T.RUNNING, {}, Decision.ACCEPT),
+    (T.SCHEDULED, T.RUNNING, {}, Decision.ACCEPT),
+    (T.RUNNING, T.COMPLETED, {}, Decision.ACCEPT),
+    (T.RUNNING, T.FAILED, {}, Decision.ACCEPT),
+    (T.RUNNING, T.CRASHED, {}, Decision.ACCEPT),
+    (T.RUNNING, T.PAUSED, {}, Decision.ACCEPT),
+    (T.PAUSED, T.RUNNING, {}, Decision.ACCEPT),
+    (T.RUNNING, T.CANCELLING, {}, Decision.ACCEPT),
+    (T.SCHEDULED, T.CANCELLED, {}, Decision.ACCEPT),
+    # terminal states are final ...
+    (T.COMPLETED, T.RUNNING, {}, Decision.ABORT),
+    (T.FAILED, T.PENDING, {}, Decision.ABORT),
+    (T.CRASHED, T.COMPLETED, {}, Decision.ABORT),
+    (T.CANCELLED, T.RUNNING, {}, Decision.ABORT),
+    (T.COMPLETED, T.SCHEDULED, {}, Decision.ABORT),
+    # ... unless a retry is requested, and only back to SCHEDULED
+    (T.FAILED, T.SCHEDULED, {"retry": True}, Decision.ACCEPT),
+    (T.CRASHED, T.SCHEDULED, {"retry": True}, Decision.ACCEPT),
+    (T.COMPLETED, T.SCHEDULED, {"retry": True}, Decision.ACCEPT),
+    (T.FAILED, T.RUNNING, {"retry": True}, Decision.ABORT),
+    (T.RUNNING, T.SCHEDULED, {"retry": True}, Decision.REJECT),
+    # Cancelling leads only to Cancelled
+    (T.CANCELLING, T.CANCELLED, {}, Decision.ACCEPT),
+    (T.CANCELLING, T.COMPLETED, {}, Decision.REJECT),
+    (T.CANCELLING, T.RUNNING, {}, Decision.REJECT),
+    (T.CANCELLING, T.FAILED, {}, Decision.REJECT),
+    # a stale owner is refused
+    (T.RUNNING, T.COMPLETED, {"attempt": 0}, Decision.ABORT),
+    (T.RUNNING, T.COMPLETED, {"attempt": 1}, Decision.ACCEPT),
+    (T.SCHEDULED, T.PENDING, {"attempt": 1}, Decision.ACCEPT),
+    (T.SCHEDULED, T.PENDING, {"attempt": 0}, Decision.ABORT),
+]
+
+
+@pytest.mark.parametrize(("current", "proposed", "extra", "expected"), TABLE)
+def test_rule_table(
+    current: StateType, proposed: StateType, extra: dict[str, object], expected: Decision
+) -> None:
+    outcome = decide(run_in(current), proposed, **extra)
+    assert outcome.status is expected, outcome.reason
+    if expected is not Decision.ACCEPT:
+        assert outcome.reason  # every refusal says why
+
+
+@pytest.mark.parametrize("proposed", [T.PENDING, T.RUNNING])
+def test_too_early_waits_with_the_delay(proposed: StateType) -> None:
+    early = run_in(T.SCHEDULED, scheduled=NOW + timedelta(seconds=90))
+    outcome = decide(early, proposed)
+    assert outcome.status is Decision.WAIT
+    assert outcome.delay_seconds == pytest.approx(90)
+
+
+def test_repeated_transition_id_is_accepted_without_a_change() -> None:
+    run = run_in(T.RUNNING, recent=("t-1",))
+    outcome = decide(run, T.COMPLETED, transition_id="t-1")
+    assert outcome.status is Decision.ACCEPT
+    assert outcome.replay
+    # even a proposal that would now be refused: the caller's earlier success stands
+    done = run_in(T.COMPLETED, recent=("t-1",))
+    assert decide(done, T.COMPLETED, transition_id="t-1").replay
+
+
+def test_apply_claims_counts_and_stamps() -> None:
+    run = run_in(T.SCHEDULED, attempt=0)
+    proposal = ProposeState(
+        id=run.id, state=ProposedState(type=T.PENDING), runner="r1", transition_id="x"
+    )
+    ctx = rules.Context(run=run, proposal=proposal, now=NOW)
+    state = rules.build_state(ctx)
+    claimed = rules.apply(ctx, state)
+    assert claimed.attempt == 1
+    assert claimed.runner == "r1"
+    assert claimed.state.name == "Pending"
+    assert claimed.state.details.runner == "r1"
+    assert claimed.recent_transitions == ["x"]
+
+    later = NOW + timedelta(seconds=5)
+    running_ctx = rules.Context(
+        run=claimed,
+        proposal=ProposeState(id=run.id, state=ProposedState(type=T.RUNNING)),
+        now=later,
+    )
+    running = rules.apply(running_ctx, rules.build_state(running_ctx))
+    assert running.run_count == 1
+    assert running.start_time == later
+
+    done_ctx = rules.Context(
+        run=running,
+        proposal=ProposeState(id=run.id, state=ProposedState(type=T.COMPLETED, data={"v": 1})),
+        now=later,
+    )
+    done = rules.apply(done_ctx, rules.build_state(done_ctx))
+    assert done.end_time == later
+    assert done.state.data == {"v": 1}
+
+
+def test_retry_reopens_and_clears_the_owner() -> None:
+    failed = run_in(T.FAILED)
+    later = NOW + timedelta(minutes=1)
+    ctx = rules.Context(
+        run=failed,
+        proposal=ProposeState(
+            id=failed.id,
+            state=ProposedState(
+                type=T.SCHEDULED,
+                name="AwaitingRetry",
+                details=StateDetails(scheduled_time=later),
+            ),
+            retry=True,
+        ),
+        now=NOW,
+    )
+    reopened = rules.apply(ctx, rules.build_state(ctx))
+    assert reopened.state.name == "AwaitingRetry"
+    assert reopened.expected_start_time == later
+    assert reopened.runner is None
+    assert reopened.end_time is None
+
+
+def test_recent_transitions_are_bounded() -> None:
+    run = run_in(T.RUNNING, recent=tuple(f"t{i}" for i in range(rules.RECENT_TRANSITIONS)))
+    ctx = rules.Context(
+        run=run,
+        proposal=ProposeState(id=run.id, state=ProposedState(type=T.RUNNING), transition_id="new"),
+        now=NOW,
+    )
+    after = rules.apply(ctx, rules.build_state(ctx))
+    assert len(after.recent_transitions) == rules.RECENT_TRANSITIONS
+    assert after.recent_transitions[-1] == "new"
