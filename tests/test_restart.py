@@ -23,6 +23,8 @@ from shared.models import FlowRun
 from shared.settings import Settings
 from shared.states import State, StateDetails, StateType
 
+from ._procs import start_service, wait_until_serving
+
 pytestmark = pytest.mark.anyio
 
 
@@ -143,3 +145,51 @@ async def test_nats_server_killed_and_restarted_under_load(
         assert {r.id for r in page.flow_runs} == set(acknowledged.values())
         after = await c.create_flow_run("load/d")
         assert after.state.type is StateType.SCHEDULED
+
+
+async def test_orchestrator_sigkilled_under_load(settings: Settings, tmp_path: Path) -> None:
+    """Kill -9 the orchestrator process mid-load; clients retry with their keys."""
+    settings = Settings(nats_url=settings.nats_url, home=settings.home, request_timeout=1.0)
+    log = tmp_path / "orchestrator.log"
+    proc = start_service("services.orchestrator", settings, log)
+    acknowledged: dict[str, str] = {}
+    progress = anyio.Event()
+    try:
+        await wait_until_serving(settings, proc)
+        async with Client(settings) as c:
+            flow = f"k{tmp_path.name[-8:]}"
+            await c.register_deployment(RegisterDeployment(name="d", flow_name=flow))
+
+            async def load(worker: int) -> None:
+                for i in range(30):
+                    key = f"w{worker}-{i}"
+                    while key not in acknowledged:
+                        try:
+                            acknowledged[key] = (
+                                await c.create_flow_run(f"{flow}/d", idempotency_key=key)
+                            ).id
+                            progress.set()
+                        except StackUnavailable:
+                            await anyio.sleep(0.1)
+
+            async with anyio.create_task_group() as tg:
+                for w in range(4):
+                    tg.start_soon(load, w)
+                for _ in range(3):
+                    target = len(acknowledged) + 15
+                    while len(acknowledged) < min(target, 120):
+                        await progress.wait()
+                        progress = anyio.Event()
+                    proc.kill()
+                    proc.wait()
+                    proc = start_service("services.orchestrator", settings, log)
+
+            assert len(acknowledged) == 120
+            assert len(set(acknowledged.values())) == 120
+            for run_id in acknowledged.values():
+                await c.read_flow_run(run_id)
+            page = await c.list_flow_runs(flow_name=flow, limit=1000)
+            assert {r.id for r in page.flow_runs} == set(acknowledged.values())
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -1,0 +1,48 @@
+"""Helpers for tests that run Sluice services as real processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import anyio
+
+from engine.client import Client
+from shared.errors import StackUnavailable
+from shared.settings import Settings
+
+
+def service_env(settings: Settings) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        SLUICE_NATS_URL=settings.nats_url,
+        SLUICE_HOME=str(settings.home),
+        SLUICE_LOG_LEVEL="WARNING",
+    )
+    return env
+
+
+def start_service(module: str, settings: Settings, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", module],
+            env=service_env(settings),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+
+
+async def wait_until_serving(settings: Settings, proc: subprocess.Popen[bytes]) -> None:
+    """Return once the orchestrator answers a request (no fixed sleeps)."""
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"service exited with {proc.returncode}")
+        try:
+            async with Client(settings, connect_timeout=2) as c:
+                await c.list_deployments(limit=1)
+                return
+        except StackUnavailable:
+            await anyio.sleep(0.05)
