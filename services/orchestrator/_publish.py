@@ -3,15 +3,20 @@
 Both go to JetStream with a ``Nats-Msg-Id`` derived from the run and its
 revision (or claim attempt), so publishing the same fact twice — a retry, or
 recovery after a crash — stores it once within JetStream's duplicate window,
-and consumers can de-duplicate beyond it by ``revision``.
+and consumers can de-duplicate beyond it by ``revision``. The dispatch item
+and the event of one write are sent together and their acks awaited
+together: one round trip, not two.
 """
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 
+import anyio
 import nats.js.errors
 from nats.js import JetStreamContext
+from nats.js.api import PubAck
 
 from shared import names
 from shared.codec import decode, encode
@@ -20,6 +25,7 @@ from shared.models import FlowRun
 from shared.states import State, StateType
 
 MSG_ID = "Nats-Msg-Id"
+ACK_TIMEOUT = 5.0
 
 
 def is_due(run: FlowRun, now: datetime) -> bool:
@@ -35,33 +41,62 @@ class Publisher:
     def __init__(self, js: JetStreamContext) -> None:
         self._js = js
 
-    async def created(self, run: FlowRun, revision: int) -> None:
-        event = FlowRunCreated(flow_run=run, revision=revision, occurred=run.created)
-        await self._publish_event(run.id, revision, encode(event))
-
-    async def changed(
+    async def announce(
         self,
         run: FlowRun,
         revision: int,
         *,
-        from_state: State | None,
+        now: datetime,
+        created: bool = False,
+        from_state: State | None = None,
         transition_id: str | None = None,
     ) -> None:
-        event = FlowRunStateChanged(
-            flow_run=run,
-            revision=revision,
-            occurred=run.updated,
-            from_state=from_state,
-            transition_id=transition_id,
-        )
-        await self._publish_event(run.id, revision, encode(event))
+        """Publish the event of a stored write, and the run's dispatch item if it is due.
 
-    async def _publish_event(self, run_id: str, revision: int, data: bytes) -> None:
-        await self._js.publish(
-            names.events_subject(run_id),
-            data,
-            stream=names.EVENTS_STREAM,
-            headers={MSG_ID: f"{run_id}:{revision}"},
+        Returns once JetStream acknowledged both. Raises TimeoutError when no
+        ack came within ACK_TIMEOUT, or a nats error; either way the write
+        itself stands and the event will be published by a later retry or by
+        recovery.
+        """
+        pending: list[asyncio.Future[PubAck]] = []
+        if is_due(run, now):
+            pending.append(await self._send_dispatch(run))
+        event: FlowRunCreated | FlowRunStateChanged
+        if created:
+            event = FlowRunCreated(flow_run=run, revision=revision, occurred=run.created)
+        else:
+            event = FlowRunStateChanged(
+                flow_run=run,
+                revision=revision,
+                occurred=run.updated,
+                from_state=from_state,
+                transition_id=transition_id,
+            )
+        pending.append(
+            await self._js.publish_async(
+                names.events_subject(run.id),
+                encode(event),
+                stream=names.EVENTS_STREAM,
+                headers={MSG_ID: f"{run.id}:{revision}"},
+            )
+        )
+        with anyio.fail_after(ACK_TIMEOUT):
+            for future in pending:
+                await future
+
+    async def _send_dispatch(self, run: FlowRun) -> asyncio.Future[PubAck]:
+        item = Dispatch(
+            flow_run_id=run.id,
+            deployment_id=run.deployment_id,
+            queue=run.queue,
+            attempt=run.attempt,
+            scheduled_time=run.expected_start_time,
+        )
+        return await self._js.publish_async(
+            names.dispatch_subject(run.queue),
+            encode(item),
+            stream=names.DISPATCH_STREAM,
+            headers={MSG_ID: f"dispatch:{run.id}:{run.attempt}"},
         )
 
     async def last_event_revision(self, run_id: str) -> int:
@@ -80,27 +115,10 @@ class Publisher:
         the first attempt may have died between the KV write and its event.
         Returns True if an event had to be published.
         """
-        missing = await self.last_event_revision(run.id) < revision
-        if missing:
-            if run.created == run.updated:
-                await self.created(run, revision)
-            else:
-                await self.changed(run, revision, from_state=None)
-        if is_due(run, now):
-            await self.dispatch(run)
-        return missing
-
-    async def dispatch(self, run: FlowRun) -> None:
-        item = Dispatch(
-            flow_run_id=run.id,
-            deployment_id=run.deployment_id,
-            queue=run.queue,
-            attempt=run.attempt,
-            scheduled_time=run.expected_start_time,
-        )
-        await self._js.publish(
-            names.dispatch_subject(run.queue),
-            encode(item),
-            stream=names.DISPATCH_STREAM,
-            headers={MSG_ID: f"dispatch:{run.id}:{run.attempt}"},
-        )
+        if await self.last_event_revision(run.id) >= revision:
+            if is_due(run, now):  # re-offer; a second claim is refused anyway
+                with anyio.fail_after(ACK_TIMEOUT):
+                    await (await self._send_dispatch(run))
+            return False
+        await self.announce(run, revision, now=now, created=run.created == run.updated)
+        return True

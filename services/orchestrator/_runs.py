@@ -30,7 +30,7 @@ from shared.states import TERMINAL_TYPES, State, StateDetails, StateType
 from . import _params, rules
 from ._deployments import Deployments
 from ._names import run_name
-from ._publish import Publisher, is_due
+from ._publish import Publisher
 from ._store import Exists, IdempotencyStore, RunStore, Stale
 
 CAS_ATTEMPTS = 50
@@ -111,9 +111,7 @@ class Runs:
                 raise Conflict(f"flow run {run_id} vanished while being created") from None
             await self._publisher.ensure_announced(*existing, self._clock.now())
             return existing[0]
-        if is_due(run, now):
-            await self._publisher.dispatch(run)
-        await self._publisher.created(run, revision)
+        await self._publisher.announce(run, revision, now=now, created=True)
         return run
 
     async def _deployment_for(self, req: CreateFlowRun) -> Deployment | None:
@@ -161,10 +159,12 @@ class Runs:
                 new_revision = await self._runs.update(new, revision)
             except Stale:
                 continue  # someone else moved the run; judge again against the new state
-            if is_due(new, ctx.now):
-                await self._publisher.dispatch(new)
-            await self._publisher.changed(
-                new, new_revision, from_state=run.state, transition_id=req.transition_id
+            await self._publisher.announce(
+                new,
+                new_revision,
+                now=ctx.now,
+                from_state=run.state,
+                transition_id=req.transition_id,
             )
             return ProposeReply(
                 status=Decision.ACCEPT, state=state, attempt=new.attempt, revision=new_revision
