@@ -1,0 +1,338 @@
+"""The flow-run pipeline: from a flow call to a final state.
+
+1. **Created** — parameters are bound (and validated against the type hints
+   when ``validate_parameters``), the run is created in PENDING and reported.
+   Bad parameters: the run is proposed FAILED with a message naming the
+   parameter and the body never runs.
+2. **Running** — RUNNING is proposed; a REJECT ends the run in the state the
+   orchestrator returned, without running the body.
+3. **Body** — the function runs (with ``timeout_seconds``: a sync body on a
+   helper thread that is abandoned on timeout, an async one cancelled), then
+   every task run it submitted is waited for, and futures it returns are
+   replaced by their values.
+4. **Final state** — an exception ends the attempt FAILED (TimedOut for a
+   timeout). A normal return is COMPLETED, except that a body returning
+   ``None`` while some of its task runs or subflows failed (TriggerFailed
+   excluded) ends FAILED, listing them: no failure goes unnoticed because
+   nobody asked for its result.
+5. **Retries** — a failed attempt with retries left proposes
+   AwaitingRetry, sleeps, proposes Retrying and runs the whole body again.
+   A sync body that timed out is not retried: it may still be running on
+   its abandoned thread, and two copies must not run at once.
+
+Every proposal goes through the runtime's reporter and is honoured as
+:mod:`engine._reporting` describes (WAIT sleeps and asks again, ABORT
+raises :class:`~engine.exceptions.Abort`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Generator, Iterable, Mapping
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import msgspec
+
+from shared.messages import Decision
+from shared.states import State, StateType
+
+from . import states
+from ._context import FlowRunContext, Runtime, _flow_var, _task_var, current_flow_run
+from ._context import current_runtime as _current_runtime
+from ._drive import Invoke, Sleep, Steps, call_async, call_sync, drive_async, drive_sync
+from ._logging import reset_log_prints, set_log_prints
+from ._reporting import FlowRunInfo, TaskRunInfo
+from ._retry import next_delay
+from ._task_engine import new_id
+from .exceptions import Abort, FlowRunFailed, ParameterError, RunTimeout
+from .futures import TaskFuture, collect_futures, substitute
+
+if TYPE_CHECKING:
+    from .flows import Flow
+
+R = TypeVar("R")
+_FAILED_TYPES = (StateType.FAILED, StateType.CRASHED)
+_MAX_LISTED = 10
+
+
+class FlowRunResult(msgspec.Struct, Generic[R], frozen=True, eq=False):
+    """A finished flow run: its record, final state, value, and the task runs asked for.
+
+    ``task_runs`` maps each task (or task name) passed as ``return_tasks`` to
+    its runs in this flow run, in creation order; each run's ``state`` is final.
+    """
+
+    run: FlowRunInfo
+    state: State
+    task_runs: Mapping[Any, tuple[TaskRunInfo, ...]] = msgspec.field(default_factory=dict)
+    value: Any = None
+    exception: BaseException | None = None
+
+    @property
+    def id(self) -> str:
+        return self.run.id
+
+    def task_states(self, task: Any) -> list[State]:
+        """Final states of the runs of ``task`` (a Task or its name) that were asked for."""
+        return [r.state for r in self.task_runs[task]]
+
+    def result(self) -> R:
+        """The flow's return value; raises its exception if it did not complete."""
+        if self.state.type is StateType.COMPLETED:
+            return self.value
+        if self.exception is not None:
+            raise self.exception
+        raise FlowRunFailed(
+            f"flow run {self.run.name!r} ended {self.state.describe()}: "
+            f"{self.state.message or 'no details'}"
+        )
+
+
+class _End(msgspec.Struct, frozen=True):
+    state: State
+    value: Any = None
+    exception: BaseException | None = None
+
+
+# --- the steps ------------------------------------------------------------------------
+def _propose(runtime: Runtime, run: FlowRunInfo, state: State) -> Generator[Sleep, None, bool]:
+    """Propose until decided; True when accepted. ``run.state`` holds the outcome."""
+    while True:
+        answer = runtime.reporter.propose_flow_state(run, state)
+        if answer.decision is Decision.WAIT:
+            yield Sleep(runtime.clock.now() + timedelta(seconds=answer.delay_seconds or 0))
+            continue
+        if answer.decision is Decision.ABORT:
+            raise Abort(answer.reason or f"the orchestrator aborted flow run {run.name!r}")
+        run.state = answer.state
+        return answer.decision is Decision.ACCEPT
+
+
+def _failure_summary(fctx: FlowRunContext) -> tuple[str, BaseException | None]:
+    failures = fctx.failures
+    shown = ", ".join(
+        f"{name} ({state.describe()}: {(state.message or '')[:200]})"
+        for name, state, _ in failures[:_MAX_LISTED]
+    )
+    more = len(failures) - _MAX_LISTED
+    text = f"{len(failures)} task or subflow run(s) failed: {shown}"
+    first = next((exc for _, _, exc in failures if exc is not None), None)
+    return text + (f" and {more} more" if more > 0 else ""), first
+
+
+def flow_steps(
+    flow: Flow[..., Any], fctx: FlowRunContext, param_error: ParameterError | None
+) -> Steps[_End]:
+    runtime, run, clock = fctx.runtime, fctx.run, fctx.runtime.clock
+    if param_error is not None:
+        failed = states.Failed(message=str(param_error), timestamp=clock.now())
+        yield from _propose(runtime, run, failed)
+        return _End(run.state, None, param_error)
+    if not (yield from _propose(runtime, run, states.Running(timestamp=clock.now()))):
+        return _End(run.state)
+    args, kwargs = flow.signature.call_args(run.parameters)
+    policy = flow.retry_policy
+    what = f"flow run {run.name!r}"
+    retry_count = 0
+    while True:
+        try:
+            value, error = yield Invoke(flow.fn, args, kwargs, flow.timeout_seconds, what)
+        except GeneratorExit:
+            raise
+        except BaseException as exc:  # cancelled or interrupted: one report, then propagate
+            end = (
+                states.Cancelled(message=f"{what} was cancelled", timestamp=clock.now())
+                if isinstance(exc, asyncio.CancelledError)
+                else states.Crashed(message=states.describe_exception(exc), timestamp=clock.now())
+            )
+            answer = runtime.reporter.propose_flow_state(run, end)
+            run.state = answer.state
+            raise
+        message = None
+        if error is None and value is None and fctx.failures:
+            message, error = _failure_summary(fctx)
+            error = error or FlowRunFailed(message)
+        if error is None:
+            final = states.Completed(data=value, timestamp=clock.now())
+        elif isinstance(error, RunTimeout):
+            final = states.TimedOut(message=str(error), timestamp=clock.now())
+        else:
+            message = message or states.describe_exception(error)
+            final = states.Failed(message=message, timestamp=clock.now())
+        if error is not None and retry_count < policy.retries and not fctx.abandoned.is_set():
+            retry_count += 1
+            delay = next_delay(policy, retry_count, runtime.random())
+            when = clock.now() + timedelta(seconds=delay)
+            waiting = states.AwaitingRetry(
+                scheduled_time=when, retry_count=retry_count, message=final.message,
+                timestamp=clock.now(),
+            )  # fmt: skip
+            if not (yield from _propose(runtime, run, waiting)):
+                return _End(run.state, None, error)
+            if delay > 0:
+                yield Sleep(when)
+            retrying = states.Retrying(retry_count=retry_count, timestamp=clock.now())
+            if not (yield from _propose(runtime, run, retrying)):
+                return _End(run.state, None, error)
+            fctx.failures.clear()  # a new attempt is judged on its own task runs
+            fctx.futures.clear()
+            continue
+        yield from _propose(runtime, run, final)
+        return _End(run.state, value, error)
+
+
+# --- starting and finishing -----------------------------------------------------------
+def _start(
+    flow: Flow[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], return_tasks: Iterable[Any]
+) -> tuple[FlowRunContext, ParameterError | None]:
+    parent = current_flow_run()
+    runtime = parent.runtime if parent is not None else _current_runtime()
+    error: ParameterError | None = None
+    try:
+        params = flow.signature.bind(args, kwargs)
+        if flow.validate_parameters:
+            params = flow.signature.validate(params)
+    except ParameterError as exc:
+        error, params = exc, dict(kwargs)
+    run_id = new_id()
+    run = FlowRunInfo(
+        id=run_id,
+        name=f"{flow.name}-{run_id[:8]}",
+        flow_name=flow.name,
+        state=states.Pending(timestamp=runtime.clock.now()),
+        parameters=params,
+        parent_flow_run_id=parent.run.id if parent is not None else None,
+    )
+    runtime.reporter.flow_run_created(run)
+    log_prints = (
+        flow.log_prints if flow.log_prints is not None else bool(parent and parent.log_prints)
+    )
+    fctx = FlowRunContext(
+        flow=flow,
+        run=run,
+        runtime=runtime,
+        executor=flow.executor,
+        log_prints=log_prints,
+        parent=parent,
+        return_tasks=frozenset(return_tasks),
+    )
+    return fctx, error
+
+
+def _finish(fctx: FlowRunContext, end: _End) -> FlowRunResult[Any]:
+    parent = fctx.parent
+    if parent is not None and end.state.type in _FAILED_TYPES:
+        parent.failures.append((fctx.run.name, end.state, end.exception))
+    task_runs = {key: tuple(runs) for key, runs in fctx.task_runs.items()}
+    return FlowRunResult(fctx.run, end.state, task_runs, end.value, end.exception)
+
+
+def _enter(fctx: FlowRunContext) -> list[Any]:
+    return [_flow_var.set(fctx), _task_var.set(None), set_log_prints(fctx.log_prints)]
+
+
+def _leave(tokens: list[Any]) -> None:
+    reset_log_prints(tokens[2])
+    _task_var.reset(tokens[1])
+    _flow_var.reset(tokens[0])
+
+
+def _close(fctx: FlowRunContext) -> None:
+    fctx.close(RunTimeout("flow run timed out") if fctx.abandoned.is_set() else None)
+
+
+# --- sync -------------------------------------------------------------------------------
+def _returned_sync(value: Any) -> Any:
+    found: list[TaskFuture[Any]] = []
+    collect_futures(value, found)
+    return substitute(value, {id(f): f.result() for f in found}) if found else value
+
+
+def run_flow_sync(
+    flow: Flow[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], return_tasks: Iterable[Any]
+) -> FlowRunResult[Any]:
+    """Run a sync flow in this thread. Raises Abort if the orchestrator aborts it."""
+    fctx, param_error = _start(flow, args, kwargs, return_tasks)
+
+    def wait_all() -> None:
+        for future in list(fctx.futures):
+            future.wait()
+
+    def invoke(effect: Invoke) -> Any:
+        try:
+            value = call_sync(effect)
+        except RunTimeout:
+            fctx.abandoned.set()  # the body may still run: its later task calls refuse
+            raise
+        except Exception:
+            wait_all()  # a failed body's task runs still finish and are reported
+            raise
+        wait_all()
+        return _returned_sync(value)
+
+    tokens = _enter(fctx)
+    try:
+        end = drive_sync(flow_steps(flow, fctx, param_error), invoke, fctx.runtime.clock)
+    finally:
+        _leave(tokens)
+        _close(fctx)
+    return _finish(fctx, end)
+
+
+# --- async ------------------------------------------------------------------------------
+async def _returned_async(value: Any) -> Any:
+    found: list[TaskFuture[Any]] = []
+    collect_futures(value, found)
+    if not found:
+        return value
+    return substitute(value, {id(f): await f.result_async() for f in found})
+
+
+async def _settle_all(fctx: FlowRunContext) -> None:
+    for future in list(fctx.futures):
+        await future.outcome_async()
+
+
+async def _cancel_all(fctx: FlowRunContext) -> None:
+    """Cancel the task runs on this loop and let them record it; leave threads be."""
+    pending = [
+        f.handle for f in fctx.futures if isinstance(f.handle, asyncio.Task) and not f.handle.done()
+    ]
+    for handle in pending:
+        handle.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+
+
+async def run_flow_async(
+    flow: Flow[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], return_tasks: Iterable[Any]
+) -> FlowRunResult[Any]:
+    """Run an async flow on the running loop. Raises Abort if the orchestrator aborts it.
+
+    Cancelling the caller cancels the body and the task runs it started on
+    this loop, proposes CANCELLED and re-raises the cancellation.
+    """
+    fctx, param_error = _start(flow, args, kwargs, return_tasks)
+
+    async def invoke(effect: Invoke) -> Any:
+        try:
+            value = await call_async(effect)
+        except Exception as exc:
+            if isinstance(exc, RunTimeout):
+                await _cancel_all(fctx)
+            else:
+                await _settle_all(fctx)  # a failed body's task runs still finish
+            raise
+        except BaseException:
+            await _cancel_all(fctx)
+            raise
+        await _settle_all(fctx)
+        return await _returned_async(value)
+
+    tokens = _enter(fctx)
+    try:
+        end = await drive_async(flow_steps(flow, fctx, param_error), invoke, fctx.runtime.clock)
+    finally:
+        _leave(tokens)
+        _close(fctx)
+    return _finish(fctx, end)

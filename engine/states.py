@@ -1,0 +1,206 @@
+"""Building and reading flow-run and task-run states on the user side.
+
+A state is the wire record :class:`shared.states.State`; this module only
+adds constructors with the right type and name, and predicates. It owns the
+engine's extra state names (``NotReady``, ``TriggerFailed``, ``TimedOut``);
+which transitions are allowed is the orchestrator's business, not this
+module's.
+
+The Python value of a run (its return value or exception) is never stored
+in ``State.data`` unless it is a small JSON scalar: ``data`` must stay
+JSON-able because states travel on the wire. The value lives beside the
+state, in a :class:`~engine.futures.TaskFuture` or a
+:class:`~engine.flows.FlowRunResult`.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from shared.states import (
+    AWAITING_RETRY,
+    CACHED,
+    DEFAULT_NAMES,
+    RETRYING,
+    TERMINAL_TYPES,
+    State,
+    StateDetails,
+    StateType,
+)
+
+__all__ = [
+    "NOT_READY",
+    "TIMED_OUT",
+    "TRIGGER_FAILED",
+    "AwaitingRetry",
+    "Cached",
+    "Cancelled",
+    "Completed",
+    "Crashed",
+    "Failed",
+    "NotReady",
+    "Pending",
+    "Retrying",
+    "Running",
+    "Scheduled",
+    "State",
+    "StateType",
+    "TimedOut",
+    "TriggerFailed",
+    "is_completed",
+    "is_failed",
+    "is_final",
+]
+
+#: PENDING: the task never ran because an upstream did not complete.
+NOT_READY = "NotReady"
+#: FAILED: the task never ran because its trigger was not met.
+TRIGGER_FAILED = "TriggerFailed"
+#: FAILED: the body ran longer than ``timeout_seconds``.
+TIMED_OUT = "TimedOut"
+
+# Longest string copied into State.data; longer values stay beside the state.
+_MAX_INLINE_STR = 1024
+
+
+def _make(
+    type_: StateType,
+    name: str | None,
+    message: str | None,
+    data: Any,
+    details: StateDetails | None,
+    timestamp: datetime | None,
+) -> State:
+    return State(
+        type=type_,
+        name=name or DEFAULT_NAMES[type_],
+        timestamp=timestamp or datetime.now(UTC),
+        message=message,
+        details=details or StateDetails(),
+        data=data,
+    )
+
+
+def Scheduled(
+    *,
+    scheduled_time: datetime | None = None,
+    message: str | None = None,
+    timestamp: datetime | None = None,
+    name: str | None = None,
+) -> State:
+    details = StateDetails(scheduled_time=scheduled_time)
+    return _make(StateType.SCHEDULED, name, message, None, details, timestamp)
+
+
+def Pending(*, message: str | None = None, timestamp: datetime | None = None) -> State:
+    return _make(StateType.PENDING, None, message, None, None, timestamp)
+
+
+def Running(*, timestamp: datetime | None = None, details: StateDetails | None = None) -> State:
+    return _make(StateType.RUNNING, None, None, None, details, timestamp)
+
+
+def Completed(
+    *,
+    data: Any = None,
+    message: str | None = None,
+    timestamp: datetime | None = None,
+    details: StateDetails | None = None,
+) -> State:
+    return _make(StateType.COMPLETED, None, message, inline_data(data), details, timestamp)
+
+
+def Failed(
+    *,
+    message: str | None = None,
+    timestamp: datetime | None = None,
+    name: str | None = None,
+    details: StateDetails | None = None,
+) -> State:
+    return _make(StateType.FAILED, name, message, None, details, timestamp)
+
+
+def Crashed(*, message: str | None = None, timestamp: datetime | None = None) -> State:
+    return _make(StateType.CRASHED, None, message, None, None, timestamp)
+
+
+def Cancelled(*, message: str | None = None, timestamp: datetime | None = None) -> State:
+    return _make(StateType.CANCELLED, None, message, None, None, timestamp)
+
+
+def AwaitingRetry(
+    *,
+    scheduled_time: datetime,
+    retry_count: int,
+    message: str | None = None,
+    timestamp: datetime | None = None,
+) -> State:
+    """SCHEDULED/AwaitingRetry: attempt ``retry_count`` starts at ``scheduled_time``."""
+    details = StateDetails(scheduled_time=scheduled_time, retry_count=retry_count)
+    return _make(StateType.SCHEDULED, AWAITING_RETRY, message, None, details, timestamp)
+
+
+def Retrying(*, retry_count: int, timestamp: datetime | None = None) -> State:
+    """RUNNING/Retrying: the ``retry_count``-th retry is running."""
+    details = StateDetails(retry_count=retry_count)
+    return _make(StateType.RUNNING, RETRYING, None, None, details, timestamp)
+
+
+def Cached(
+    *,
+    cache_key: str,
+    cache_expiration: datetime | None,
+    data: Any = None,
+    timestamp: datetime | None = None,
+) -> State:
+    """COMPLETED/Cached: the value came from the cache; the function did not run."""
+    details = StateDetails(cache_key=cache_key, cache_expiration=cache_expiration)
+    return _make(StateType.COMPLETED, CACHED, None, inline_data(data), details, timestamp)
+
+
+def NotReady(*, message: str, timestamp: datetime | None = None) -> State:
+    """PENDING/NotReady: an upstream did not complete; the task will not run in this flow run."""
+    return _make(StateType.PENDING, NOT_READY, message, None, None, timestamp)
+
+
+def TriggerFailed(*, message: str, timestamp: datetime | None = None) -> State:
+    """FAILED/TriggerFailed: the task's trigger was not met; the task did not run."""
+    return _make(StateType.FAILED, TRIGGER_FAILED, message, None, None, timestamp)
+
+
+def TimedOut(*, message: str, timestamp: datetime | None = None) -> State:
+    return _make(StateType.FAILED, TIMED_OUT, message, None, None, timestamp)
+
+
+def is_completed(state: State) -> bool:
+    return state.type is StateType.COMPLETED
+
+
+def is_failed(state: State) -> bool:
+    return state.type in (StateType.FAILED, StateType.CRASHED)
+
+
+def is_final(state: State) -> bool:
+    """True for terminal states and for ``NotReady``, which never runs afterwards."""
+    return state.type in TERMINAL_TYPES or state.name == NOT_READY
+
+
+def inline_data(value: Any) -> Any:
+    """The part of a result that may be copied into ``State.data``.
+
+    Only JSON scalars (and strings up to 1 KiB) are copied: checking whether a
+    container is JSON-able would mean encoding it on every task run.
+    """
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, str) and len(value) <= _MAX_INLINE_STR:
+        return value
+    return None
+
+
+def describe_exception(exc: BaseException) -> str:
+    """``"ValueError: bad input"``: what a state message says about an exception."""
+    text = str(exc)
+    name = type(exc).__name__
+    return f"{name}: {text}" if text else name
