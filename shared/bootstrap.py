@@ -53,13 +53,18 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
             discard=DiscardPolicy.OLD,
             allow_direct=True,
         ),
+        # Limits, not a work queue: a queue runner and a process serving one
+        # deployment may both consume an item (ownership comes from the
+        # compare-and-set claim, not from the ack), and items wait here for a
+        # runner that has not started yet.
         StreamConfig(
             name=names.DISPATCH_STREAM,
-            description="Flow runs that are due, waiting for a runner",
+            description="Flow runs that are due, offered to runners",
             subjects=[f"{names.DISPATCH_PREFIX}.>"],
-            retention=RetentionPolicy.WORK_QUEUE,
+            retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
             num_replicas=settings.replicas,
+            max_age=settings.dispatch_max_age or None,
             duplicate_window=DUPLICATE_WINDOW,
         ),
     ]

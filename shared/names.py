@@ -47,8 +47,11 @@ def logs_subject(run_id: str) -> str:
     return f"{LOGS_PREFIX}.{run_id}"
 
 
-def dispatch_subject(queue: str) -> str:
-    return f"{DISPATCH_PREFIX}.{queue}"
+def dispatch_subject(queue: str, deployment_id: str) -> str:
+    """``flowrun.dispatch.<queue>.<deployment_id>``: a runner of a queue takes
+    ``flowrun.dispatch.<queue>.>``; a process serving chosen deployments takes
+    ``flowrun.dispatch.*.<deployment_id>`` for each."""
+    return f"{DISPATCH_PREFIX}.{queue}.{deployment_id}"
 
 
 def kv_stream(bucket: str) -> str:

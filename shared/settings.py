@@ -33,6 +33,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     events_max_age: float = 0.0
     """Seconds to keep run events (0: forever; the read model is rebuilt from them)."""
     logs_max_age: float = 7 * 24 * 3600.0
+    dispatch_max_age: float = 24 * 3600.0
+    """Seconds a dispatch item waits for a runner (a Late run is offered again)."""
     log_level: str = "INFO"
 
     @property
@@ -69,6 +71,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ("request_timeout", "REQUEST_TIMEOUT", float),
             ("events_max_age", "EVENTS_MAX_AGE", float),
             ("logs_max_age", "LOGS_MAX_AGE", float),
+            ("dispatch_max_age", "DISPATCH_MAX_AGE", float),
         ]:
             if (value := get(var)) is not None:
                 try:

@@ -183,7 +183,7 @@ async def test_due_runs_are_dispatched_future_runs_are_not(
     queue = f"q{unique}"
     await register(nc, f"f-{unique}", queue=queue)
     js = nc.jetstream()
-    sub = await js.pull_subscribe(f"flowrun.dispatch.{queue}", durable=f"t{unique}")
+    sub = await js.pull_subscribe(f"flowrun.dispatch.{queue}.>", durable=f"t{unique}")
     later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     await call(nc, "flowrun.create", {"deployment": f"f-{unique}/d", "scheduled_start_time": later})
     due = await call(nc, "flowrun.create", {"deployment": f"f-{unique}/d"})

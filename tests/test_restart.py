@@ -86,7 +86,7 @@ async def test_a_run_written_but_never_announced_is_recovered(
             page = await c.list_flow_runs(flow_name=flow)
             assert [r.id for r in page.flow_runs] == [orphan.id]
         js = nc.jetstream()
-        sub = await js.pull_subscribe(names.dispatch_subject(f"q{unique}"), durable=f"t{unique}")
+        sub = await js.pull_subscribe(f"flowrun.dispatch.q{unique}.>", durable=f"t{unique}")
         msgs = await sub.fetch(5, timeout=5)
         assert [json.loads(m.data)["flow_run_id"] for m in msgs] == [orphan.id]
     finally:

@@ -85,6 +85,7 @@ class Publisher:
                 await future
 
     async def _send_dispatch(self, run: FlowRun) -> asyncio.Future[PubAck]:
+        assert run.deployment_id is not None  # is_due() checked it
         item = Dispatch(
             flow_run_id=run.id,
             deployment_id=run.deployment_id,
@@ -93,7 +94,7 @@ class Publisher:
             scheduled_time=run.expected_start_time,
         )
         return await self._js.publish_async(
-            names.dispatch_subject(run.queue),
+            names.dispatch_subject(run.queue, run.deployment_id),
             encode(item),
             stream=names.DISPATCH_STREAM,
             headers={MSG_ID: f"dispatch:{run.id}:{run.attempt}"},
