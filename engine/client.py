@@ -13,7 +13,7 @@ nats-py exceptions are translated in :mod:`shared.connection`.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, Iterable
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
@@ -212,7 +212,9 @@ class Client:
         )
         return await self._request(names.FLOWRUN_PROPOSE, req, ProposeReply)
 
-    async def watch_flow_run(self, run_id: str, *, resync: float = 5.0) -> AsyncIterator[FlowRun]:
+    async def watch_flow_run(
+        self, run_id: str, *, resync: float = 5.0
+    ) -> AsyncGenerator[FlowRun, None]:
         """Yield the run now, then every time it changes, until the caller stops.
 
         Changes come from a KV watch. Every ``resync`` seconds without news the
@@ -247,39 +249,50 @@ class Client:
 
     async def wait_for_flow_run(self, run_id: str) -> FlowRun:
         """Return the run once it reaches a terminal state. Cancellation stops waiting."""
-        async for run in self.watch_flow_run(run_id):
-            if run.state.type in TERMINAL_TYPES:
-                return run
+        async with contextlib.aclosing(self.watch_flow_run(run_id)) as runs:
+            async for run in runs:
+                if run.state.type in TERMINAL_TYPES:
+                    return run
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def logs(self, run_id: str, *, follow: bool = False) -> AsyncIterator[LogRecord]:
-        """Yield a run's log records, oldest first; with ``follow``, keep waiting for more."""
+    async def logs(self, run_id: str, *, follow: bool = False) -> AsyncGenerator[LogRecord, None]:
+        """Yield a run's log records, oldest first.
+
+        Without ``follow`` it stops after the newest record stored when the
+        call began; with ``follow`` it keeps waiting for more until the
+        caller stops (close the generator, e.g. with ``contextlib.aclosing``).
+        """
         js = self.nc.jetstream()
+        subject = names.logs_subject(run_id)
+        last = 0
+        if not follow:
+            try:
+                last = (await js.get_last_msg(names.LOGS_STREAM, subject)).seq or 0
+            except nats.js.errors.NotFoundError:
+                return
         sub = await js.subscribe(
-            names.logs_subject(run_id),
+            subject,
             stream=names.LOGS_STREAM,
             ordered_consumer=True,
             config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
         )
         try:
-            info = await sub.consumer_info()
-            if not follow and not info.num_pending:
-                return
             while True:
                 try:
-                    msg = await sub.next_msg(timeout=1.0 if not follow else 3600.0)
+                    msg = await sub.next_msg(timeout=3600.0)
                 except nats.errors.TimeoutError:
-                    if follow:
-                        continue
-                    return
-                try:
-                    yield decode(msg.data, LogRecord)
-                except msgspec.DecodeError:
                     continue
-                if not follow and msg.metadata.num_pending == 0:
+                try:
+                    record = decode(msg.data, LogRecord)
+                except msgspec.DecodeError:
+                    record = None  # not a record of ours; skip it
+                if record is not None:
+                    yield record
+                if not follow and msg.metadata.sequence.stream >= last:
                     return
         finally:
-            await sub.unsubscribe()
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
     # --- deployments -------------------------------------------------------------
     async def register_deployment(self, deployment: RegisterDeployment) -> Deployment:

@@ -18,7 +18,14 @@ from typing import Any, ParamSpec, Self, TypeVar
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from shared.messages import DeploymentPage, FlowRunPage, RegisterDeployment
+from shared.messages import (
+    Deleted,
+    DeploymentPage,
+    FlowRunPage,
+    ProposedState,
+    ProposeReply,
+    RegisterDeployment,
+)
 from shared.models import Deployment, FlowRun
 from shared.settings import Settings
 
@@ -91,6 +98,26 @@ class SyncClient:
     def wait_for_flow_run(self, run_id: str) -> FlowRun:
         return self._call(self._client.wait_for_flow_run, run_id)
 
+    def propose_state(
+        self,
+        run_id: str,
+        state: ProposedState,
+        *,
+        transition_id: str | None = None,
+        attempt: int | None = None,
+        runner: str | None = None,
+        retry: bool = False,
+    ) -> ProposeReply:
+        return self._call(
+            self._client.propose_state,
+            run_id,
+            state,
+            transition_id=transition_id,
+            attempt=attempt,
+            runner=runner,
+            retry=retry,
+        )
+
     def register_deployment(self, deployment: RegisterDeployment) -> Deployment:
         return self._call(self._client.register_deployment, deployment)
 
@@ -99,3 +126,12 @@ class SyncClient:
 
     def list_deployments(self, **filters: Any) -> DeploymentPage:
         return self._call(self._client.list_deployments, **filters)
+
+    def pause_deployment(self, name: str | None = None, *, id: str | None = None) -> Deployment:
+        return self._call(self._client.pause_deployment, name, id=id)
+
+    def resume_deployment(self, name: str | None = None, *, id: str | None = None) -> Deployment:
+        return self._call(self._client.resume_deployment, name, id=id)
+
+    def delete_deployment(self, name: str | None = None, *, id: str | None = None) -> Deleted:
+        return self._call(self._client.delete_deployment, name, id=id)

@@ -56,8 +56,13 @@ async def connect(
     rebuild consumers and watchers, which can go quiet across a reconnect.
     """
 
+    connected = False
+
     async def on_error(exc: Exception) -> None:
-        log.warning("nats (%s): %s", name, exc or type(exc).__name__)
+        # Before the first connection every refused attempt lands here; the
+        # caller hears about that once (StackUnavailable), not once per try.
+        level = logging.WARNING if connected else logging.DEBUG
+        log.log(level, "nats (%s): %s", name, exc or type(exc).__name__)
 
     async def on_disconnect() -> None:
         if not nc.is_closed:
@@ -90,6 +95,7 @@ async def connect(
     nc = NATS()
     if wait is None:
         await nc.connect(**options)
+        connected = True
         return nc
     try:
         with anyio.fail_after(wait):
@@ -100,6 +106,7 @@ async def connect(
             f"cannot reach NATS at {settings.nats_url}; is the stack running? "
             "Start it with `sluice dev`, or set SLUICE_NATS_URL."
         ) from None
+    connected = True
     return nc
 
 

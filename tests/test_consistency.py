@@ -156,3 +156,20 @@ async def test_watch_sees_every_change(client: Client, unique: str) -> None:
     assert seen[-1] is StateType.COMPLETED
     final = await client.wait_for_flow_run(run.id)
     assert final.state.type is StateType.COMPLETED
+
+
+async def test_logs_read_every_stored_record_every_time(client: Client, unique: str) -> None:
+    from shared import names
+    from shared.codec import encode
+    from shared.messages import LogRecord
+
+    run_id = f"00000000-0000-4000-8000-{unique:0>12}"
+    js = client.nc.jetstream()
+    for i in range(3):
+        record = LogRecord(
+            flow_run_id=run_id, timestamp=datetime.now(UTC), level=20, message=f"line {i}"
+        )
+        await js.publish(names.logs_subject(run_id), encode(record))
+    for _ in range(5):
+        assert [r.message async for r in client.logs(run_id)] == ["line 0", "line 1", "line 2"]
+    assert [r async for r in client.logs(f"00000000-0000-4000-8000-{'f' * 12}")] == []

@@ -56,6 +56,14 @@ def check_schedules(req: RegisterDeployment) -> None:
             raise MalformedRequest(f"{where}.interval: must be positive")
 
 
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _newest_per_name(deployments: Iterable[Deployment]) -> dict[str, Deployment]:
     newest: dict[str, Deployment] = {}
     for d in deployments:
@@ -161,11 +169,12 @@ class Deployments:
             next_offset=req.offset + req.limit if more else None,
         )
 
-    async def ids_for(self, name_or_id: str) -> list[str]:
-        """Every version id of ``flow/deployment``, or the id itself."""
-        if "/" not in name_or_id:
-            return [name_or_id]
-        index, _ = await self._store.index(name_or_id)
+    async def ids_for(self, ref: str) -> list[str]:
+        """Every version id of a deployment named like ``resolve`` accepts, or an id."""
+        if _is_uuid(ref):
+            return [ref]
+        full_name = ref if "/" in ref else (await self._by_flow_name(ref)).full_name
+        index, _ = await self._store.index(full_name)
         return list(index.ids)
 
     async def set_paused(self, ref: DeploymentRef, paused: bool) -> Deployment:

@@ -1,0 +1,62 @@
+"""The ``sluice`` Typer application: its command tree and its entry point.
+
+Commands talk to a running stack only through :class:`engine.client.Client`.
+``sluice dev`` starts the stack by replacing this process with
+``python -m services.dev``: the engine package never imports ``services``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from ._deployments import deployments
+from ._run import run
+from ._runs import flow_runs
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="sluice",
+    help="Sluice: run, watch and manage flow runs and deployments.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.command("run")(run)
+app.add_typer(flow_runs)
+app.add_typer(deployments)
+
+
+@app.callback()
+def _options(
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Show the client's log messages.")
+    ] = False,
+) -> None:
+    if verbose:
+        logging.getLogger().setLevel(logging.DEBUG)
+
+
+@app.command()
+def dev() -> None:
+    """Start the embedded stack (nats-server and every service) until Ctrl-C.
+
+    NATS listens where SLUICE_NATS_URL points (default nats://127.0.0.1:4222);
+    data lives under SLUICE_HOME (default ~/.sluice).
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "services.dev"])
+
+
+def main() -> None:
+    """The console script: quiet logging (the CLI reports errors itself), then the app."""
+    # The client logs every failed connection attempt as a warning; while a
+    # command waits for NATS that is noise next to the one error it prints.
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    app(prog_name="sluice")

@@ -1,0 +1,71 @@
+"""Following one flow run until it ends: its state changes and its log lines.
+
+Used by ``sluice run --watch`` and ``sluice flow-run logs --follow``. Two
+tasks share one task group: one watches the run's KV entry, one tails its log
+stream. When the run reaches a terminal state the log tail is cancelled and
+the run's stored records are read once more, printing only those the tail had
+not shown yet, so lines written just before the end are not lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+import anyio
+
+from engine.client import Client
+from shared.messages import LogRecord
+from shared.models import FlowRun
+
+__all__ = ["follow_run"]
+
+
+async def follow_run(
+    client: Client,
+    run_id: str,
+    *,
+    on_log: Callable[[LogRecord], None],
+    on_state: Callable[[FlowRun], None] | None = None,
+) -> FlowRun:
+    """Call ``on_state`` for each new state and ``on_log`` for each log record
+    until the run is finished; return the finished run.
+
+    Raises FlowRunNotFound for an unknown id and StackUnavailable when the
+    stack goes away. Cancellation (Ctrl-C) stops following; the run goes on.
+    """
+    shown = 0
+    final: FlowRun | None = None
+
+    def show(record: LogRecord) -> None:
+        nonlocal shown
+        shown += 1
+        on_log(record)
+
+    async def tail_logs() -> None:
+        async with contextlib.aclosing(client.logs(run_id, follow=True)) as records:
+            async for record in records:
+                show(record)
+
+    async with anyio.create_task_group() as tg:
+        last_state: tuple[str, str, object] | None = None
+        async with contextlib.aclosing(client.watch_flow_run(run_id)) as runs:
+            async for run in runs:
+                if last_state is None:
+                    # The run exists: only now is it worth tailing its logs.
+                    tg.start_soon(tail_logs)
+                state_key = (run.state.type.value, run.state.name, run.state.timestamp)
+                if state_key != last_state:
+                    last_state = state_key
+                    if on_state is not None:
+                        on_state(run)
+                if run.state.is_terminal:
+                    final = run
+                    break
+        tg.cancel_scope.cancel()
+
+    stored = [record async for record in client.logs(run_id)]
+    for record in stored[shown:]:
+        show(record)
+    assert final is not None  # the watch only ends by reaching a terminal state
+    return final

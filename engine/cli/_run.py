@@ -1,0 +1,191 @@
+"""``sluice run``: create a flow run of a deployment, and optionally watch it to the end."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+
+from engine.client import Client
+from shared.models import FlowRun
+from shared.states import StateType
+
+from . import _parse, _render
+from ._follow import follow_run
+from ._invoke import EXIT_FAILURE, with_client
+
+__all__ = ["run"]
+
+
+def _usage(message: str, option: str) -> typer.BadParameter:
+    return typer.BadParameter(message, param_hint=f"'{option}'")
+
+
+def _start_time(start_in: str | None, start_at: str | None) -> datetime | None:
+    if start_in is not None and start_at is not None:
+        raise typer.BadParameter("give --start-in or --start-at, not both")
+    try:
+        if start_in is not None:
+            return datetime.now(UTC) + _parse.parse_duration(start_in)
+        if start_at is not None:
+            return _parse.parse_start_at(start_at)
+    except ValueError as exc:
+        raise _usage(str(exc), "--start-in" if start_in is not None else "--start-at") from None
+    return None
+
+
+def _parameters(params: str | None, pairs: list[str]) -> dict[str, Any] | None:
+    """``--params`` overlaid with each ``--param``; None when neither was given,
+    so the deployment's defaults apply untouched."""
+    merged: dict[str, Any] | None = None
+    if params is not None:
+        try:
+            merged = _parse.parse_params_object(params)
+        except ValueError as exc:
+            raise _usage(str(exc), "--params") from None
+    for pair in pairs:
+        try:
+            key, value = _parse.parse_param(pair)
+        except ValueError as exc:
+            raise _usage(str(exc), "--param") from None
+        merged = {**(merged or {}), key: value}
+    return merged
+
+
+def _deployment(name: str | None, deployment_id: str | None) -> tuple[str | None, str | None]:
+    if (name is None) == (deployment_id is None):
+        raise typer.BadParameter("name the deployment with --name FLOW/DEPLOYMENT or --id ID")
+    if deployment_id is not None:
+        try:
+            return None, _parse.parse_deployment_id(deployment_id)
+        except ValueError as exc:
+            raise _usage(str(exc), "--id") from None
+    return name, None
+
+
+def _print_created(run: FlowRun) -> None:
+    console = _render.out()
+    target = run.deployment_name or run.flow_name
+    console.print(
+        f"Created flow run [bold]{escape(run.name)}[/] of {escape(target)}",
+        soft_wrap=True,
+    )
+    console.print(f"  id     {run.id}", soft_wrap=True)
+    state = _render.state_text(run.state)
+    console.print("  state  ", state, sep="", soft_wrap=True)
+    console.print(f"  starts {_render.when(run.expected_start_time)}", soft_wrap=True)
+    _render.hint(f"Inspect it with: sluice flow-run inspect {run.id}")
+
+
+def run(
+    name: Annotated[
+        str | None,
+        typer.Option(
+            "--name",
+            "-n",
+            metavar="FLOW/DEPLOYMENT",
+            help="The deployment; a bare FLOW works when that flow has one deployment.",
+        ),
+    ] = None,
+    deployment_id: Annotated[
+        str | None,
+        typer.Option("--id", metavar="ID", help="The deployment's id, instead of --name."),
+    ] = None,
+    param: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--param",
+            "-p",
+            metavar="KEY=VALUE",
+            help="A parameter; VALUE is JSON if it parses, else a string. Repeatable.",
+        ),
+    ] = None,
+    params: Annotated[
+        str | None,
+        typer.Option("--params", metavar="JSON", help="Parameters as a JSON object."),
+    ] = None,
+    run_name: Annotated[
+        str | None,
+        typer.Option("--run-name", metavar="NAME", help="Name the run (default: generated)."),
+    ] = None,
+    start_in: Annotated[
+        str | None,
+        typer.Option("--start-in", metavar="DURATION", help="Start later: 30s, 5m, 2h, 1d."),
+    ] = None,
+    start_at: Annotated[
+        str | None,
+        typer.Option(
+            "--start-at", metavar="TIME", help="Start at an ISO 8601 time (no offset: UTC)."
+        ),
+    ] = None,
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option(
+            "--idempotency-key", metavar="KEY", help="Repeat with the same key: get the same run."
+        ),
+    ] = None,
+    tag: Annotated[
+        list[str] | None,
+        typer.Option("--tag", "-t", metavar="TAG", help="Tag the run. Repeatable."),
+    ] = None,
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch",
+            "-w",
+            help="Follow states and logs until the run ends; exit 0 only if it completed.",
+        ),
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the run as JSON (the final run with --watch).")
+    ] = False,
+) -> None:
+    """Create a flow run of a deployment.
+
+    With --watch, follow it to the end: exit status 0 when it completed, 1 when
+    it failed, crashed or was cancelled.
+    """
+    deployment, dep_id = _deployment(name, deployment_id)
+    parameters = _parameters(params, param or [])
+    start = _start_time(start_in, start_at)
+
+    async def create(client: Client) -> FlowRun:
+        created = await client.create_flow_run(
+            deployment,
+            deployment_id=dep_id,
+            parameters=parameters,
+            name=run_name,
+            scheduled_start_time=start,
+            idempotency_key=idempotency_key,
+            tags=tag or [],
+        )
+        if as_json and not watch:
+            _render.print_json(created)
+        if not as_json:
+            _print_created(created)
+        if not watch:
+            return created
+        if as_json:  # one document: the run as it ended, printed below
+            return await follow_run(client, created.id, on_log=lambda record: None)
+        _render.hint("Watching it; Ctrl-C stops watching (the run goes on).")
+        console = _render.out()
+        return await follow_run(
+            client,
+            created.id,
+            on_log=lambda record: console.print(_render.log_line(record)),
+            on_state=lambda run: console.print(_render.state_line(run)),
+        )
+
+    final = with_client(create)
+    if not watch:
+        return
+    if as_json:
+        _render.print_json(final)
+    else:
+        _render.out().print(
+            f"Flow run {escape(final.name)} ended ", _render.state_text(final.state), sep=""
+        )
+    if final.state.type is not StateType.COMPLETED:
+        raise typer.Exit(EXIT_FAILURE)

@@ -1,0 +1,632 @@
+"""The ``sluice`` CLI end to end, against a real stack.
+
+The session's nats-server plus an orchestrator started as a process for this
+module (the in-process ``orchestrator`` fixture lives in an event loop, and
+each CLI command runs its own with ``anyio.run``). Commands run in-process
+through Typer's ``CliRunner``, or as ``python -m engine.cli`` where the test
+needs what a user sees from a real process: live ``--watch`` output, the
+stack being down, ``sluice dev``.
+
+The server is shared by the whole session, so every flow, deployment and tag
+carries a unique suffix. ``flow-run ls`` reads the orchestrator's query index,
+which follows the event stream, so those tests wait (by asking again, never
+by sleeping) until the index has caught up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import pytest
+from typer.testing import CliRunner, Result
+
+from engine.cli import app
+from engine.cli._parse import (
+    parse_duration,
+    parse_param,
+    parse_params_object,
+    parse_run_id,
+    parse_start_at,
+)
+from engine.client import Client
+from engine.sync import SyncClient
+from services.dev import NatsServer, free_port
+from shared import names
+from shared.codec import encode
+from shared.messages import Decision, LogRecord, ProposedState, RegisterDeployment
+from shared.settings import Settings
+from shared.states import StateType
+
+T = TypeVar("T")
+
+READY_TIMEOUT = 60.0
+INSPECT_HINT = re.compile(r"sluice flow-run inspect ([0-9a-f-]{36})")
+WATCHED_STATE = re.compile(r"^\d\d:\d\d:\d\d\s+Scheduled")
+
+
+# --- processes ------------------------------------------------------------------------
+class ServiceProcess:
+    """``python <args>`` (a service) whose log (stderr) we read, to know when it is ready.
+
+    A thread copies the log into ``lines`` as it comes and sets an event when
+    the service logs ``<name> ready`` (or exits), so waiting for readiness
+    blocks on that event instead of sleeping and retrying.
+    """
+
+    def __init__(self, args: list[str], env: dict[str, str], ready_marker: str) -> None:
+        self.args = args
+        self.env = env
+        self.ready_marker = ready_marker
+        self.lines: list[str] = []
+        self._ready = threading.Event()
+        self._proc: subprocess.Popen[str] | None = None
+        self._reader: threading.Thread | None = None
+
+    def __enter__(self) -> ServiceProcess:
+        self._proc = subprocess.Popen(
+            [sys.executable, *self.args],
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self._reader = threading.Thread(target=self._read_log, daemon=True)
+        self._reader.start()
+        return self
+
+    def _read_log(self) -> None:
+        assert self._proc is not None and self._proc.stderr is not None
+        for line in self._proc.stderr:
+            self.lines.append(line)
+            if self.ready_marker in line:
+                self._ready.set()
+        self._ready.set()  # exited: stop waiting, wait_ready() reports it
+
+    def wait_ready(self) -> None:
+        assert self._proc is not None
+        if not self._ready.wait(READY_TIMEOUT) or self._proc.poll() is not None:
+            raise RuntimeError(f"{' '.join(self.args)} did not start:\n{''.join(self.lines)}")
+
+    def stop(self) -> int:
+        assert self._proc is not None
+        if self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGTERM)
+        try:
+            return self._proc.wait(30)
+        finally:
+            if self._proc.poll() is None:
+                self._proc.kill()
+                self._proc.wait()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        assert self._proc is not None and self._proc.stderr is not None
+        if self._reader is not None:
+            self._reader.join(10)
+        self._proc.stderr.close()
+
+
+@dataclass(frozen=True)
+class Stack:
+    settings: Settings
+    env: dict[str, str]
+    """What the CLI needs in its environment to reach this stack."""
+
+    def process_env(self) -> dict[str, str]:
+        return {**os.environ, **self.env}
+
+
+@pytest.fixture(scope="module")
+def stack(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    home = tmp_path_factory.mktemp("cli-home")
+    env = {"SLUICE_NATS_URL": nats_server.url, "SLUICE_HOME": str(home)}
+    settings = Settings(nats_url=nats_server.url, home=home)
+    service_env = {**os.environ, **env, "SLUICE_LOG_LEVEL": "INFO"}
+    orchestrator = ["-m", "services.orchestrator"]
+    with ServiceProcess(orchestrator, service_env, "orchestrator ready") as proc:
+        proc.wait_ready()
+        answered = CliRunner().invoke(app, ["deployment", "ls", "--json"], env=env)
+        assert answered.exit_code == 0, answered.output
+        yield Stack(settings=settings, env=env)
+
+
+@pytest.fixture(scope="module")
+def client(stack: Stack) -> Iterator[SyncClient]:
+    with SyncClient(stack.settings) as c:
+        yield c
+
+
+# --- invoking the CLI -------------------------------------------------------------------
+def sluice(stack: Stack, *args: str) -> Result:
+    return CliRunner().invoke(app, list(args), env=stack.env)
+
+
+def sluice_json(stack: Stack, *args: str) -> Any:
+    result = sluice(stack, *args, "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def assert_fails(result: Result, code: int, *fragments: str) -> None:
+    """Exited with ``code``, said each fragment on stderr, and showed no traceback."""
+    assert result.exit_code == code, result.output
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in result.stderr, result.stderr
+
+
+def eventually(check: Callable[[], T | None], what: str, timeout: float = 30.0) -> T:
+    """Ask again until ``check`` returns something; each try is a round trip."""
+    deadline = time.monotonic() + timeout
+    while (value := check()) is None:
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+    return value
+
+
+def listed_ids(stack: Stack, *filters: str) -> set[str]:
+    page = sluice_json(stack, "flow-run", "ls", *filters)
+    return {run["id"] for run in page["flow_runs"]}
+
+
+@pytest.fixture
+def flow(client: SyncClient, unique: str) -> str:
+    """A flow with one deployment, ``<flow>/main``, with defaults and a schema."""
+    name = f"cli-flow-{unique}"
+    client.register_deployment(
+        RegisterDeployment(
+            name="main",
+            flow_name=name,
+            parameters={"a": 1, "b": "x"},
+            parameter_schema={
+                "type": "object",
+                "properties": {"a": {"type": "integer"}, "b": {"type": "string"}},
+            },
+            tags=["cli"],
+        )
+    )
+    return name
+
+
+# --- sluice run ---------------------------------------------------------------------------
+def test_run_by_full_name(stack: Stack, client: SyncClient, flow: str) -> None:
+    result = sluice(stack, "run", "--name", f"{flow}/main")
+    assert result.exit_code == 0, result.output
+    match = INSPECT_HINT.search(result.stdout)
+    assert match, result.stdout
+    run = client.read_flow_run(match[1])
+    assert run.name in result.stdout
+    assert "Scheduled" in result.stdout
+    assert run.deployment_name == f"{flow}/main"
+    assert run.state.type is StateType.SCHEDULED
+    assert run.parameters == {"a": 1, "b": "x"}
+
+
+def test_run_by_bare_flow_name(stack: Stack, flow: str) -> None:
+    run = sluice_json(stack, "run", "--name", flow)
+    assert run["deployment_name"] == f"{flow}/main"
+    assert run["state"]["type"] == "SCHEDULED"
+
+
+def test_run_by_deployment_id(stack: Stack, client: SyncClient, flow: str) -> None:
+    deployment = client.read_deployment(f"{flow}/main")
+    run = sluice_json(stack, "run", "--id", deployment.id)
+    assert run["deployment_id"] == deployment.id
+
+
+def test_run_with_an_ambiguous_flow_name_lists_the_choices(
+    stack: Stack, client: SyncClient, flow: str
+) -> None:
+    client.register_deployment(RegisterDeployment(name="other", flow_name=flow))
+    result = sluice(stack, "run", "--name", flow)
+    assert_fails(result, 1, "error:", f"{flow}/main", f"{flow}/other")
+
+
+def test_run_of_an_unknown_deployment(stack: Stack, unique: str) -> None:
+    result = sluice(stack, "run", "--name", f"nothing-{unique}/here")
+    assert_fails(result, 1, "error:", f"nothing-{unique}/here")
+
+
+def test_run_merges_params_and_param(stack: Stack, flow: str) -> None:
+    run = sluice_json(
+        stack,
+        "run",
+        "--name",
+        flow,
+        "--params",
+        '{"b": "from params", "c": [1, 2], "d": 1}',
+        "--param",
+        "d=2",
+        "--param",
+        "e=true",
+        "--param",
+        "f=2026-11-20",
+        "--param",
+        'g={"k": null}',
+    )
+    assert run["parameters"] == {
+        "a": 1,
+        "b": "from params",
+        "c": [1, 2],
+        "d": 2,
+        "e": True,
+        "f": "2026-11-20",
+        "g": {"k": None},
+    }
+
+
+def test_run_refuses_parameters_the_schema_refuses(stack: Stack, flow: str) -> None:
+    result = sluice(stack, "run", "--name", flow, "--param", "a=not-a-number")
+    assert_fails(result, 1, "error:", "a")
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--param", "no-equals-sign"], "--param"),
+        (["--param", "=value"], "--param"),
+        (["--params", "[1, 2]"], "--params"),
+        (["--params", "{not json"], "--params"),
+        (["--start-in", "soon"], "--start-in"),
+        (["--start-in", "-5m"], "--start-in"),
+        (["--start-at", "next tuesday"], "--start-at"),
+        (["--start-in", "5m", "--start-at", "2030-01-01T00:00:00"], "--start-at"),
+    ],
+)
+def test_run_usage_errors_exit_2(stack: Stack, flow: str, args: list[str], fragment: str) -> None:
+    result = sluice(stack, "run", "--name", flow, *args)
+    assert_fails(result, 2, fragment)
+
+
+@pytest.mark.parametrize(
+    "args", [[], ["--name", "f/d", "--id", "5c7d6bf0-d50a-4439-85e4-b2609fab3ee7"]]
+)
+def test_run_needs_exactly_one_of_name_and_id(stack: Stack, args: list[str]) -> None:
+    assert_fails(sluice(stack, "run", *args), 2, "--name")
+
+
+def test_run_start_in_schedules_the_future(stack: Stack, flow: str) -> None:
+    before = datetime.now(UTC)
+    run = sluice_json(stack, "run", "--name", flow, "--start-in", "5m")
+    after = datetime.now(UTC)
+    start = datetime.fromisoformat(run["expected_start_time"])
+    assert before + timedelta(minutes=5) <= start <= after + timedelta(minutes=5)
+    assert run["state"]["type"] == "SCHEDULED"
+    assert datetime.fromisoformat(run["state"]["details"]["scheduled_time"]) == start
+
+
+def test_run_start_at_without_offset_is_utc(stack: Stack, flow: str) -> None:
+    run = sluice_json(stack, "run", "--name", flow, "--start-at", "2030-01-02T03:04:05")
+    assert datetime.fromisoformat(run["expected_start_time"]) == datetime(
+        2030, 1, 2, 3, 4, 5, tzinfo=UTC
+    )
+
+
+def test_run_with_an_idempotency_key_twice_is_one_run(stack: Stack, flow: str, unique: str) -> None:
+    args = ["run", "--name", flow, "--idempotency-key", f"key-{unique}", "--run-name", "once"]
+    first = sluice_json(stack, *args)
+    second = sluice_json(stack, *args)
+    assert first["id"] == second["id"]
+    assert first["name"] == "once"
+
+
+# --- sluice flow-run ------------------------------------------------------------------------
+def test_flow_run_ls_filters_by_state_and_tag(
+    stack: Stack, client: SyncClient, flow: str, unique: str
+) -> None:
+    tag = f"t-{unique}"
+    kept = client.create_flow_run(flow, tags=[tag])
+    cancelled = client.create_flow_run(flow, tags=[tag, "extra"])
+    client.create_flow_run(flow)  # untagged: never listed below
+    client.cancel_flow_run(cancelled.id)
+
+    def both_indexed() -> set[str] | None:
+        ids = listed_ids(stack, "--tag", tag, "--state", "CANCELLED", "--state", "SCHEDULED")
+        return ids if ids == {kept.id, cancelled.id} else None
+
+    eventually(both_indexed, "the runs to reach the query index")
+    assert listed_ids(stack, "--tag", tag, "--state", "Cancelled") == {cancelled.id}
+    assert listed_ids(stack, "--tag", tag, "--state", "scheduled") == {kept.id}
+    assert listed_ids(stack, "--tag", tag, "--tag", "extra") == {cancelled.id}
+    assert listed_ids(stack, "--tag", tag, "--deployment", f"{flow}/main") == {
+        kept.id,
+        cancelled.id,
+    }
+    assert listed_ids(stack, "--tag", tag, "--flow", flow) == {kept.id, cancelled.id}
+    assert listed_ids(stack, "--tag", tag, "--flow", f"not-{flow}") == set()
+    bare = sluice(stack, "flow-run", "ls", "--deployment", flow)
+    assert_fails(bare, 2, "--flow")
+
+    page = sluice_json(stack, "flow-run", "ls", "--tag", tag, "--limit", "1")
+    assert len(page["flow_runs"]) == 1
+    assert page["next_offset"] == 1
+
+    table = sluice(stack, "flow-run", "ls", "--tag", tag)
+    assert table.exit_code == 0, table.output
+    for run in (kept, cancelled):
+        assert run.id in table.stdout
+        assert run.name in table.stdout
+    assert "Cancelled" in table.stdout
+
+
+def test_flow_run_inspect(stack: Stack, client: SyncClient, flow: str) -> None:
+    run = client.create_flow_run(flow, parameters={"b": "shown"}, tags=["inspected"])
+    result = sluice(stack, "flow-run", "inspect", run.id)
+    assert result.exit_code == 0, result.output
+    for fragment in (run.id, run.name, f"{flow}/main", "Scheduled", '"shown"', "inspected"):
+        assert fragment in result.stdout
+    assert sluice_json(stack, "flow-run", "inspect", run.id) == json.loads(encode(run))
+
+
+def test_flow_run_inspect_unknown_or_malformed_id(stack: Stack) -> None:
+    missing = "00000000-0000-4000-8000-000000000000"
+    assert_fails(sluice(stack, "flow-run", "inspect", missing), 1, "error:", missing)
+    assert_fails(sluice(stack, "flow-run", "inspect", "not-an-id"), 2, "not-an-id")
+
+
+def test_flow_run_cancel_is_harmless_twice(stack: Stack, client: SyncClient, flow: str) -> None:
+    run = client.create_flow_run(flow)
+    result = sluice(stack, "flow-run", "cancel", run.id, "--reason", "not today")
+    assert result.exit_code == 0, result.output
+    assert "Cancelled" in result.stdout
+    cancelled = client.read_flow_run(run.id)
+    assert cancelled.state.type is StateType.CANCELLED
+    assert cancelled.state.message == "not today"
+
+    again = sluice_json(stack, "flow-run", "cancel", run.id)
+    assert again["state"]["type"] == "CANCELLED"
+    assert client.read_flow_run(run.id).state == cancelled.state
+
+
+def test_flow_run_cancel_of_a_finished_run_is_an_error(
+    stack: Stack, client: SyncClient, flow: str
+) -> None:
+    run = client.create_flow_run(flow)
+    anyio.run(move, stack.settings, run.id, [StateType.RUNNING, StateType.COMPLETED])
+    assert_fails(sluice(stack, "flow-run", "cancel", run.id), 1, "error:", "Completed")
+
+
+def test_flow_run_logs(stack: Stack, client: SyncClient, flow: str) -> None:
+    run = client.create_flow_run(flow)
+    quiet = sluice(stack, "flow-run", "logs", run.id)
+    assert quiet.exit_code == 0, quiet.output
+    assert sluice_json(stack, "flow-run", "logs", run.id) == []
+
+    lines = ["first line", "second line", "third line"]
+    anyio.run(move, stack.settings, run.id, [StateType.RUNNING, StateType.COMPLETED], lines)
+    result = sluice(stack, "flow-run", "logs", run.id)
+    assert result.exit_code == 0, result.output
+    positions = [result.stdout.index(line) for line in lines]
+    assert positions == sorted(positions)
+    records = sluice_json(stack, "flow-run", "logs", run.id)
+    assert [r["message"] for r in records] == lines
+
+    # --follow on a finished run prints what there is and ends
+    followed = sluice(stack, "flow-run", "logs", run.id, "--follow", "--json")
+    assert followed.exit_code == 0, followed.output
+    assert [json.loads(line)["message"] for line in followed.stdout.splitlines()] == lines
+
+
+async def move(
+    settings: Settings, run_id: str, states: list[StateType], lines: list[str] | None = None
+) -> None:
+    """Act as the engine would: propose ``states`` in order, logging ``lines``
+    after the first one."""
+    async with Client(settings) as c:
+        for i, state in enumerate(states):
+            reply = await c.propose_state(run_id, ProposedState(type=state, message=f"to {state}"))
+            assert reply.status is Decision.ACCEPT, reply
+            if i == 0:
+                js = c.nc.jetstream()
+                for line in lines or []:
+                    record = LogRecord(
+                        flow_run_id=run_id, timestamp=datetime.now(UTC), level=20, message=line
+                    )
+                    await js.publish(names.logs_subject(run_id), encode(record))
+
+
+# --- sluice run --watch ------------------------------------------------------------------------
+@pytest.mark.parametrize(("final", "exit_code"), [(StateType.COMPLETED, 0), (StateType.FAILED, 1)])
+def test_run_watch_follows_the_run_to_its_end(
+    stack: Stack, flow: str, final: StateType, exit_code: int
+) -> None:
+    """The CLI runs as its own process; once it shows the run's first state,
+    this thread moves the run on, as an engine would."""
+    command = [sys.executable, "-m", "engine.cli", "run", "--name", flow, "--watch"]
+    with subprocess.Popen(
+        command,
+        env=stack.process_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        assert proc.stdout is not None
+        seen: list[str] = []
+        run_id = None
+        for line in proc.stdout:  # pytest-timeout guards a CLI that never prints
+            seen.append(line)
+            if match := INSPECT_HINT.search(line):
+                run_id = match[1]
+            if WATCHED_STATE.match(line):
+                break
+        assert run_id is not None, "".join(seen)
+        anyio.run(move, stack.settings, run_id, [StateType.RUNNING, final], ["hello from the flow"])
+        rest, errors = proc.communicate(timeout=60)
+    output = "".join(seen) + rest
+    assert proc.returncode == exit_code, output + errors
+    assert "Traceback" not in errors
+    watched = output[output.index("Watching") :]
+    for fragment in ("Running", "hello from the flow", f"to {final}", final.value.title()):
+        assert fragment in watched
+
+
+def test_run_watch_json_prints_the_final_run(stack: Stack, client: SyncClient, flow: str) -> None:
+    """With --json, --watch prints one document: the run as it ended."""
+    key = f"watch-{flow}"
+    run = client.create_flow_run(flow, idempotency_key=key)
+    anyio.run(move, stack.settings, run.id, [StateType.RUNNING, StateType.COMPLETED])
+    result = sluice(stack, "run", "--name", flow, "--idempotency-key", key, "--watch", "--json")
+    assert result.exit_code == 0, result.output
+    final = json.loads(result.stdout)
+    assert final["id"] == run.id
+    assert final["state"]["type"] == "COMPLETED"
+
+
+# --- sluice deployment -----------------------------------------------------------------------
+def test_deployment_ls_and_inspect(stack: Stack, client: SyncClient, flow: str) -> None:
+    deployment = client.read_deployment(f"{flow}/main")
+    page = sluice_json(stack, "deployment", "ls", "--flow", flow)
+    assert [d["id"] for d in page["deployments"]] == [deployment.id]
+    table = sluice(stack, "deployment", "ls", "--flow", flow)
+    assert table.exit_code == 0, table.output
+    assert f"{flow}/main" in table.stdout
+    assert deployment.id in table.stdout
+
+    shown = sluice(stack, "deployment", "inspect", f"{flow}/main")
+    assert shown.exit_code == 0, shown.output
+    for fragment in (deployment.id, f"{flow}/main", "active", '"b": "x"', "cli"):
+        assert fragment in shown.stdout
+    by_name = sluice_json(stack, "deployment", "inspect", flow)
+    by_id = sluice_json(stack, "deployment", "inspect", "--id", deployment.id)
+    assert by_name == by_id == json.loads(encode(deployment))
+
+
+def test_deployment_pause_resume_delete(stack: Stack, client: SyncClient, flow: str) -> None:
+    name = f"{flow}/main"
+    paused = sluice(stack, "deployment", "pause", name)
+    assert paused.exit_code == 0, paused.output
+    assert "paused" in paused.stdout
+    assert client.read_deployment(name).paused
+
+    resumed = sluice_json(stack, "deployment", "resume", name)
+    assert resumed["paused"] is False
+    assert not client.read_deployment(name).paused
+
+    deleted = sluice(stack, "deployment", "delete", name)
+    assert deleted.exit_code == 0, deleted.output
+    assert_fails(sluice(stack, "deployment", "inspect", name), 1, "error:", name)
+    assert_fails(sluice(stack, "deployment", "pause", name), 1, "error:")
+
+
+def test_deployment_commands_need_a_name_or_an_id(stack: Stack) -> None:
+    assert_fails(sluice(stack, "deployment", "inspect"), 2, "FLOW/DEPLOYMENT")
+    assert_fails(sluice(stack, "deployment", "inspect", "--id", "nope"), 2, "--id")
+
+
+# --- when the stack is not there ----------------------------------------------------------------
+def test_stack_not_running(tmp_path: Path) -> None:
+    url = f"nats://127.0.0.1:{free_port()}"
+    env = {**os.environ, "SLUICE_NATS_URL": url, "SLUICE_HOME": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "flow-run", "ls"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert done.stderr.startswith(f"error: cannot reach NATS at {url}")
+    assert "sluice dev" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_dev_runs_the_embedded_stack(tmp_path: Path) -> None:
+    """``sluice dev`` becomes ``python -m services.dev``: it serves, and stops on SIGTERM."""
+    env = {"SLUICE_NATS_URL": f"nats://127.0.0.1:{free_port()}", "SLUICE_HOME": str(tmp_path)}
+    process_env = {**os.environ, **env, "SLUICE_LOG_LEVEL": "INFO"}
+    with ServiceProcess(["-m", "engine.cli", "dev"], process_env, "sluice dev ready") as dev:
+        dev.wait_ready()
+        listed = CliRunner().invoke(app, ["deployment", "ls", "--json"], env=env)
+        assert listed.exit_code == 0, listed.output
+        assert json.loads(listed.stdout)["deployments"] == []
+        assert dev.stop() == 0
+    assert (tmp_path / "nats" / "jetstream").is_dir()
+
+
+# --- parsing what users type ----------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("30s", 30),
+        ("5m", 300),
+        ("2h", 7200),
+        ("1d", 86400),
+        ("1h30m", 5400),
+        ("1.5m", 90),
+        ("45", 45),
+        ("0.5", 0.5),
+        (" 2H ", 7200),
+    ],
+)
+def test_parse_duration(text: str, seconds: float) -> None:
+    assert parse_duration(text) == timedelta(seconds=seconds)
+
+
+@pytest.mark.parametrize("text", ["", "soon", "5x", "m5", "-1", "nan", "inf", "1e400", "5m-"])
+def test_parse_duration_refuses(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+def test_parse_start_at() -> None:
+    assert parse_start_at("2030-01-02T03:04:05") == datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+    assert parse_start_at("2030-01-02T03:04:05Z") == datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+    assert parse_start_at("2030-01-02T05:04:05+02:00") == datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+    with pytest.raises(ValueError):
+        parse_start_at("tomorrow")
+
+
+@pytest.mark.parametrize(
+    ("pair", "expected"),
+    [
+        ("n=3", ("n", 3)),
+        ("x=1.5", ("x", 1.5)),
+        ("flag=false", ("flag", False)),
+        ("nothing=null", ("nothing", None)),
+        ("who=world", ("who", "world")),
+        ('quoted="3"', ("quoted", "3")),
+        ("eq=a=b", ("eq", "a=b")),
+        ("empty=", ("empty", "")),
+        ("list=[1, 2]", ("list", [1, 2])),
+    ],
+)
+def test_parse_param(pair: str, expected: tuple[str, Any]) -> None:
+    assert parse_param(pair) == expected
+
+
+@pytest.mark.parametrize("pair", ["novalue", "=3", " =3"])
+def test_parse_param_refuses(pair: str) -> None:
+    with pytest.raises(ValueError):
+        parse_param(pair)
+
+
+def test_parse_params_object() -> None:
+    assert parse_params_object('{"a": [1]}') == {"a": [1]}
+    for bad in ("[1]", "3", "{oops"):
+        with pytest.raises(ValueError):
+            parse_params_object(bad)
+
+
+def test_parse_run_id_is_canonical() -> None:
+    upper = "5C7D6BF0D50A443985E4B2609FAB3EE7"
+    assert parse_run_id(upper) == "5c7d6bf0-d50a-4439-85e4-b2609fab3ee7"
+    with pytest.raises(ValueError):
+        parse_run_id("5c7d6bf0")
