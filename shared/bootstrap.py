@@ -16,6 +16,7 @@ from nats.js import JetStreamContext
 from nats.js.api import (
     DiscardPolicy,
     KeyValueConfig,
+    ObjectStoreConfig,
     RetentionPolicy,
     StorageType,
     StreamConfig,
@@ -51,6 +52,16 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
             num_replicas=settings.replicas,
             max_age=settings.logs_max_age or None,
             discard=DiscardPolicy.OLD,
+            allow_direct=True,
+        ),
+        StreamConfig(
+            name=names.TASKRUNS_STREAM,
+            description="Task-run state records, per flow run; read to resume a retried run",
+            subjects=[f"{names.TASKRUNS_PREFIX}.>"],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            num_replicas=settings.replicas,
+            max_age=settings.events_max_age or None,
             allow_direct=True,
         ),
         # Limits, not a work queue: a queue runner and a process serving one
@@ -102,7 +113,7 @@ def bucket_configs(settings: Settings) -> list[KeyValueConfig]:
 
 
 async def bootstrap(js: JetStreamContext, settings: Settings) -> None:
-    """Ensure every stream and bucket exists. Safe to call concurrently."""
+    """Ensure every stream, bucket and object store exists. Safe to call concurrently."""
     for config in stream_configs(settings):
         try:
             await js.stream_info(config.name or "")
@@ -121,3 +132,22 @@ async def bootstrap(js: JetStreamContext, settings: Settings) -> None:
                 log.info("created bucket %s", kv_config.bucket)
             except nats.js.errors.BadRequestError:
                 await js.key_value(kv_config.bucket)
+    try:
+        await js.object_store(names.RESULTS_BUCKET)
+    except nats.js.errors.NotFoundError:
+        await _create_results_store(js, settings)
+
+
+async def _create_results_store(js: JetStreamContext, settings: Settings) -> None:
+    try:
+        await js.create_object_store(
+            names.RESULTS_BUCKET,
+            config=ObjectStoreConfig(
+                description="Flow and task results referenced by state details.result_ref",
+                storage=StorageType.FILE,
+                replicas=settings.replicas,
+            ),
+        )
+        log.info("created object store %s", names.RESULTS_BUCKET)
+    except nats.js.errors.BadRequestError:
+        await js.object_store(names.RESULTS_BUCKET)

@@ -47,6 +47,9 @@ class CreateFlowRun(Request, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     idempotency_key: Key | None = None
     tags: list[Tag] = msgspec.field(default_factory=list)
     parent_flow_run_id: Uuid | None = None
+    agentless: bool = False
+    """Executed by the creating process itself (``sluice run --execute``):
+    never offered to runners."""
 
 
 class ProposedState(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -197,6 +200,26 @@ class Dispatch(msgspec.Struct, frozen=True, kw_only=True):
     attempt: int
     """The run's attempt counter when dispatched; a runner claims attempt + 1."""
     scheduled_time: datetime
+
+
+class TaskRunRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """One state of one task run, as the engine reports it on ``taskrun.states.<flow_run_id>``.
+
+    ``task_key`` identifies the call within its flow run across attempts
+    (task name and call order, plus the map index), which is how a retried
+    flow run finds the results of tasks that already completed.
+    """
+
+    flow_run_id: str
+    task_run_id: str
+    task_key: str
+    task_name: str
+    name: str
+    state: State
+    flow_run_attempt: int = 0
+    map_index: int | None = None
+    upstream_ids: list[str] = msgspec.field(default_factory=list)
+    tags: list[str] = msgspec.field(default_factory=list)
 
 
 class LogRecord(msgspec.Struct, frozen=True, kw_only=True):

@@ -110,5 +110,7 @@ class FlowRun(msgspec.Struct, frozen=True, kw_only=True):
     """How many times the run was claimed (entered PENDING); a claim's token."""
     runner: str | None = None
     """The runner holding the current claim, if any."""
+    agentless: bool = False
+    """Executed by the process that created it; no runner takes it."""
     recent_transitions: list[str] = msgspec.field(default_factory=list)
     """Ids of the last accepted transitions, so a repeated proposal is harmless."""

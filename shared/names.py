@@ -30,11 +30,15 @@ LOGS_STREAM = "FLOWRUN_LOGS"
 LOGS_PREFIX = "flowrun.logs"
 DISPATCH_STREAM = "FLOWRUN_DISPATCH"
 DISPATCH_PREFIX = "flowrun.dispatch"
+TASKRUNS_STREAM = "TASKRUN_STATES"
+TASKRUNS_PREFIX = "taskrun.states"
 
 # --- KV buckets ---------------------------------------------------------------
 FLOW_RUNS_BUCKET = "flow_runs"
 DEPLOYMENTS_BUCKET = "deployments"
 IDEMPOTENCY_BUCKET = "flow_run_idempotency"
+RESULTS_BUCKET = "sluice_results"
+"""JetStream object store for results too large or not JSON enough for a state."""
 
 DEFAULT_QUEUE = "default"
 
@@ -45,6 +49,11 @@ def events_subject(run_id: str) -> str:
 
 def logs_subject(run_id: str) -> str:
     return f"{LOGS_PREFIX}.{run_id}"
+
+
+def taskruns_subject(flow_run_id: str) -> str:
+    """Task-run state records of one flow run (the engine publishes them)."""
+    return f"{TASKRUNS_PREFIX}.{flow_run_id}"
 
 
 def dispatch_subject(queue: str, deployment_id: str) -> str:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import anyio
+import anyio.abc
 import pytest
 
 from engine.client import Client
@@ -142,14 +144,17 @@ async def test_watch_sees_every_change(client: Client, unique: str) -> None:
     run = await client.create_flow_run(f"f{unique}/d")
     seen: list[StateType] = []
 
-    async def watch() -> None:
-        async for current in client.watch_flow_run(run.id):
-            seen.append(current.state.type)
-            if current.state.is_terminal:
-                return
+    async def watch(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+        async with contextlib.aclosing(client.watch_flow_run(run.id)) as runs:
+            async for current in runs:
+                seen.append(current.state.type)
+                if len(seen) == 1:
+                    task_status.started()
+                if current.state.is_terminal:
+                    return
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(watch)
+        await tg.start(watch)
         for t in (StateType.PENDING, StateType.RUNNING, StateType.COMPLETED):
             await client.propose_state(run.id, ProposedState(type=t))
     assert seen[0] is StateType.SCHEDULED

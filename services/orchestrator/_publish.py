@@ -29,10 +29,12 @@ ACK_TIMEOUT = 5.0
 
 
 def is_due(run: FlowRun, now: datetime) -> bool:
-    """A run a runner should start now: Scheduled, due, and backed by a deployment."""
+    """A run a runner should start now: Scheduled, due, backed by a deployment,
+    and not executed by its creator (agentless)."""
     return (
         run.state.type is StateType.SCHEDULED
         and run.deployment_id is not None
+        and not run.agentless
         and run.expected_start_time <= now
     )
 

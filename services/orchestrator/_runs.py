@@ -102,6 +102,7 @@ class Runs:
             created=now,
             updated=now,
             expected_start_time=start,
+            agentless=req.agentless,
         )
         try:
             revision = await self._runs.create(run)
