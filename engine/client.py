@@ -26,7 +26,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.kv import KeyValue
 
 from shared import names
-from shared.codec import decode
+from shared.codec import decode, decode_event
 from shared.connection import connect, request
 from shared.errors import FlowRunNotFound, StackUnavailable
 from shared.messages import (
@@ -215,22 +215,29 @@ class Client:
     async def watch_flow_run(
         self, run_id: str, *, resync: float = 5.0
     ) -> AsyncGenerator[FlowRun, None]:
-        """Yield the run now, then every time it changes, until the caller stops.
+        """Yield the run now, then after every accepted transition, in order.
 
-        Changes come from a KV watch. Every ``resync`` seconds without news the
-        run is read again, and the watch is rebuilt if the connection was
-        re-established meanwhile (a watcher can go quiet across a reconnect).
+        Transitions come from the run's event stream, so quick ones are not
+        merged. Every ``resync`` seconds without news the run is read again
+        from KV (a write whose event is still being recovered is shown too),
+        and the subscription is rebuilt if the connection was re-established
+        meanwhile. Close the generator (``contextlib.aclosing``) to stop.
         """
         run, last = await self._read_with_revision(run_id)
         yield run
-        kv = await self._kv()
+        js = self.nc.jetstream()
         while True:
             reconnects = self.nc.stats["reconnects"]
-            watcher = await kv.watch(run_id)
+            sub = await js.subscribe(
+                names.events_subject(run_id),
+                stream=names.EVENTS_STREAM,
+                ordered_consumer=True,
+                config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
+            )
             try:
                 while True:
                     try:
-                        entry = await watcher.updates(timeout=resync)
+                        msg = await sub.next_msg(timeout=resync)
                     except nats.errors.TimeoutError:
                         run, revision = await self._read_with_revision(run_id)
                         if revision > last:
@@ -239,13 +246,16 @@ class Client:
                         if self.nc.stats["reconnects"] != reconnects:
                             break
                         continue
-                    if entry is None or not entry.value or (entry.revision or 0) <= last:
+                    try:
+                        event = decode_event(msg.data)
+                    except msgspec.DecodeError:
                         continue
-                    last = entry.revision or 0
-                    yield decode(entry.value, FlowRun)
+                    if event.revision > last:
+                        last = event.revision
+                        yield event.flow_run
             finally:
                 with contextlib.suppress(Exception):  # the connection may be gone
-                    await watcher.stop()
+                    await sub.unsubscribe()
 
     async def wait_for_flow_run(self, run_id: str) -> FlowRun:
         """Return the run once it reaches a terminal state. Cancellation stops waiting."""

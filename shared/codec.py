@@ -21,6 +21,7 @@ from .errors import (
     SluiceError,
     error_from_body,
 )
+from .messages import Event, FlowRunCreated, FlowRunStateChanged
 
 T = TypeVar("T")
 
@@ -51,6 +52,12 @@ def decoder(type_: type[T]) -> msgspec.json.Decoder[T]:
 def decode(data: bytes, type_: type[T]) -> T:
     """Decode trusted bytes (our own KV values and events)."""
     return decoder(type_).decode(data)
+
+
+def decode_event(data: bytes) -> FlowRunCreated | FlowRunStateChanged:
+    """Decode one message of the run event stream (the tagged ``Event`` union)."""
+    result: FlowRunCreated | FlowRunStateChanged = decoder(Event).decode(data)  # type: ignore[arg-type]
+    return result
 
 
 def decode_request(data: bytes, type_: type[T], *, max_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> T:

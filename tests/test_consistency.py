@@ -157,8 +157,13 @@ async def test_watch_sees_every_change(client: Client, unique: str) -> None:
         await tg.start(watch)
         for t in (StateType.PENDING, StateType.RUNNING, StateType.COMPLETED):
             await client.propose_state(run.id, ProposedState(type=t))
-    assert seen[0] is StateType.SCHEDULED
-    assert seen[-1] is StateType.COMPLETED
+    # every transition, in order: the watch follows the run's event stream
+    assert seen == [
+        StateType.SCHEDULED,
+        StateType.PENDING,
+        StateType.RUNNING,
+        StateType.COMPLETED,
+    ]
     final = await client.wait_for_flow_run(run.id)
     assert final.state.type is StateType.COMPLETED
 

@@ -19,8 +19,8 @@ from nats.js import JetStreamContext
 from nats.js.api import PubAck
 
 from shared import names
-from shared.codec import decode, encode
-from shared.messages import Dispatch, Event, FlowRunCreated, FlowRunStateChanged
+from shared.codec import decode_event, encode
+from shared.messages import Dispatch, FlowRunCreated, FlowRunStateChanged
 from shared.models import FlowRun
 from shared.states import State, StateType
 
@@ -108,7 +108,7 @@ class Publisher:
             msg = await self._js.get_last_msg(names.EVENTS_STREAM, names.events_subject(run_id))
         except nats.js.errors.NotFoundError:
             return 0
-        return decode(msg.data or b"", Event).revision  # type: ignore[arg-type]
+        return decode_event(msg.data or b"").revision
 
     async def ensure_announced(self, run: FlowRun, revision: int, now: datetime) -> bool:
         """Publish the event (and dispatch) of a stored write if they are missing.

@@ -23,12 +23,9 @@ from nats.aio.client import Client as NATS
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from shared import names
-from shared.codec import decode, encode
+from shared.codec import decode, decode_event, encode
 from shared.messages import (
-    Event,
-    FlowRunCreated,
     FlowRunPage,
-    FlowRunStateChanged,
     ListFlowRuns,
 )
 from shared.models import FlowRun
@@ -168,7 +165,7 @@ class ReadModel:
         db = self.db
         for seq, data in batch:
             try:
-                event: FlowRunCreated | FlowRunStateChanged = decode(data, Event)  # type: ignore[arg-type]
+                event = decode_event(data)
             except msgspec.DecodeError as exc:
                 log.error("skipping undecodable event at seq %d: %s", seq, exc)
                 continue

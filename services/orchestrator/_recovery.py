@@ -19,8 +19,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from shared import names
 from shared.clock import Clock
-from shared.codec import decode
-from shared.messages import Event
+from shared.codec import decode, decode_event
 from shared.models import FlowRun
 
 from ._publish import Publisher
@@ -40,7 +39,7 @@ async def _newest_event_revision(js: JetStreamContext) -> int:
         msg = await js.get_msg(names.EVENTS_STREAM, seq=info.state.last_seq)
     except nats.js.errors.NotFoundError:
         return 0
-    return decode(msg.data or b"", Event).revision  # type: ignore[arg-type]
+    return decode_event(msg.data or b"").revision
 
 
 async def recover(js: JetStreamContext, publisher: Publisher, clock: Clock) -> int:
