@@ -1,0 +1,179 @@
+"""Turning a flow into a deployment: ``flow.to_deployment(...)`` and ``RunnerDeployment``.
+
+A deployment is what the stack stores to run a flow later and elsewhere: its
+name, where its code is (an entrypoint relative to a folder), default
+parameters with their JSON schema, schedules, tags, a concurrency limit, and
+the flow runner to start it in. ``RunnerDeployment`` holds that on the
+client side until a :class:`~engine.runner.Runner` (or ``serve``) registers it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from shared.messages import RegisterDeployment
+from shared.models import (
+    CronSchedule,
+    DeploymentSchedule,
+    IntervalSchedule,
+    RRuleSchedule,
+    Schedule,
+)
+
+from .flow_runners import FlowRunner, UniversalFlowRunner
+
+if TYPE_CHECKING:
+    from .flows import Flow
+
+__all__ = ["RunnerDeployment", "build_schedules", "entrypoint_of"]
+
+
+def build_schedules(
+    *,
+    interval: float | timedelta | Iterable[float | timedelta] | None = None,
+    cron: str | Iterable[str] | None = None,
+    rrule: str | Iterable[str] | None = None,
+    schedule: Schedule | DeploymentSchedule | Iterable[Schedule | DeploymentSchedule] | None = None,
+    timezone: str = "UTC",
+    anchor_date: datetime | None = None,
+) -> list[DeploymentSchedule]:
+    """Every way of naming a schedule, as the list a deployment stores."""
+
+    def many(value: Any) -> list[Any]:
+        if value is None:
+            return []
+        if isinstance(value, str | int | float | timedelta) or not isinstance(value, Iterable):
+            return [value]
+        return list(value)
+
+    out: list[DeploymentSchedule] = []
+    for every in many(interval):
+        seconds = every.total_seconds() if isinstance(every, timedelta) else float(every)
+        out.append(
+            DeploymentSchedule(
+                schedule=IntervalSchedule(
+                    interval=seconds, anchor_date=anchor_date, timezone=timezone
+                )
+            )
+        )
+    out += [
+        DeploymentSchedule(schedule=CronSchedule(cron=c, timezone=timezone)) for c in many(cron)
+    ]
+    out += [
+        DeploymentSchedule(schedule=RRuleSchedule(rrule=r, timezone=timezone)) for r in many(rrule)
+    ]
+    for item in many(schedule):
+        out.append(
+            item if isinstance(item, DeploymentSchedule) else DeploymentSchedule(schedule=item)
+        )
+    return out
+
+
+def entrypoint_of(flow: Flow[Any, Any], base: Path) -> str:
+    """``file.py:function`` relative to ``base``, or ``module:function`` when the
+    flow's file is not under ``base``."""
+    fn = flow.fn
+    source = inspect.getsourcefile(fn)
+    name = getattr(fn, "__name__", None)
+    if source is None or name is None:
+        raise ValueError(f"cannot tell where flow {flow.name!r} is defined; pass entrypoint=")
+    path = Path(source).resolve()
+    try:
+        return f"{path.relative_to(base.resolve()).as_posix()}:{name}"
+    except ValueError:
+        module = getattr(fn, "__module__", None)
+        if module and module != "__main__":
+            return f"{module}:{name}"
+        return f"{path.as_posix()}:{name}"
+
+
+@dataclass
+class RunnerDeployment:
+    """A deployment of a flow, ready to register with the stack."""
+
+    name: str
+    flow_name: str
+    entrypoint: str
+    path: str
+    parameters: dict[str, Any] = field(default_factory=dict)
+    parameter_schema: dict[str, Any] = field(default_factory=dict)
+    enforce_parameter_schema: bool = True
+    description: str | None = None
+    tags: list[str] = field(default_factory=list)
+    version: str | None = None
+    schedules: list[DeploymentSchedule] = field(default_factory=list)
+    concurrency_limit: int | None = None
+    flow_runner: FlowRunner = field(default_factory=UniversalFlowRunner)
+    paused: bool = False
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.flow_name}/{self.name}"
+
+    @classmethod
+    def from_flow(
+        cls,
+        flow: Flow[Any, Any],
+        name: str,
+        *,
+        interval: float | timedelta | Iterable[float | timedelta] | None = None,
+        cron: str | Iterable[str] | None = None,
+        rrule: str | Iterable[str] | None = None,
+        schedule: Any = None,
+        timezone: str = "UTC",
+        parameters: dict[str, Any] | None = None,
+        description: str | None = None,
+        tags: Iterable[str] = (),
+        version: str | None = None,
+        enforce_parameter_schema: bool = True,
+        concurrency_limit: int | None = None,
+        flow_runner: FlowRunner | None = None,
+        entrypoint: str | None = None,
+        path: str | os.PathLike[str] | None = None,
+        paused: bool = False,
+    ) -> RunnerDeployment:
+        if not name or "/" in name or "%" in name:
+            raise ValueError(f"a deployment name must be non-empty without '/' or '%': {name!r}")
+        base = Path(path) if path is not None else Path.cwd()
+        return cls(
+            name=name,
+            flow_name=flow.name,
+            entrypoint=entrypoint or entrypoint_of(flow, base),
+            path=str(base.resolve()),
+            parameters=dict(parameters or {}),
+            parameter_schema=flow.parameter_schema(),
+            enforce_parameter_schema=enforce_parameter_schema,
+            description=description or flow.description,
+            tags=list(tags),
+            version=version or flow.version,
+            schedules=build_schedules(
+                interval=interval, cron=cron, rrule=rrule, schedule=schedule, timezone=timezone
+            ),
+            concurrency_limit=concurrency_limit,
+            flow_runner=flow_runner or UniversalFlowRunner(),
+            paused=paused,
+        )
+
+    def to_request(self) -> RegisterDeployment:
+        return RegisterDeployment(
+            name=self.name,
+            flow_name=self.flow_name,
+            version=self.version,
+            entrypoint=self.entrypoint,
+            path=self.path,
+            description=self.description,
+            tags=self.tags,
+            parameters=self.parameters,
+            parameter_schema=self.parameter_schema,
+            enforce_parameter_schema=self.enforce_parameter_schema,
+            schedules=self.schedules,
+            paused=self.paused,
+            concurrency_limit=self.concurrency_limit,
+            infrastructure=self.flow_runner.to_infrastructure(),
+        )

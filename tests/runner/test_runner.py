@@ -1,0 +1,204 @@
+"""The Runner with real processes against a real stack."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime
+
+import anyio
+import pytest
+
+from engine.client import Client
+from engine.deployments import RunnerDeployment
+from engine.flow_runners import SubprocessFlowRunner, explain_exit
+from engine.runner import Runner
+from services.orchestrator import Orchestrator
+from shared import names
+from shared.codec import encode
+from shared.messages import Dispatch
+from shared.models import FlowRun
+from shared.settings import Settings
+from shared.states import StateType
+
+from ._script import ScriptFlowRunner
+
+pytestmark = pytest.mark.anyio
+
+
+def deployment(flow: str, **kw: object) -> RunnerDeployment:
+    return RunnerDeployment(name="d", flow_name=flow, entrypoint="x.py:f", path=".", **kw)  # type: ignore[arg-type]
+
+
+def runner(settings: Settings, **kw: object) -> Runner:
+    kw.setdefault("flow_runner", ScriptFlowRunner())
+    kw.setdefault("kill_grace", 2.0)
+    return Runner(settings=settings, query_seconds=1.0, **kw)  # type: ignore[arg-type]
+
+
+@asynccontextmanager
+async def running(*runners: Runner) -> AsyncIterator[None]:
+    async with anyio.create_task_group() as tg:
+        for r in runners:
+            tg.start_soon(r.start)
+        yield
+        for r in runners:
+            await r.stop()
+
+
+async def finished(client: Client, runs: list[FlowRun]) -> list[FlowRun]:
+    return [await client.wait_for_flow_run(r.id) for r in runs]
+
+
+def max_overlap(intervals: list[tuple[datetime, datetime]]) -> int:
+    points = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])
+    best = now = 0
+    for _, step in points:
+        now += step
+        best = max(best, now)
+    return best
+
+
+async def test_two_runners_share_work_within_their_limits(
+    orchestrator: Orchestrator, client: Client, settings: Settings, unique: str
+) -> None:
+    small, big = (
+        runner(settings, name=f"small-{unique}", limit=2),
+        runner(settings, name=f"big-{unique}", limit=3),
+    )
+    for r in (small, big):
+        await r.add_deployment(deployment(f"f{unique}"))
+    async with running(small, big):
+        runs = [
+            await client.create_flow_run(f"f{unique}/d", parameters={"sleep": 0.2})
+            for _ in range(60)
+        ]
+        done = await finished(client, runs)
+    assert {r.state.type for r in done} == {StateType.COMPLETED}
+    assert all(r.attempt == 1 and r.run_count == 1 for r in done)  # each ran once
+    spans = {
+        name: [(r.start_time, r.end_time) for r in done if r.runner == name]
+        for name in (small.name, big.name)
+    }
+    seen = {name: max_overlap(s) for name, s in spans.items()}  # type: ignore[arg-type]
+    together = max_overlap([s for v in spans.values() for s in v])  # type: ignore[misc]
+    print(f"max concurrent runs seen: {seen}, together {together}")
+    assert seen[small.name] <= 2
+    assert seen[big.name] <= 3
+    assert together <= 5
+    assert all(spans.values())  # both took work
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        ({"exit": 3}, explain_exit(3)),
+        ({"exit": 0}, explain_exit(0)),
+        ({"kill_self": True}, explain_exit(-signal.SIGKILL)),
+    ],
+)
+async def test_an_unreported_exit_is_crashed_with_an_explanation(
+    orchestrator: Orchestrator,
+    client: Client,
+    settings: Settings,
+    unique: str,
+    params: dict[str, object],
+    expected: str,
+) -> None:
+    r = runner(settings, name=f"r-{unique}")
+    await r.add_deployment(deployment(f"f{unique}"))
+    async with running(r):
+        run = await client.create_flow_run(f"f{unique}/d", parameters=params)
+        final = await client.wait_for_flow_run(run.id)
+    assert final.state.type is StateType.CRASHED
+    assert final.state.message == expected
+
+
+async def test_a_start_failure_crashes_the_run(
+    orchestrator: Orchestrator, client: Client, settings: Settings, unique: str
+) -> None:
+    broken = SubprocessFlowRunner(virtualenv="/nonexistent/venv")
+    r = runner(settings, name=f"r-{unique}", flow_runner=broken)
+    await r.add_deployment(deployment(f"f{unique}"))
+    async with running(r):
+        run = await client.create_flow_run(f"f{unique}/d")
+        final = await client.wait_for_flow_run(run.id)
+    assert final.state.type is StateType.CRASHED
+    assert (final.state.message or "").startswith("The flow run could not be started")
+
+
+async def test_a_dispatch_delivered_twice_runs_once(
+    orchestrator: Orchestrator, client: Client, settings: Settings, unique: str
+) -> None:
+    a, b = (
+        runner(settings, name=f"a-{unique}"),
+        runner(settings, name=f"b-{unique}", queue="default"),
+    )
+    dep_id = await a.add_deployment(deployment(f"f{unique}"))
+    async with running(a, b):
+        run = await client.create_flow_run(f"f{unique}/d", parameters={"sleep": 0.3})
+        # the same item again, as a redelivery or a second publisher would send it
+        item = Dispatch(
+            flow_run_id=run.id,
+            deployment_id=dep_id,
+            queue="default",
+            attempt=0,
+            scheduled_time=run.expected_start_time,
+        )
+        await client.nc.jetstream().publish(names.dispatch_subject("default", dep_id), encode(item))
+        final = await client.wait_for_flow_run(run.id)
+    assert final.state.type is StateType.COMPLETED
+    assert final.attempt == 1
+    assert final.run_count == 1
+
+
+async def test_run_once_runs_what_is_waiting_and_returns(
+    orchestrator: Orchestrator, client: Client, settings: Settings, unique: str
+) -> None:
+    r = runner(settings, name=f"r-{unique}", limit=4)
+    await r.add_deployment(deployment(f"f{unique}"))
+    runs = [await client.create_flow_run(f"f{unique}/d") for _ in range(3)]
+    await r.start(run_once=True)
+    for run in runs:
+        assert (await client.read_flow_run(run.id)).state.type is StateType.COMPLETED
+
+
+async def test_execute_flow_run(
+    orchestrator: Orchestrator, client: Client, settings: Settings, unique: str
+) -> None:
+    r = runner(settings, name=f"r-{unique}")
+    await r.add_deployment(deployment(f"f{unique}"))
+    run = await client.create_flow_run(f"f{unique}/d", parameters={"result": 42})
+    final = await r.execute_flow_run(run.id)
+    assert final.state.type is StateType.COMPLETED
+    assert final.state.data == 42
+
+
+async def test_stop_before_start_and_bad_names(settings: Settings) -> None:
+    with pytest.raises(RuntimeError, match="never started"):
+        await Runner(settings=settings).stop()
+    for bad in ("a/b", "50%"):
+        with pytest.raises(ValueError, match="cannot contain"):
+            Runner(name=bad, settings=settings)
+
+
+async def test_shutdown_pauses_and_leaves_no_process(
+    orchestrator: Orchestrator, client: Client, settings: Settings, unique: str
+) -> None:
+    r = runner(settings, name=f"r-{unique}", pause_on_shutdown=True)
+    await r.add_deployment(deployment(f"f{unique}"))
+    async with running(r):
+        run = await client.create_flow_run(
+            f"f{unique}/d", parameters={"sleep": 60, "ignore_term": True}
+        )
+        async with contextlib.aclosing(client.watch_flow_run(run.id)) as states:
+            async for current in states:
+                if current.state.type is StateType.RUNNING:
+                    break
+    final = await client.read_flow_run(run.id)
+    assert final.state.type is StateType.CRASHED
+    assert f"runner {r.name} shut down" in (final.state.message or "")
+    assert (await client.read_deployment(f"f{unique}/d")).paused
+    assert r.in_progress == 0
