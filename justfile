@@ -8,8 +8,8 @@ py := if path_exists(".venv/bin/python") == "true" { ".venv/bin/python" } else {
 check: lint typecheck test
 
 lint:
-    {{py}} -m ruff check shared engine services tests bench
-    {{py}} -m ruff format --check shared engine services tests bench
+    {{py}} -m ruff check shared engine services tests bench examples
+    {{py}} -m ruff format --check shared engine services tests bench examples
 
 typecheck:
     {{py}} -m mypy
@@ -18,8 +18,8 @@ test *args:
     {{py}} -m pytest {{args}}
 
 fmt:
-    {{py}} -m ruff format shared engine services tests bench
-    {{py}} -m ruff check --fix shared engine services tests bench
+    {{py}} -m ruff format shared engine services tests bench examples
+    {{py}} -m ruff check --fix shared engine services tests bench examples
 
 # Start the embedded stack (nats-server + every service).
 dev:

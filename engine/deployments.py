@@ -31,7 +31,7 @@ from .flow_runners import FlowRunner, UniversalFlowRunner
 if TYPE_CHECKING:
     from .flows import Flow
 
-__all__ = ["RunnerDeployment", "build_schedules", "entrypoint_of"]
+__all__ = ["DeploymentSpec", "RunnerDeployment", "build_schedules", "entrypoint_of", "load_specs"]
 
 
 def build_schedules(
@@ -177,3 +177,92 @@ class RunnerDeployment:
             concurrency_limit=self.concurrency_limit,
             infrastructure=self.flow_runner.to_infrastructure(),
         )
+
+
+@dataclass
+class DeploymentSpec:
+    """A deployment declared in a file, registered with ``sluice deployment create FILE``.
+
+    Give the flow object (``flow=``) or where it lives (``flow_location=``, a
+    file path relative to the spec file, with ``:name`` when the file holds
+    more than one flow).
+    """
+
+    name: str
+    flow: Flow[Any, Any] | None = None
+    flow_location: str | None = None
+    flow_runner: FlowRunner | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+    schedule: Any = None
+    tags: list[str] = field(default_factory=list)
+    description: str | None = None
+    version: str | None = None
+    concurrency_limit: int | None = None
+
+    def to_deployment(self, base: Path) -> RunnerDeployment:
+        flow = self.flow if self.flow is not None else _load_flow(base, self.flow_location)
+        return RunnerDeployment.from_flow(
+            flow,
+            self.name,
+            schedule=self.schedule,
+            parameters=self.parameters,
+            tags=self.tags,
+            description=self.description,
+            version=self.version,
+            concurrency_limit=self.concurrency_limit,
+            flow_runner=self.flow_runner,
+            path=base,
+        )
+
+
+def _import_file(path: Path) -> Any:
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(f"_sluice_spec_{abs(hash(path))}", path)
+    if spec is None or spec.loader is None:
+        raise ValueError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(path.parent))
+    return module
+
+
+def _load_flow(base: Path, location: str | None) -> Flow[Any, Any]:
+    from .flows import Flow
+
+    if not location:
+        raise ValueError("a DeploymentSpec needs flow= or flow_location=")
+    file, _, name = location.partition(":")
+    module = _import_file((base / file).resolve())
+    flows = {k: v for k, v in vars(module).items() if isinstance(v, Flow)}
+    if name:
+        found = flows.get(name) or next((f for f in flows.values() if f.name == name), None)
+        if found is None:
+            raise ValueError(f"{file} has no flow {name!r}; it has: {', '.join(flows) or 'none'}")
+        return found
+    if len(flows) != 1:
+        raise ValueError(
+            f"{file} holds {len(flows)} flows ({', '.join(flows) or 'none'}); name one as FILE:FLOW"
+        )
+    return next(iter(flows.values()))
+
+
+def load_specs(path: str | os.PathLike[str]) -> list[RunnerDeployment]:
+    """Every deployment a spec file declares (DeploymentSpec or RunnerDeployment values)."""
+    file = Path(path).resolve()
+    if not file.is_file():
+        raise ValueError(f"no such file: {path}")
+    module = _import_file(file)
+    out: list[RunnerDeployment] = []
+    for value in vars(module).values():
+        if isinstance(value, DeploymentSpec):
+            out.append(value.to_deployment(file.parent))
+        elif isinstance(value, RunnerDeployment):
+            out.append(value)
+    if not out:
+        raise ValueError(f"{path} declares no DeploymentSpec")
+    return out

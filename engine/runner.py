@@ -153,6 +153,19 @@ class Runner:
             self._served.append(stored.id)
         return stored.id
 
+    async def serve_deployment(self, ref: str) -> str:
+        """Serve an already registered deployment (``flow/name``, a bare flow name, or an id)."""
+        async with self._session() as client:
+            try:
+                uuid.UUID(ref)
+                stored = await client.read_deployment(id=ref)
+            except ValueError:
+                stored = await client.read_deployment(ref)
+        self._deployments[stored.id] = stored
+        if stored.id not in self._served:
+            self._served.append(stored.id)
+        return stored.id
+
     async def add_flow(self, flow: Flow[Any, Any], name: str | None = None, **kwargs: Any) -> str:
         """Serve ``flow`` as a deployment (``flow.to_deployment`` arguments)."""
         deployment = RunnerDeployment.from_flow(flow, name or self.name, **kwargs)

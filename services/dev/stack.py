@@ -2,13 +2,19 @@
 
 ``DevStack`` starts nats-server where ``SLUICE_NATS_URL`` points (data under
 ``$SLUICE_HOME/nats``), then enters each service's context manager in order,
-and leaves them in reverse order on exit, stopping the server last.
+and leaves them in reverse order on exit, stopping the server last. Its
+runner serves the ``default`` queue and registers the example deployments
+(``examples/deployments.py``; set ``SLUICE_EXAMPLES`` to another spec file,
+or to nothing for none). Importing them is the one place user code is
+imported in this process; each flow run still gets a process of its own.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from contextlib import AsyncExitStack
+from pathlib import Path
 from types import TracebackType
 from typing import Self
 from urllib.parse import urlparse
@@ -16,6 +22,7 @@ from urllib.parse import urlparse
 import anyio
 
 from services.orchestrator import Orchestrator
+from services.runner import RunnerService
 from shared.errors import StackUnavailable
 from shared.settings import Settings
 
@@ -42,6 +49,17 @@ def server_for(settings: Settings) -> NatsServer:
     )
 
 
+def examples_file() -> Path | None:
+    """The example deployments to serve: $SLUICE_EXAMPLES, ./examples, or the repo's."""
+    explicit = os.environ.get("SLUICE_EXAMPLES")
+    if explicit is not None:
+        return Path(explicit) if explicit else None
+    for folder in (Path.cwd() / "examples", Path(__file__).resolve().parents[2] / "examples"):
+        if (folder / "deployments.py").is_file():
+            return folder / "deployments.py"
+    return None
+
+
 class DevStack:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -56,6 +74,16 @@ class DevStack:
                 "nats-server listening on %s (data in %s)", self.server.url, self.server.store_dir
             )
             await self._stack.enter_async_context(Orchestrator(self.settings))
+            examples = examples_file()
+            await self._stack.enter_async_context(
+                RunnerService(
+                    self.settings,
+                    name="dev",
+                    limit=8,
+                    queue="default",
+                    register=[str(examples)] if examples else [],
+                )
+            )
         except BaseException:
             await self._stack.aclose()
             raise

@@ -1,0 +1,61 @@
+"""``python -m services.runner``: run flow runs of a queue or of chosen deployments."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from services._main import run_service
+
+from .service import RunnerService
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    env = os.environ.get
+    p = argparse.ArgumentParser(prog="python -m services.runner", description=__doc__)
+    p.add_argument("--name", default=env("SLUICE_RUNNER_NAME"), help="runner name (no / or %%)")
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=int(env("SLUICE_RUNNER_LIMIT", "0")) or None,
+        help="most flow runs at once (default 5)",
+    )
+    p.add_argument(
+        "--queue",
+        default=env("SLUICE_RUNNER_QUEUE", "default"),
+        help="serve every deployment dispatched on this queue ('' for none)",
+    )
+    p.add_argument(
+        "--deployment",
+        action="append",
+        default=[d for d in env("SLUICE_RUNNER_DEPLOYMENTS", "").split(",") if d],
+        help="serve this deployment (FLOW/NAME or id); repeatable",
+    )
+    p.add_argument(
+        "--path",
+        default=env("SLUICE_RUNNER_CODE_PATH"),
+        help="where the flow code lives on this host (overrides deployments' paths)",
+    )
+    p.add_argument(
+        "--register",
+        action="append",
+        default=[],
+        help="a deployment spec file to register and serve at start; repeatable",
+    )
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    args = parse()
+    run_service(
+        "runner",
+        lambda settings: RunnerService(
+            settings,
+            name=args.name,
+            limit=args.limit,
+            queue=args.queue or None,
+            deployments=args.deployment,
+            code_path=args.path,
+            register=args.register,
+        ),
+    )

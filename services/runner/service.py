@@ -1,0 +1,83 @@
+"""The runner service: a long-lived :class:`engine.runner.Runner` as a process.
+
+It serves a queue (every deployment whose runs are dispatched there) and/or
+chosen deployments, runs each flow run in its own process, and on shutdown
+stops taking work and leaves no process behind. Flow code is found at each
+deployment's ``path``, or under ``code_path`` when the code lives elsewhere
+on this host (a container, another machine).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from types import TracebackType
+from typing import Self
+
+import anyio
+
+from engine.deployments import load_specs
+from engine.runner import Runner
+from shared.settings import Settings
+
+log = logging.getLogger("sluice.runner")
+
+
+class RunnerService:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        name: str | None = None,
+        limit: int | None = None,
+        queue: str | None = "default",
+        deployments: Sequence[str] = (),
+        code_path: str | None = None,
+        pause_on_shutdown: bool = False,
+        register: Sequence[str] = (),
+    ) -> None:
+        self.runner = Runner(
+            name=name,
+            limit=limit,
+            queue=queue,
+            settings=settings,
+            code_path=code_path,
+            pause_on_shutdown=pause_on_shutdown,
+        )
+        self._deployments = list(deployments)
+        #: Deployment spec files to register (and serve) at start.
+        self._register = list(register)
+        self._stack = AsyncExitStack()
+
+    async def __aenter__(self) -> Self:
+        try:
+            for ref in self._deployments:
+                await self.runner.serve_deployment(ref)
+            for spec_file in self._register:
+                for deployment in load_specs(spec_file):
+                    await self.runner.add_deployment(deployment)
+                    self._deployments.append(deployment.full_name)
+            tg = await self._stack.enter_async_context(anyio.create_task_group())
+            tg.start_soon(self.runner.start)
+            self._stack.push_async_callback(self.runner.stop)
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        log.info(
+            "runner %s serving %s (limit %d)",
+            self.runner.name,
+            ", ".join(
+                ([f"queue {self.runner.queue}"] if self.runner.queue else []) + self._deployments
+            ),
+            self.runner.limit,
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        return await self._stack.__aexit__(exc_type, exc, tb)
