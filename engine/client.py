@@ -36,6 +36,9 @@ from shared.messages import (
     DeploymentPage,
     DeploymentRef,
     FlowRunPage,
+    Heartbeat,
+    HeartbeatReply,
+    HeldRun,
     ListDeployments,
     ListFlowRuns,
     LogRecord,
@@ -121,12 +124,15 @@ class Client:
         idempotency_key: str | None = None,
         tags: Iterable[str] = (),
         parent_flow_run_id: str | None = None,
+        agentless: bool = False,
     ) -> FlowRun:
-        """Create a run of a deployment (``flow/deployment``, or by id).
+        """Create a run of a deployment (``flow/deployment``, or by id), or with
+        ``flow_name`` a run with no deployment.
 
         Returns once the run is durably stored. With an ``idempotency_key``,
         calling again returns the first run instead of creating another, so it
-        is safe to retry after a StackUnavailable.
+        is safe to retry after a StackUnavailable. ``agentless``: the caller
+        executes the run itself; no runner is offered it.
         """
         req = CreateFlowRun(
             deployment=deployment,
@@ -138,6 +144,7 @@ class Client:
             idempotency_key=idempotency_key,
             tags=list(tags),
             parent_flow_run_id=parent_flow_run_id,
+            agentless=agentless,
         )
         return await self._request(names.FLOWRUN_CREATE, req, FlowRun)
 
@@ -303,6 +310,18 @@ class Client:
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+
+    async def heartbeat(
+        self, runner: str, *, interval: float, limit: int, runs: dict[str, int]
+    ) -> HeartbeatReply:
+        """Tell the stack a runner is alive and holds ``runs`` (id -> claim attempt)."""
+        req = Heartbeat(
+            runner=runner,
+            interval=interval,
+            limit=limit,
+            runs=[HeldRun(id=i, attempt=a) for i, a in runs.items()],
+        )
+        return await self._request(names.RUNNER_HEARTBEAT, req, HeartbeatReply)
 
     # --- deployments -------------------------------------------------------------
     async def register_deployment(self, deployment: RegisterDeployment) -> Deployment:

@@ -104,6 +104,7 @@ class Runner:
         flow_runner: FlowRunner | None = None,
         kill_grace: float = 10.0,
         code_path: str | None = None,
+        heartbeat_seconds: float | None = None,
         clock: Clock | None = None,
     ) -> None:
         self.name = _check_name(name or f"runner-{uuid.uuid4().hex[:8]}")
@@ -118,11 +119,14 @@ class Runner:
         #: Where the flow code lives on this host; overrides deployments' paths.
         self.code_path = code_path
         self.clock: Clock = clock or SystemClock()
+        self.heartbeat_seconds = heartbeat_seconds or self.settings.heartbeat_interval
         self._client: Client | None = None
         self._deployments: dict[str, Deployment] = {}
         self._served: list[str] = []
         self._slots = anyio.CapacityLimiter(self.limit)
         self._active: dict[str, _Active] = {}
+        #: Runs claimed and not yet finished (id -> claim attempt), for heartbeats.
+        self._held: dict[str, int] = {}
         self._stop = anyio.Event()
         self._started = False
         self._shutting_down = False
@@ -191,20 +195,34 @@ class Runner:
         self._started = True
         self._stop = anyio.Event()
         try:
-            async with anyio.create_task_group() as runs:
-                subs = [await self._subscribe(client, filters) for filters in self._consumers()]
-                if run_once:
-                    await self._take_once(subs, runs)
-                else:
-                    async with anyio.create_task_group() as pullers:
-                        for sub in subs:
-                            pullers.start_soon(self._pull, sub, runs)
-                        await self._stop.wait()
-                        pullers.cancel_scope.cancel()
-                    await self._shutdown(runs)
+            async with anyio.create_task_group() as beats:
+                beats.start_soon(self._heartbeats, client)
+                async with anyio.create_task_group() as runs:
+                    subs = [await self._subscribe(client, f) for f in self._consumers()]
+                    if run_once:
+                        await self._take_once(subs, runs)
+                    else:
+                        async with anyio.create_task_group() as pullers:
+                            for sub in subs:
+                                pullers.start_soon(self._pull, sub, runs)
+                            await self._stop.wait()
+                            pullers.cancel_scope.cancel()
+                        await self._shutdown(runs)
+                beats.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
                 await self._close()
+
+    async def _heartbeats(self, client: Client) -> None:
+        """Say we are alive every ``heartbeat_seconds``; this renews our runs' slot leases."""
+        while True:
+            try:
+                await client.heartbeat(
+                    self.name, interval=self.heartbeat_seconds, limit=self.limit, runs=self._held
+                )
+            except SluiceError as exc:
+                log.warning("runner %s: heartbeat failed: %s", self.name, exc.message)
+            await anyio.sleep(self.heartbeat_seconds)
 
     async def stop(self) -> None:
         """Ask a started runner to stop. Raises RuntimeError if it never started."""
@@ -359,6 +377,14 @@ class Runner:
         }
 
     async def _run(self, client: Client, run_id: str, attempt: int) -> None:
+        self._held[run_id] = attempt
+        try:
+            await self._run_held(client, run_id, attempt)
+        finally:
+            if self._held.get(run_id) == attempt:
+                del self._held[run_id]
+
+    async def _run_held(self, client: Client, run_id: str, attempt: int) -> None:
         run = await client.read_flow_run(run_id)
         try:
             deployment = await self._deployment(client, run.deployment_id)

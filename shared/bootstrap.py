@@ -82,8 +82,8 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
 
 
 def bucket_configs(settings: Settings) -> list[KeyValueConfig]:
-    # No TTL on any of these: runs, deployments and idempotency keys are
-    # kept until someone deletes them.
+    # No bucket TTL: runs, deployments and idempotency keys are kept until
+    # someone deletes them.
     return [
         KeyValueConfig(
             bucket=names.FLOW_RUNS_BUCKET,
@@ -100,6 +100,26 @@ def bucket_configs(settings: Settings) -> list[KeyValueConfig]:
             storage=StorageType.FILE,
             replicas=settings.replicas,
             direct=True,
+        ),
+        # Leases: entries carry a per-message TTL and vanish unless renewed;
+        # the limit marker lets watchers see an expiry as a delete.
+        KeyValueConfig(
+            bucket=names.HEARTBEATS_BUCKET,
+            description="Runner heartbeats (per-entry TTL)",
+            history=1,
+            storage=StorageType.FILE,
+            replicas=settings.replicas,
+            direct=True,
+            limit_marker_ttl=1.0,
+        ),
+        KeyValueConfig(
+            bucket=names.SLOTS_BUCKET,
+            description="Deployment concurrency slots held by runs (per-entry TTL leases)",
+            history=1,
+            storage=StorageType.FILE,
+            replicas=settings.replicas,
+            direct=True,
+            limit_marker_ttl=1.0,
         ),
         KeyValueConfig(
             bucket=names.IDEMPOTENCY_BUCKET,

@@ -167,6 +167,45 @@ class Deleted(msgspec.Struct, frozen=True, kw_only=True):
     deleted: bool = True
 
 
+# --- runners ------------------------------------------------------------------------
+class HeldRun(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    id: Uuid
+    attempt: int
+
+
+class Heartbeat(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A runner saying it is alive and which runs it holds; renews their slot leases."""
+
+    runner: Name
+    interval: Annotated[float, msgspec.Meta(gt=0, le=3600)]
+    limit: int = 0
+    runs: list[HeldRun] = msgspec.field(default_factory=list)
+
+
+class HeartbeatReply(msgspec.Struct, frozen=True, kw_only=True):
+    lease_seconds: float
+    """How long the heartbeat (and each slot it renewed) lasts without another."""
+
+
+class RunnerStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """A ``runner_heartbeats`` entry."""
+
+    runner: str
+    at: datetime
+    interval: float
+    limit: int = 0
+    runs: list[HeldRun] = msgspec.field(default_factory=list)
+
+
+class SlotLease(msgspec.Struct, frozen=True, kw_only=True):
+    """A ``concurrency_slots`` entry: which run holds the slot."""
+
+    deployment_id: str
+    flow_run_id: str
+    runner: str | None = None
+    attempt: int = 0
+
+
 # --- events (tagged union; between our services: unknown fields tolerated) -------
 class FlowRunCreated(
     msgspec.Struct, frozen=True, kw_only=True, tag="flowrun.created", tag_field="kind"

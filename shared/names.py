@@ -21,6 +21,8 @@ DEPLOYMENT_PAUSE = "deployment.pause"
 DEPLOYMENT_RESUME = "deployment.resume"
 DEPLOYMENT_DELETE = "deployment.delete"
 
+RUNNER_HEARTBEAT = "runner.heartbeat"
+
 ORCHESTRATOR_QUEUE = "sluice-orchestrator"
 
 # --- JetStream streams ------------------------------------------------------
@@ -37,6 +39,10 @@ TASKRUNS_PREFIX = "taskrun.states"
 FLOW_RUNS_BUCKET = "flow_runs"
 DEPLOYMENTS_BUCKET = "deployments"
 IDEMPOTENCY_BUCKET = "flow_run_idempotency"
+HEARTBEATS_BUCKET = "runner_heartbeats"
+"""Runner name -> its last heartbeat; each entry expires unless renewed."""
+SLOTS_BUCKET = "concurrency_slots"
+"""``<deployment_id>.<n>`` -> the run holding slot n; a lease that expires unless renewed."""
 RESULTS_BUCKET = "sluice_results"
 """JetStream object store for results too large or not JSON enough for a state."""
 

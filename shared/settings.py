@@ -35,6 +35,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     logs_max_age: float = 7 * 24 * 3600.0
     dispatch_max_age: float = 24 * 3600.0
     """Seconds a dispatch item waits for a runner (a Late run is offered again)."""
+    slot_lease: float = 15.0
+    """Seconds a concurrency slot (or runner heartbeat) lasts without renewal."""
+    heartbeat_interval: float = 5.0
+    """Seconds between a runner's heartbeats."""
     log_level: str = "INFO"
 
     @property
@@ -72,6 +76,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ("events_max_age", "EVENTS_MAX_AGE", float),
             ("logs_max_age", "LOGS_MAX_AGE", float),
             ("dispatch_max_age", "DISPATCH_MAX_AGE", float),
+            ("slot_lease", "SLOT_LEASE", float),
+            ("heartbeat_interval", "HEARTBEAT_INTERVAL", float),
         ]:
             if (value := get(var)) is not None:
                 try:

@@ -556,7 +556,10 @@ def test_dev_runs_the_embedded_stack(tmp_path: Path) -> None:
         dev.wait_ready()
         listed = CliRunner().invoke(app, ["deployment", "ls", "--json"], env=env)
         assert listed.exit_code == 0, listed.output
-        assert json.loads(listed.stdout)["deployments"] == []
+        served = {
+            d["flow_name"] + "/" + d["name"] for d in json.loads(listed.stdout)["deployments"]
+        }
+        assert "hello-world/default" in served  # the example flows
         assert dev.stop() == 0
     assert (tmp_path / "nats" / "jetstream").is_dir()
 

@@ -109,6 +109,9 @@ class Deployments:
             return deployment
         raise MalformedRequest(f"too many concurrent registrations of {full_name}; try again")
 
+    async def get(self, deployment_id: str) -> Deployment | None:
+        return await self._store.get(deployment_id)
+
     async def resolve(self, ref: DeploymentRef) -> Deployment:
         """Find a deployment by id, ``flow/deployment``, or a flow name with one deployment."""
         if ref.id:

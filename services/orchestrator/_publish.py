@@ -20,7 +20,7 @@ from nats.js.api import PubAck
 
 from shared import names
 from shared.codec import decode_event, encode
-from shared.messages import Dispatch, FlowRunCreated, FlowRunStateChanged
+from shared.messages import Dispatch, FlowRunCreated, FlowRunStateChanged, RunnerStatus
 from shared.models import FlowRun
 from shared.states import State, StateType
 
@@ -100,6 +100,14 @@ class Publisher:
             encode(item),
             stream=names.DISPATCH_STREAM,
             headers={MSG_ID: f"dispatch:{run.id}:{run.attempt}"},
+        )
+
+    async def heartbeat(self, status: RunnerStatus, lease: float) -> None:
+        """Store a runner's heartbeat; it expires unless the next one comes within ``lease``."""
+        await self._js.publish(
+            f"$KV.{names.HEARTBEATS_BUCKET}.{status.runner}",
+            encode(status),
+            msg_ttl=max(1, round(lease)),
         )
 
     async def last_event_revision(self, run_id: str) -> int:

@@ -20,9 +20,13 @@ from shared.messages import (
     Decision,
     DeploymentRef,
     FlowRunRef,
+    Heartbeat,
+    HeartbeatReply,
     ProposedState,
     ProposeReply,
     ProposeState,
+    RunnerStatus,
+    SlotLease,
 )
 from shared.models import Deployment, FlowRun
 from shared.states import TERMINAL_TYPES, State, StateDetails, StateType
@@ -31,9 +35,12 @@ from . import _params, rules
 from ._deployments import Deployments
 from ._names import run_name
 from ._publish import Publisher
+from ._slots import Slots
 from ._store import Exists, IdempotencyStore, RunStore, Stale
 
 CAS_ATTEMPTS = 50
+#: A claim that found no free slot is told to try again after this long.
+SLOT_RETRY_SECONDS = 0.5
 
 
 class Runs:
@@ -44,6 +51,9 @@ class Runs:
         deployments: Deployments,
         publisher: Publisher,
         clock: Clock,
+        slots: Slots,
+        *,
+        slot_lease: float = 15.0,
         rng: random.Random | None = None,
     ) -> None:
         self._runs = runs
@@ -51,6 +61,8 @@ class Runs:
         self._deployments = deployments
         self._publisher = publisher
         self._clock = clock
+        self._slots = slots
+        self._slot_lease = slot_lease
         self._rng = rng or random.Random()
 
     # --- create -------------------------------------------------------------------
@@ -156,10 +168,34 @@ class Runs:
                 )
             state = rules.build_state(ctx)
             new = rules.apply(ctx, state)
+            limit = await self._slot_limit(run)
+            took_slot = False
+            if limit and state.type is StateType.PENDING:
+                lease = SlotLease(
+                    deployment_id=run.deployment_id or "",
+                    flow_run_id=run.id,
+                    runner=req.runner,
+                    attempt=new.attempt,
+                )
+                if not await self._slots.acquire(lease, limit, self._slot_lease):
+                    return ProposeReply(
+                        status=Decision.WAIT,
+                        state=run.state,
+                        reason=f"waiting for a concurrency slot of {run.deployment_name} "
+                        f"({limit} of {limit} in use)",
+                        delay_seconds=SLOT_RETRY_SECONDS,
+                        attempt=run.attempt,
+                        revision=revision,
+                    )
+                took_slot = True
             try:
                 new_revision = await self._runs.update(new, revision)
             except Stale:
+                if took_slot:
+                    await self._slots.release(run.deployment_id or "", limit, run.id)
                 continue  # someone else moved the run; judge again against the new state
+            if limit and state.type not in rules.CLAIMED_TYPES:
+                await self._slots.release(run.deployment_id or "", limit, run.id)
             await self._publisher.announce(
                 new,
                 new_revision,
@@ -171,6 +207,40 @@ class Runs:
                 status=Decision.ACCEPT, state=state, attempt=new.attempt, revision=new_revision
             )
         raise Conflict(f"flow run {req.id} is changing too fast; propose again")
+
+    async def _slot_limit(self, run: FlowRun) -> int:
+        """The run's deployment concurrency limit (0: none)."""
+        if run.deployment_id is None:
+            return 0
+        deployment = await self._deployments.get(run.deployment_id)
+        return deployment.concurrency_limit or 0 if deployment else 0
+
+    async def heartbeat(self, req: Heartbeat) -> HeartbeatReply:
+        """Record a runner as alive and renew the slot leases of the runs it holds."""
+        lease = max(self._slot_lease, 3 * req.interval)
+        status = RunnerStatus(
+            runner=req.runner,
+            at=self._clock.now(),
+            interval=req.interval,
+            limit=req.limit,
+            runs=req.runs,
+        )
+        await self._publisher.heartbeat(status, lease)
+        for held in req.runs:
+            found = await self._runs.get(held.id)
+            if found is None or found[0].attempt != held.attempt:
+                continue
+            run = found[0]
+            limit = await self._slot_limit(run)
+            if limit and run.state.type in rules.CLAIMED_TYPES:
+                slot = SlotLease(
+                    deployment_id=run.deployment_id or "",
+                    flow_run_id=run.id,
+                    runner=req.runner,
+                    attempt=run.attempt,
+                )
+                await self._slots.renew(slot, limit, lease)
+        return HeartbeatReply(lease_seconds=lease)
 
     async def cancel(self, req: CancelFlowRun) -> FlowRun:
         """Scheduled or Pending: Cancelled at once. Running or Paused: Cancelling,

@@ -36,6 +36,7 @@ from shared.messages import (
     DeploymentRef,
     FlowRunPage,
     FlowRunRef,
+    Heartbeat,
     ListDeployments,
     ListFlowRuns,
     ProposeState,
@@ -48,6 +49,7 @@ from ._publish import Publisher
 from ._readmodel import ReadModel
 from ._recovery import recover
 from ._runs import Runs
+from ._slots import Slots
 from ._store import DeploymentStore, IdempotencyStore, RunStore
 
 log = logging.getLogger("sluice.orchestrator")
@@ -114,6 +116,8 @@ class Orchestrator:
             deployments,
             publisher,
             self.clock,
+            Slots(js),
+            slot_lease=s.slot_lease,
         )
         self.read_model = read_model = ReadModel(self.read_model_path, nc)
         await read_model.open()
@@ -151,6 +155,7 @@ class Orchestrator:
             (names.FLOWRUN_CANCEL, CancelFlowRun, runs.cancel),
             (names.FLOWRUN_READ, FlowRunRef, runs.read),
             (names.FLOWRUN_LIST, ListFlowRuns, list_runs),
+            (names.RUNNER_HEARTBEAT, Heartbeat, runs.heartbeat),
             (names.DEPLOYMENT_REGISTER, RegisterDeployment, deployments.register),
             (names.DEPLOYMENT_READ, DeploymentRef, deployments.resolve),
             (names.DEPLOYMENT_LIST, ListDeployments, deployments.page),

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 
 import anyio
+import msgspec
 import pytest
 
 from engine.client import Client
@@ -18,7 +19,7 @@ from engine.runner import Runner
 from services.orchestrator import Orchestrator
 from shared import names
 from shared.codec import encode
-from shared.messages import Dispatch
+from shared.messages import Dispatch, RunnerStatus
 from shared.models import FlowRun
 from shared.settings import Settings
 from shared.states import StateType
@@ -202,3 +203,56 @@ async def test_shutdown_pauses_and_leaves_no_process(
     assert f"runner {r.name} shut down" in (final.state.message or "")
     assert (await client.read_deployment(f"f{unique}/d")).paused
     assert r.in_progress == 0
+
+
+async def test_a_deployment_limit_holds_across_runners(
+    orchestrator: Orchestrator, client: Client, settings: Settings, unique: str
+) -> None:
+    a, b = (
+        runner(settings, name=f"a-{unique}", limit=3),
+        runner(settings, name=f"b-{unique}", limit=3),
+    )
+    for r in (a, b):
+        await r.add_deployment(deployment(f"f{unique}", concurrency_limit=1))
+    async with running(a, b):
+        runs = [
+            await client.create_flow_run(f"f{unique}/d", parameters={"sleep": 0.1})
+            for _ in range(6)
+        ]
+        done = await finished(client, runs)
+    assert {r.state.type for r in done} == {StateType.COMPLETED}
+    spans = [(r.start_time, r.end_time) for r in done]
+    assert max_overlap(spans) == 1  # type: ignore[arg-type]
+    slots = await client.nc.jetstream().key_value(names.SLOTS_BUCKET)
+    left = []
+    with contextlib.suppress(Exception):
+        left = await slots.keys()
+    assert not [k for k in left if k.startswith(done[0].deployment_id or "?")]
+
+
+async def test_runners_heartbeat(
+    orchestrator: Orchestrator, client: Client, settings: Settings, unique: str
+) -> None:
+    r = runner(settings, name=f"r-{unique}", heartbeat_seconds=0.2)
+    await r.add_deployment(deployment(f"f{unique}"))
+    beats = await client.nc.jetstream().key_value(names.HEARTBEATS_BUCKET)
+    async with running(r):
+        run = await client.create_flow_run(f"f{unique}/d", parameters={"sleep": 1.0})
+        async with contextlib.aclosing(client.watch_flow_run(run.id)) as states:
+            async for current in states:
+                if current.state.type is StateType.RUNNING:
+                    break
+        watcher = await beats.watch(r.name)
+        try:
+            while True:
+                entry = await watcher.updates(timeout=10)
+                if entry is None or not entry.value:
+                    continue
+                status = msgspec.json.decode(entry.value, type=RunnerStatus)
+                if [h.id for h in status.runs] == [run.id]:
+                    break
+        finally:
+            await watcher.stop()
+        await client.wait_for_flow_run(run.id)
+    assert status.runner == r.name
+    assert status.limit == r.limit

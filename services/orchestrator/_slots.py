@@ -1,0 +1,121 @@
+"""Deployment concurrency slots, held as leases in the ``concurrency_slots`` bucket.
+
+A deployment with ``concurrency_limit = n`` has slot keys
+``<deployment_id>.0 … .n-1``. A run takes a free one when it is claimed
+(PENDING) with a compare-and-set create, so two claims can never take the
+same slot; it gives it back when it leaves the claimed states. Every entry
+carries a per-message TTL: the holding runner's heartbeats renew it, and a
+runner that dies stops renewing, so its slots come back by themselves within
+one lease — no slot leaks and no deployment wedges.
+
+nats-py's KV helpers do not know TTL expiry markers, so this module reads
+and writes the bucket's stream directly.
+"""
+
+from __future__ import annotations
+
+import msgspec
+import nats.js.errors
+from nats.js import JetStreamContext
+from nats.js.api import RawStreamMsg
+
+from shared import names
+from shared.codec import encode
+from shared.messages import SlotLease
+
+_STREAM = names.kv_stream(names.SLOTS_BUCKET)
+_EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
+_WRONG_LAST_SEQUENCE = (10071, 10164)
+_decoder = msgspec.json.Decoder(SlotLease)
+
+
+def _subject(deployment_id: str, n: int) -> str:
+    return f"$KV.{names.SLOTS_BUCKET}.{deployment_id}.{n}"
+
+
+def _lease(msg: RawStreamMsg | None) -> SlotLease | None:
+    """The live lease in a slot's newest message; None for a free slot."""
+    if msg is None or not msg.data:
+        return None
+    headers = msg.headers or {}
+    if headers.get("KV-Operation") in ("DEL", "PURGE") or "Nats-Marker-Reason" in headers:
+        return None
+    try:
+        return _decoder.decode(msg.data)
+    except msgspec.DecodeError:
+        return None
+
+
+class Slots:
+    def __init__(self, js: JetStreamContext) -> None:
+        self._js = js
+
+    async def _read(self, deployment_id: str, n: int) -> tuple[SlotLease | None, int]:
+        try:
+            msg = await self._js.get_last_msg(_STREAM, _subject(deployment_id, n))
+        except nats.js.errors.NotFoundError:
+            return None, 0
+        return _lease(msg), msg.seq or 0
+
+    async def _write(self, lease: SlotLease, n: int, last: int, ttl: float) -> bool:
+        try:
+            await self._js.publish(
+                _subject(lease.deployment_id, n),
+                encode(lease),
+                headers={_EXPECTED_LAST: str(last)},
+                msg_ttl=max(1, round(ttl)),
+            )
+        except nats.js.errors.APIError as exc:
+            if exc.err_code in _WRONG_LAST_SEQUENCE:
+                return False  # someone else wrote this slot meanwhile
+            raise
+        return True
+
+    async def holders(self, deployment_id: str, limit: int) -> list[SlotLease]:
+        out = []
+        for n in range(limit):
+            lease, _ = await self._read(deployment_id, n)
+            if lease is not None:
+                out.append(lease)
+        return out
+
+    async def acquire(self, lease: SlotLease, limit: int, ttl: float) -> bool:
+        """Take a free slot for ``lease.flow_run_id`` (or renew the one it holds).
+
+        Returns False when every slot is held by another run.
+        """
+        for _ in range(5):  # each pass loses only to a concurrent writer
+            free: list[tuple[int, int]] = []
+            for n in range(limit):
+                held, seq = await self._read(lease.deployment_id, n)
+                if held is not None and held.flow_run_id == lease.flow_run_id:
+                    if await self._write(lease, n, seq, ttl):
+                        return True
+                    break
+                if held is None:
+                    free.append((n, seq))
+            else:
+                for n, seq in free:
+                    if await self._write(lease, n, seq, ttl):
+                        return True
+                if not free:
+                    return False
+        return False
+
+    async def renew(self, lease: SlotLease, limit: int, ttl: float) -> bool:
+        """Extend the run's lease; take a slot again if it lapsed. False: none free."""
+        return await self.acquire(lease, limit, ttl)
+
+    async def release(self, deployment_id: str, limit: int, flow_run_id: str) -> None:
+        for n in range(limit):
+            held, seq = await self._read(deployment_id, n)
+            if held is not None and held.flow_run_id == flow_run_id:
+                try:
+                    await self._js.publish(
+                        _subject(deployment_id, n),
+                        b"",
+                        headers={_EXPECTED_LAST: str(seq), "KV-Operation": "DEL"},
+                    )
+                except nats.js.errors.APIError as exc:
+                    if exc.err_code not in _WRONG_LAST_SEQUENCE:
+                        raise
