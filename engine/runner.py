@@ -38,9 +38,9 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from shared import names
 from shared.clock import Clock, SystemClock
-from shared.codec import decode
+from shared.codec import decode, decode_request, encode, encode_error
 from shared.errors import SluiceError
-from shared.messages import Decision, Dispatch, ProposedState
+from shared.messages import Decision, Dispatch, KillReply, KillRun, ProposedState
 from shared.models import Deployment, FlowRun
 from shared.settings import Settings
 from shared.states import StateType
@@ -197,6 +197,7 @@ class Runner:
         try:
             async with anyio.create_task_group() as beats:
                 beats.start_soon(self._heartbeats, client)
+                await beats.start(self._serve_kills, client)
                 async with anyio.create_task_group() as runs:
                     subs = [await self._subscribe(client, f) for f in self._consumers()]
                     if run_once:
@@ -223,6 +224,37 @@ class Runner:
             except SluiceError as exc:
                 log.warning("runner %s: heartbeat failed: %s", self.name, exc.message)
             await anyio.sleep(self.heartbeat_seconds)
+
+    async def _serve_kills(
+        self, client: Client, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Answer ``runner.kill.<name>``: stop a run's process tree (SIGTERM, grace, SIGKILL).
+
+        The run then ends Cancelled when the process is gone (see ``_after_exit``).
+        """
+        sub = await client.nc.subscribe(names.runner_kill_subject(self.name))
+        task_status.started()
+        try:
+            async with anyio.create_task_group() as kills:  # one slow kill must not hold others
+                async for msg in sub.messages:
+                    kills.start_soon(self._kill_one, msg)
+        finally:
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _kill_one(self, msg: Msg) -> None:
+        try:
+            req = decode_request(msg.data, KillRun)
+        except SluiceError as exc:
+            await msg.respond(encode_error(exc))
+            return
+        active = self._active.get(req.id)
+        if active is None or active.attempt != req.attempt:
+            await msg.respond(encode(KillReply(found=False)))
+            return
+        log.info("runner %s: killing run %s (%s)", self.name, req.id, active.process.ident)
+        await active.process.kill(req.grace_seconds)
+        await msg.respond(encode(KillReply(found=True)))
 
     async def stop(self) -> None:
         """Ask a started runner to stop. Raises RuntimeError if it never started."""

@@ -109,6 +109,8 @@ class ListFlowRuns(Request, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     tags: list[str] = msgspec.field(default_factory=list)
     """A run must carry every one of these tags."""
     parent_flow_run_id: str | None = None
+    runner: str | None = None
+    """Runs claimed by this runner."""
     since: datetime | None = None
     """Expected start time at or after this instant."""
     until: datetime | None = None
@@ -185,6 +187,20 @@ class Heartbeat(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
 class HeartbeatReply(msgspec.Struct, frozen=True, kw_only=True):
     lease_seconds: float
     """How long the heartbeat (and each slot it renewed) lasts without another."""
+
+
+class KillRun(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Ask the runner holding a run to stop its process tree."""
+
+    id: Uuid
+    attempt: int
+    grace_seconds: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 10.0
+
+
+class KillReply(msgspec.Struct, frozen=True, kw_only=True):
+    found: bool
+    """False: this runner has no process for that run (and attempt)."""
+    exit_code: int | None = None
 
 
 class RunnerStatus(msgspec.Struct, frozen=True, kw_only=True):

@@ -22,6 +22,7 @@ DEPLOYMENT_RESUME = "deployment.resume"
 DEPLOYMENT_DELETE = "deployment.delete"
 
 RUNNER_HEARTBEAT = "runner.heartbeat"
+RUNNER_KILL_PREFIX = "runner.kill"
 
 ORCHESTRATOR_QUEUE = "sluice-orchestrator"
 
@@ -55,6 +56,11 @@ def events_subject(run_id: str) -> str:
 
 def logs_subject(run_id: str) -> str:
     return f"{LOGS_PREFIX}.{run_id}"
+
+
+def runner_kill_subject(runner: str) -> str:
+    """Where a runner takes requests to kill a run's process (served by that runner)."""
+    return f"{RUNNER_KILL_PREFIX}.{runner}"
 
 
 def taskruns_subject(flow_run_id: str) -> str:

@@ -35,8 +35,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     logs_max_age: float = 7 * 24 * 3600.0
     dispatch_max_age: float = 24 * 3600.0
     """Seconds a dispatch item waits for a runner (a Late run is offered again)."""
-    slot_lease: float = 15.0
-    """Seconds a concurrency slot (or runner heartbeat) lasts without renewal."""
+    slot_lease: float = 10.0
+    """Seconds a new concurrency slot lasts before its runner's first heartbeat renews it."""
     heartbeat_interval: float = 5.0
     """Seconds between a runner's heartbeats."""
     log_level: str = "INFO"

@@ -21,6 +21,7 @@ from urllib.parse import urlparse
 
 import anyio
 
+from services.cancellation_watcher import CancellationWatcher
 from services.orchestrator import Orchestrator
 from services.runner import RunnerService
 from shared.errors import StackUnavailable
@@ -74,6 +75,7 @@ class DevStack:
                 "nats-server listening on %s (data in %s)", self.server.url, self.server.store_dir
             )
             await self._stack.enter_async_context(Orchestrator(self.settings))
+            await self._stack.enter_async_context(CancellationWatcher(self.settings))
             examples = examples_file()
             await self._stack.enter_async_context(
                 RunnerService(

@@ -42,6 +42,7 @@ CREATE TABLE IF NOT EXISTS runs (
     deployment_id TEXT,
     deployment_name TEXT,
     parent_flow_run_id TEXT,
+    runner TEXT,
     state_type TEXT NOT NULL,
     state_name TEXT NOT NULL,
     expected_start REAL NOT NULL,
@@ -51,6 +52,7 @@ CREATE INDEX IF NOT EXISTS runs_by_start ON runs (expected_start DESC, id DESC);
 CREATE INDEX IF NOT EXISTS runs_by_state ON runs (state_type, expected_start DESC);
 CREATE INDEX IF NOT EXISTS runs_by_deployment ON runs (deployment_id, expected_start DESC);
 CREATE INDEX IF NOT EXISTS runs_by_flow ON runs (flow_name, expected_start DESC);
+CREATE INDEX IF NOT EXISTS runs_by_runner ON runs (runner, state_type);
 CREATE TABLE IF NOT EXISTS run_tags (
     tag TEXT NOT NULL,
     run_id TEXT NOT NULL,
@@ -60,6 +62,8 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 BATCH = 500
+#: Bump when SCHEMA changes: an index built by an older version is rebuilt.
+SCHEMA_VERSION = "2"
 
 
 def _ts(dt: datetime) -> float:
@@ -82,10 +86,22 @@ class ReadModel:
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000;"
         )
         await self._db.executescript(SCHEMA)
-        async with self._db.execute("SELECT value FROM meta WHERE key='seq'") as cur:
-            row = await cur.fetchone()
-        self.applied_seq = int(row[0]) if row else 0
+        if await self._meta("schema") != SCHEMA_VERSION:
+            # Cheaper to rebuild from the stream than to migrate a cache.
+            await self._db.executescript(
+                "DROP TABLE IF EXISTS runs; DROP TABLE IF EXISTS run_tags; DELETE FROM meta;"
+            )
+            await self._db.executescript(SCHEMA)
+            await self._db.execute(
+                "INSERT INTO meta(key, value) VALUES('schema', ?)", (SCHEMA_VERSION,)
+            )
+        self.applied_seq = int(await self._meta("seq") or 0)
         await self._db.commit()
+
+    async def _meta(self, key: str) -> str | None:
+        async with self.db.execute("SELECT value FROM meta WHERE key=?", (key,)) as cur:
+            row = await cur.fetchone()
+        return str(row[0]) if row else None
 
     async def close(self) -> None:
         if self._db is not None:
@@ -99,7 +115,9 @@ class ReadModel:
 
     async def _reset(self) -> None:
         log.warning("read model is ahead of the event stream (stream recreated?); rebuilding")
-        await self.db.executescript("DELETE FROM runs; DELETE FROM run_tags; DELETE FROM meta;")
+        await self.db.executescript(
+            "DELETE FROM runs; DELETE FROM run_tags; DELETE FROM meta WHERE key='seq';"
+        )
         await self.db.commit()
         self.applied_seq = 0
 
@@ -185,10 +203,10 @@ class ReadModel:
         db = self.db
         cur = await db.execute(
             """INSERT INTO runs (id, revision, name, flow_name, deployment_id, deployment_name,
-                   parent_flow_run_id, state_type, state_name, expected_start, body)
-               VALUES (?,?,?,?,?,?,?,?,?,?,?)
+                   parent_flow_run_id, runner, state_type, state_name, expected_start, body)
+               VALUES (?,?,?,?,?,?,?,?,?,?,?,?)
                ON CONFLICT(id) DO UPDATE SET
-                   revision=excluded.revision, name=excluded.name,
+                   revision=excluded.revision, name=excluded.name, runner=excluded.runner,
                    state_type=excluded.state_type, state_name=excluded.state_name,
                    expected_start=excluded.expected_start, body=excluded.body
                WHERE excluded.revision > runs.revision""",
@@ -200,6 +218,7 @@ class ReadModel:
                 run.deployment_id,
                 run.deployment_name,
                 run.parent_flow_run_id,
+                run.runner,
                 run.state.type.value,
                 run.state.name,
                 _ts(run.expected_start_time),
@@ -252,6 +271,9 @@ class ReadModel:
         if req.parent_flow_run_id:
             where.append("parent_flow_run_id = ?")
             args.append(req.parent_flow_run_id)
+        if req.runner:
+            where.append("runner = ?")
+            args.append(req.runner)
         if req.since:
             where.append("expected_start >= ?")
             args.append(_ts(req.since))

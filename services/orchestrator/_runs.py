@@ -53,7 +53,7 @@ class Runs:
         clock: Clock,
         slots: Slots,
         *,
-        slot_lease: float = 15.0,
+        slot_lease: float = 10.0,
         rng: random.Random | None = None,
     ) -> None:
         self._runs = runs
@@ -217,7 +217,9 @@ class Runs:
 
     async def heartbeat(self, req: Heartbeat) -> HeartbeatReply:
         """Record a runner as alive and renew the slot leases of the runs it holds."""
-        lease = max(self._slot_lease, 3 * req.interval)
+        # Two missed heartbeats and the runner is gone: its entry expires (the
+        # watcher marks its runs) and its slots come back.
+        lease = 2 * req.interval
         status = RunnerStatus(
             runner=req.runner,
             at=self._clock.now(),

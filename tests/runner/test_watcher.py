@@ -1,0 +1,135 @@
+"""Cancellation and crash detection with real runner and flow-run processes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from engine.client import Client
+from engine.runner import Runner
+from services.cancellation_watcher import CancellationWatcher
+from services.orchestrator import Orchestrator
+from shared.models import FlowRun
+from shared.settings import Settings
+from shared.states import StateType
+
+from .._procs import service_env
+from ._script import ROOT
+from .test_runner import deployment, runner, running
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def fast(settings: Settings) -> Settings:
+    """Settings with a short heartbeat, so dead runners are noticed quickly."""
+    return Settings(nats_url=settings.nats_url, home=settings.home, heartbeat_interval=0.5)
+
+
+@pytest.fixture
+async def watcher(orchestrator: Orchestrator, fast: Settings) -> AsyncIterator[CancellationWatcher]:
+    async with CancellationWatcher(fast, kill_grace=0.5) as w:
+        yield w
+
+
+async def until(client: Client, run_id: str, *types: StateType) -> FlowRun:
+    async with contextlib.aclosing(client.watch_flow_run(run_id)) as runs:
+        async for run in runs:
+            if run.state.type in types:
+                return run
+    raise AssertionError("unreachable")
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("ignore_term", [False, True])
+async def test_cancel_a_running_run(
+    watcher: CancellationWatcher, client: Client, fast: Settings, unique: str, ignore_term: bool
+) -> None:
+    r = runner(fast, name=f"r-{unique}", kill_grace=0.5, heartbeat_seconds=0.5)
+    await r.add_deployment(deployment(f"f{unique}"))
+    async with running(r):
+        run = await client.create_flow_run(
+            f"f{unique}/d", parameters={"sleep": 120, "ignore_term": ignore_term}
+        )
+        await until(client, run.id, StateType.RUNNING)
+        pid = int(r._active[run.id].process.ident.split()[-1])
+        cancelling = await client.cancel_flow_run(run.id)
+        assert cancelling.state.type is StateType.CANCELLING
+        final = await until(client, run.id, StateType.CANCELLED)
+    assert final.state.message == "the flow-run process was stopped"
+    assert not alive(pid)
+
+
+async def test_many_cancels_at_once(
+    watcher: CancellationWatcher, client: Client, fast: Settings, unique: str
+) -> None:
+    r = runner(fast, name=f"r-{unique}", limit=6, heartbeat_seconds=0.5)
+    await r.add_deployment(deployment(f"f{unique}"))
+    async with running(r):
+        runs = [
+            await client.create_flow_run(f"f{unique}/d", parameters={"sleep": 120})
+            for _ in range(6)
+        ]
+        for run in runs:
+            await until(client, run.id, StateType.RUNNING)
+        async with anyio.create_task_group() as tg:
+            for run in runs:
+                tg.start_soon(client.cancel_flow_run, run.id)
+                tg.start_soon(client.cancel_flow_run, run.id)  # twice is harmless
+        finals = [await until(client, run.id, StateType.CANCELLED) for run in runs]
+    assert all(f.state.type is StateType.CANCELLED for f in finals)
+    assert r.in_progress == 0
+
+
+async def test_a_cancelling_run_without_a_process(
+    watcher: CancellationWatcher, client: Client, fast: Settings, unique: str
+) -> None:
+    from shared.messages import ProposedState
+
+    dep = Runner(settings=fast)
+    await dep.add_deployment(deployment(f"f{unique}"))
+    run = await client.create_flow_run(f"f{unique}/d")
+    await client.propose_state(run.id, ProposedState(type=StateType.RUNNING))
+    await client.cancel_flow_run(run.id)
+    final = await until(client, run.id, StateType.CANCELLED)
+    assert "cannot be guaranteed" in (final.state.message or "")
+
+
+async def test_a_killed_runner_has_its_runs_crashed(
+    watcher: CancellationWatcher, client: Client, fast: Settings, unique: str, tmp_path: Path
+) -> None:
+    dep_id = await Runner(settings=fast).add_deployment(deployment(f"f{unique}"))
+    env = service_env(fast) | {"PYTHONPATH": str(ROOT), "SLUICE_HEARTBEAT_INTERVAL": "0.5"}
+    name = f"doomed-{unique}"
+    proc = await anyio.open_process(
+        [sys.executable, str(Path(__file__).with_name("run_runner.py")), name, dep_id],
+        env=env,
+        start_new_session=True,
+        stdout=None,
+        stderr=None,
+    )
+    try:
+        run = await client.create_flow_run(f"f{unique}/d", parameters={"sleep": 120})
+        running_run = await until(client, run.id, StateType.RUNNING)
+        assert running_run.runner == name
+        os.killpg(proc.pid, signal.SIGKILL)  # the runner and its flow-run process, at once
+        await proc.wait()
+        final = await until(client, run.id, StateType.CRASHED)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert f"runner {name} stopped heartbeating" in (final.state.message or "")
