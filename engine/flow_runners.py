@@ -7,6 +7,8 @@ SIGKILL). ``UniversalFlowRunner`` carries only settings that apply anywhere
 (environment variables); a deployment with a universal runner, or none, gets
 the runner's default, :class:`SubprocessFlowRunner`.
 
+``DockerFlowRunner`` (in :mod:`engine.docker_runner`) starts a container instead.
+
 Deployments store a flow runner as ``Infrastructure(type=..., env=..., options=...)``
 (see ``shared.models``); :func:`from_infrastructure` turns it back into a runner.
 """
@@ -211,4 +213,9 @@ def from_infrastructure(infra: Infrastructure, default: FlowRunner) -> FlowRunne
             virtualenv=infra.options.get("virtualenv"),
             stream_output=bool(infra.options.get("stream_output", True)),
         )
+    if infra.type == "docker":
+        # Imported here: only deployments that ask for Docker load its client.
+        from .docker_runner import DockerFlowRunner
+
+        return DockerFlowRunner.from_infrastructure(infra)
     raise StartFailed(f"this runner cannot start {infra.type!r} infrastructure")

@@ -1,28 +1,35 @@
-"""``sluice deployment ls|inspect|pause|resume|delete``.
+"""``sluice deployment create|run|ls|inspect|pause|resume|delete``.
 
 A deployment is named ``FLOW/DEPLOYMENT`` (a bare ``FLOW`` works when that
-flow has exactly one deployment) or given by ``--id``.
+flow has exactly one deployment) or given by ``--id``. ``create`` imports a
+spec file (user code) in this process before it connects; ``run`` is
+``sluice run`` with the deployment as an argument, and shares its code.
 """
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.markup import escape
 
 from engine.client import Client
+from engine.deployments import RunnerDeployment, load_specs
+from shared.errors import SluiceError
 from shared.models import Deployment
 
 from . import _parse, _render
-from ._invoke import with_client
+from ._invoke import fail, with_client
+from ._run import run as run_command
 
 __all__ = ["deployments"]
 
 deployments = typer.Typer(
     name="deployment",
-    help="List, inspect, pause, resume and delete deployments.",
+    help="Create, run, list, inspect, pause, resume and delete deployments.",
     no_args_is_help=True,
 )
 
@@ -49,6 +56,137 @@ def _ref(name: str | None, deployment_id: str | None) -> tuple[str | None, str |
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="'--id'") from None
     return name, None
+
+
+def _load(file: Path) -> list[RunnerDeployment]:
+    """The deployments ``file`` declares; any failure exits 1 with what went wrong."""
+    try:
+        return load_specs(file)
+    except ValueError as exc:  # no specs, a flow that cannot be found, ...
+        fail(SluiceError(str(exc)))
+    except Exception as exc:  # the spec file (or code it imports) raised
+        where = ""
+        frames = traceback.extract_tb(exc.__traceback__)
+        if frames and not isinstance(exc, SyntaxError):  # a SyntaxError names its line
+            where = f" (at {frames[-1].filename}:{frames[-1].lineno})"
+        fail(SluiceError(f"could not load {file}: {type(exc).__name__}: {exc}{where}"))
+
+
+@deployments.command("create")
+def create(
+    file: Annotated[
+        Path,
+        typer.Argument(
+            metavar="FILE",
+            help="A Python file declaring DeploymentSpec (or flow.to_deployment) values.",
+            exists=True,
+            dir_okay=False,
+            show_default=False,
+        ),
+    ],
+    as_json: JsonFlag = False,
+) -> None:
+    """Register every deployment a spec file declares.
+
+    The file runs here, in this process, to find its deployments; entrypoints
+    are recorded relative to the file's folder. Registering the same name and
+    version again updates that deployment; a new version is kept beside it.
+    """
+    specs = _load(file)
+
+    async def command(client: Client) -> list[Deployment]:
+        registered = []
+        for spec in specs:
+            try:
+                registered.append(await client.register_deployment(spec.to_request()))
+            except SluiceError as exc:
+                done = ", ".join(d.full_name for d in registered) or "none"
+                message = f"could not register {spec.full_name}: {exc.message} (registered: {done})"
+                raise SluiceError(message, details=exc.details) from exc
+        return registered
+
+    registered = with_client(command)
+    if as_json:
+        _render.print_json(registered)
+        return
+    count = f"{len(registered)} deployment{'s' if len(registered) != 1 else ''}"
+    _render.out().print(f"Registered {count} from {escape(str(file))}:", soft_wrap=True)
+    _render.out().print(_render.deployments_table(registered))
+    _render.hint(f"Run one with: sluice deployment run {registered[0].full_name}")
+
+
+@deployments.command("run")
+def run(
+    name: Name = None,
+    deployment_id: Id = None,
+    param: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--param",
+            "-p",
+            metavar="KEY=VALUE",
+            help="A parameter; VALUE is JSON if it parses, else a string. Repeatable.",
+        ),
+    ] = None,
+    params: Annotated[
+        str | None,
+        typer.Option("--params", metavar="JSON", help="Parameters as a JSON object."),
+    ] = None,
+    run_name: Annotated[
+        str | None,
+        typer.Option("--run-name", metavar="NAME", help="Name the run (default: generated)."),
+    ] = None,
+    start_in: Annotated[
+        str | None,
+        typer.Option("--start-in", metavar="DURATION", help="Start later: 30s, 5m, 2h, 1d."),
+    ] = None,
+    start_at: Annotated[
+        str | None,
+        typer.Option(
+            "--start-at", metavar="TIME", help="Start at an ISO 8601 time (no offset: UTC)."
+        ),
+    ] = None,
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option(
+            "--idempotency-key", metavar="KEY", help="Repeat with the same key: get the same run."
+        ),
+    ] = None,
+    tag: Annotated[
+        list[str] | None,
+        typer.Option("--tag", "-t", metavar="TAG", help="Tag the run. Repeatable."),
+    ] = None,
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch",
+            "-w",
+            help="Follow states and logs until the run ends; exit 0 only if it completed.",
+        ),
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the run as JSON (the final run with --watch).")
+    ] = False,
+) -> None:
+    """Create a flow run of a deployment, as sluice run --name does.
+
+    With --watch, follow it to the end: exit status 0 when it completed, 1 when
+    it failed, crashed or was cancelled.
+    """
+    ref_name, ref_id = _ref(name, deployment_id)
+    run_command(
+        name=ref_name,
+        deployment_id=ref_id,
+        param=param,
+        params=params,
+        run_name=run_name,
+        start_in=start_in,
+        start_at=start_at,
+        idempotency_key=idempotency_key,
+        tag=tag,
+        watch=watch,
+        as_json=as_json,
+    )
 
 
 @deployments.command("ls")

@@ -14,36 +14,15 @@ and writes the bucket's stream directly.
 
 from __future__ import annotations
 
-import msgspec
 import nats.js.errors
 from nats.js import JetStreamContext
-from nats.js.api import RawStreamMsg
 
-from shared import names
 from shared.codec import encode
 from shared.messages import SlotLease
+from shared.slots import STREAM, lease_from, slot_subject
 
-_STREAM = names.kv_stream(names.SLOTS_BUCKET)
 _EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
 _WRONG_LAST_SEQUENCE = (10071, 10164)
-_decoder = msgspec.json.Decoder(SlotLease)
-
-
-def _subject(deployment_id: str, n: int) -> str:
-    return f"$KV.{names.SLOTS_BUCKET}.{deployment_id}.{n}"
-
-
-def _lease(msg: RawStreamMsg | None) -> SlotLease | None:
-    """The live lease in a slot's newest message; None for a free slot."""
-    if msg is None or not msg.data:
-        return None
-    headers = msg.headers or {}
-    if headers.get("KV-Operation") in ("DEL", "PURGE") or "Nats-Marker-Reason" in headers:
-        return None
-    try:
-        return _decoder.decode(msg.data)
-    except msgspec.DecodeError:
-        return None
 
 
 class Slots:
@@ -52,15 +31,15 @@ class Slots:
 
     async def _read(self, deployment_id: str, n: int) -> tuple[SlotLease | None, int]:
         try:
-            msg = await self._js.get_last_msg(_STREAM, _subject(deployment_id, n))
+            msg = await self._js.get_last_msg(STREAM, slot_subject(deployment_id, n))
         except nats.js.errors.NotFoundError:
             return None, 0
-        return _lease(msg), msg.seq or 0
+        return lease_from(msg), msg.seq or 0
 
     async def _write(self, lease: SlotLease, n: int, last: int, ttl: float) -> bool:
         try:
             await self._js.publish(
-                _subject(lease.deployment_id, n),
+                slot_subject(lease.deployment_id, n),
                 encode(lease),
                 headers={_EXPECTED_LAST: str(last)},
                 msg_ttl=max(1, round(ttl)),
@@ -112,7 +91,7 @@ class Slots:
             if held is not None and held.flow_run_id == flow_run_id:
                 try:
                     await self._js.publish(
-                        _subject(deployment_id, n),
+                        slot_subject(deployment_id, n),
                         b"",
                         headers={_EXPECTED_LAST: str(seq), "KV-Operation": "DEL"},
                     )

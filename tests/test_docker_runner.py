@@ -1,0 +1,673 @@
+"""``DockerFlowRunner``: the container it asks for, and the Docker API conversation.
+
+Three layers. Pure tests of the create request, pull policy and stored
+infrastructure always run. A fake Docker engine — a few endpoints served from
+memory on a unix socket in this process — proves the HTTP/1.1 client and the
+lifecycle (pull, create, connect, wait, start, logs, stop, remove) without
+Docker. One live test runs a real container, and is skipped unless
+``docker info`` succeeds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import anyio
+import anyio.abc
+import msgspec
+import pytest
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+from engine._docker_api import demultiplex, endpoint
+from engine._docker_container import LOST_EXIT_CODE
+from engine.client import Client
+from engine.deployments import RunnerDeployment
+from engine.docker_runner import (
+    DockerFlowRunner,
+    container_name,
+    container_request,
+    default_image,
+    needs_pull,
+    rewrite_loopback,
+    split_image,
+)
+from engine.flow_runners import StartFailed, SubprocessFlowRunner, explain_exit, from_infrastructure
+from engine.runner import Runner
+from services.dev import free_port
+from services.orchestrator import Orchestrator
+from shared.models import Deployment, FlowRun, Infrastructure
+from shared.settings import Settings
+from shared.states import State, StateType
+
+NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+RUN_ID = "0b5c1f3e-9d2a-4c7b-8e6f-1a2b3c4d5e6f"
+IMAGE = "sluice-test:1"
+
+
+def make_run(name: str = "brave-otter") -> FlowRun:
+    return FlowRun(
+        id=RUN_ID,
+        name=name,
+        flow_name="etl",
+        deployment_id="dep-1",
+        state=State(type=StateType.PENDING, name="Pending", timestamp=NOW),
+        created=NOW,
+        updated=NOW,
+        expected_start_time=NOW,
+        attempt=2,
+    )
+
+
+def make_deployment(path: str | None = None, env: dict[str, str] | None = None) -> Deployment:
+    return Deployment(
+        id="dep-1",
+        name="nightly",
+        flow_name="etl",
+        path=path,
+        infrastructure=Infrastructure(type="docker", env=env or {}),
+        created=NOW,
+        updated=NOW,
+    )
+
+
+RUN_ENV = {
+    "SLUICE_FLOW_RUN_ID": RUN_ID,
+    "SLUICE_FLOW_RUN_ATTEMPT": "2",
+    "SLUICE_NATS_URL": "nats://nats.internal:4222",
+}
+
+
+def env_of(request: dict[str, Any]) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in request["Env"])
+
+
+# --- the create request (pure) -------------------------------------------------------
+def test_container_request_basics() -> None:
+    runner = DockerFlowRunner(
+        image="acme/flows:2",
+        volumes=["/data:/data:ro", "cache:/cache"],
+        networks=["backend"],
+        auto_remove=True,
+        mount_code=False,
+    )
+    request = container_request(make_run(), make_deployment(), RUN_ENV, runner)
+    assert request["Image"] == "acme/flows:2"
+    assert request["Cmd"] == ["python", "-m", "engine"]
+    assert request["Tty"] is False
+    host = request["HostConfig"]
+    assert host["Binds"] == ["/data:/data:ro", "cache:/cache"]
+    assert host["AutoRemove"] is True
+    assert host["NetworkMode"] == "backend"
+    assert host["Init"] is True  # SIGTERM from `docker stop` must reach Python
+    assert "ExtraHosts" not in host
+    assert "WorkingDir" not in request
+
+
+def test_the_default_image_follows_the_installed_version() -> None:
+    runner = DockerFlowRunner()
+    request = container_request(make_run(), None, RUN_ENV, runner)
+    assert request["Image"] == default_image() == f"sluice:{metadata.version('sluice')}"
+    assert "NetworkMode" not in request["HostConfig"]
+    assert request["HostConfig"]["AutoRemove"] is False
+
+
+def test_environment_runner_then_deployment_then_run() -> None:
+    runner = DockerFlowRunner(env={"A": "runner", "B": "runner", "SLUICE_FLOW_RUN_ID": "nope"})
+    deployment = make_deployment(env={"B": "deployment", "C": "deployment"})
+    env = env_of(container_request(make_run(), deployment, RUN_ENV, runner))
+    assert env == {"A": "runner", "B": "deployment", "C": "deployment", **RUN_ENV}
+
+
+def test_labels_name_the_run_and_deployment_over_the_users() -> None:
+    runner = DockerFlowRunner(labels={"team": "data", "sluice.flow-run-id": "spoofed"})
+    labels = container_request(make_run(), make_deployment(), RUN_ENV, runner)["Labels"]
+    assert labels == {
+        "team": "data",
+        "sluice.flow-run-id": RUN_ID,
+        "sluice.flow-run-name": "brave-otter",
+        "sluice.flow-name": "etl",
+        "sluice.deployment-id": "dep-1",
+        "sluice.deployment-name": "etl/nightly",
+    }
+    without = container_request(make_run(), None, RUN_ENV, runner)["Labels"]
+    assert without["sluice.deployment-id"] == "dep-1"  # from the run
+    assert "sluice.deployment-name" not in without
+
+
+def test_a_loopback_nats_url_points_at_the_host_gateway() -> None:
+    env = {**RUN_ENV, "SLUICE_NATS_URL": "nats://127.0.0.1:4222"}
+    request = container_request(make_run(), None, env, DockerFlowRunner())
+    assert env_of(request)["SLUICE_NATS_URL"] == "nats://host.docker.internal:4222"
+    assert request["HostConfig"]["ExtraHosts"] == ["host.docker.internal:host-gateway"]
+
+
+def test_on_the_host_network_nothing_is_rewritten() -> None:
+    env = {**RUN_ENV, "SLUICE_NATS_URL": "nats://localhost:4222"}
+    request = container_request(make_run(), None, env, DockerFlowRunner(networks=["host"]))
+    assert env_of(request)["SLUICE_NATS_URL"] == "nats://localhost:4222"
+    assert request["HostConfig"]["NetworkMode"] == "host"
+    assert "ExtraHosts" not in request["HostConfig"]
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("nats://127.0.0.1:4222", "nats://host.docker.internal:4222"),
+        ("nats://127.1.2.3", "nats://host.docker.internal"),
+        ("nats://LOCALHOST:4222", "nats://host.docker.internal:4222"),
+        ("tls://[::1]:4443", "tls://host.docker.internal:4443"),
+        ("nats://0.0.0.0:4222", "nats://host.docker.internal:4222"),
+        ("nats://me:secret@localhost:4222", "nats://me:secret@host.docker.internal:4222"),
+        ("nats://a:1,nats://127.0.0.1:2", "nats://a:1,nats://host.docker.internal:2"),
+        ("nats://nats:4222", "nats://nats:4222"),
+        ("nats://10.0.0.5:4222", "nats://10.0.0.5:4222"),
+    ],
+)
+def test_rewrite_loopback(given: str, expected: str) -> None:
+    assert rewrite_loopback(given) == expected
+
+
+def test_mount_code_binds_the_deployment_folder_read_only(tmp_path: Path) -> None:
+    deployment = make_deployment(path=str(tmp_path))
+    request = container_request(make_run(), deployment, RUN_ENV, DockerFlowRunner(volumes=["v:/v"]))
+    assert request["HostConfig"]["Binds"] == ["v:/v", f"{tmp_path}:{tmp_path}:ro"]
+    assert request["WorkingDir"] == str(tmp_path)
+
+    off = container_request(make_run(), deployment, RUN_ENV, DockerFlowRunner(mount_code=False))
+    assert off["HostConfig"]["Binds"] == []
+    # A folder this host does not have is the image's business, not a mount.
+    elsewhere = make_deployment(path=str(tmp_path / "not-here"))
+    missing = container_request(make_run(), elsewhere, RUN_ENV, DockerFlowRunner())
+    assert missing["HostConfig"]["Binds"] == []
+    assert "WorkingDir" not in missing
+
+
+def test_container_name_is_readable_and_unique_per_claim() -> None:
+    assert container_name(make_run(), RUN_ENV) == "sluice-brave-otter-0b5c1f3e-2"
+    odd = make_run(name="  weird/name ünïcode!! ")
+    assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]+", container_name(odd, {}))
+
+
+@pytest.mark.parametrize(
+    ("policy", "present", "pull"),
+    [
+        ("IF_NOT_PRESENT", False, True),
+        ("IF_NOT_PRESENT", True, False),
+        ("ALWAYS", True, True),
+        ("ALWAYS", False, True),
+        ("NEVER", True, False),
+        ("NEVER", False, False),
+    ],
+)
+def test_needs_pull(policy: Any, present: bool, pull: bool) -> None:
+    assert needs_pull(policy, present) is pull
+
+
+@pytest.mark.parametrize(
+    ("image", "parts"),
+    [
+        ("python", ("python", "latest")),
+        ("python:3.11-slim", ("python", "3.11-slim")),
+        ("localhost:5000/team/app", ("localhost:5000/team/app", "latest")),
+        ("localhost:5000/team/app:v2", ("localhost:5000/team/app", "v2")),
+        ("app@sha256:abc", ("app", "sha256:abc")),
+    ],
+)
+def test_split_image(image: str, parts: tuple[str, str]) -> None:
+    assert split_image(image) == parts
+
+
+def test_bad_settings_are_refused_early() -> None:
+    with pytest.raises(ValueError, match="image_pull_policy"):
+        DockerFlowRunner(image_pull_policy="SOMETIMES")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="SOURCE:TARGET"):
+        DockerFlowRunner(volumes=["/just-a-path"])
+
+
+def test_demultiplex_keeps_partial_frames() -> None:
+    frames = frame(1, b"out\n") + frame(2, b"err\n")
+    buffer = bytearray(frames[:10])
+    assert demultiplex(buffer) == []
+    buffer += frames[10:]
+    assert demultiplex(buffer) == [(1, b"out\n"), (2, b"err\n")]
+    assert buffer == b""
+
+
+@pytest.mark.parametrize("host", ["ssh://me@box", "https://box:2376", "npipe:////./pipe/x"])
+def test_unsupported_docker_hosts(host: str) -> None:
+    with pytest.raises(ValueError, match="not supported"):
+        endpoint(host)
+
+
+def test_docker_host_comes_from_the_environment() -> None:
+    assert endpoint(None, {}).path == "/var/run/docker.sock"
+    assert endpoint(None, {"DOCKER_HOST": "tcp://box:2375"}).host == "box"
+    assert endpoint("unix:///x.sock", {"DOCKER_HOST": "tcp://box"}).path == "/x.sock"
+
+
+# --- stored infrastructure -------------------------------------------------------------
+def test_infrastructure_round_trip() -> None:
+    runner = DockerFlowRunner(
+        image="acme/flows:2",
+        env={"A": "1"},
+        volumes=["/data:/data"],
+        networks=["backend", "extra"],
+        labels={"team": "data"},
+        auto_remove=True,
+        image_pull_policy="ALWAYS",
+        stream_output=False,
+        docker_host="tcp://builder:2375",
+        mount_code=False,
+    )
+    infra = runner.to_infrastructure()
+    assert infra.type == "docker"
+    assert infra.env == {"A": "1"}
+    wire = msgspec.json.decode(msgspec.json.encode(infra), type=Infrastructure)
+    assert from_infrastructure(wire, SubprocessFlowRunner()) == runner
+    assert from_infrastructure(DockerFlowRunner().to_infrastructure(), SubprocessFlowRunner()) == (
+        DockerFlowRunner()
+    )
+
+
+def test_stored_options_unknown_keys_are_ignored_and_bad_ones_refused() -> None:
+    newer = Infrastructure(type="docker", options={"image": "x", "gpus": "all"})
+    assert from_infrastructure(newer, SubprocessFlowRunner()) == DockerFlowRunner(image="x")
+    for options in ({"volumes": "not-a-list"}, {"image_pull_policy": "SOMETIMES"}):
+        with pytest.raises(StartFailed, match="docker options are invalid"):
+            from_infrastructure(Infrastructure(type="docker", options=options), None)  # type: ignore[arg-type]
+
+
+# --- no engine there ------------------------------------------------------------------
+@pytest.mark.anyio
+async def test_no_engine_at_the_socket(tmp_path: Path) -> None:
+    host = f"unix://{tmp_path}/docker.sock"
+    runner = DockerFlowRunner(image=IMAGE, docker_host=host)
+    with pytest.raises(StartFailed) as caught:
+        await runner.start(make_run(), None, RUN_ENV)
+    message = str(caught.value)
+    assert message.startswith(f"cannot reach the Docker engine at {host}")
+    assert "No such file or directory" in message
+    assert message.endswith("is Docker running?")
+
+
+@pytest.mark.anyio
+async def test_no_engine_on_the_tcp_port_given_by_docker_host(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    host = f"tcp://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("DOCKER_HOST", host)
+    with pytest.raises(StartFailed, match=f"cannot reach the Docker engine at {host}"):
+        await DockerFlowRunner(image=IMAGE).start(make_run(), None, RUN_ENV)
+
+
+@pytest.mark.anyio
+async def test_an_unsupported_docker_host_fails_the_start() -> None:
+    with pytest.raises(StartFailed, match="not supported"):
+        await DockerFlowRunner(docker_host="ssh://me@box").start(make_run(), None, RUN_ENV)
+
+
+# --- a fake engine ----------------------------------------------------------------------
+def frame(stream: int, data: bytes) -> bytes:
+    return bytes([stream, 0, 0, 0]) + len(data).to_bytes(4, "big") + data
+
+
+@dataclass
+class FakeContainer:
+    id: str
+    name: str
+    body: dict[str, Any]
+    exit_code: int | None
+    output: list[tuple[int, bytes]]
+    status: int | None = None
+    exited: anyio.Event = field(default_factory=anyio.Event)
+
+
+@dataclass
+class FakeDocker:
+    """The handful of Docker endpoints the runner uses, answered from memory.
+
+    The next container started exits with ``exit_code`` after writing
+    ``output`` (``exit_code=None``: it runs until stopped). Like Docker, a
+    wait answers its head at once and its body at the exit, a failed pull is
+    a 200 whose stream carries the error, and an auto-removed container is
+    gone once it has exited.
+    """
+
+    url: str
+    images: set[str] = field(default_factory=lambda: {IMAGE})
+    pullable: set[str] = field(default_factory=set)
+    networks: set[str] = field(default_factory=lambda: {"bridge", "extra"})
+    containers: dict[str, FakeContainer] = field(default_factory=dict)
+    calls: list[str] = field(default_factory=list)
+    queries: dict[str, dict[str, str]] = field(default_factory=dict)
+    exit_code: int | None = 0
+    output: list[tuple[int, bytes]] = field(default_factory=list)
+
+    async def handle(self, stream: anyio.abc.ByteStream) -> None:
+        async with stream:
+            # The client may hang up first, as a cancelled wait does.
+            with contextlib.suppress(
+                anyio.BrokenResourceError, anyio.EndOfStream, anyio.IncompleteRead
+            ):
+                await self._answer(stream, BufferedByteReceiveStream(stream))
+
+    async def _answer(
+        self, stream: anyio.abc.ByteStream, reader: BufferedByteReceiveStream
+    ) -> None:
+        head = (await reader.receive_until(b"\r\n\r\n", 65536)).decode()
+        method, target, _ = head.split("\r\n")[0].split(" ")
+        headers = dict(line.lower().split(": ", 1) for line in head.split("\r\n")[1:])
+        length = int(headers.get("content-length", "0"))
+        body = json.loads(await reader.receive_exactly(length)) if length else None
+        url = urlsplit(target)
+        path, query = unquote(url.path), {k: v[0] for k, v in parse_qs(url.query).items()}
+        self.calls.append(f"{method} {path}")
+        self.queries[f"{method} {path}"] = query
+        answer = Answer(stream)
+        if m := re.fullmatch(r"/images/(.+)/json", path):
+            if m[1] in self.images:
+                return await answer.json(200, {"Id": "sha256:1"})
+            return await answer.error(404, f"No such image: {m[1]}")
+        if path == "/images/create":
+            return await self._pull(answer, f"{query['fromImage']}:{query['tag']}")
+        if path == "/containers/create":
+            return await self._create(answer, query["name"], body)
+        if m := re.fullmatch(r"/networks/(.+)/connect", path):
+            if m[1] not in self.networks:
+                return await answer.error(404, f"network {m[1]} not found")
+            return await answer.json(200, None)
+        m = re.fullmatch(r"/containers/(\w+)(/\w+)?", path)
+        assert m, path
+        container = self.containers.get(m[1])
+        if container is None:
+            return await answer.error(404, f"No such container: {m[1]}")
+        action = {
+            "/wait": self._wait,
+            "/start": self._start,
+            "/logs": self._logs,
+            "/stop": self._stop,
+            None: self._remove,
+        }[m[2]]
+        await action(answer, container)
+
+    async def _pull(self, answer: Answer, image: str) -> None:
+        await answer.chunked_head()
+        await answer.chunk(b'{"status":"Pulling from library"}\r\n{"status":"Down')
+        if image in self.pullable:
+            self.images.add(image)
+            await answer.chunk(b'loading"}\r\n{"status":"Status: Downloaded newer image"}\r\n')
+        else:
+            await answer.chunk(b'loading"}\r\n')
+            await answer.chunk(b'{"errorDetail":{"message":"denied"},"error":"pull access denied"}')
+        await answer.end()
+
+    async def _create(self, answer: Answer, name: str, body: dict[str, Any]) -> None:
+        if body["Image"] not in self.images:
+            return await answer.error(404, f"No such image: {body['Image']}")
+        if any(c.name == name for c in self.containers.values()):
+            return await answer.error(409, f'Conflict. The container name "/{name}" is in use')
+        ident = uuid.uuid4().hex * 2
+        self.containers[ident] = FakeContainer(ident, name, body, self.exit_code, self.output)
+        await answer.json(201, {"Id": ident, "Warnings": []})
+
+    def _exit(self, container: FakeContainer, code: int) -> None:
+        container.status = code
+        container.exited.set()
+        if container.body["HostConfig"]["AutoRemove"]:
+            del self.containers[container.id]
+
+    async def _wait(self, answer: Answer, container: FakeContainer) -> None:
+        await answer.chunked_head()
+        await container.exited.wait()
+        await answer.chunk(json.dumps({"StatusCode": container.status, "Error": None}).encode())
+        await answer.end()
+
+    async def _start(self, answer: Answer, container: FakeContainer) -> None:
+        await answer.json(204, None)
+        if container.exit_code is not None:
+            self._exit(container, container.exit_code)
+
+    async def _logs(self, answer: Answer, container: FakeContainer) -> None:
+        await answer.chunked_head()
+        data = b"".join(frame(kind, text) for kind, text in container.output)
+        for at in range(0, len(data), 5):  # frames split across chunks, as the wire may
+            await answer.chunk(data[at : at + 5])
+        await container.exited.wait()
+        await answer.end()
+
+    async def _stop(self, answer: Answer, container: FakeContainer) -> None:
+        if container.exited.is_set():
+            return await answer.json(304, None)
+        self._exit(container, 143)  # SIGTERM through the init: 128 + 15
+        await answer.json(204, None)
+
+    async def _remove(self, answer: Answer, container: FakeContainer) -> None:
+        del self.containers[container.id]
+        await answer.json(204, None)
+
+
+@dataclass
+class Answer:
+    stream: anyio.abc.ByteStream
+
+    async def json(self, status: int, obj: Any) -> None:
+        if obj is None:
+            await self.stream.send(f"HTTP/1.1 {status} X\r\n\r\n".encode())
+            return
+        data = json.dumps(obj).encode()
+        head = f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n"
+        await self.stream.send(f"{head}Content-Length: {len(data)}\r\n\r\n".encode() + data)
+
+    async def error(self, status: int, message: str) -> None:
+        # No length: the body ends with the connection, which the client must handle too.
+        data = json.dumps({"message": message}).encode()
+        await self.stream.send(f"HTTP/1.1 {status} X\r\n\r\n".encode() + data)
+
+    async def chunked_head(self) -> None:
+        await self.stream.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+
+    async def chunk(self, data: bytes) -> None:
+        await self.stream.send(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+
+    async def end(self) -> None:
+        await self.stream.send(b"0\r\n\r\n")
+
+
+@pytest.fixture
+async def docker() -> AsyncIterator[FakeDocker]:
+    # A short folder: a unix socket's path must fit in about 100 bytes.
+    folder = tempfile.mkdtemp(prefix="sluice-docker-")
+    path = os.path.join(folder, "docker.sock")
+    fake = FakeDocker(url=f"unix://{path}")
+    listener = await anyio.create_unix_listener(path)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(listener.serve, fake.handle)
+            yield fake
+            tg.cancel_scope.cancel()
+    finally:
+        await listener.aclose()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.anyio
+async def test_a_run_in_the_fake_engine(
+    docker: FakeDocker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    docker.exit_code = 3
+    docker.output = [(1, "héllo from the flow\n".encode()), (2, b"a warning\n")]
+    runner = DockerFlowRunner(image=IMAGE, docker_host=docker.url, networks=["bridge", "extra"])
+    process = await runner.start(make_run(), make_deployment(), RUN_ENV)
+    assert await process.wait() == 3
+    [container] = docker.containers.values()
+    assert process.ident == f"container {container.id[:12]} ({container.name})"
+    assert container.name == "sluice-brave-otter-0b5c1f3e-2"
+    assert container.body == container_request(make_run(), make_deployment(), RUN_ENV, runner)
+    assert docker.calls == [
+        f"GET /images/{IMAGE}/json",
+        "POST /containers/create",
+        "POST /networks/extra/connect",
+        f"POST /containers/{container.id}/wait",
+        f"POST /containers/{container.id}/start",
+        f"GET /containers/{container.id}/logs",
+    ]
+    captured = capsys.readouterr()
+    assert captured.out == "héllo from the flow\n"
+    assert captured.err == "a warning\n"
+
+
+@pytest.mark.anyio
+async def test_kill_stops_the_container(docker: FakeDocker) -> None:
+    docker.exit_code = None  # runs until stopped
+    runner = DockerFlowRunner(image=IMAGE, docker_host=docker.url, stream_output=False)
+    process = await runner.start(make_run(), None, RUN_ENV)
+    [container] = docker.containers.values()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(process.kill, 2.5)
+        code = await process.wait()
+    assert code == 143
+    assert "SIGTERM" in explain_exit(code)
+    assert docker.queries[f"POST /containers/{container.id}/stop"] == {"t": "3"}  # rounded up
+    await process.kill(1)  # already stopped: harmless
+
+
+@pytest.mark.anyio
+async def test_auto_remove_still_reports_a_quick_exit(docker: FakeDocker) -> None:
+    runner = DockerFlowRunner(image=IMAGE, docker_host=docker.url, auto_remove=True)
+    process = await runner.start(make_run(), None, RUN_ENV)
+    assert await process.wait() == 0  # asked for before the start, so not missed
+    assert docker.containers == {}
+
+
+@pytest.mark.anyio
+async def test_pulls_a_missing_image(docker: FakeDocker) -> None:
+    docker.pullable.add("acme/flows:2")
+    runner = DockerFlowRunner(image="acme/flows:2", docker_host=docker.url)
+    process = await runner.start(make_run(), None, RUN_ENV)
+    assert await process.wait() == 0
+    assert docker.calls[:3] == [
+        "GET /images/acme/flows:2/json",
+        "POST /images/create",
+        "POST /containers/create",
+    ]
+
+
+@pytest.mark.anyio
+async def test_pull_policies_against_the_engine(docker: FakeDocker) -> None:
+    docker.pullable.add(IMAGE)
+    always = DockerFlowRunner(image=IMAGE, docker_host=docker.url, image_pull_policy="ALWAYS")
+    await (await always.start(make_run(), None, RUN_ENV)).wait()
+    assert "POST /images/create" in docker.calls
+
+    never = DockerFlowRunner(image="absent:1", docker_host=docker.url, image_pull_policy="NEVER")
+    with pytest.raises(StartFailed, match=r"'absent:1' is not on the Docker engine .* NEVER"):
+        await never.start(make_run(), None, RUN_ENV)
+
+
+@pytest.mark.anyio
+async def test_a_failed_pull_says_why(docker: FakeDocker) -> None:
+    runner = DockerFlowRunner(image="nope:1", docker_host=docker.url)
+    with pytest.raises(StartFailed, match=r"could not pull image 'nope:1': pull access denied$"):
+        await runner.start(make_run(), None, RUN_ENV)
+    default = DockerFlowRunner(docker_host=docker.url)
+    with pytest.raises(StartFailed, match=f"tag it {re.escape(default_image())}"):
+        await default.start(make_run(), None, RUN_ENV)
+    assert docker.containers == {}
+
+
+@pytest.mark.anyio
+async def test_a_failed_start_removes_the_container(docker: FakeDocker) -> None:
+    runner = DockerFlowRunner(image=IMAGE, docker_host=docker.url, networks=["bridge", "missing"])
+    with pytest.raises(
+        StartFailed, match="could not connect to network 'missing': network missing not found"
+    ):
+        await runner.start(make_run(), None, RUN_ENV)
+    assert docker.calls[-1].startswith("DELETE /containers/")
+    assert docker.containers == {}
+
+
+@pytest.mark.anyio
+async def test_the_engines_refusal_is_the_message(docker: FakeDocker) -> None:
+    runner = DockerFlowRunner(image=IMAGE, docker_host=docker.url, stream_output=False)
+    docker.exit_code = None
+    first = await runner.start(make_run(), None, RUN_ENV)
+    with pytest.raises(StartFailed, match=r'Conflict\. The container name "/sluice-brave-otter'):
+        await runner.start(make_run(), None, RUN_ENV)  # same run, same claim
+    await first.kill(0)
+    assert await first.wait() == 143
+
+
+@pytest.mark.anyio
+async def test_losing_the_engine_mid_wait_is_a_lost_exit(docker: FakeDocker) -> None:
+    docker.exit_code = None
+    runner = DockerFlowRunner(image=IMAGE, docker_host=docker.url, stream_output=False)
+    process = await runner.start(make_run(), None, RUN_ENV)
+    await process.waiter.aclose()  # type: ignore[attr-defined]  # as if the daemon died
+    assert await process.wait() == LOST_EXIT_CODE
+
+
+@pytest.mark.anyio
+async def test_the_runner_starts_docker_deployments(
+    docker: FakeDocker, orchestrator: Orchestrator, client: Client, settings: Settings, unique: str
+) -> None:
+    """Through engine.Runner: the stored infrastructure picks this runner, the container
+    gets the run's identity, and an exit the engine never reported is explained."""
+    docker.exit_code = 3
+    flow_runner = DockerFlowRunner(image=IMAGE, docker_host=docker.url, stream_output=False)
+    deployment = RunnerDeployment(
+        name="d", flow_name=f"f{unique}", entrypoint="x.py:f", path=".", flow_runner=flow_runner
+    )
+    runner = Runner(settings=settings, name=f"r-{unique}", query_seconds=1.0, kill_grace=1.0)
+    await runner.add_deployment(deployment)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(runner.start)
+        run = await client.create_flow_run(f"f{unique}/d")
+        final = await client.wait_for_flow_run(run.id)
+        await runner.stop()
+    assert final.state.type is StateType.CRASHED
+    assert final.state.message == explain_exit(3)
+    [container] = docker.containers.values()
+    env = env_of(container.body)
+    assert env["SLUICE_FLOW_RUN_ID"] == run.id
+    assert env["SLUICE_FLOW_RUN_ATTEMPT"] == "1"
+    assert env["SLUICE_NATS_URL"].startswith("nats://host.docker.internal:")
+    assert container.body["Labels"]["sluice.flow-run-id"] == run.id
+
+
+# --- a real engine ----------------------------------------------------------------------
+def _docker_works() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.anyio
+@pytest.mark.skipif(not _docker_works(), reason="no Docker engine here (docker info failed)")
+async def test_a_real_container(capsys: pytest.CaptureFixture[str]) -> None:
+    """A stock Python image has no Sluice: ``python -m engine`` exits 1 and says so,
+    which proves pull, create, wait, start, output and auto-remove on real Docker."""
+    image = os.environ.get("SLUICE_TEST_DOCKER_IMAGE", "python:3.11-slim")
+    runner = DockerFlowRunner(image=image, auto_remove=True, mount_code=False)
+    run = msgspec.structs.replace(make_run(), id=str(uuid.uuid4()))
+    process = await runner.start(run, None, {**RUN_ENV, "SLUICE_FLOW_RUN_ID": run.id})
+    with anyio.fail_after(120):
+        assert await process.wait() == 1
+    assert "No module named engine" in capsys.readouterr().err
