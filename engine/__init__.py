@@ -1,8 +1,11 @@
 """The Sluice SDK: what users import.
 
-Flows and tasks work with no server at all (calling a flow just runs it);
-``Client`` and ``SyncClient`` talk to a running stack. The client and the
-NATS library are imported on first use, so ``import engine`` stays light.
+Flows and tasks work with no server at all (calling a flow just runs it).
+With ``SLUICE_NATS_URL`` set, a flow call reports its run, task states, logs
+and result to that stack instead (see :mod:`engine._context`).
+``Client``/``SyncClient`` and ``create_flow_run``/``wait_for_flow_run``
+(:mod:`engine.runs`) talk to a running stack. The client and the NATS
+library are imported on first use, so ``import engine`` stays light.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from .tasks import Task, task, unmapped
 
 if TYPE_CHECKING:
     from .client import Client
+    from .runs import create_flow_run, wait_for_flow_run
     from .sync import SyncClient
 
 __all__ = [
@@ -31,14 +35,21 @@ __all__ = [
     "Task",
     "TaskFuture",
     "ThreadPoolExecutor",
+    "create_flow_run",
     "flow",
     "get_run_context",
     "get_run_logger",
     "task",
     "unmapped",
+    "wait_for_flow_run",
 ]
 
-_LAZY = {"Client": ".client", "SyncClient": ".sync"}
+_LAZY = {
+    "Client": ".client",
+    "SyncClient": ".sync",
+    "create_flow_run": ".runs",
+    "wait_for_flow_run": ".runs",
+}
 
 
 def __getattr__(name: str) -> Any:

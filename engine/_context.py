@@ -1,16 +1,25 @@
 """What the engine knows about the run it is inside, kept in context variables.
 
 * :class:`Runtime` — the services a run uses: reporter, clock, cache store,
-  random source. The default is local (no stack); :func:`use_runtime`
-  installs another for the runs started inside it (tests, and later
-  ``python -m engine``, which installs a NATS reporter). Subflows inherit
-  their parent's runtime.
+  result store, random source. The default is local (no stack);
+  :func:`use_runtime` installs another for the runs started inside it
+  (tests, ``python -m engine`` and the CLI install a stack reporter).
+  Subflows inherit their parent's runtime.
 * :class:`FlowRunContext` — one per flow run: the run record, its
   parameters, its executor and the bookkeeping the final state needs.
 * :class:`TaskRunContext` — one per task run, set while its function runs.
 
 Context variables follow the code into executor threads (the engine copies
 the context) and into asyncio tasks, never into other processes.
+
+**The configured-stack rule.** A top-level flow call reports to a stack when
+a runtime is installed (:func:`use_runtime`) or, with none installed, when
+the environment variable ``SLUICE_NATS_URL`` is set (:func:`stack_configured`):
+then the call opens a stack runtime of its own, for that run and its
+subflows, and closes it when the run ends. A configured stack that cannot be
+reached fails the call with StackUnavailable before the body runs: a run
+that was meant to be watched must not run unreported. With neither, flows
+run purely locally.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import itertools
+import os
 import random
 import threading
 from collections.abc import Callable, Iterator
@@ -34,9 +44,11 @@ from ._reporting import FlowRunInfo, LocalReporter, Reporter, TaskRunInfo
 from .exceptions import MissingContextError
 
 if TYPE_CHECKING:
+    from ._resume import ResumePlan
     from .executors import Executor
     from .flows import Flow
     from .futures import TaskFuture
+    from .results import ResultStore
     from .tasks import Task
 
 __all__ = [
@@ -45,8 +57,12 @@ __all__ = [
     "TaskRunContext",
     "current_runtime",
     "get_run_context",
+    "stack_configured",
     "use_runtime",
 ]
+
+#: Set (to anything non-empty) to make flow calls report to that stack.
+STACK_ENV = "SLUICE_NATS_URL"
 
 #: Shared by every run of this process that uses the default runtime, so a
 #: second call of a flow finds what the first one cached.
@@ -59,6 +75,9 @@ class Runtime(msgspec.Struct, frozen=True, kw_only=True):
     reporter: Reporter = msgspec.field(default_factory=LocalReporter)
     clock: Clock = msgspec.field(default_factory=SystemClock)
     cache: CacheStore = msgspec.field(default_factory=lambda: _PROCESS_CACHE)
+    #: Where COMPLETED results are kept (see :mod:`engine.results`). None (local
+    #: runs): results stay in the process and states carry small scalars only.
+    results: ResultStore | None = None
     #: Uniform in [0, 1); used for retry jitter only.
     random: Callable[[], float] = random.random
 
@@ -88,6 +107,20 @@ def current_runtime() -> Runtime:
     if flow_ctx is not None:
         return flow_ctx.runtime
     return _runtime_var.get() or _DEFAULT_RUNTIME
+
+
+def installed_runtime() -> Runtime | None:
+    """The runtime :func:`use_runtime` installed here, if any."""
+    return _runtime_var.get()
+
+
+def stack_configured() -> bool:
+    """True when ``SLUICE_NATS_URL`` is set: flow calls without a runtime report there.
+
+    The one place the engine looks at the environment for this decision;
+    everything else about the connection comes from ``Settings.from_env()``.
+    """
+    return bool(os.environ.get(STACK_ENV))
 
 
 class FlowRunContext:
@@ -120,6 +153,9 @@ class FlowRunContext:
         self._exits = contextlib.ExitStack()
         self._lock = threading.Lock()
         self._counters: dict[str, Iterator[int]] = {}
+        self._key_counters: dict[str, Iterator[int]] = {}
+        #: Results of an earlier attempt that task runs of this one may reuse.
+        self.resume: ResumePlan | None = None
         #: Futures submitted in this run; the engine waits for all before finishing.
         self.futures: list[TaskFuture[Any]] = []
         #: (run name, final state, exception if known) of failed task runs and subflows.
@@ -144,6 +180,20 @@ class FlowRunContext:
             with self._lock:
                 counter = self._counters.setdefault(task_name, itertools.count())
         return f"{task_name}-{next(counter)}"
+
+    def next_task_key(self, task_name: str) -> str:
+        """``<task name>:<n>`` for the n-th call (or map) of that name: the same
+        in every attempt of the run as long as the flow calls tasks in the same order."""
+        counter = self._key_counters.get(task_name)
+        if counter is None:
+            with self._lock:
+                counter = self._key_counters.setdefault(task_name, itertools.count())
+        return f"{task_name}:{next(counter)}"
+
+    def restart_task_keys(self) -> None:
+        """A retried body calls its tasks again: their keys start again from 0."""
+        with self._lock:
+            self._key_counters = {}
 
     def record_task_run(self, task: Task[..., Any], run: TaskRunInfo) -> None:
         """Keep ``run`` if the caller of ``Flow.run`` asked for this task's runs."""
@@ -179,6 +229,10 @@ class FlowRunContext:
                     )
                     self._drivers = pool
         return self._drivers
+
+    def on_close(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` when the run closes, after what was registered later (LIFO)."""
+        self._exits.callback(fn)
 
     def close(self, exc: BaseException | None = None) -> None:
         """Close what the run started. Waits for running work unless ``exc`` is given."""

@@ -1,7 +1,10 @@
 """The flow-run pipeline: from a flow call to a final state.
 
 1. **Created** — parameters are bound (and validated against the type hints
-   when ``validate_parameters``), the run is created in PENDING and reported.
+   when ``validate_parameters``), the run is created in PENDING and reported
+   (the reporter may give it the id the stack stored). An existing run
+   (:class:`ExistingRun`: ``python -m engine`` executing a stored run) is
+   not created again; its stored parameters are bound the same way.
    Bad parameters: the run is proposed FAILED with a message naming the
    parameter and the body never runs.
 2. **Running** — RUNNING is proposed; a REJECT ends the run in the state the
@@ -11,7 +14,8 @@
    every task run it submitted is waited for, and futures it returns are
    replaced by their values.
 4. **Final state** — an exception ends the attempt FAILED (TimedOut for a
-   timeout). A normal return is COMPLETED, except that a body returning
+   timeout). A normal return is COMPLETED (its value kept by the runtime's
+   result store, if any: :mod:`engine.results`), except that a body returning
    ``None`` while some of its task runs or subflows failed (TriggerFailed
    excluded) ends FAILED, listing them: no failure goes unnoticed because
    nobody asked for its result.
@@ -28,9 +32,9 @@ raises :class:`~engine.exceptions.Abort`).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Generator, Iterable, Mapping
+from collections.abc import Callable, Generator, Iterable
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -38,55 +42,33 @@ from shared.messages import Decision
 from shared.states import State, StateType
 
 from . import states
-from ._context import FlowRunContext, Runtime, _flow_var, _task_var, current_flow_run
-from ._context import current_runtime as _current_runtime
+from ._context import (
+    _DEFAULT_RUNTIME,
+    FlowRunContext,
+    Runtime,
+    _flow_var,
+    _task_var,
+    current_flow_run,
+    installed_runtime,
+    stack_configured,
+)
 from ._drive import Invoke, Sleep, Steps, call_async, call_sync, drive_async, drive_sync
+from ._flow_result import ExistingRun, FlowRunResult
 from ._logging import reset_log_prints, set_log_prints
-from ._reporting import FlowRunInfo, TaskRunInfo
+from ._reporting import FlowRunInfo
 from ._retry import next_delay
 from ._task_engine import new_id
 from .exceptions import Abort, FlowRunFailed, ParameterError, RunTimeout
 from .futures import TaskFuture, collect_futures, substitute
+from .results import keep_result
 
 if TYPE_CHECKING:
     from .flows import Flow
 
-R = TypeVar("R")
+__all__ = ["ExistingRun", "FlowRunResult", "run_flow_async", "run_flow_sync"]
+
 _FAILED_TYPES = (StateType.FAILED, StateType.CRASHED)
 _MAX_LISTED = 10
-
-
-class FlowRunResult(msgspec.Struct, Generic[R], frozen=True, eq=False):
-    """A finished flow run: its record, final state, value, and the task runs asked for.
-
-    ``task_runs`` maps each task (or task name) passed as ``return_tasks`` to
-    its runs in this flow run, in creation order; each run's ``state`` is final.
-    """
-
-    run: FlowRunInfo
-    state: State
-    task_runs: Mapping[Any, tuple[TaskRunInfo, ...]] = msgspec.field(default_factory=dict)
-    value: Any = None
-    exception: BaseException | None = None
-
-    @property
-    def id(self) -> str:
-        return self.run.id
-
-    def task_states(self, task: Any) -> list[State]:
-        """Final states of the runs of ``task`` (a Task or its name) that were asked for."""
-        return [r.state for r in self.task_runs[task]]
-
-    def result(self) -> R:
-        """The flow's return value; raises its exception if it did not complete."""
-        if self.state.type is StateType.COMPLETED:
-            return self.value
-        if self.exception is not None:
-            raise self.exception
-        raise FlowRunFailed(
-            f"flow run {self.run.name!r} ended {self.state.describe()}: "
-            f"{self.state.message or 'no details'}"
-        )
 
 
 class _End(msgspec.Struct, frozen=True):
@@ -155,6 +137,8 @@ def flow_steps(
             error = error or FlowRunFailed(message)
         if error is None:
             final = states.Completed(data=value, timestamp=clock.now())
+            if runtime.results is not None:
+                final = keep_result(final, value, runtime.results, f"{run.id}.{new_id()}")
         elif isinstance(error, RunTimeout):
             final = states.TimedOut(message=str(error), timestamp=clock.now())
         else:
@@ -177,34 +161,67 @@ def flow_steps(
                 return _End(run.state, None, error)
             fctx.failures.clear()  # a new attempt is judged on its own task runs
             fctx.futures.clear()
+            fctx.restart_task_keys()
             continue
         yield from _propose(runtime, run, final)
         return _End(run.state, value, error)
 
 
 # --- starting and finishing -----------------------------------------------------------
+def _runtime_for(parent: FlowRunContext | None) -> tuple[Runtime, Callable[[], None] | None]:
+    """The runtime of a new run, and how to close it when the run opened it itself.
+
+    See the configured-stack rule in :mod:`engine._context`.
+    """
+    if parent is not None:
+        return parent.runtime, None
+    installed = installed_runtime()
+    if installed is not None:
+        return installed, None
+    if stack_configured():
+        from ._stack import open_stack_runtime  # needs nats: imported only when used
+
+        return open_stack_runtime()
+    return _DEFAULT_RUNTIME, None
+
+
 def _start(
-    flow: Flow[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], return_tasks: Iterable[Any]
+    flow: Flow[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    return_tasks: Iterable[Any],
+    existing: ExistingRun | None = None,
 ) -> tuple[FlowRunContext, ParameterError | None]:
     parent = current_flow_run()
-    runtime = parent.runtime if parent is not None else _current_runtime()
+    runtime, close_runtime = _runtime_for(parent)
     error: ParameterError | None = None
+    if existing is not None:
+        args, kwargs = (), dict(existing.run.parameters)
     try:
         params = flow.signature.bind(args, kwargs)
         if flow.validate_parameters:
             params = flow.signature.validate(params)
     except ParameterError as exc:
         error, params = exc, dict(kwargs)
-    run_id = new_id()
-    run = FlowRunInfo(
-        id=run_id,
-        name=f"{flow.name}-{run_id[:8]}",
-        flow_name=flow.name,
-        state=states.Pending(timestamp=runtime.clock.now()),
-        parameters=params,
-        parent_flow_run_id=parent.run.id if parent is not None else None,
-    )
-    runtime.reporter.flow_run_created(run)
+    if existing is not None:
+        run = existing.run
+        run.parameters = params
+    else:
+        run_id = new_id()
+        run = FlowRunInfo(
+            id=run_id,
+            name=f"{flow.name}-{run_id[:8]}",
+            flow_name=flow.name,
+            state=states.Pending(timestamp=runtime.clock.now()),
+            parameters=params,
+            parent_flow_run_id=parent.run.id if parent is not None else None,
+        )
+        try:
+            run = runtime.reporter.flow_run_created(run) or run
+        except BaseException:
+            if close_runtime is not None:
+                close_runtime()
+            raise
     log_prints = (
         flow.log_prints if flow.log_prints is not None else bool(parent and parent.log_prints)
     )
@@ -217,6 +234,10 @@ def _start(
         parent=parent,
         return_tasks=frozenset(return_tasks),
     )
+    if existing is not None:
+        fctx.resume = existing.resume
+    if close_runtime is not None:
+        fctx.on_close(close_runtime)  # registered first, so closed after the executor
     return fctx, error
 
 
@@ -250,10 +271,15 @@ def _returned_sync(value: Any) -> Any:
 
 
 def run_flow_sync(
-    flow: Flow[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], return_tasks: Iterable[Any]
+    flow: Flow[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    return_tasks: Iterable[Any],
+    existing: ExistingRun | None = None,
 ) -> FlowRunResult[Any]:
-    """Run a sync flow in this thread. Raises Abort if the orchestrator aborts it."""
-    fctx, param_error = _start(flow, args, kwargs, return_tasks)
+    """Run a sync flow in this thread (``existing``: that stored run, with its
+    parameters). Raises Abort if the orchestrator aborts it."""
+    fctx, param_error = _start(flow, args, kwargs, return_tasks, existing)
 
     def wait_all() -> None:
         for future in list(fctx.futures):
@@ -305,14 +331,18 @@ async def _cancel_all(fctx: FlowRunContext) -> None:
 
 
 async def run_flow_async(
-    flow: Flow[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], return_tasks: Iterable[Any]
+    flow: Flow[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    return_tasks: Iterable[Any],
+    existing: ExistingRun | None = None,
 ) -> FlowRunResult[Any]:
     """Run an async flow on the running loop. Raises Abort if the orchestrator aborts it.
 
     Cancelling the caller cancels the body and the task runs it started on
     this loop, proposes CANCELLED and re-raises the cancellation.
     """
-    fctx, param_error = _start(flow, args, kwargs, return_tasks)
+    fctx, param_error = _start(flow, args, kwargs, return_tasks, existing)
 
     async def invoke(effect: Invoke) -> Any:
         try:

@@ -2,9 +2,15 @@
 
 Every state change of a flow run or task run, and every run log record,
 goes through a :class:`Reporter`. With no stack configured that is
-:class:`LocalReporter`, which accepts everything and keeps nothing. A NATS
-reporter (later) implements the same protocol by proposing flow-run states
-on ``flowrun.state.propose`` and publishing task states and logs.
+:class:`LocalReporter`, which accepts everything and keeps nothing.
+:class:`engine._stack.StackReporter` implements the same protocol against a
+running stack: it creates flow runs on ``flowrun.create``, proposes their
+states on ``flowrun.state.propose`` and publishes task states and logs.
+
+A flow run's id belongs to whoever stores it: :meth:`Reporter.flow_run_created`
+may return the run as the stack stored it, and the engine then uses that
+record (its id and name) for everything after — task records, logs,
+subflows' ``parent_flow_run_id``.
 
 Flow-run states are *proposed*: the reporter answers with a
 :class:`Proposal` carrying the orchestrator's decision, and the engine —
@@ -69,6 +75,10 @@ class TaskRunInfo(msgspec.Struct, kw_only=True, eq=False):
     #: Ids of the task runs this one waited for.
     upstream_ids: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
+    #: Identifies the call within its flow run across attempts: ``<task name>:<n>``
+    #: for the n-th call of that task name (from 0), plus ``[<i>]`` for the i-th
+    #: child of a ``map`` (one n per map call). Empty outside a flow.
+    task_key: str = ""
 
 
 class Proposal(msgspec.Struct, frozen=True):
@@ -81,8 +91,14 @@ class Proposal(msgspec.Struct, frozen=True):
 
 
 class Reporter(Protocol):
-    def flow_run_created(self, run: FlowRunInfo) -> None:
-        """A flow run exists, in ``run.state`` (PENDING for a local run)."""
+    def flow_run_created(self, run: FlowRunInfo) -> FlowRunInfo | None:
+        """A flow run exists, in ``run.state`` (PENDING for a local run).
+
+        Returns the run as it was stored when the reporter assigned it another
+        id, name or state (the engine adopts it), or None to keep ``run``.
+        Raises (StackUnavailable, …) when the run cannot be created: the flow
+        call then fails before its body runs.
+        """
         ...
 
     def propose_flow_state(self, run: FlowRunInfo, state: State) -> Proposal:
@@ -109,8 +125,8 @@ class LocalReporter:
     propagates), so ``logging.basicConfig(level="INFO")`` shows them.
     """
 
-    def flow_run_created(self, run: FlowRunInfo) -> None:
-        pass
+    def flow_run_created(self, run: FlowRunInfo) -> FlowRunInfo | None:
+        return None
 
     def propose_flow_state(self, run: FlowRunInfo, state: State) -> Proposal:
         return Proposal(Decision.ACCEPT, state)

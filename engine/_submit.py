@@ -126,6 +126,7 @@ def submit_task(
     kwargs: dict[str, Any],
     wait_for: Sequence[Any] | None,
     map_index: int | None = None,
+    task_key: str | None = None,
 ) -> TaskFuture[Any]:
     """Create a task run and hand it to the flow run's executor (see the module docstring)."""
     flow_ctx = current_flow_run()
@@ -134,7 +135,7 @@ def submit_task(
             f"{task.name}.submit() and .map() need a running flow; call the task directly"
         )
     runtime: Runtime = flow_ctx.runtime
-    prep = prepare(task, flow_ctx, runtime, args, kwargs, wait_for, map_index)
+    prep = prepare(task, flow_ctx, runtime, args, kwargs, wait_for, map_index, task_key)
     executor = flow_ctx.executor()
     handle: Any
     if isinstance(executor, LocalExecutor) and flow_ctx.flow.is_async and _loop_running():
@@ -201,7 +202,8 @@ def map_task(
     Strings, bytes and mappings are passed whole, as is anything in
     ``unmapped(...)``. A future argument is waited for and its value mapped.
     """
-    if current_flow_run() is None:
+    flow_ctx = current_flow_run()
+    if flow_ctx is None:
         raise MissingContextError(f"{task.name}.map() needs a running flow")
     pos = [_mapped(a) for a in args]
     kw = {k: _mapped(v) for k, v in kwargs.items()}
@@ -213,6 +215,9 @@ def map_task(
         sizes = ", ".join(f"{k}: {n}" for k, n in lengths.items())
         raise ValueError(f"{task.name}.map() got iterables of different lengths ({sizes})")
     n = next(iter(lengths.values()))
+    # One key for the whole map call, so a later map of another length does
+    # not shift the keys of the calls after it.
+    key = flow_ctx.next_task_key(task.name)
     return [
         submit_task(
             task,
@@ -220,6 +225,7 @@ def map_task(
             {k: (v[i] if m else v) for k, (m, v) in kw.items()},
             wait_for,
             map_index=i,
+            task_key=f"{key}[{i}]",
         )
         for i in range(n)
     ]

@@ -4,20 +4,26 @@ One task run goes through these steps, written once in :func:`task_steps`
 (a generator, see :mod:`engine._drive`) and carried out by a sync or async
 driver:
 
-1. **Created** — a :class:`TaskRunInfo` in PENDING is reported.
+1. **Created** — a :class:`TaskRunInfo` in PENDING is reported, with its
+   ``task_key`` (the call's identity across attempts of the flow run).
 2. **Upstreams** — every future among the arguments or in ``wait_for`` is
    waited for (by the driver, before the steps start).
-3. **Trigger** — only when there are upstreams. Not met: ``all_successful``
+3. **Resume** — when the flow run resumes an earlier attempt
+   (:mod:`engine._resume`) and that attempt kept this key's result, the run
+   ends COMPLETED/Resumed with it; nothing below happens.
+4. **Trigger** — only when there are upstreams. Not met: ``all_successful``
    ends PENDING/NotReady (an upstream failure propagating), any other
    trigger FAILED/TriggerFailed; the message names the upstream runs.
-4. **Cache lookup** — with ``cache_key_fn``: a fresh entry under the key ends
+5. **Cache lookup** — with ``cache_key_fn``: a fresh entry under the key ends
    the run COMPLETED/Cached with the stored value; the function is not called.
-5. **Attempts** — RUNNING (Retrying from the 2nd attempt), call the function.
+6. **Attempts** — RUNNING (Retrying from the 2nd attempt), call the function.
    On an exception with retries left: SCHEDULED/AwaitingRetry with
    ``scheduled_time`` and ``retry_count``, sleep on the runtime clock, again.
    Out of retries: FAILED (TimedOut for a timeout) keeping the exception.
-6. **Cache store and completion** — on success the value is stored under the
-   key until ``now + cache_expiration``, then COMPLETED.
+7. **Cache store and completion** — on success the value is stored under the
+   key until ``now + cache_expiration``, then COMPLETED. With a result store
+   in the runtime, the COMPLETED (or Cached) state keeps the value as
+   :mod:`engine.results` says.
 
 A failed upstream whose value is an argument of a task that runs anyway
 (because its trigger allows it) is passed as its exception object.
@@ -30,6 +36,7 @@ How submitted runs are scheduled is decided in :mod:`engine._submit`.
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
@@ -45,14 +52,16 @@ from ._context import FlowRunContext, Runtime, TaskRunContext, _task_var
 from ._drive import Invoke, Sleep, Steps
 from ._reporting import TaskRunInfo
 from ._retry import next_delay
-from .exceptions import RunTimeout, TriggerFailedError, UpstreamFailed
+from .exceptions import MissingResult, RunTimeout, TriggerFailedError, UpstreamFailed
 from .futures import TaskFuture, TaskOutcome, collect_futures, substitute
+from .results import keep_result, load_result
 
 if TYPE_CHECKING:
     from .tasks import Task
 
 _FAILED_TYPES = (StateType.FAILED, StateType.CRASHED)
 _MAX_LISTED = 10
+log = logging.getLogger("sluice.engine")
 # Which upstreams a message names when a trigger other than all_successful fails:
 # for triggers that wanted failures, the ones that completed, and the reverse.
 _CULPRITS: dict[Callable[..., bool], Callable[[State], bool]] = {
@@ -84,8 +93,13 @@ def prepare(
     kwargs: dict[str, Any],
     wait_for: Sequence[Any] | None,
     map_index: int | None = None,
+    task_key: str | None = None,
 ) -> Prepared:
-    """Bind the arguments and create the task run (reported when inside a flow)."""
+    """Bind the arguments and create the task run (reported when inside a flow).
+
+    ``task_key`` is given for the children of a map; otherwise the flow run
+    assigns the next key of this task name.
+    """
     params = task.signature.bind(args, kwargs)
     upstream: list[TaskFuture[Any]] = []
     for value in params.values():
@@ -103,6 +117,7 @@ def prepare(
         map_index=map_index,
         upstream_ids=tuple(f.run.id for f in upstream),
         tags=task.tags,
+        task_key=(task_key or flow_ctx.next_task_key(task.name)) if flow_ctx else "",
     )
     if flow_ctx is not None:
         if flow_ctx.abandoned.is_set():
@@ -209,6 +224,21 @@ def task_steps(
         token = _task_var.set(ctx)
         return lambda: _task_var.reset(token)
 
+    def keep(state: State, value: Any) -> State:
+        if runtime.results is None or flow_ctx is None:
+            return state
+        return keep_result(state, value, runtime.results, f"{run.flow_run_id}.{run.id}")
+
+    if flow_ctx is not None and flow_ctx.resume is not None:
+        earlier = flow_ctx.resume.reusable(run.task_key)
+        if earlier is not None:
+            try:
+                value = load_result(earlier, runtime.results)
+            except MissingResult as exc:
+                log.warning("%s runs again: its earlier result is gone (%s)", run.name, exc)
+            else:
+                return finish(_resumed(earlier, clock.now()), value)
+
     if upstream and not task.trigger(upstream):
         return finish(trigger_state(task.trigger, upstream, clock.now()))
 
@@ -221,15 +251,13 @@ def task_steps(
             msg = f"cache lookup failed: {states.describe_exception(exc)}"
             return finish(states.Failed(message=msg, timestamp=clock.now()), exc=exc)
         if entry is not None and key is not None:
-            return finish(
-                states.Cached(
-                    cache_key=key,
-                    cache_expiration=entry.expires,
-                    data=entry.value,
-                    timestamp=clock.now(),
-                ),
-                entry.value,
+            cached = states.Cached(
+                cache_key=key,
+                cache_expiration=entry.expires,
+                data=entry.value,
+                timestamp=clock.now(),
             )
+            return finish(keep(cached, entry.value), entry.value)
 
     args, kwargs = task.signature.call_args(params)
     policy = task.retry_policy
@@ -283,4 +311,18 @@ def task_steps(
             msg = f"the result could not be cached: {states.describe_exception(exc)}"
             return finish(states.Failed(message=msg, timestamp=now), exc=exc)
         details = StateDetails(cache_key=key, cache_expiration=expires)
-    return finish(states.Completed(data=value, details=details, timestamp=clock.now()), value)
+    completed = states.Completed(data=value, details=details, timestamp=clock.now())
+    return finish(keep(completed, value), value)
+
+
+def _resumed(earlier: State, now: datetime) -> State:
+    """COMPLETED/Resumed carrying the earlier attempt's kept result."""
+    ref = earlier.details.result_ref
+    return State(
+        type=StateType.COMPLETED,
+        name=states.RESUMED,
+        timestamp=now,
+        message="result reused from an earlier attempt of the flow run",
+        details=StateDetails(result_ref=ref),
+        data=earlier.data,
+    )

@@ -15,7 +15,8 @@ catch :class:`~shared.errors.SluiceError` for anything Sluice raised.
         ├── Abort                           aborted           the orchestrator said stop
         ├── MissingContextError             no_run_context    also a RuntimeError
         ├── NotJSONable                     not_jsonable      a value that must cross as JSON
-        └── MissingResult                   missing_result    a state without a retrievable value
+        ├── MissingResult                   missing_result    a state without a retrievable value
+        └── EntrypointError                 bad_entrypoint    a flow cannot be loaded from code
 
 A task or flow that raises keeps its own exception: the engine re-raises the
 original object from ``future.result()`` or the flow call, never a wrapper.
@@ -86,3 +87,10 @@ class MissingResult(EngineError):
     whose exception was not kept)."""
 
     code = "missing_result"
+
+
+class EntrypointError(EngineError):
+    """The code a run names cannot give a flow: a missing file or module, an import
+    that raised, a missing attribute, or something that is not a flow."""
+
+    code = "bad_entrypoint"

@@ -2,15 +2,16 @@
 
 A state is the wire record :class:`shared.states.State`; this module only
 adds constructors with the right type and name, and predicates. It owns the
-engine's extra state names (``NotReady``, ``TriggerFailed``, ``TimedOut``);
-which transitions are allowed is the orchestrator's business, not this
-module's.
+engine's extra state names (``NotReady``, ``TriggerFailed``, ``TimedOut``,
+``Resumed``); which transitions are allowed is the orchestrator's business,
+not this module's.
 
 The Python value of a run (its return value or exception) is never stored
 in ``State.data`` unless it is a small JSON scalar: ``data`` must stay
 JSON-able because states travel on the wire. The value lives beside the
 state, in a :class:`~engine.futures.TaskFuture` or a
-:class:`~engine.flows.FlowRunResult`.
+:class:`~engine.flows.FlowRunResult`. A runtime with a result store (any
+run reporting to a stack) keeps more: see :mod:`engine.results`.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from shared.states import (
 
 __all__ = [
     "NOT_READY",
+    "RESUMED",
     "TIMED_OUT",
     "TRIGGER_FAILED",
     "AwaitingRetry",
@@ -59,6 +61,9 @@ NOT_READY = "NotReady"
 TRIGGER_FAILED = "TriggerFailed"
 #: FAILED: the body ran longer than ``timeout_seconds``.
 TIMED_OUT = "TimedOut"
+#: COMPLETED: the task did not run again; its result came from an earlier
+#: attempt of the flow run (see :mod:`engine._resume`).
+RESUMED = "Resumed"
 
 # Longest string copied into State.data; longer values stay beside the state.
 _MAX_INLINE_STR = 1024

@@ -69,21 +69,27 @@ class SyncClient:
         deployment: str | None = None,
         *,
         deployment_id: str | None = None,
+        flow_name: str | None = None,
         parameters: dict[str, Any] | None = None,
         name: str | None = None,
         scheduled_start_time: datetime | None = None,
         idempotency_key: str | None = None,
         tags: Iterable[str] = (),
+        parent_flow_run_id: str | None = None,
+        agentless: bool = False,
     ) -> FlowRun:
         return self._call(
             self._client.create_flow_run,
             deployment,
             deployment_id=deployment_id,
+            flow_name=flow_name,
             parameters=parameters,
             name=name,
             scheduled_start_time=scheduled_start_time,
             idempotency_key=idempotency_key,
             tags=tags,
+            parent_flow_run_id=parent_flow_run_id,
+            agentless=agentless,
         )
 
     def read_flow_run(self, run_id: str) -> FlowRun:

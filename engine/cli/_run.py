@@ -1,4 +1,5 @@
-"""``sluice run``: create a flow run of a deployment, and optionally watch it to the end."""
+"""``sluice run``: create a flow run of a deployment and optionally watch it to the end,
+execute it here (``--execute``), or run a flow from local code (``--path``/``--module``)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from shared.states import StateType
 from . import _parse, _render
 from ._follow import follow_run
 from ._invoke import EXIT_FAILURE, with_client
+from ._local import execute_here, run_local
 
 __all__ = ["run"]
 
@@ -65,6 +67,17 @@ def _deployment(name: str | None, deployment_id: str | None) -> tuple[str | None
     return name, None
 
 
+def _check_local(name: str | None, deployment_id: str | None, **given: object) -> None:
+    """``--path``/``--module`` take no deployment and none of the deployment-run options."""
+    if name is not None or deployment_id is not None:
+        raise typer.BadParameter("give a deployment (--name/--id) or local code (--path/--module)")
+    extra = [option for option, value in given.items() if value]
+    if extra:
+        raise typer.BadParameter(
+            f"{', '.join(extra)} only apply to runs of deployments, not to --path/--module"
+        )
+
+
 def _print_created(run: FlowRun) -> None:
     console = _render.out()
     target = run.deployment_name or run.flow_name
@@ -77,6 +90,16 @@ def _print_created(run: FlowRun) -> None:
     console.print("  state  ", state, sep="", soft_wrap=True)
     console.print(f"  starts {_render.when(run.expected_start_time)}", soft_wrap=True)
     _render.hint(f"Inspect it with: sluice flow-run inspect {run.id}")
+
+
+def _print_executing(run: FlowRun) -> None:
+    console = _render.out()
+    target = run.deployment_name or run.flow_name
+    console.print(
+        f"Executing flow run [bold]{escape(run.name)}[/] of {escape(target)} here",
+        soft_wrap=True,
+    )
+    console.print(f"  id     {run.id}", soft_wrap=True)
 
 
 def run(
@@ -138,18 +161,84 @@ def run(
             help="Follow states and logs until the run ends; exit 0 only if it completed.",
         ),
     ] = False,
+    execute: Annotated[
+        bool,
+        typer.Option(
+            "--execute",
+            "-x",
+            help="Execute the run here, without a runner (an agentless run); exit 0 only "
+            "if it completed.",
+        ),
+    ] = False,
+    path: Annotated[
+        str | None,
+        typer.Option(
+            "--path",
+            metavar="FILE[:FLOW]",
+            help="Run a flow from a local file here (FLOW: variable or flow name; "
+            "optional when the file has one flow).",
+        ),
+    ] = None,
+    module: Annotated[
+        str | None,
+        typer.Option(
+            "--module", "-m", metavar="MODULE[:FLOW]", help="Run a flow from a module here."
+        ),
+    ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the run as JSON (the final run with --watch).")
     ] = False,
 ) -> None:
-    """Create a flow run of a deployment.
+    """Create a flow run of a deployment, or run a flow from local code.
 
     With --watch, follow it to the end: exit status 0 when it completed, 1 when
-    it failed, crashed or was cancelled.
+    it failed, crashed or was cancelled. With --execute, run it in this process
+    instead of a runner (same exit status). With --path or --module, run a flow
+    from local code in this process, reported to the stack when SLUICE_NATS_URL
+    is set (exit status 0 only when it completed).
     """
-    deployment, dep_id = _deployment(name, deployment_id)
     parameters = _parameters(params, param or [])
+    if path is not None or module is not None:
+        if path is not None and module is not None:
+            raise typer.BadParameter("give --path or --module, not both")
+        _check_local(
+            name,
+            deployment_id,
+            **{
+                "--execute": execute,
+                "--watch": watch,
+                "--start-in": start_in,
+                "--start-at": start_at,
+                "--run-name": run_name,
+                "--idempotency-key": idempotency_key,
+                "--tag": tag,
+            },
+        )
+        target = path if path is not None else module
+        assert target is not None
+        run_local(target, module=module is not None, parameters=parameters, as_json=as_json)
+        return
+    deployment, dep_id = _deployment(name, deployment_id)
     start = _start_time(start_in, start_at)
+    if execute:
+        if watch:
+            raise typer.BadParameter("--execute already follows the run; leave out --watch")
+
+        async def create_agentless(client: Client) -> FlowRun:
+            return await client.create_flow_run(
+                deployment,
+                deployment_id=dep_id,
+                parameters=parameters,
+                name=run_name,
+                scheduled_start_time=start,
+                idempotency_key=idempotency_key,
+                tags=tag or [],
+                agentless=True,
+            )
+
+        announce = None if as_json else _print_executing
+        execute_here(create_agentless, None, as_json=as_json, announce=announce)
+        return
 
     async def create(client: Client) -> FlowRun:
         created = await client.create_flow_run(

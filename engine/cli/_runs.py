@@ -1,24 +1,29 @@
-"""``sluice flow-run ls|inspect|cancel|logs``."""
+"""``sluice flow-run ls|inspect|cancel|logs|retry``."""
 
 from __future__ import annotations
 
-from typing import Annotated
+import uuid
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
 
 from engine.client import Client
-from shared.messages import LogRecord
+from shared.errors import Conflict, InvalidParameters
+from shared.messages import Decision, LogRecord, ProposedState
+from shared.models import FlowRun
+from shared.states import AWAITING_RETRY, StateType
 
 from . import _parse, _render
 from ._follow import follow_run
 from ._invoke import with_client
+from ._local import execute_here
 
 __all__ = ["flow_runs"]
 
 flow_runs = typer.Typer(
     name="flow-run",
-    help="List, inspect, cancel and read the logs of flow runs.",
+    help="List, inspect, cancel, retry and read the logs of flow runs.",
     no_args_is_help=True,
 )
 
@@ -188,3 +193,89 @@ def logs(
                 _render.err().print("No log lines yet.")
 
     with_client(command)
+
+
+@flow_runs.command("retry")
+def retry(
+    run_id: RunId,
+    from_task: Annotated[
+        str | None,
+        typer.Option(
+            "--from-task",
+            metavar="NAME",
+            help="Run this task (a task name, key or run name) and every task after it "
+            "again; earlier tasks reuse their results.",
+        ),
+    ] = None,
+    execute: Annotated[
+        bool,
+        typer.Option("--execute", "-x", help="Execute the retry here instead of by a runner."),
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Run a finished flow run again: tasks that completed keep their results.
+
+    The run goes back to Scheduled (AwaitingRetry); a runner picks it up, or
+    --execute runs it here. Tasks whose results an earlier attempt kept are not
+    run again (they end Resumed), except from --from-task on.
+    """
+    canonical = _run_id(run_id)
+
+    async def command(client: Client) -> FlowRun:
+        run = await client.read_flow_run(canonical)
+        if not run.state.is_terminal:
+            raise Conflict(
+                f"flow run {run.name!r} is {run.state.describe()}; only a finished run "
+                "can be retried",
+                details={"state": run.state.type.value},
+            )
+        data: Any = None
+        message = "retry requested"
+        if from_task is not None:
+            from engine._resume import read_task_records, rerun_keys_from, retry_data
+
+            try:
+                keys = rerun_keys_from(await read_task_records(client.nc, canonical), from_task)
+            except ValueError as exc:
+                raise InvalidParameters(str(exc)) from None
+            data = retry_data(from_task, keys)
+            message = f"retry requested from task {from_task!r}"
+        state = ProposedState(
+            type=StateType.SCHEDULED, name=AWAITING_RETRY, message=message, data=data
+        )
+        reply = await client.propose_state(
+            canonical, state, transition_id=str(uuid.uuid4()), retry=True
+        )
+        if reply.status is not Decision.ACCEPT:
+            raise Conflict(f"the retry was refused: {reply.reason}")
+        return await client.read_flow_run(canonical)
+
+    retried = with_client(command)
+    if not as_json or not execute:
+        _print_retried(retried, as_json=as_json, execute=execute)
+    if execute:
+        execute_here(None, retried.id, as_json=as_json)
+
+
+def _print_retried(run: FlowRun, *, as_json: bool, execute: bool) -> None:
+    if as_json:
+        _render.print_json(run)
+        return
+    console = _render.out()
+    console.print(
+        f"Flow run [bold]{escape(run.name)}[/] is ",
+        _render.state_text(run.state),
+        sep="",
+        soft_wrap=True,
+    )
+    if run.state.message:
+        console.print(f"  {escape(run.state.message)}", soft_wrap=True)
+    if execute:
+        return
+    if run.agentless or run.deployment_id is None:
+        _render.hint(
+            f"No runner takes this run; execute it with: sluice flow-run retry "
+            f"{run.id} --execute, or python -m engine --flow-run-id {run.id}"
+        )
+    else:
+        _render.hint(f"A runner will pick it up; follow it with: sluice flow-run logs -f {run.id}")

@@ -1,0 +1,96 @@
+"""The ``python -m engine`` program: execute one stored flow run, then exit.
+
+    SLUICE_FLOW_RUN_ID=<id> [SLUICE_FLOW_RUN_ATTEMPT=<n>] python -m engine
+    python -m engine --flow-run-id <id> [--attempt <n>]
+
+``SLUICE_FLOW_RUN_ATTEMPT`` is the claim attempt of the runner that started
+the process; without it the process claims the run itself. The connection
+comes from the usual ``SLUICE_*`` settings. Exit status: 0 when the run's
+final state was reported (Completed or Failed alike), 1 when it was not
+(unknown run, stack unreachable, claim refused, stale attempt), 2 for usage
+errors. Run log lines are echoed to stderr.
+
+Startup stays light: this module imports only ``argparse`` until the
+arguments are parsed; the engine, nats and the flow come after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+RUN_ID_ENV = "SLUICE_FLOW_RUN_ID"
+ATTEMPT_ENV = "SLUICE_FLOW_RUN_ATTEMPT"
+EXIT_USAGE = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m engine",
+        description="Execute one Sluice flow run by id and report its states, logs and result.",
+    )
+    parser.add_argument(
+        "--flow-run-id",
+        metavar="ID",
+        default=os.environ.get(RUN_ID_ENV) or None,
+        help=f"the flow run to execute (default: ${RUN_ID_ENV})",
+    )
+    parser.add_argument(
+        "--attempt",
+        metavar="N",
+        type=int,
+        default=None,
+        help=f"the runner's claim attempt (default: ${ATTEMPT_ENV}; none: claim it here)",
+    )
+    return parser
+
+
+def _attempt(given: int | None) -> int | None:
+    if given is not None:
+        return given
+    raw = os.environ.get(ATTEMPT_ENV)
+    if not raw:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise SystemExit(f"error: {ATTEMPT_ENV}={raw!r} is not a number") from None
+
+
+def _echo_run_logs() -> None:
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    for name in ("sluice.runs", "sluice.engine"):
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if not args.flow_run_id:
+        print(f"error: give --flow-run-id or set {RUN_ID_ENV}", file=sys.stderr)
+        return EXIT_USAGE
+    attempt = _attempt(args.attempt)
+    _echo_run_logs()
+
+    from shared.errors import SluiceError
+    from shared.settings import Settings
+
+    from ._execute import EXIT_NOT_REPORTED, execute_flow_run
+    from ._stack import StackReporter
+
+    try:
+        with StackReporter(Settings.from_env()) as reporter:
+            outcome = execute_flow_run(reporter, args.flow_run_id, attempt=attempt)
+    except (SluiceError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_NOT_REPORTED
+    state = outcome.state.describe() if outcome.state is not None else "unknown"
+    note = f": {outcome.message}" if outcome.message else ""
+    print(f"flow run {outcome.run_id} ended {state}{note}", file=sys.stderr)
+    return outcome.exit_code
