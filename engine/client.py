@@ -210,6 +210,7 @@ class Client:
         attempt: int | None = None,
         runner: str | None = None,
         retry: bool = False,
+        release: bool = False,
     ) -> ProposeReply:
         req = ProposeState(
             id=run_id,
@@ -218,6 +219,7 @@ class Client:
             attempt=attempt,
             runner=runner,
             retry=retry,
+            release=release,
         )
         return await self._request(names.FLOWRUN_PROPOSE, req, ProposeReply)
 

@@ -180,7 +180,12 @@ class Runner:
         return len(self._active)
 
     # --- running --------------------------------------------------------------------
-    async def start(self, run_once: bool = False) -> None:
+    async def start(
+        self,
+        run_once: bool = False,
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
         """Take and run work until :meth:`stop` is called or the task is cancelled.
 
         With ``run_once``, take what is waiting now (up to ``limit``), run it to
@@ -200,6 +205,7 @@ class Runner:
                 await beats.start(self._serve_kills, client)
                 async with anyio.create_task_group() as runs:
                     subs = [await self._subscribe(client, f) for f in self._consumers()]
+                    task_status.started()  # taking work from here on
                     if run_once:
                         await self._take_once(subs, runs)
                     else:

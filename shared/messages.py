@@ -71,6 +71,10 @@ class ProposeState(Request, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     """Who claims the run, when proposing PENDING."""
     retry: bool = False
     """Leave a terminal state: only with SCHEDULED (AwaitingRetry)."""
+    release: bool = False
+    """With SCHEDULED: give up the claim, so the run is offered to runners again
+    (a dead runner's Pending run). Without it, an owner's SCHEDULED (an
+    in-process retry waiting for its delay) keeps the claim."""
 
 
 class Decision(enum.StrEnum):
@@ -167,6 +171,34 @@ class DeploymentPage(msgspec.Struct, frozen=True, kw_only=True):
 class Deleted(msgspec.Struct, frozen=True, kw_only=True):
     id: str
     deleted: bool = True
+
+
+class BackfillDeployment(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``deployment.backfill`` (served by the scheduler): create the runs of every
+    active schedule of a deployment for slots from ``start`` to ``end``, both
+    included. Slots that already have a run keep it."""
+
+    id: Uuid | None = None
+    name: str | None = None
+    start: datetime
+    end: datetime | None = None
+    """Default: now. Later slots are the scheduler's own upcoming runs."""
+
+
+class BackfilledRun(msgspec.Struct, frozen=True, kw_only=True):
+    slot: datetime
+    flow_run_id: str
+    state: str
+    """The run's state name when the reply was made (an existing run keeps its own)."""
+
+
+class BackfillReply(msgspec.Struct, frozen=True, kw_only=True):
+    deployment_id: str
+    deployment: str
+    start: datetime
+    end: datetime
+    """The range used: ``end`` is at most the time of the request."""
+    runs: list[BackfilledRun] = msgspec.field(default_factory=list)
 
 
 # --- runners ------------------------------------------------------------------------

@@ -9,7 +9,7 @@ defaults, a field's type never changes).
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -41,11 +41,21 @@ class RRuleSchedule(msgspec.Struct, frozen=True, kw_only=True, tag="rrule", tag_
 Schedule = IntervalSchedule | CronSchedule | RRuleSchedule
 
 
+Overlap = Literal["allow_all", "skip", "buffer_one", "cancel_other"]
+
+
 class DeploymentSchedule(msgspec.Struct, frozen=True, kw_only=True):
     schedule: Schedule
     active: bool = True
     #: Overrides merged over the deployment's default parameters.
     parameters: dict[str, Any] = msgspec.field(default_factory=dict)
+    catchup_window_seconds: Annotated[float, msgspec.Meta(ge=1)] | None = None
+    """A slot the scheduler meets later than this (it was down) is skipped;
+    None: the scheduler's default (``SLUICE_SCHEDULE_CATCHUP_SECONDS``)."""
+    overlap: Overlap = "allow_all"
+    """When a slot is due while an earlier run of the deployment's schedules is
+    still going: start it anyway, skip it, hold one until the earlier ends, or
+    cancel the earlier and then start it."""
 
 
 class Infrastructure(msgspec.Struct, frozen=True, kw_only=True):

@@ -20,11 +20,14 @@ DEPLOYMENT_LIST = "deployment.list"
 DEPLOYMENT_PAUSE = "deployment.pause"
 DEPLOYMENT_RESUME = "deployment.resume"
 DEPLOYMENT_DELETE = "deployment.delete"
+DEPLOYMENT_BACKFILL = "deployment.backfill"
+"""Served by the scheduler (it owns schedules): create a deployment's missed runs."""
 
 RUNNER_HEARTBEAT = "runner.heartbeat"
 RUNNER_KILL_PREFIX = "runner.kill"
 
 ORCHESTRATOR_QUEUE = "sluice-orchestrator"
+SCHEDULER_QUEUE = "sluice-scheduler"
 
 # --- JetStream streams ------------------------------------------------------
 EVENTS_STREAM = "FLOWRUN_EVENTS"

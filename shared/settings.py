@@ -39,6 +39,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Seconds a new concurrency slot lasts before its runner's first heartbeat renews it."""
     heartbeat_interval: float = 5.0
     """Seconds between a runner's heartbeats."""
+    schedule_horizon_seconds: float = 3600.0
+    """How far ahead the scheduler creates a schedule's runs (as Scheduled runs)."""
+    schedule_min_runs: int = 3
+    """…and at least this many upcoming runs per schedule, however far ahead."""
+    schedule_catchup_seconds: float = 300.0
+    """Default catch-up window: slots missed by longer (scheduler down) are skipped."""
+    late_after_seconds: float = 15.0
+    """A due run not started this many seconds after its time is marked Late."""
     log_level: str = "INFO"
 
     @property
@@ -78,6 +86,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ("dispatch_max_age", "DISPATCH_MAX_AGE", float),
             ("slot_lease", "SLOT_LEASE", float),
             ("heartbeat_interval", "HEARTBEAT_INTERVAL", float),
+            ("schedule_horizon_seconds", "SCHEDULE_HORIZON_SECONDS", float),
+            ("schedule_min_runs", "SCHEDULE_MIN_RUNS", int),
+            ("schedule_catchup_seconds", "SCHEDULE_CATCHUP_SECONDS", float),
+            ("late_after_seconds", "LATE_AFTER_SECONDS", float),
         ]:
             if (value := get(var)) is not None:
                 try:

@@ -185,3 +185,22 @@ def test_recent_transitions_are_bounded() -> None:
     after = rules.apply(ctx, rules.build_state(ctx))
     assert len(after.recent_transitions) == rules.RECENT_TRANSITIONS
     assert after.recent_transitions[-1] == "new"
+
+
+def test_an_owner_waiting_to_retry_keeps_its_claim_unless_it_releases_it() -> None:
+    running = run_in(T.RUNNING)
+    running = FlowRun(
+        **{**{f: getattr(running, f) for f in running.__struct_fields__}, "runner": "r1"}
+    )
+    for release, owner in ((False, "r1"), (True, None)):
+        ctx = rules.Context(
+            run=running,
+            proposal=ProposeState(
+                id=running.id,
+                state=ProposedState(type=T.SCHEDULED, name="AwaitingRetry"),
+                release=release,
+            ),
+            now=NOW,
+        )
+        assert rules.decide(ctx).status is Decision.ACCEPT
+        assert rules.apply(ctx, rules.build_state(ctx)).runner == owner

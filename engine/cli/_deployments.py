@@ -22,6 +22,7 @@ from shared.errors import SluiceError
 from shared.models import Deployment
 
 from . import _parse, _render
+from ._backfill import backfill
 from ._invoke import fail, with_client
 from ._run import run as run_command
 
@@ -32,6 +33,7 @@ deployments = typer.Typer(
     help="Create, run, list, inspect, pause, resume and delete deployments.",
     no_args_is_help=True,
 )
+deployments.command("backfill")(backfill)
 
 Name = Annotated[
     str | None,

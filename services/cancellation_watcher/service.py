@@ -254,7 +254,9 @@ class CancellationWatcher:
         else:
             return
         try:
-            reply = await self.client.propose_state(run.id, state, attempt=run.attempt)
+            reply = await self.client.propose_state(
+                run.id, state, attempt=run.attempt, release=state.type is StateType.SCHEDULED
+            )
             log.warning("run %s: %s -> %s", run.id, gone, reply.status.value)
         except SluiceError as exc:
             log.warning("could not settle run %s of lost runner %s: %s", run.id, runner, exc)

@@ -20,21 +20,23 @@ from nats.js.api import PubAck
 
 from shared import names
 from shared.codec import decode_event, encode
-from shared.messages import Dispatch, FlowRunCreated, FlowRunStateChanged, RunnerStatus
+from shared.dispatch import MSG_ID, dispatch_item, dispatch_message
+from shared.messages import FlowRunCreated, FlowRunStateChanged, RunnerStatus
 from shared.models import FlowRun
 from shared.states import State, StateType
 
-MSG_ID = "Nats-Msg-Id"
 ACK_TIMEOUT = 5.0
 
 
 def is_due(run: FlowRun, now: datetime) -> bool:
     """A run a runner should start now: Scheduled, due, backed by a deployment,
-    and not executed by its creator (agentless)."""
+    not executed by its creator (agentless), and not still claimed (an owner
+    retrying in its own process keeps its claim while it waits)."""
     return (
         run.state.type is StateType.SCHEDULED
         and run.deployment_id is not None
         and not run.agentless
+        and run.runner is None
         and run.expected_start_time <= now
     )
 
@@ -87,19 +89,9 @@ class Publisher:
                 await future
 
     async def _send_dispatch(self, run: FlowRun) -> asyncio.Future[PubAck]:
-        assert run.deployment_id is not None  # is_due() checked it
-        item = Dispatch(
-            flow_run_id=run.id,
-            deployment_id=run.deployment_id,
-            queue=run.queue,
-            attempt=run.attempt,
-            scheduled_time=run.expected_start_time,
-        )
+        subject, payload, headers = dispatch_message(dispatch_item(run))
         return await self._js.publish_async(
-            names.dispatch_subject(run.queue, run.deployment_id),
-            encode(item),
-            stream=names.DISPATCH_STREAM,
-            headers={MSG_ID: f"dispatch:{run.id}:{run.attempt}"},
+            subject, payload, stream=names.DISPATCH_STREAM, headers=headers
         )
 
     async def heartbeat(self, status: RunnerStatus, lease: float) -> None:

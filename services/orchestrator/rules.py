@@ -180,8 +180,9 @@ def apply(ctx: Context, state: State) -> FlowRun:
             changes["start_time"] = ctx.now
     elif state.type is StateType.SCHEDULED:
         changes["expected_start_time"] = state.details.scheduled_time or ctx.now
+        if ctx.proposal.retry or ctx.proposal.release:
+            changes["runner"] = None  # back to the queue
         if ctx.proposal.retry:
-            changes["runner"] = None
             changes["end_time"] = None
     if state.type in TERMINAL_TYPES:
         changes["end_time"] = ctx.now

@@ -59,7 +59,7 @@ class RunnerService:
                     await self.runner.add_deployment(deployment)
                     self._deployments.append(deployment.full_name)
             tg = await self._stack.enter_async_context(anyio.create_task_group())
-            tg.start_soon(self.runner.start)
+            await tg.start(self.runner.start)
             self._stack.push_async_callback(self.runner.stop)
         except BaseException:
             await self._stack.aclose()

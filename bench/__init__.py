@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m bench.<name>``. Not part of the installed package."""

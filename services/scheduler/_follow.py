@@ -1,0 +1,172 @@
+"""Following the stack: run events into the book, deployment changes into schedules.
+
+Owns two supervised subscriptions, each rebuilt after a reconnect (nats-py's
+ordered consumers and KV watchers can go quiet across one):
+
+* ``flowrun.events.>`` — an ordered consumer from "now"; right after
+  subscribing, the Scheduled runs and the unfinished runs are listed
+  (``flowrun.list``) and the book rebuilt from them, then every event is
+  applied in order, so nothing that happened in between is lost.
+* the ``deployments`` bucket — a watch of every key (``d.<id>`` hold
+  deployments; the ``n.`` name index is skipped); the initial values are a
+  snapshot, compared with what was known, then each change is applied.
+
+Both remember how far they got (stream sequence / KV revision), so the
+service can tell when it has seen everything published so far.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+import anyio
+import anyio.abc
+import msgspec
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from engine.client import Client
+from shared import names
+from shared.codec import decode, decode_event
+from shared.errors import SluiceError
+from shared.models import Deployment, FlowRun
+from shared.states import ACTIVE_TYPES
+
+from ._dispatch import Dispatcher
+
+__all__ = ["DeploymentFeed", "RunFeed"]
+
+log = logging.getLogger("sluice.scheduler")
+
+PAGE = 1000
+DEPLOYMENT_KEY = "d."
+
+
+async def list_all(client: Client, states: list[str]) -> list[FlowRun]:
+    """Every run in ``states``, page by page."""
+    runs: list[FlowRun] = []
+    offset: int | None = 0
+    while offset is not None:
+        page = await client.list_flow_runs(states=states, limit=PAGE, offset=offset)
+        runs.extend(page.flow_runs)
+        offset = page.next_offset
+    return runs
+
+
+class RunFeed:
+    def __init__(self, client: Client, dispatcher: Dispatcher) -> None:
+        self.client = client
+        self.dispatcher = dispatcher
+        self.applied_seq = 0
+        self.rebuilds = 0
+
+    async def follow(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        nc = self.client.nc
+        js = nc.jetstream()
+        started = False
+        while True:
+            reconnects = nc.stats["reconnects"]
+            try:
+                # From the next event on, exactly: the listing below covers the past.
+                last = (await js.stream_info(names.EVENTS_STREAM)).state.last_seq
+                sub = await js.subscribe(
+                    f"{names.EVENTS_PREFIX}.>",
+                    stream=names.EVENTS_STREAM,
+                    ordered_consumer=True,
+                    config=ConsumerConfig(
+                        deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=last + 1
+                    ),
+                    pending_msgs_limit=500_000,
+                )
+                self.applied_seq = max(self.applied_seq, last)
+            except (nats.errors.Error, TimeoutError) as exc:
+                log.warning("cannot follow run events (%s); retrying", exc)
+                await anyio.sleep(1.0)
+                continue
+            try:
+                try:
+                    runs = await list_all(self.client, ["SCHEDULED"])
+                    runs += await list_all(self.client, [t.value for t in ACTIVE_TYPES])
+                except SluiceError as exc:
+                    log.warning("cannot list runs to rebuild from (%s); retrying", exc.message)
+                    await anyio.sleep(1.0)
+                    continue
+                self.dispatcher.rebuild(runs)
+                self.rebuilds += 1
+                if not started:
+                    started = True
+                    task_status.started()
+                while nc.stats["reconnects"] == reconnects:
+                    try:
+                        msg = await sub.next_msg(timeout=1.0)
+                    except nats.errors.TimeoutError:
+                        continue
+                    self.applied_seq = msg.metadata.sequence.stream
+                    try:
+                        event = decode_event(msg.data)
+                    except msgspec.DecodeError:
+                        continue
+                    self.dispatcher.observe(event.flow_run, event.revision)
+            finally:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+
+
+Snapshot = Callable[[dict[str, Deployment]], Awaitable[None]]
+Change = Callable[[str, Deployment | None], Awaitable[None]]
+
+
+class DeploymentFeed:
+    def __init__(self, nc: NATS, on_snapshot: Snapshot, on_change: Change) -> None:
+        self.nc = nc
+        self.on_snapshot = on_snapshot
+        self.on_change = on_change
+        self.revision = 0
+
+    async def follow(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        kv = await self.nc.jetstream().key_value(names.DEPLOYMENTS_BUCKET)
+        started = False
+        while True:
+            reconnects = self.nc.stats["reconnects"]
+            try:
+                watcher = await kv.watchall()
+            except (nats.errors.Error, TimeoutError) as exc:
+                log.warning("cannot watch deployments (%s); retrying", exc)
+                await anyio.sleep(1.0)
+                continue
+            snapshot: dict[str, Deployment] | None = {}
+            try:
+                while self.nc.stats["reconnects"] == reconnects:
+                    try:
+                        entry = await watcher.updates(timeout=1.0)
+                    except nats.errors.TimeoutError:
+                        continue
+                    if entry is None:  # the current values are in
+                        if snapshot is not None:
+                            await self.on_snapshot(snapshot)
+                            snapshot = None
+                        if not started:
+                            started = True
+                            task_status.started()
+                        continue
+                    self.revision = max(self.revision, entry.revision or 0)
+                    if not entry.key.startswith(DEPLOYMENT_KEY):
+                        continue
+                    deployment_id = entry.key[len(DEPLOYMENT_KEY) :]
+                    deployment = None
+                    if entry.operation not in ("DEL", "PURGE") and entry.value:
+                        try:
+                            deployment = decode(entry.value, Deployment)
+                        except msgspec.DecodeError as exc:
+                            log.error("skipping undecodable deployment %s: %s", entry.key, exc)
+                    if snapshot is not None:
+                        if deployment is not None:
+                            snapshot[deployment_id] = deployment
+                    else:
+                        await self.on_change(deployment_id, deployment)
+            finally:
+                with contextlib.suppress(Exception):
+                    await watcher.stop()
