@@ -21,16 +21,22 @@ from .tasks import Task, task, unmapped
 
 if TYPE_CHECKING:
     from .client import Client
+    from .deployments import DeploymentSpec, RunnerDeployment
+    from .runner import Runner
     from .runs import create_flow_run, wait_for_flow_run
+    from .serve import serve
     from .sync import SyncClient
 
 __all__ = [
     "Client",
     "ConcurrentExecutor",
     "DaskExecutor",
+    "DeploymentSpec",
     "Flow",
     "FlowRunResult",
     "LocalExecutor",
+    "Runner",
+    "RunnerDeployment",
     "SyncClient",
     "Task",
     "TaskFuture",
@@ -39,6 +45,7 @@ __all__ = [
     "flow",
     "get_run_context",
     "get_run_logger",
+    "serve",
     "task",
     "unmapped",
     "wait_for_flow_run",
@@ -49,6 +56,10 @@ _LAZY = {
     "SyncClient": ".sync",
     "create_flow_run": ".runs",
     "wait_for_flow_run": ".runs",
+    "Runner": ".runner",
+    "serve": ".serve",
+    "RunnerDeployment": ".deployments",
+    "DeploymentSpec": ".deployments",
 }
 
 

@@ -31,12 +31,15 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Coroutine, Iterable
-from typing import Any, Generic, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from ._flow_engine import FlowRunResult, run_flow_async, run_flow_sync
 from ._params import FnSignature
 from ._retry import RetryPolicy
 from .executors import Executor, LocalExecutor
+
+if TYPE_CHECKING:
+    from .deployments import RunnerDeployment
 
 __all__ = ["Flow", "FlowRunResult", "flow"]
 
@@ -120,6 +123,36 @@ class Flow(Generic[P, R]):
         are refused unless the flow takes ``**kwargs``.
         """
         return self.signature.schema(self.name, self.description)
+
+    def to_deployment(self, name: str, **options: Any) -> RunnerDeployment:
+        """This flow as a deployment named ``name``, ready for ``serve`` or a Runner.
+
+        Options: ``interval``, ``cron``, ``rrule``, ``schedule``, ``timezone``,
+        ``parameters`` (defaults for runs), ``description``, ``tags``,
+        ``version``, ``enforce_parameter_schema``, ``concurrency_limit``,
+        ``flow_runner``, ``entrypoint`` and ``path`` (where the code is; by
+        default this flow's file relative to the working directory), ``paused``.
+        """
+        from .deployments import RunnerDeployment
+
+        return RunnerDeployment.from_flow(self, name, **options)
+
+    def serve(
+        self,
+        name: str | None = None,
+        *,
+        limit: int | None = None,
+        pause_on_shutdown: bool = True,
+        **options: Any,
+    ) -> None:
+        """Serve this flow as one deployment from this process until Ctrl-C (see ``serve``)."""
+        from .serve import serve
+
+        serve(
+            self.to_deployment(name or self.name, **options),
+            limit=limit,
+            pause_on_shutdown=pause_on_shutdown,
+        )
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run the flow; see the module docstring. An async flow returns a coroutine."""

@@ -142,7 +142,7 @@ def _details(rows: list[tuple[str, RenderableType | str | None]]) -> Table:
 
 
 # --- flow runs ------------------------------------------------------------------------
-def flow_run_panel(run: FlowRun) -> Panel:
+def flow_run_panel(run: FlowRun, waiting: str | None = None) -> Panel:
     state = state_text(run.state)
     if run.state.message:
         state.append(f" - {run.state.message}", style="")
@@ -154,6 +154,7 @@ def flow_run_panel(run: FlowRun) -> Panel:
         ("flow", run.flow_name),
         ("deployment", run.deployment_name),
         ("state", state),
+        ("not started because", waiting),
         ("expected start", when(run.expected_start_time)),
         ("started", when(run.start_time) if run.start_time else None),
         ("ended", when(run.end_time) if run.end_time else None),

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
+from engine._diagnose import why_not_started
 from engine.client import Client
 from shared.errors import Conflict, InvalidParameters
 from shared.messages import Decision, LogRecord, ProposedState
@@ -120,7 +121,8 @@ def inspect(run_id: RunId, as_json: JsonFlag = False) -> None:
         if as_json:
             _render.print_json(run)
         else:
-            _render.out().print(_render.flow_run_panel(run))
+            waiting = await why_not_started(client, run)
+            _render.out().print(_render.flow_run_panel(run, waiting))
 
     with_client(command)
 
