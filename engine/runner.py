@@ -204,7 +204,7 @@ class Runner:
                 beats.start_soon(self._heartbeats, client)
                 await beats.start(self._serve_kills, client)
                 async with anyio.create_task_group() as runs:
-                    subs = [await self._subscribe(client, f) for f in self._consumers()]
+                    subs = [await self._subscribe_when_ready(client, f) for f in self._consumers()]
                     task_status.started()  # taking work from here on
                     if run_once:
                         await self._take_once(subs, runs)
@@ -286,6 +286,22 @@ class Runner:
         if self._served:
             out.append([f"{names.DISPATCH_PREFIX}.*.{d}" for d in sorted(self._served)])
         return out
+
+    async def _subscribe_when_ready(self, client: Client, filters: list[str]) -> Any:
+        """Subscribe, waiting for the dispatch stream if the stack is still starting.
+
+        Services may start in any order (compose starts them together); only
+        the orchestrator creates streams, so a runner that comes first waits.
+        """
+        warned = False
+        while True:
+            try:
+                return await self._subscribe(client, filters)
+            except nats.js.errors.NotFoundError:
+                if not warned:
+                    log.warning("runner %s: waiting for the stack to create its streams", self.name)
+                    warned = True
+                await anyio.sleep(0.5)
 
     async def _subscribe(self, client: Client, filters: list[str]) -> Any:
         # Every runner serving the same thing shares one durable consumer.

@@ -1,0 +1,169 @@
+"""Runner benchmark: dispatch latency and throughput with a fresh process per run.
+
+    python -m bench.runner [--quick]
+
+Starts a private nats-server, ``python -m services.orchestrator`` and
+``python -m services.runner`` (limit 8) as separate processes, registers a
+deployment of a no-op flow, and measures, from the orchestrator's own
+timestamps on each run:
+
+* create -> Running and create -> Completed for single runs on an idle runner;
+* 200 runs created at once: total time (first create to last end) and runs/s.
+
+Writes ``bench/results/runner.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import anyio
+
+from engine.client import Client
+from shared.messages import RegisterDeployment
+from shared.settings import Settings
+
+from ._harness import (
+    REPO,
+    ServiceProcess,
+    backend_options,
+    fmt,
+    machine_info,
+    markdown_table,
+    percentile,
+    running_nats_server,
+)
+
+RESULTS = REPO / "bench" / "results" / "runner.md"
+
+
+async def wait_serving(client: Client, runner: ServiceProcess) -> None:
+    while True:
+        runner.check_alive()
+        try:
+            await client.list_deployments(limit=1)
+            return
+        except Exception:
+            await anyio.sleep(0.1)
+
+
+async def measure(settings: Settings, singles: int, batch: int) -> dict[str, list[float]]:
+    async with Client(settings, connect_timeout=10) as client:
+        await client.register_deployment(
+            RegisterDeployment(
+                name="bench",
+                flow_name="noop",
+                entrypoint="bench/_noop_flow.py:noop",
+                path=str(REPO),
+            )
+        )
+        # warm-up: the first run pays for cold caches
+        warm = await client.create_flow_run("noop/bench")
+        await client.wait_for_flow_run(warm.id)
+        to_running, to_completed = [], []
+        for _ in range(singles):
+            run = await client.create_flow_run("noop/bench")
+            done = await client.wait_for_flow_run(run.id)
+            assert done.state.type.value == "COMPLETED", done.state.message
+            assert done.start_time and done.end_time
+            to_running.append((done.start_time - done.created).total_seconds())
+            to_completed.append((done.end_time - done.created).total_seconds())
+        runs = [await client.create_flow_run("noop/bench") for _ in range(batch)]
+        finished = [await client.wait_for_flow_run(r.id) for r in runs]
+        assert all(r.state.type.value == "COMPLETED" for r in finished)
+        first = min(r.created for r in finished)
+        last = max(r.end_time for r in finished if r.end_time)
+        total = (last - first).total_seconds()
+    return {"running": to_running, "completed": to_completed, "batch": [total, batch / total]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="5 single runs, a batch of 40")
+    args = parser.parse_args()
+    singles, batch = (5, 40) if args.quick else (30, 200)
+    with tempfile.TemporaryDirectory() as tmp, running_nats_server(Path(tmp) / "nats") as server:
+        env = {
+            "SLUICE_NATS_URL": server.url,
+            "SLUICE_HOME": str(Path(tmp) / "home"),
+            "SLUICE_LOG_LEVEL": "WARNING",
+            "SLUICE_RUNNER_LIMIT": "8",
+            "SLUICE_RUNNER_NAME": "bench",
+        }
+        orchestrator = ServiceProcess("services.orchestrator", env, Path(tmp) / "orch.log")
+        runner = ServiceProcess("services.runner", env, Path(tmp) / "runner.log")
+        orchestrator.start()
+        runner.start()
+        settings = Settings(nats_url=server.url, home=Path(tmp) / "home")
+        try:
+            started = time.perf_counter()
+            result = anyio.run(
+                _with_wait, settings, runner, singles, batch, backend_options=backend_options()
+            )
+            elapsed = time.perf_counter() - started
+        finally:
+            runner.stop()
+            orchestrator.stop()
+        info = machine_info(Path(tmp))
+    report(result, info, singles, batch, elapsed, args.quick)
+
+
+async def _with_wait(
+    settings: Settings, runner: ServiceProcess, singles: int, batch: int
+) -> dict[str, list[float]]:
+    async with Client(settings, connect_timeout=10) as client:
+        await wait_serving(client, runner)
+    return await measure(settings, singles, batch)
+
+
+def report(
+    result: dict[str, list[float]],
+    info: dict[str, str],
+    singles: int,
+    batch: int,
+    elapsed: float,
+    quick: bool,
+) -> None:
+    rows = []
+    for key, label in (("running", "create -> Running"), ("completed", "create -> Completed")):
+        ordered = sorted(result[key])
+        rows.append(
+            [
+                f"{label} (idle runner, fresh process)",
+                str(len(ordered)),
+                fmt(percentile(ordered, 50) * 1000),
+                fmt(percentile(ordered, 95) * 1000),
+                f"{fmt(ordered[0] * 1000)}..{fmt(ordered[-1] * 1000)}",
+            ]
+        )
+    total, rate = result["batch"]
+    table = markdown_table(["scenario", "runs", "p50 ms", "p95 ms", "min..max ms"], rows)
+    lines = [
+        "# Runner benchmark",
+        "",
+        *(f"- **{k}**: {v}" for k, v in info.items()),
+        "",
+        f"Command: `.venv/bin/python -m bench.runner{' --quick' if quick else ''}`"
+        f" (wall {elapsed:.0f} s)",
+        "",
+        table,
+        "",
+        f"**{batch} runs created at once, one runner, limit 8:** {total:.2f} s from the first "
+        f"create to the last end = **{rate:.1f} runs/s**.",
+        "",
+        "Times are the orchestrator's own timestamps (created, start_time, end_time) of each"
+        " run; every run is a new `python -m engine` process started by `python -m"
+        " services.runner`.",
+    ]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if not quick:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
