@@ -370,6 +370,11 @@ class Runner:
             if early > 0:  # prefetched: hold the slot, start on time
                 await msg.in_progress()
                 await self.clock.sleep_until(item.scheduled_time)
+            if item.flow_run_id in self._held:
+                # The same item through a second consumer of ours (a queue and a
+                # deployment both served): the run is already ours and running.
+                await msg.ack()
+                return
             reply = await self._claim(client, item.flow_run_id, item.attempt, msg)
             if reply is not None:
                 await self._run(client, item.flow_run_id, reply)
@@ -431,6 +436,8 @@ class Runner:
         }
 
     async def _run(self, client: Client, run_id: str, attempt: int) -> None:
+        if run_id in self._held:
+            return  # already running here (a replayed claim of our own)
         self._held[run_id] = attempt
         try:
             await self._run_held(client, run_id, attempt)

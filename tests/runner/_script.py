@@ -23,12 +23,15 @@ class ScriptFlowRunner:
     script: Path = WORKER
     env: dict[str, str] = field(default_factory=dict)
     type: str = "test-script"
+    #: Run ids in the order their processes were started.
+    started: list[str] = field(default_factory=list)
 
     async def start(
         self, run: FlowRun, deployment: Deployment | None, env: Mapping[str, str]
     ) -> FlowRunProcess:
         if not self.script.exists():
             raise StartFailed(f"no such script: {self.script}")
+        self.started.append(run.id)
         full_env = {**os.environ, **self.env, **dict(env), "PYTHONPATH": str(ROOT)}
         process = await anyio.open_process(
             [sys.executable, str(self.script)],

@@ -256,3 +256,20 @@ async def test_runners_heartbeat(
         await client.wait_for_flow_run(run.id)
     assert status.runner == r.name
     assert status.limit == r.limit
+
+
+async def test_a_runner_serving_a_queue_and_a_deployment_starts_each_run_once(
+    orchestrator: Orchestrator, client: Client, settings: Settings, unique: str
+) -> None:
+    """Both of its consumers see every item of that deployment; one process per run."""
+    script = ScriptFlowRunner()
+    r = runner(settings, name=f"r-{unique}", queue="default", flow_runner=script, limit=4)
+    await r.add_deployment(deployment(f"f{unique}"))
+    async with running(r):
+        runs = [
+            await client.create_flow_run(f"f{unique}/d", parameters={"sleep": 0.2})
+            for _ in range(4)
+        ]
+        done = await finished(client, runs)
+    assert {d.state.type for d in done} == {StateType.COMPLETED}
+    assert sorted(script.started) == sorted(run.id for run in runs)
