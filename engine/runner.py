@@ -64,7 +64,9 @@ __all__ = ["Runner"]
 log = logging.getLogger("sluice.runner")
 
 DEFAULT_LIMIT = 5
-ACK_WAIT = 30.0  # seconds an unacknowledged item stays with one runner
+#: Seconds an item a runner fetched but did not answer stays with it: how soon
+#: the work of a runner that died holding items goes to another one.
+ACK_WAIT = 5.0
 
 
 def _check_name(name: str) -> str:
@@ -367,9 +369,11 @@ class Runner:
             if early > self.prefetch_seconds:
                 await msg.nak(delay=early - self.prefetch_seconds)
                 return
-            if early > 0:  # prefetched: hold the slot, start on time
+            while early > 0:  # prefetched: hold the slot and the item, start on time
                 await msg.in_progress()
-                await self.clock.sleep_until(item.scheduled_time)
+                with anyio.move_on_after(ACK_WAIT / 2):
+                    await self.clock.sleep_until(item.scheduled_time)
+                early = (item.scheduled_time - self.clock.now()).total_seconds()
             if item.flow_run_id in self._held:
                 # The same item through a second consumer of ours (a queue and a
                 # deployment both served): the run is already ours and running.

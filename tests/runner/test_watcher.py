@@ -133,3 +133,38 @@ async def test_a_killed_runner_has_its_runs_crashed(
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
     assert f"runner {name} stopped heartbeating" in (final.state.message or "")
+
+
+async def test_a_dead_runners_slot_comes_back_and_the_next_run_starts_elsewhere(
+    watcher: CancellationWatcher, client: Client, fast: Settings, unique: str
+) -> None:
+    """Limit 1: the runner holding the slot is SIGKILLed; the waiting run starts on the other."""
+    survivor = runner(fast, name=f"survivor-{unique}", heartbeat_seconds=0.5)
+    dep_id = await survivor.add_deployment(deployment(f"f{unique}", concurrency_limit=1))
+    env = service_env(fast) | {"PYTHONPATH": str(ROOT), "SLUICE_HEARTBEAT_INTERVAL": "0.5"}
+    doomed = f"doomed-{unique}"
+    proc = await anyio.open_process(
+        [sys.executable, str(Path(__file__).with_name("run_runner.py")), doomed, dep_id],
+        env=env,
+        start_new_session=True,
+        stdout=None,
+        stderr=None,
+    )
+    try:
+        first = await client.create_flow_run(f"f{unique}/d", parameters={"sleep": 120})
+        held = await until(client, first.id, StateType.RUNNING)
+        assert held.runner == doomed
+        async with running(survivor):
+            second = await client.create_flow_run(f"f{unique}/d", parameters={"sleep": 0.1})
+            waiting = await client.read_flow_run(second.id)
+            assert waiting.state.type is StateType.SCHEDULED  # the one slot is taken
+            os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+            done = await until(client, second.id, StateType.COMPLETED, StateType.CRASHED)
+        crashed = await client.read_flow_run(first.id)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert done.state.type is StateType.COMPLETED
+    assert done.runner == survivor.name
+    assert crashed.state.type is StateType.CRASHED
