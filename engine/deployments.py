@@ -111,6 +111,8 @@ class RunnerDeployment:
     concurrency_limit: int | None = None
     flow_runner: FlowRunner = field(default_factory=UniversalFlowRunner)
     paused: bool = False
+    queue: str = "default"
+    """The dispatch queue its runs are offered on (runners serve queues)."""
 
     @property
     def full_name(self) -> str:
@@ -137,6 +139,7 @@ class RunnerDeployment:
         entrypoint: str | None = None,
         path: str | os.PathLike[str] | None = None,
         paused: bool = False,
+        queue: str = "default",
     ) -> RunnerDeployment:
         if not name or "/" in name or "%" in name:
             raise ValueError(f"a deployment name must be non-empty without '/' or '%': {name!r}")
@@ -158,6 +161,7 @@ class RunnerDeployment:
             concurrency_limit=concurrency_limit,
             flow_runner=flow_runner or UniversalFlowRunner(),
             paused=paused,
+            queue=queue,
         )
 
     def to_request(self) -> RegisterDeployment:
@@ -176,6 +180,7 @@ class RunnerDeployment:
             paused=self.paused,
             concurrency_limit=self.concurrency_limit,
             infrastructure=self.flow_runner.to_infrastructure(),
+            queue=self.queue,
         )
 
 

@@ -131,7 +131,8 @@ class Flow(Generic[P, R]):
         ``parameters`` (defaults for runs), ``description``, ``tags``,
         ``version``, ``enforce_parameter_schema``, ``concurrency_limit``,
         ``flow_runner``, ``entrypoint`` and ``path`` (where the code is; by
-        default this flow's file relative to the working directory), ``paused``.
+        default this flow's file relative to the working directory), ``paused``,
+        ``queue`` (the dispatch queue runners serve; default ``default``).
         """
         from .deployments import RunnerDeployment
 

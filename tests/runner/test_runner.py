@@ -133,22 +133,23 @@ async def test_a_start_failure_crashes_the_run(
 async def test_a_dispatch_delivered_twice_runs_once(
     orchestrator: Orchestrator, client: Client, settings: Settings, unique: str
 ) -> None:
+    queue = f"q{unique}"
     a, b = (
         runner(settings, name=f"a-{unique}"),
-        runner(settings, name=f"b-{unique}", queue="default"),
+        runner(settings, name=f"b-{unique}", queue=queue),
     )
-    dep_id = await a.add_deployment(deployment(f"f{unique}"))
+    dep_id = await a.add_deployment(deployment(f"f{unique}", queue=queue))
     async with running(a, b):
         run = await client.create_flow_run(f"f{unique}/d", parameters={"sleep": 0.3})
         # the same item again, as a redelivery or a second publisher would send it
         item = Dispatch(
             flow_run_id=run.id,
             deployment_id=dep_id,
-            queue="default",
+            queue=queue,
             attempt=0,
             scheduled_time=run.expected_start_time,
         )
-        await client.nc.jetstream().publish(names.dispatch_subject("default", dep_id), encode(item))
+        await client.nc.jetstream().publish(names.dispatch_subject(queue, dep_id), encode(item))
         final = await client.wait_for_flow_run(run.id)
     assert final.state.type is StateType.COMPLETED
     assert final.attempt == 1
@@ -263,8 +264,9 @@ async def test_a_runner_serving_a_queue_and_a_deployment_starts_each_run_once(
 ) -> None:
     """Both of its consumers see every item of that deployment; one process per run."""
     script = ScriptFlowRunner()
-    r = runner(settings, name=f"r-{unique}", queue="default", flow_runner=script, limit=4)
-    await r.add_deployment(deployment(f"f{unique}"))
+    queue = f"q{unique}"  # our own queue: leftovers of other tests stay out
+    r = runner(settings, name=f"r-{unique}", queue=queue, flow_runner=script, limit=4)
+    await r.add_deployment(deployment(f"f{unique}", queue=queue))
     async with running(r):
         runs = [
             await client.create_flow_run(f"f{unique}/d", parameters={"sleep": 0.2})
