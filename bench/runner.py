@@ -83,6 +83,7 @@ async def measure(settings: Settings, singles: int, batch: int) -> dict[str, lis
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="5 single runs, a batch of 40")
+    parser.add_argument("--fork", action="store_true", help="the runner's fork-server mode")
     args = parser.parse_args()
     singles, batch = (5, 40) if args.quick else (30, 200)
     with tempfile.TemporaryDirectory() as tmp, running_nats_server(Path(tmp) / "nats") as server:
@@ -92,6 +93,7 @@ def main() -> None:
             "SLUICE_LOG_LEVEL": "WARNING",
             "SLUICE_RUNNER_LIMIT": "8",
             "SLUICE_RUNNER_NAME": "bench",
+            "SLUICE_RUNNER_FORK": "1" if args.fork else "",
         }
         orchestrator = ServiceProcess("services.orchestrator", env, Path(tmp) / "orch.log")
         runner = ServiceProcess("services.runner", env, Path(tmp) / "runner.log")
@@ -108,7 +110,7 @@ def main() -> None:
             runner.stop()
             orchestrator.stop()
         info = machine_info(Path(tmp))
-    report(result, info, singles, batch, elapsed, args.quick)
+    report(result, info, singles, batch, elapsed, args.quick, args.fork)
 
 
 async def _with_wait(
@@ -126,13 +128,14 @@ def report(
     batch: int,
     elapsed: float,
     quick: bool,
+    fork: bool,
 ) -> None:
     rows = []
     for key, label in (("running", "create -> Running"), ("completed", "create -> Completed")):
         ordered = sorted(result[key])
         rows.append(
             [
-                f"{label} (idle runner, fresh process)",
+                f"{label} (idle runner, {'forked' if fork else 'fresh'} process)",
                 str(len(ordered)),
                 fmt(percentile(ordered, 50) * 1000),
                 fmt(percentile(ordered, 95) * 1000),
@@ -146,7 +149,8 @@ def report(
         "",
         *(f"- **{k}**: {v}" for k, v in info.items()),
         "",
-        f"Command: `.venv/bin/python -m bench.runner{' --quick' if quick else ''}`"
+        f"Command: `.venv/bin/python -m bench.runner{' --quick' if quick else ''}"
+        f"{' --fork' if fork else ''}`"
         f" (wall {elapsed:.0f} s)",
         "",
         table,
@@ -155,14 +159,21 @@ def report(
         f"create to the last end = **{rate:.1f} runs/s**.",
         "",
         "Times are the orchestrator's own timestamps (created, start_time, end_time) of each"
-        " run; every run is a new `python -m engine` process started by `python -m"
-        " services.runner`.",
+        " run. "
+        + (
+            "Every run is a process of its own, forked by the runner's fork server"
+            " (`python -m services.runner --fork`) from a process with the engine imported."
+            if fork
+            else "Every run is a new `python -m engine` process started by"
+            " `python -m services.runner`."
+        ),
     ]
     text = "\n".join(lines) + "\n"
     print(text)
     if not quick:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(text)
+        target = RESULTS.with_name("runner-fork.md") if fork else RESULTS
+        target.write_text(text)
 
 
 if __name__ == "__main__":

@@ -202,22 +202,27 @@ class Runner:
         self._started = True
         self._stop = anyio.Event()
         try:
-            async with anyio.create_task_group() as beats:
-                beats.start_soon(self._heartbeats, client)
-                await beats.start(self._serve_kills, client)
-                async with anyio.create_task_group() as runs:
-                    subs = [await self._subscribe_when_ready(client, f) for f in self._consumers()]
-                    task_status.started()  # taking work from here on
-                    if run_once:
-                        await self._take_once(subs, runs)
-                    else:
-                        async with anyio.create_task_group() as pullers:
-                            for sub in subs:
-                                pullers.start_soon(self._pull, sub, runs)
-                            await self._stop.wait()
-                            pullers.cancel_scope.cancel()
-                        await self._shutdown(runs)
-                beats.cancel_scope.cancel()
+            async with contextlib.AsyncExitStack() as infra:
+                if hasattr(self.flow_runner, "__aenter__"):  # e.g. a fork server to start
+                    await infra.enter_async_context(self.flow_runner)  # type: ignore[arg-type]
+                async with anyio.create_task_group() as beats:
+                    beats.start_soon(self._heartbeats, client)
+                    await beats.start(self._serve_kills, client)
+                    async with anyio.create_task_group() as runs:
+                        subs = [
+                            await self._subscribe_when_ready(client, f) for f in self._consumers()
+                        ]
+                        task_status.started()  # taking work from here on
+                        if run_once:
+                            await self._take_once(subs, runs)
+                        else:
+                            async with anyio.create_task_group() as pullers:
+                                for sub in subs:
+                                    pullers.start_soon(self._pull, sub, runs)
+                                await self._stop.wait()
+                                pullers.cancel_scope.cancel()
+                            await self._shutdown(runs)
+                    beats.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
                 await self._close()

@@ -59,9 +59,11 @@ class DeploymentSchedule(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Infrastructure(msgspec.Struct, frozen=True, kw_only=True):
-    """Where a run's process starts (a flow runner): ``process`` by default."""
+    """Where a run's process starts (a flow runner). ``universal`` (the default)
+    leaves the choice to the runner: a subprocess unless it is configured
+    otherwise; ``process`` and ``docker`` ask for one."""
 
-    type: str = "process"
+    type: str = "universal"
     env: dict[str, str] = msgspec.field(default_factory=dict)
     options: dict[str, Any] = msgspec.field(default_factory=dict)
 

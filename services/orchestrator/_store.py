@@ -11,10 +11,13 @@ import hashlib
 
 import msgspec
 import nats.js.errors
+from nats.js import JetStreamContext
+from nats.js.api import DeliverPolicy
 from nats.js.kv import KeyValue
 
 from shared.codec import decode, encode
 from shared.models import Deployment, FlowRun
+from shared.names import DEPLOYMENTS_BUCKET, kv_stream
 
 
 class Exists(Exception):
@@ -88,8 +91,9 @@ class NameIndex(msgspec.Struct, frozen=True, kw_only=True):
 class DeploymentStore:
     """Deployments under ``d.<id>``; a name index under ``n.<digest(name)>``."""
 
-    def __init__(self, kv: KeyValue) -> None:
+    def __init__(self, kv: KeyValue, js: JetStreamContext) -> None:
         self._kv = kv
+        self._js = js
 
     async def get(self, deployment_id: str) -> Deployment | None:
         try:
@@ -124,16 +128,32 @@ class DeploymentStore:
             raise Stale(key) from None
 
     async def all(self) -> list[Deployment]:
-        """Every stored deployment version, read in one pass over the bucket."""
-        # (nats-py's KeyValue.keys() filters by substring, so we watch instead.)
-        watcher = await self._kv.watch("d.*", ignore_deletes=True)
+        """Every stored deployment version, read in one pass over the bucket.
+
+        Reads the bucket's stream (last message per key) until the server says
+        nothing is pending: a KV watcher's "initial values done" marker can
+        arrive before every value has, so it is not used here.
+        """
+        js = self._js
+        stream = kv_stream(DEPLOYMENTS_BUCKET)
+        subjects = f"$KV.{DEPLOYMENTS_BUCKET}.d.*"
+        info = await js.stream_info(stream, subjects_filter=subjects)
+        if not info.state.subjects:
+            return []
+        sub = await js.subscribe(
+            subjects,
+            stream=stream,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+        )
         out: list[Deployment] = []
         try:
-            async for entry in watcher:
-                if entry is None:  # the end of the current values
-                    break
-                if entry.value:
-                    out.append(decode(entry.value, Deployment))
+            while True:
+                msg = await sub.next_msg(timeout=5.0)
+                deleted = (msg.headers or {}).get("KV-Operation") in ("DEL", "PURGE")
+                if msg.data and not deleted:
+                    out.append(decode(msg.data, Deployment))
+                if msg.metadata.num_pending == 0:
+                    return out
         finally:
-            await watcher.stop()
-        return out
+            await sub.unsubscribe()

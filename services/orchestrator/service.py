@@ -108,7 +108,7 @@ class Orchestrator:
 
         publisher = Publisher(js)
         deployments = Deployments(
-            DeploymentStore(await js.key_value(names.DEPLOYMENTS_BUCKET)), self.clock
+            DeploymentStore(await js.key_value(names.DEPLOYMENTS_BUCKET), js), self.clock
         )
         runs = Runs(
             RunStore(await js.key_value(names.FLOW_RUNS_BUCKET)),

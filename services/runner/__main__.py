@@ -42,6 +42,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         default=[],
         help="a deployment spec file to register and serve at start; repeatable",
     )
+    p.add_argument(
+        "--fork",
+        action="store_true",
+        default=env("SLUICE_RUNNER_FORK", "") not in ("", "0", "false"),
+        help="start runs as forks of a warm process with the engine imported (faster)",
+    )
     return p.parse_args(argv)
 
 
@@ -57,5 +63,6 @@ if __name__ == "__main__":
             deployments=args.deployment,
             code_path=args.path,
             register=args.register,
+            fork=args.fork,
         ),
     )

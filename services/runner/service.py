@@ -18,6 +18,7 @@ from typing import Self
 import anyio
 
 from engine.deployments import load_specs
+from engine.fork_runner import ForkServerFlowRunner
 from engine.runner import Runner
 from shared.settings import Settings
 
@@ -36,6 +37,7 @@ class RunnerService:
         code_path: str | None = None,
         pause_on_shutdown: bool = False,
         register: Sequence[str] = (),
+        fork: bool = False,
     ) -> None:
         self.runner = Runner(
             name=name,
@@ -44,6 +46,8 @@ class RunnerService:
             settings=settings,
             code_path=code_path,
             pause_on_shutdown=pause_on_shutdown,
+            # Fork mode: runs start as forks of a warm process (see engine.forkserver).
+            flow_runner=ForkServerFlowRunner() if fork else None,
         )
         self._deployments = list(deployments)
         #: Deployment spec files to register (and serve) at start.

@@ -1,0 +1,85 @@
+"""The fork-server flow runner: real engine runs forked from a warm process."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import pytest
+
+from engine.client import Client
+from engine.fork_runner import ForkServerFlowRunner
+from engine.runner import Runner
+from services.cancellation_watcher import CancellationWatcher
+from services.orchestrator import Orchestrator
+from shared.messages import RegisterDeployment
+from shared.settings import Settings
+from shared.states import StateType
+
+from .test_runner import running
+from .test_watcher import alive, until
+
+pytestmark = pytest.mark.anyio
+
+FLOWS = """
+import os, time
+from engine import flow, get_run_logger
+
+@flow(name="{name}-pid")
+def pid() -> int:
+    get_run_logger().info("in %d", os.getpid())
+    return os.getpid()
+
+@flow(name="{name}-sleep")
+def sleep(seconds: float = 120) -> None:
+    time.sleep(seconds)
+"""
+
+
+async def test_forked_runs_complete_and_cancel(
+    orchestrator: Orchestrator,
+    client: Client,
+    settings: Settings,
+    unique: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    (tmp_path / "flows.py").write_text(FLOWS.format(name=unique))
+    queue = f"q{unique}"
+    for flow, fn in ((f"{unique}-pid", "pid"), (f"{unique}-sleep", "sleep")):
+        await client.register_deployment(
+            RegisterDeployment(
+                name="d",
+                flow_name=flow,
+                entrypoint=f"flows.py:{fn}",
+                path=str(tmp_path),
+                queue=queue,
+            )
+        )
+    monkeypatch.setenv("SLUICE_NATS_URL", settings.nats_url)
+    r = Runner(
+        name=f"fork-{unique}",
+        settings=settings,
+        queue=queue,
+        flow_runner=ForkServerFlowRunner(),
+        kill_grace=1.0,
+    )
+    async with CancellationWatcher(settings, kill_grace=1.0), running(r):
+        pids = []
+        for _ in range(3):
+            run = await client.create_flow_run(f"{unique}-pid/d")
+            done = await client.wait_for_flow_run(run.id)
+            assert done.state.type is StateType.COMPLETED, done.state.message
+            pids.append(done.state.data)
+        assert len(set(pids)) == 3  # a process of its own for every run
+        assert os.getpid() not in pids
+
+        slow = await client.create_flow_run(f"{unique}-sleep/d")
+        await until(client, slow.id, StateType.RUNNING)
+        pid = int(r._active[slow.id].process.ident.split()[1])
+        await client.cancel_flow_run(slow.id)
+        final = await until(client, slow.id, StateType.CANCELLED)
+    assert final.state.type is StateType.CANCELLED
+    with contextlib.suppress(ChildProcessError):
+        assert not alive(pid)
