@@ -192,13 +192,19 @@ class Client:
         )
         return await self._request(names.FLOWRUN_LIST, req, FlowRunPage)
 
-    async def cancel_flow_run(self, run_id: str, *, reason: str | None = None) -> FlowRun:
+    async def cancel_flow_run(
+        self, run_id: str, *, reason: str | None = None, cascade: bool = True
+    ) -> FlowRun:
         """Move a run to Cancelling (Cancelled at once if it has not started).
 
-        Raises Conflict if the run already finished; cancelling twice is harmless.
+        With ``cascade`` (the default) its unfinished child runs are cancelled
+        too. Raises Conflict if the run already finished; cancelling twice is
+        harmless.
         """
         return await self._request(
-            names.FLOWRUN_CANCEL, CancelFlowRun(id=run_id, reason=reason), FlowRun
+            names.FLOWRUN_CANCEL,
+            CancelFlowRun(id=run_id, reason=reason, cascade=cascade),
+            FlowRun,
         )
 
     async def propose_state(

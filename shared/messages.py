@@ -102,6 +102,8 @@ class FlowRunRef(Request, frozen=True, kw_only=True, forbid_unknown_fields=True)
 class CancelFlowRun(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
     id: Uuid
     reason: str | None = None
+    cascade: bool = True
+    """Also cancel the run's unfinished child runs (subflows and runs it started)."""
 
 
 class ListFlowRuns(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):

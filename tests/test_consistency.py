@@ -183,3 +183,25 @@ async def test_logs_read_every_stored_record_every_time(client: Client, unique: 
     for _ in range(5):
         assert [r.message async for r in client.logs(run_id)] == ["line 0", "line 1", "line 2"]
     assert [r async for r in client.logs(f"00000000-0000-4000-8000-{'f' * 12}")] == []
+
+
+async def test_cancelling_a_parent_cancels_its_descendants(client: Client, unique: str) -> None:
+    await client.register_deployment(RegisterDeployment(name="d", flow_name=f"f{unique}"))
+    parent = await client.create_flow_run(f"f{unique}/d")
+    child = await client.create_flow_run(f"f{unique}/d", parent_flow_run_id=parent.id)
+    grandchild = await client.create_flow_run(flow_name=f"sub{unique}", parent_flow_run_id=child.id)
+    done = await client.create_flow_run(f"f{unique}/d", parent_flow_run_id=parent.id)
+    for t in (StateType.RUNNING, StateType.COMPLETED):
+        await client.propose_state(done.id, ProposedState(type=t))
+    await client.propose_state(child.id, ProposedState(type=StateType.RUNNING))
+
+    await client.cancel_flow_run(parent.id)
+    assert (await client.read_flow_run(parent.id)).state.type is StateType.CANCELLED
+    assert (await client.read_flow_run(child.id)).state.type is StateType.CANCELLING
+    assert (await client.read_flow_run(grandchild.id)).state.type is StateType.CANCELLED
+    assert (await client.read_flow_run(done.id)).state.type is StateType.COMPLETED  # finished
+
+    keep = await client.create_flow_run(f"f{unique}/d")
+    kept_child = await client.create_flow_run(f"f{unique}/d", parent_flow_run_id=keep.id)
+    await client.cancel_flow_run(keep.id, cascade=False)
+    assert (await client.read_flow_run(kept_child.id)).state.type is StateType.SCHEDULED

@@ -30,6 +30,7 @@ from shared.bootstrap import bootstrap
 from shared.clock import Clock, SystemClock, utc
 from shared.codec import decode_request
 from shared.connection import connect
+from shared.errors import Conflict, FlowRunNotFound
 from shared.messages import (
     CancelFlowRun,
     CreateFlowRun,
@@ -42,6 +43,7 @@ from shared.messages import (
     ProposeState,
     RegisterDeployment,
 )
+from shared.models import FlowRun
 from shared.settings import Settings
 
 from ._deployments import Deployments
@@ -53,6 +55,9 @@ from ._slots import Slots
 from ._store import DeploymentStore, IdempotencyStore, RunStore
 
 log = logging.getLogger("sluice.orchestrator")
+
+#: States of a run that a cancellation still has to stop.
+ACTIVE_OR_WAITING = ["SCHEDULED", "PENDING", "RUNNING", "PAUSED", "CANCELLING"]
 
 R = TypeVar("R")
 
@@ -149,10 +154,28 @@ class Orchestrator:
             await read_model.sync()
             return await read_model.query(req, ids)
 
+        async def cancel(req: CancelFlowRun) -> FlowRun:
+            """Cancel a run and, unless ``cascade`` is off, its unfinished descendants."""
+            run = await runs.cancel(req)
+            if req.cascade:
+                await read_model.sync()
+                page = await read_model.query(
+                    ListFlowRuns(parent_flow_run_id=req.id, states=ACTIVE_OR_WAITING, limit=1000),
+                    None,
+                )
+                for child in page.flow_runs:
+                    with contextlib.suppress(Conflict, FlowRunNotFound):
+                        await cancel(
+                            CancelFlowRun(
+                                id=child.id, reason=f"its parent run {run.name} was cancelled"
+                            )
+                        )
+            return run
+
         routes: list[tuple[str, type[Any], Callable[[Any], Awaitable[Any]]]] = [
             (names.FLOWRUN_CREATE, CreateFlowRun, runs.create),
             (names.FLOWRUN_PROPOSE, ProposeState, runs.propose),
-            (names.FLOWRUN_CANCEL, CancelFlowRun, runs.cancel),
+            (names.FLOWRUN_CANCEL, CancelFlowRun, cancel),
             (names.FLOWRUN_READ, FlowRunRef, runs.read),
             (names.FLOWRUN_LIST, ListFlowRuns, list_runs),
             (names.RUNNER_HEARTBEAT, Heartbeat, runs.heartbeat),
