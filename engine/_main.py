@@ -76,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: give --flow-run-id or set {RUN_ID_ENV}", file=sys.stderr)
         return EXIT_USAGE
     attempt = _attempt(args.attempt)
+    from ._lifeline import die_with_parent
+
+    die_with_parent()
     _echo_run_logs()
 
     from shared.errors import SluiceError

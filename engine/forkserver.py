@@ -53,6 +53,7 @@ def _child(env: dict[str, str], cwd: str | None) -> None:
         signal.set_wakeup_fd(-1)
         os.environ.clear()
         os.environ.update(env)
+        os.environ["SLUICE_RUNNER_PID"] = str(os.getppid())  # the server: we go with it
         if cwd:
             os.chdir(cwd)
             sys.path.insert(0, cwd)

@@ -228,14 +228,32 @@ class Runner:
                 await self._close()
 
     async def _heartbeats(self, client: Client) -> None:
-        """Say we are alive every ``heartbeat_seconds``; this renews our runs' slot leases."""
+        """Say we are alive every ``heartbeat_seconds``; this renews our runs' slot leases.
+
+        A runner that cannot renew its lease for two intervals is, for the
+        rest of the stack, dead: its runs are being marked Crashed and their
+        slots handed on. So it kills its own flow-run processes rather than
+        let them run on unknown.
+        """
+        last_ok = anyio.current_time()
         while True:
             try:
                 await client.heartbeat(
                     self.name, interval=self.heartbeat_seconds, limit=self.limit, runs=self._held
                 )
+                last_ok = anyio.current_time()
             except SluiceError as exc:
                 log.warning("runner %s: heartbeat failed: %s", self.name, exc.message)
+                if anyio.current_time() - last_ok > 2 * self.heartbeat_seconds and self._active:
+                    log.error(
+                        "runner %s: lease lost; killing %d flow-run process(es)",
+                        self.name,
+                        len(self._active),
+                    )
+                    async with anyio.create_task_group() as killers:
+                        for active in list(self._active.values()):
+                            active.stopping = True
+                            killers.start_soon(active.process.kill, self.kill_grace)
             await anyio.sleep(self.heartbeat_seconds)
 
     async def _serve_kills(
@@ -438,6 +456,8 @@ class Runner:
             "SLUICE_FLOW_RUN_ATTEMPT": str(attempt),
             "SLUICE_NATS_URL": self.settings.nats_url,
             "SLUICE_HOME": str(self.settings.home),
+            # The child ends with us (engine._lifeline): no run outlives its runner.
+            "SLUICE_RUNNER_PID": str(os.getpid()),
         }
         # The flow-run process must not inherit a runner's own identity.
         return {k: v for k, v in env.items() if v} | {

@@ -20,13 +20,17 @@ from shared.states import StateType
 
 
 def main() -> int:
+    from engine._lifeline import die_with_parent
+
+    die_with_parent()  # as python -m engine does
     run_id = os.environ["SLUICE_FLOW_RUN_ID"]
     attempt = int(os.environ["SLUICE_FLOW_RUN_ATTEMPT"])
     with SyncClient() as client:
         params = client.read_flow_run(run_id).parameters
         if params.get("ignore_term"):
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        reply = client.propose_state(run_id, ProposedState(type=StateType.RUNNING), attempt=attempt)
+        running = ProposedState(type=StateType.RUNNING, message=f"pid {os.getpid()}")
+        reply = client.propose_state(run_id, running, attempt=attempt)
         if reply.status is not Decision.ACCEPT:
             return 0
         time.sleep(float(params.get("sleep", 0)))
