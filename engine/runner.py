@@ -45,6 +45,7 @@ from shared.models import Deployment, FlowRun
 from shared.settings import Settings
 from shared.states import StateType
 
+from ._leftovers import kill_tree, processes_of
 from .client import Client
 from .deployments import RunnerDeployment
 from .flow_runners import (
@@ -209,6 +210,7 @@ class Runner:
                     beats.start_soon(self._heartbeats, client)
                     await beats.start(self._serve_kills, client)
                     async with anyio.create_task_group() as runs:
+                        await self._reconcile(client)
                         subs = [
                             await self._subscribe_when_ready(client, f) for f in self._consumers()
                         ]
@@ -226,6 +228,48 @@ class Runner:
         finally:
             with anyio.CancelScope(shield=True):
                 await self._close()
+
+    async def _reconcile(self, client: Client) -> None:
+        """Settle runs a previous instance of this runner (same name) left claimed.
+
+        Their processes are killed if still around (``engine._leftovers``) and
+        the runs reported: Pending ones go back to the queue, the others end
+        Crashed. Nothing is left running unknown, and nothing is adopted: a
+        new instance cannot take over another process's NATS session.
+        """
+        try:
+            page = await client.list_flow_runs(
+                runner=self.name, states=["PENDING", "RUNNING", "PAUSED", "CANCELLING"], limit=1000
+            )
+        except SluiceError as exc:
+            log.warning("runner %s: could not look for runs left behind: %s", self.name, exc)
+            return
+        for run in page.flow_runs:
+            if run.id in self._held or run.runner != self.name:
+                continue
+            killed = processes_of(run.id, self.name)
+            for pid in killed:
+                kill_tree(pid)
+            gone = (
+                f"killed its process {', '.join(map(str, killed))}"
+                if killed
+                else "found no process"
+            )
+            note = f"runner {self.name} restarted and {gone} from its previous instance"
+            if run.state.type is StateType.PENDING:
+                state = ProposedState(type=StateType.SCHEDULED, message=f"{note}; offered again")
+            elif run.state.type is StateType.CANCELLING:
+                state = ProposedState(type=StateType.CANCELLED, message=note)
+            else:
+                state = ProposedState(type=StateType.CRASHED, message=f"Crashed: {note}.")
+            with contextlib.suppress(SluiceError):
+                await client.propose_state(
+                    run.id,
+                    state,
+                    attempt=run.attempt,
+                    release=state.type is StateType.SCHEDULED,
+                )
+            log.warning("runner %s: run %s: %s", self.name, run.id, note)
 
     async def _heartbeats(self, client: Client) -> None:
         """Say we are alive every ``heartbeat_seconds``; this renews our runs' slot leases.
@@ -458,6 +502,7 @@ class Runner:
             "SLUICE_HOME": str(self.settings.home),
             # The child ends with us (engine._lifeline): no run outlives its runner.
             "SLUICE_RUNNER_PID": str(os.getpid()),
+            "SLUICE_RUNNER_NAME": self.name,
         }
         # The flow-run process must not inherit a runner's own identity.
         return {k: v for k, v in env.items() if v} | {

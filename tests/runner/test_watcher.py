@@ -172,3 +172,42 @@ async def test_a_dead_runners_slot_comes_back_and_the_next_run_starts_elsewhere(
     assert done.state.type is StateType.COMPLETED
     assert done.runner == survivor.name
     assert crashed.state.type is StateType.CRASHED
+
+
+async def test_a_restarted_runner_kills_and_reports_what_it_left_behind(
+    orchestrator: Orchestrator, client: Client, fast: Settings, unique: str
+) -> None:
+    name = f"phoenix-{unique}"
+    dep_id = await Runner(settings=fast).add_deployment(deployment(f"f{unique}"))
+    env = service_env(fast) | {
+        "PYTHONPATH": str(ROOT),
+        "SLUICE_HEARTBEAT_INTERVAL": "0.5",
+        "WORKER_NO_LIFELINE": "1",  # its flow process outlives it
+    }
+    proc = await anyio.open_process(
+        [sys.executable, str(Path(__file__).with_name("run_runner.py")), name, dep_id],
+        env=env,
+        start_new_session=True,
+        stdout=None,
+        stderr=None,
+    )
+    try:
+        run = await client.create_flow_run(f"f{unique}/d", parameters={"sleep": 120})
+        running_run = await until(client, run.id, StateType.RUNNING)
+        flow_pid = int((running_run.state.message or "").split()[-1])
+        os.kill(proc.pid, signal.SIGKILL)
+        await proc.wait()
+        assert alive(flow_pid)  # left behind, still running
+        again = runner(fast, name=name, heartbeat_seconds=0.5)  # the same runner, restarted
+        await again.serve_deployment(dep_id)
+        async with running(again):
+            final = await until(client, run.id, StateType.CRASHED)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert f"runner {name} restarted and killed its process {flow_pid}" in (
+        final.state.message or ""
+    )
+    with anyio.fail_after(30):  # SIGKILLed; gone once init has reaped it
+        while alive(flow_pid):  # noqa: ASYNC110 - polling another process's life
+            await anyio.sleep(0.05)

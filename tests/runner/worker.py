@@ -1,6 +1,8 @@
 """A stand-in flow-run process for runner tests: behaves as its run's parameters say.
 
-Parameters: ``sleep`` (seconds in Running), ``exit`` (exit code without
+Environment: ``WORKER_NO_LIFELINE`` keeps it alive when its runner dies (to
+test a runner's clean-up of what a previous instance left). Parameters:
+``sleep`` (seconds in Running), ``exit`` (exit code without
 reporting a final state), ``kill_self`` (SIGKILL itself), ``final`` (state
 type to report, default COMPLETED), ``ignore_term`` (ignore SIGTERM).
 It talks to the real stack like the engine does: proposes RUNNING and a final
@@ -22,8 +24,9 @@ from shared.states import StateType
 def main() -> int:
     from engine._lifeline import die_with_parent
 
-    die_with_parent()  # as python -m engine does
     run_id = os.environ["SLUICE_FLOW_RUN_ID"]
+    if not os.environ.get("WORKER_NO_LIFELINE"):
+        die_with_parent()  # as python -m engine does
     attempt = int(os.environ["SLUICE_FLOW_RUN_ATTEMPT"])
     with SyncClient() as client:
         params = client.read_flow_run(run_id).parameters
