@@ -6,6 +6,7 @@ import contextlib
 import os
 from pathlib import Path
 
+import anyio
 import pytest
 
 from engine.client import Client
@@ -81,5 +82,65 @@ async def test_forked_runs_complete_and_cancel(
         await client.cancel_flow_run(slow.id)
         final = await until(client, slow.id, StateType.CANCELLED)
     assert final.state.type is StateType.CANCELLED
+    with contextlib.suppress(ChildProcessError):
+        assert not alive(pid)
+
+
+PARENT = """
+import time
+from engine import flow
+
+@flow(name="{name}-child")
+def child() -> None:
+    time.sleep(120)
+
+@flow(name="{name}-parent")
+def parent() -> None:
+    child()
+"""
+
+
+async def test_cancelling_a_parent_stops_its_running_subflow(
+    orchestrator: Orchestrator,
+    client: Client,
+    settings: Settings,
+    unique: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    (tmp_path / "nested.py").write_text(PARENT.format(name=unique))
+    queue = f"q{unique}"
+    await client.register_deployment(
+        RegisterDeployment(
+            name="d",
+            flow_name=f"{unique}-parent",
+            entrypoint="nested.py:parent",
+            path=str(tmp_path),
+            queue=queue,
+        )
+    )
+    monkeypatch.setenv("SLUICE_NATS_URL", settings.nats_url)
+    r = Runner(
+        name=f"nest-{unique}",
+        settings=settings,
+        queue=queue,
+        flow_runner=ForkServerFlowRunner(),
+        kill_grace=1.0,
+    )
+    async with CancellationWatcher(settings, kill_grace=1.0), running(r):
+        run = await client.create_flow_run(f"{unique}-parent/d")
+        await until(client, run.id, StateType.RUNNING)
+        while True:  # the subflow's own run appears, linked to its parent
+            page = await client.list_flow_runs(parent_flow_run_id=run.id)
+            if page.flow_runs and page.flow_runs[0].state.type is StateType.RUNNING:
+                sub = page.flow_runs[0]
+                break
+            await anyio.sleep(0.05)
+        pid = int(r._active[run.id].process.ident.split()[1])
+        await client.cancel_flow_run(run.id)
+        parent_final = await until(client, run.id, StateType.CANCELLED)
+        sub_final = await until(client, sub.id, StateType.CANCELLED)
+    assert parent_final.state.type is StateType.CANCELLED
+    assert sub_final.flow_name == f"{unique}-child"
     with contextlib.suppress(ChildProcessError):
         assert not alive(pid)
