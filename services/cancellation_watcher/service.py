@@ -24,8 +24,6 @@ import contextlib
 import logging
 from contextlib import AsyncExitStack
 from datetime import timedelta
-from types import TracebackType
-from typing import Self
 
 import anyio
 import anyio.abc
@@ -35,6 +33,7 @@ import nats.js.errors
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from engine.client import Client
+from services._service import Service
 from shared import names
 from shared.bootstrap import bootstrap
 from shared.clock import Clock, SystemClock
@@ -51,7 +50,7 @@ log = logging.getLogger("sluice.watcher")
 ACTIVE = ["PENDING", "RUNNING", "PAUSED", "CANCELLING"]
 
 
-class CancellationWatcher:
+class CancellationWatcher(Service):
     def __init__(
         self,
         settings: Settings,
@@ -60,37 +59,24 @@ class CancellationWatcher:
         kill_grace: float = 10.0,
         sweep_seconds: float | None = None,
     ) -> None:
+        super().__init__()
         self.settings = settings
         self.clock = clock or SystemClock()
         self.kill_grace = kill_grace
         self.sweep_seconds = sweep_seconds or settings.heartbeat_interval
-        self._stack = AsyncExitStack()
         self._alive: dict[str, RunnerStatus] = {}
 
-    async def __aenter__(self) -> Self:
-        try:
-            nc = await connect(self.settings, name="sluice-cancellation-watcher")
-            self._stack.push_async_callback(nc.close)
-            await bootstrap(nc.jetstream(), self.settings)
-            self.client = Client(self.settings, nc=nc)
-            tg = await self._stack.enter_async_context(anyio.create_task_group())
-            self._stack.callback(tg.cancel_scope.cancel)
-            await tg.start(self._follow_heartbeats)
-            await tg.start(self._follow_events)
-            tg.start_soon(self._sweep_forever)
-        except BaseException:
-            await self._stack.aclose()
-            raise
+    async def _start(self, stack: AsyncExitStack) -> None:
+        nc = await connect(self.settings, name="sluice-cancellation-watcher")
+        stack.push_async_callback(nc.close)
+        await bootstrap(nc.jetstream(), self.settings)
+        self.client = Client(self.settings, nc=nc)
+        tg = await stack.enter_async_context(anyio.create_task_group())
+        stack.callback(tg.cancel_scope.cancel)
+        await tg.start(self._follow_heartbeats)
+        await tg.start(self._follow_events)
+        tg.start_soon(self._sweep_forever)
         log.info("cancellation-watcher watching runs and runners")
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
-        return await self._stack.__aexit__(exc_type, exc, tb)
 
     # --- cancellation ---------------------------------------------------------------
     async def _follow_events(

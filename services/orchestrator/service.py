@@ -15,8 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, TypeVar
 
 import anyio
 import nats.errors
@@ -25,6 +24,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from services._rpc import RequestServer
+from services._service import Service
 from shared import names
 from shared.bootstrap import bootstrap
 from shared.clock import Clock, SystemClock, utc
@@ -62,7 +62,7 @@ ACTIVE_OR_WAITING = ["SCHEDULED", "PENDING", "RUNNING", "PAUSED", "CANCELLING"]
 R = TypeVar("R")
 
 
-class Orchestrator:
+class Orchestrator(Service):
     def __init__(
         self,
         settings: Settings,
@@ -77,24 +77,8 @@ class Orchestrator:
         self.read_model_path = read_model_path or settings.home / "orchestrator" / "runs.sqlite"
         self.grace = grace
         self.concurrency = concurrency
-        self._stack = AsyncExitStack()
+        super().__init__()
         self.nc: NATS | None = None
-
-    async def __aenter__(self) -> Self:
-        try:
-            await self._start(self._stack)
-        except BaseException:
-            await self._stack.aclose()
-            raise
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
-        return await self._stack.__aexit__(exc_type, exc, tb)
 
     async def _start(self, stack: AsyncExitStack) -> None:
         s = self.settings

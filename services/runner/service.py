@@ -12,20 +12,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
-from types import TracebackType
-from typing import Self
 
 import anyio
 
 from engine.deployments import load_specs
 from engine.fork_runner import ForkServerFlowRunner
 from engine.runner import Runner
+from services._service import Service
 from shared.settings import Settings
 
 log = logging.getLogger("sluice.runner")
 
 
-class RunnerService:
+class RunnerService(Service):
     def __init__(
         self,
         settings: Settings,
@@ -39,6 +38,7 @@ class RunnerService:
         register: Sequence[str] = (),
         fork: bool = False,
     ) -> None:
+        super().__init__()
         self.runner = Runner(
             name=name,
             limit=limit,
@@ -52,22 +52,17 @@ class RunnerService:
         self._deployments = list(deployments)
         #: Deployment spec files to register (and serve) at start.
         self._register = list(register)
-        self._stack = AsyncExitStack()
 
-    async def __aenter__(self) -> Self:
-        try:
-            for ref in self._deployments:
-                await self.runner.serve_deployment(ref)
-            for spec_file in self._register:
-                for deployment in load_specs(spec_file):
-                    await self.runner.add_deployment(deployment)
-                    self._deployments.append(deployment.full_name)
-            tg = await self._stack.enter_async_context(anyio.create_task_group())
-            await tg.start(self.runner.start)
-            self._stack.push_async_callback(self.runner.stop)
-        except BaseException:
-            await self._stack.aclose()
-            raise
+    async def _start(self, stack: AsyncExitStack) -> None:
+        for ref in self._deployments:
+            await self.runner.serve_deployment(ref)
+        for spec_file in self._register:
+            for deployment in load_specs(spec_file):
+                await self.runner.add_deployment(deployment)
+                self._deployments.append(deployment.full_name)
+        tg = await stack.enter_async_context(anyio.create_task_group())
+        await tg.start(self.runner.start)
+        stack.push_async_callback(self.runner.stop)
         log.info(
             "runner %s serving %s (limit %d)",
             self.runner.name,
@@ -76,12 +71,3 @@ class RunnerService:
             ),
             self.runner.limit,
         )
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
-        return await self._stack.__aexit__(exc_type, exc, tb)
