@@ -47,6 +47,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Default catch-up window: slots missed by longer (scheduler down) are skipped."""
     late_after_seconds: float = 15.0
     """A due run not started this many seconds after its time is marked Late."""
+    dispatch_lead_seconds: float = 2.0
+    """Offer a Scheduled run to runners this long before its time; a runner holds
+    an early offer and starts the run on time (its prefetch window), so a burst
+    of runs due together is stored ahead instead of at the due instant."""
     log_level: str = "INFO"
 
     @property
@@ -90,6 +94,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ("schedule_min_runs", "SCHEDULE_MIN_RUNS", int),
             ("schedule_catchup_seconds", "SCHEDULE_CATCHUP_SECONDS", float),
             ("late_after_seconds", "LATE_AFTER_SECONDS", float),
+            ("dispatch_lead_seconds", "DISPATCH_LEAD_SECONDS", float),
         ]:
             if (value := get(var)) is not None:
                 try:

@@ -15,15 +15,15 @@ import logging
 import os
 from contextlib import AsyncExitStack
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 from urllib.parse import urlparse
 
 import anyio
 
+from services._service import Service
 from services.cancellation_watcher import CancellationWatcher
 from services.orchestrator import Orchestrator
 from services.runner import RunnerService
+from services.scheduler import Scheduler
 from shared.errors import StackUnavailable
 from shared.settings import Settings
 
@@ -61,40 +61,26 @@ def examples_file() -> Path | None:
     return None
 
 
-class DevStack:
+class DevStack(Service):
     def __init__(self, settings: Settings) -> None:
+        super().__init__()
         self.settings = settings
         self.server = server_for(settings)
-        self._stack = AsyncExitStack()
 
-    async def __aenter__(self) -> Self:
-        try:
-            await anyio.to_thread.run_sync(self.server.start)
-            self._stack.callback(self.server.stop)
-            log.info(
-                "nats-server listening on %s (data in %s)", self.server.url, self.server.store_dir
+    async def _start(self, stack: AsyncExitStack) -> None:
+        await anyio.to_thread.run_sync(self.server.start)
+        stack.callback(self.server.stop)
+        log.info("nats-server listening on %s (data in %s)", self.server.url, self.server.store_dir)
+        await stack.enter_async_context(Orchestrator(self.settings))
+        await stack.enter_async_context(CancellationWatcher(self.settings))
+        await stack.enter_async_context(Scheduler(self.settings))
+        examples = examples_file()
+        await stack.enter_async_context(
+            RunnerService(
+                self.settings,
+                name="dev",
+                limit=8,
+                queue="default",
+                register=[str(examples)] if examples else [],
             )
-            await self._stack.enter_async_context(Orchestrator(self.settings))
-            await self._stack.enter_async_context(CancellationWatcher(self.settings))
-            examples = examples_file()
-            await self._stack.enter_async_context(
-                RunnerService(
-                    self.settings,
-                    name="dev",
-                    limit=8,
-                    queue="default",
-                    register=[str(examples)] if examples else [],
-                )
-            )
-        except BaseException:
-            await self._stack.aclose()
-            raise
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
-        return await self._stack.__aexit__(exc_type, exc, tb)
+        )

@@ -10,7 +10,7 @@ action it leads to is a request the orchestrator judges again.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 
 from shared.messages import Dispatch
@@ -43,7 +43,6 @@ class Entry:
     skipped: bool = False
     created: bool = True
     """False for a held slot whose run does not exist yet."""
-    reasons: list[str] = field(default_factory=list)
 
     @property
     def run_id(self) -> str:

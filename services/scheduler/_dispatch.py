@@ -1,5 +1,10 @@
 """Due dispatch: offer each Scheduled run to the runners when its time comes.
 
+"When its time comes" is ``dispatch_lead_seconds`` (default 2 s) before it:
+runners hold an early offer and start the run at its time (their prefetch
+window; the orchestrator makes an early claim WAIT anyway), so a thousand
+runs due at one instant are stored before it, and the claims alone remain.
+
 Owns the timers of runs (``("d", id)`` to offer, ``("l", id)`` to mark Late)
 and the overlap and catch-up decisions for schedule runs. It learns runs
 from the event stream (:meth:`Dispatcher.observe`, synchronous, cheap) and
@@ -26,6 +31,7 @@ import logging
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
+import anyio
 from nats.js import JetStreamContext
 
 from engine.client import Client
@@ -55,6 +61,7 @@ log = logging.getLogger("sluice.scheduler")
 REMOVED = "Removed by the scheduler:"
 SKIPPED = "Skipped by the scheduler:"
 RETRY_SECONDS = 1.0
+ACK_TIMEOUT = 10.0
 
 
 def key_of(run: FlowRun) -> SlotKey | None:
@@ -79,6 +86,7 @@ class Dispatcher:
         clock: Clock,
         *,
         late_after: float,
+        lead: float = 0.0,
     ) -> None:
         self.book = book
         self.timers = timers
@@ -87,6 +95,7 @@ class Dispatcher:
         self.js = js
         self.clock = clock
         self.late_after = timedelta(seconds=late_after)
+        self.lead = timedelta(seconds=max(0.0, lead))
         self.schedules: Schedules | None = None
         self.offered = 0
 
@@ -155,7 +164,7 @@ class Dispatcher:
             if was_dispatched:
                 self.work.spawn(lambda: self._offer(entry), f"offering run {run.id}")
         else:
-            self.timers.set(("d", run.id), item.scheduled_time)
+            self.timers.set(("d", run.id), item.scheduled_time - self.lead)
 
     def rebuild(self, runs: list[FlowRun]) -> None:
         """Start over from a listing, keeping the decisions taken about the same runs."""
@@ -211,8 +220,8 @@ class Dispatcher:
             return
         if entry.dispatched or entry.held or entry.skipped:
             return
-        if entry.due > self.clock.now():  # moved later since the timer was set
-            self.timers.set(("d", run_id), entry.due)
+        if entry.due - self.lead > self.clock.now():  # moved later since the timer was set
+            self.timers.set(("d", run_id), entry.due - self.lead)
             return
         if entry.key is None:
             entry.dispatched = True
@@ -293,9 +302,17 @@ class Dispatcher:
             await self.schedules.create_held(held)
 
     async def _offer(self, entry: Entry) -> None:
+        if not entry.created:
+            return  # a slot whose run is not created yet: its creation offers it
         subject, payload, headers = dispatch_message(entry.item)
         try:
-            await self.js.publish(subject, payload, stream=names.DISPATCH_STREAM, headers=headers)
+            # Pipelined: a thousand runs due at once are a thousand publishes in
+            # flight, not a thousand round trips in turn.
+            ack = await self.js.publish_async(
+                subject, payload, stream=names.DISPATCH_STREAM, headers=headers
+            )
+            with anyio.fail_after(ACK_TIMEOUT):
+                await ack
         except BaseException:
             entry.dispatched = False  # offer again shortly
             self.timers.set(

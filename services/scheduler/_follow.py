@@ -8,8 +8,10 @@ ordered consumers and KV watchers can go quiet across one):
   (``flowrun.list``) and the book rebuilt from them, then every event is
   applied in order, so nothing that happened in between is lost.
 * the ``deployments`` bucket — a watch of every key (``d.<id>`` hold
-  deployments; the ``n.`` name index is skipped); the initial values are a
-  snapshot, compared with what was known, then each change is applied.
+  deployments; the ``n.`` name index is skipped); the initial values, read up
+  to the bucket's last revision when the watch began (the watcher's own
+  "done" marker can come early), are a snapshot compared with what was
+  known; then each change is applied.
 
 Both remember how far they got (stream sequence / KV revision), so the
 service can tell when it has seen everything published so far.
@@ -127,46 +129,63 @@ class DeploymentFeed:
         self.revision = 0
 
     async def follow(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
-        kv = await self.nc.jetstream().key_value(names.DEPLOYMENTS_BUCKET)
+        js = self.nc.jetstream()
+        kv = await js.key_value(names.DEPLOYMENTS_BUCKET)
         started = False
         while True:
             reconnects = self.nc.stats["reconnects"]
             try:
+                # The watcher's "initial values done" marker is not a snapshot:
+                # the snapshot is whole once the stream's last revision arrived.
+                target = (await js.stream_info(names.kv_stream(names.DEPLOYMENTS_BUCKET))).state
                 watcher = await kv.watchall()
             except (nats.errors.Error, TimeoutError) as exc:
                 log.warning("cannot watch deployments (%s); retrying", exc)
                 await anyio.sleep(1.0)
                 continue
             snapshot: dict[str, Deployment] | None = {}
+            marker, seen = False, 0
             try:
                 while self.nc.stats["reconnects"] == reconnects:
                     try:
                         entry = await watcher.updates(timeout=1.0)
                     except nats.errors.TimeoutError:
                         continue
-                    if entry is None:  # the current values are in
-                        if snapshot is not None:
-                            await self.on_snapshot(snapshot)
-                            snapshot = None
+                    if entry is None:
+                        marker = True
+                    else:
+                        seen = max(seen, entry.revision or 0)
+                        self.revision = max(self.revision, seen)
+                        await self._take(entry.key, entry.operation, entry.value, snapshot)
+                    if snapshot is not None and marker and seen >= target.last_seq:
+                        await self.on_snapshot(snapshot)
+                        snapshot = None
                         if not started:
                             started = True
                             task_status.started()
-                        continue
-                    self.revision = max(self.revision, entry.revision or 0)
-                    if not entry.key.startswith(DEPLOYMENT_KEY):
-                        continue
-                    deployment_id = entry.key[len(DEPLOYMENT_KEY) :]
-                    deployment = None
-                    if entry.operation not in ("DEL", "PURGE") and entry.value:
-                        try:
-                            deployment = decode(entry.value, Deployment)
-                        except msgspec.DecodeError as exc:
-                            log.error("skipping undecodable deployment %s: %s", entry.key, exc)
-                    if snapshot is not None:
-                        if deployment is not None:
-                            snapshot[deployment_id] = deployment
-                    else:
-                        await self.on_change(deployment_id, deployment)
             finally:
                 with contextlib.suppress(Exception):
                     await watcher.stop()
+
+    async def _take(
+        self,
+        key: str,
+        operation: str | None,
+        value: bytes | None,
+        snapshot: dict[str, Deployment] | None,
+    ) -> None:
+        if not key.startswith(DEPLOYMENT_KEY):
+            return  # the name index
+        deployment_id = key[len(DEPLOYMENT_KEY) :]
+        deployment = None
+        if operation not in ("DEL", "PURGE") and value:
+            try:
+                deployment = decode(value, Deployment)
+            except msgspec.DecodeError as exc:
+                log.error("skipping undecodable deployment %s: %s", key, exc)
+        if snapshot is None:
+            await self.on_change(deployment_id, deployment)
+        elif deployment is not None:
+            snapshot[deployment_id] = deployment
+        else:
+            snapshot.pop(deployment_id, None)

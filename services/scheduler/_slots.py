@@ -10,9 +10,11 @@ Wall-clock rules, in the schedule's time zone (as cron does):
   instant it would have been had the clock not jumped: a 02:30 daily job runs
   at 03:30 on the spring-forward day in New York.
 * A wall time that happens twice (the fall-back repeat) fires once, at its
-  first occurrence — unless the schedule is clock-driven below the hour (a
-  cron whose hour field is ``*``, an HOURLY/MINUTELY/SECONDLY rrule without
-  BYHOUR), which fires at both, so an hourly job stays hourly in real time.
+  first occurrence.
+* Except for schedules that beat with the clock (a cron whose hour field is
+  ``*``, an HOURLY/MINUTELY/SECONDLY rrule without BYHOUR): they fire at both
+  occurrences of a repeated time and not at all in the gap, so an hourly job
+  stays hourly in real time.
 * Interval schedules are elapsed time from the anchor; an interval of whole
   days in a time zone other than UTC steps in local days instead, so a daily
   09:00 interval stays at 09:00 across daylight-saving changes.
@@ -93,13 +95,15 @@ def _is_utc(tz: ZoneInfo) -> bool:
     return tz.key in ("UTC", "Etc/UTC", "Etc/UCT", "UCT", "Zulu", "Etc/Zulu", "GMT", "Etc/GMT")
 
 
-def _instants(wall: datetime, tz: ZoneInfo, both_folds: bool) -> list[datetime]:
+def _instants(wall: datetime, tz: ZoneInfo, clock_driven: bool) -> list[datetime]:
     """The UTC instants a naive wall time names in ``tz`` (PEP 495 folds)."""
     first = wall.replace(tzinfo=tz, fold=0).astimezone(UTC)
     second = wall.replace(tzinfo=tz, fold=1).astimezone(UTC)
-    if first == second or first > second:  # normal, or in the gap: shifted forward
+    if first == second:
         return [first]
-    return [first, second] if both_folds else [first]  # repeated: first (or both)
+    if first > second:  # in the gap: a fixed time shifts forward, a beat skips it
+        return [] if clock_driven else [first]
+    return [first, second] if clock_driven else [first]  # repeated: both, or the first
 
 
 def _offset(instant: datetime, tz: ZoneInfo) -> timedelta:
@@ -110,7 +114,7 @@ def _wall_offset(wall: datetime, tz: ZoneInfo) -> timedelta:
     return wall.replace(tzinfo=tz).utcoffset() or timedelta(0)
 
 
-def _ordered(walls: Iterator[datetime], tz: ZoneInfo, both_folds: bool) -> Iterator[datetime]:
+def _ordered(walls: Iterator[datetime], tz: ZoneInfo, clock_driven: bool) -> Iterator[datetime]:
     """Map ascending wall times to ascending, distinct UTC instants.
 
     Around a transition the instants of consecutive wall times can come out
@@ -124,7 +128,7 @@ def _ordered(walls: Iterator[datetime], tz: ZoneInfo, both_folds: bool) -> Itera
     heap: list[datetime] = []
     last: datetime | None = None
     for wall in walls:
-        for instant in _instants(wall, tz, both_folds):
+        for instant in _instants(wall, tz, clock_driven):
             heapq.heappush(heap, instant)
         most = max(_wall_offset(wall, tz), _wall_offset(wall + NEAR, tz))
         bound = wall.replace(tzinfo=UTC) - most
@@ -157,7 +161,7 @@ def _cron_walls(sched: CronSchedule, start: datetime) -> Iterator[datetime]:
             return
 
 
-def _cron_both_folds(cron: str) -> bool:
+def _cron_clock_driven(cron: str) -> bool:
     fields = _ALIASES.get(cron.strip().lower(), cron).split()
     return len(fields) >= 2 and fields[1] == "*"
 
@@ -228,12 +232,12 @@ def iter_slots(schedule: Schedule, after: datetime) -> Iterator[datetime]:
     if isinstance(schedule, IntervalSchedule):
         if schedule.interval % DAY == 0 and not _is_utc(tz):
             walls = _interval_walls(schedule, _first_wall(after, tz), tz)
-            instants = _ordered(walls, tz, both_folds=False)
+            instants = _ordered(walls, tz, clock_driven=False)
         else:
             instants = _interval_instants(schedule, after)
     elif isinstance(schedule, CronSchedule):
         walls = _cron_walls(schedule, _first_wall(after, tz))
-        instants = _ordered(walls, tz, _cron_both_folds(schedule.cron))
+        instants = _ordered(walls, tz, _cron_clock_driven(schedule.cron))
     else:
         walls, both = _rrule_walls(schedule, _first_wall(after, tz))
         instants = _ordered(walls, tz, both)

@@ -85,8 +85,8 @@ class Timers:
     async def run(self, fire: Callable[[Hashable], Awaitable[None]]) -> None:
         """Forever: sleep until the earliest timer, then ``await fire(key)`` for each due key.
 
-        ``fire`` should return quickly (start work elsewhere); awaiting it is
-        how a busy consumer slows the timers down. Cancellation stops the loop.
+        ``fire`` should return quickly (queue the work elsewhere).
+        Cancellation stops the loop.
         """
         while True:
             self.firing = True

@@ -44,7 +44,7 @@ from ._book import Book
 from ._dispatch import Dispatcher
 from ._follow import DeploymentFeed, RunFeed
 from ._materialize import Schedules
-from ._slots import schedule_hash, slots_between
+from ._slots import iter_slots, schedule_hash
 from ._timers import Timers
 from ._view import DeploymentView
 from ._work import Work
@@ -56,6 +56,8 @@ log = logging.getLogger("sluice.scheduler")
 #: How often Scheduled runs due soon are listed again, as a safety net for
 #: an event the feed missed (the list and event paths are otherwise exact).
 RESYNC_SECONDS = 60.0
+#: Offers and Late marks in flight at once (each is one pipelined publish or request).
+URGENT_CONCURRENCY = 1024
 MAX_BACKFILL = 1000
 
 
@@ -106,6 +108,8 @@ class Scheduler:
         self.client = Client(s, nc=nc)
         tg = await stack.enter_async_context(anyio.create_task_group())
         stack.callback(tg.cancel_scope.cancel)
+        # Two lanes: offers and Late marks must not queue behind creating runs.
+        self.urgent = Work(tg, URGENT_CONCURRENCY)
         self.work = Work(tg, self.concurrency)
         self.timers = Timers(self.clock)
         self.book = Book()
@@ -113,11 +117,12 @@ class Scheduler:
         self.dispatcher = Dispatcher(
             self.book,
             self.timers,
-            self.work,
+            self.urgent,
             self.client,
             js,
             self.clock,
             late_after=s.late_after_seconds,
+            lead=s.dispatch_lead_seconds,
         )
         self.schedules = Schedules(
             s, self.client, self.book, self.timers, self.view, self.dispatcher, self.clock
@@ -180,13 +185,13 @@ class Scheduler:
         assert isinstance(key, tuple)
         if key[0] == "m":
             sid = (key[1], key[2])
-            await self.work.submit(lambda: self.schedules.materialize(sid), f"schedule {sid}")
+            self.work.spawn(lambda: self.schedules.materialize(sid), f"schedule {sid}")
         elif key[0] == "d":
             run_id = key[1]
-            await self.work.submit(lambda: self.dispatcher.on_due(run_id), f"offering {run_id}")
+            self.urgent.spawn(lambda: self.dispatcher.on_due(run_id), f"offering {run_id}")
         elif key[0] == "l":
             run_id = key[1]
-            await self.work.submit(lambda: self.dispatcher.on_late(run_id), f"late {run_id}")
+            self.urgent.spawn(lambda: self.dispatcher.on_late(run_id), f"late {run_id}")
 
     async def _resync_forever(self) -> None:
         while True:
@@ -229,7 +234,9 @@ class Scheduler:
             raise MalformedRequest(f"deployment {deployment.full_name} has no active schedule")
         todo: list[tuple[datetime, str, int]] = []
         for index, item in enumerate(items):
-            for slot in slots_between(item.schedule, start - timedelta(microseconds=1), end):
+            for slot in iter_slots(item.schedule, start - timedelta(microseconds=1)):
+                if slot > end:
+                    break
                 todo.append((slot, schedule_hash(item), index))
                 if len(todo) > MAX_BACKFILL:
                     raise MalformedRequest(
@@ -269,6 +276,7 @@ class Scheduler:
                     self.runs.applied_seq >= events
                     and self.deployments.revision >= kv
                     and self.work.in_flight == 0
+                    and self.urgent.in_flight == 0
                     and not self.timers.firing
                     and (earliest is None or earliest > self.clock.now())
                 )

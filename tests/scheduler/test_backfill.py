@@ -33,9 +33,7 @@ HOURLY = CronSchedule(cron="0 * * * *")
 
 async def _backfill(stack: Stack, name: str, start: datetime, end: datetime) -> BackfillReply:
     req = BackfillDeployment(name=name, start=start, end=end)
-    return await request(
-        stack.client.nc, names.DEPLOYMENT_BACKFILL, req, BackfillReply, timeout=30
-    )
+    return await request(stack.client.nc, names.DEPLOYMENT_BACKFILL, req, BackfillReply, timeout=30)
 
 
 @pytest.mark.anyio
@@ -93,6 +91,7 @@ def cli_stack(
     settings = Settings(nats_url=sched_server.url, home=tmp_path / "home")
     monkeypatch.setenv("SLUICE_NATS_URL", sched_server.url)
     monkeypatch.setenv("SLUICE_HOME", str(settings.home))
+
     async def serve(ready: anyio.Event, done: anyio.Event) -> None:
         clock = FakeClock(START + timedelta(days=1))
         async with (

@@ -6,6 +6,7 @@ from datetime import timedelta
 
 import pytest
 
+from shared.messages import ProposedState
 from shared.models import DeploymentSchedule, IntervalSchedule
 from shared.states import StateType
 
@@ -15,7 +16,7 @@ pytestmark = pytest.mark.anyio
 
 
 async def test_a_run_created_for_later_is_offered_when_due_and_not_before(stack: Stack) -> None:
-    await stack.start_scheduler()
+    await stack.start_scheduler(dispatch_lead_seconds=0.0)
     await stack.deploy("manual")
     later = START + timedelta(minutes=30)
     run = await stack.client.create_flow_run("flow/manual", scheduled_start_time=later)
@@ -25,6 +26,26 @@ async def test_a_run_created_for_later_is_offered_when_due_and_not_before(stack:
     offers = [o for o in await stack.offers() if o.flow_run_id == run.id]
     assert len(offers) == 1
     assert offers[0].scheduled_time == later and offers[0].queue == stack.queue
+
+
+async def test_offers_go_out_the_dispatch_lead_ahead_for_runners_to_start_on_time(
+    stack: Stack,
+) -> None:
+    await stack.start_scheduler(dispatch_lead_seconds=2.0)
+    await stack.deploy("lead")
+    due = START + timedelta(minutes=1)
+    run = await stack.client.create_flow_run("flow/lead", scheduled_start_time=due)
+    await stack.advance(57)
+    assert run.id not in {o.flow_run_id for o in await stack.offers()}
+    await stack.advance(1)
+    offer = [o for o in await stack.offers() if o.flow_run_id == run.id]
+    assert len(offer) == 1 and offer[0].scheduled_time == due
+    early = await stack.client.propose_state(
+        run.id, ProposedState(type=StateType.PENDING), runner="r", attempt=0
+    )
+    assert early.status.value == "WAIT"  # a runner that claims early is told to wait
+    await stack.advance(2)
+    assert (await stack.claim(run.id, run=False)) == 1
 
 
 async def test_runs_created_while_no_scheduler_ran_are_offered(stack: Stack) -> None:
@@ -134,8 +155,6 @@ async def test_overlap_cancel_other_cancels_the_running_one_first(stack: Stack) 
     superseded, newest = runs[1], runs[2]
     assert superseded.state.type is StateType.CANCELLED  # gave way to the newer slot
     assert newest.id not in offered  # waits until the cancelled run has ended
-    from shared.messages import ProposedState
-
     await stack.client.propose_state(
         first.id, ProposedState(type=StateType.CANCELLED), attempt=attempt
     )

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
+import anyio
 import pytest
 
+from services.dev import NatsServer
 from services.scheduler._slots import parse_key
 from shared.errors import MalformedRequest
 from shared.messages import RegisterDeployment
-from shared.models import CronSchedule, DeploymentSchedule, IntervalSchedule, RRuleSchedule
+from shared.models import (
+    CronSchedule,
+    DeploymentSchedule,
+    IntervalSchedule,
+    RRuleSchedule,
+    Schedule,
+)
 from shared.states import StateType
 
 from .conftest import START, Stack
@@ -64,11 +73,12 @@ async def test_parameter_overrides_and_several_schedules(stack: Stack) -> None:
 
 
 async def test_invalid_schedule_text_is_refused_naming_the_field(stack: Stack) -> None:
-    for schedule, field in [
+    cases: list[tuple[Schedule, str]] = [
         (CronSchedule(cron="61 * * * *"), "schedules[1].schedule.cron"),
         (RRuleSchedule(rrule="FREQ=SOMETIMES"), "schedules[1].schedule.rrule"),
         (CronSchedule(cron="* * * * *", timezone="Mars/Base"), "schedules[1].schedule.timezone"),
-    ]:
+    ]
+    for schedule, field in cases:
         req = RegisterDeployment(
             name="bad",
             flow_name="flow",
@@ -105,9 +115,8 @@ async def test_two_schedulers_at_once_create_each_run_once(stack: Stack) -> None
     runs = await stack.runs("flow/twice")
     keys = Counter(r.idempotency_key for r in runs)
     assert keys and max(keys.values()) == 1
-    per_schedule = Counter(
-        (parse_key(r.idempotency_key).digest, r.expected_start_time) for r in runs
-    )  # type: ignore[union-attr]
+    keyed = [(parse_key(r.idempotency_key), r.expected_start_time) for r in runs]
+    per_schedule = Counter((key.digest, slot) for key, slot in keyed if key is not None)
     assert max(per_schedule.values()) == 1
     offers = Counter(o.flow_run_id for o in await stack.offers())
     assert offers and max(offers.values()) == 1  # same Nats-Msg-Id: stored once
@@ -220,3 +229,22 @@ async def test_daylight_saving_days_in_berlin_run_the_0230_job_once(stack: Stack
         datetime(2030, 4, 2, 0, 30, tzinfo=UTC),
     ]
     assert Counter(slots_of(runs)).most_common(1)[0][1] == 1
+
+
+async def test_the_scheduler_follows_on_after_nats_restarts(
+    stack: Stack, sched_server: NatsServer
+) -> None:
+    scheduler = await stack.start_scheduler()
+    await stack.deploy("before", EVERY_MINUTE)
+    sched_server.stop()
+    sched_server.start()  # same port, same data
+    with anyio.fail_after(30):  # the feeds resubscribe and rebuild after the reconnect
+        while scheduler.runs.rebuilds < 2:
+            with contextlib.suppress(Exception):  # NATS may still be reconnecting
+                await scheduler.settle(timeout=5)
+    await stack.deploy("after", IntervalSchedule(interval=120))
+    assert len(await stack.runs("flow/after", states=["SCHEDULED"])) == 5
+    await stack.advance(60)
+    offered = {o.flow_run_id for o in await stack.offers()}
+    first = (await stack.runs("flow/before"))[0]
+    assert first.id in offered
