@@ -22,7 +22,6 @@ import logging
 from collections.abc import Hashable
 from contextlib import AsyncExitStack
 from datetime import datetime, timedelta
-from types import TracebackType
 from typing import Self
 
 import anyio
@@ -30,6 +29,7 @@ from nats.aio.msg import Msg
 
 from engine.client import Client
 from services._rpc import RequestServer
+from services._service import Service
 from shared import names
 from shared.bootstrap import bootstrap
 from shared.clock import Clock, SystemClock, utc
@@ -61,7 +61,7 @@ URGENT_CONCURRENCY = 1024
 MAX_BACKFILL = 1000
 
 
-class Scheduler:
+class Scheduler(Service):
     def __init__(
         self,
         settings: Settings,
@@ -70,19 +70,15 @@ class Scheduler:
         grace: float = 5.0,
         concurrency: int = 64,
     ) -> None:
+        super().__init__()
         self.settings = settings
         self.clock = clock or SystemClock()
         self.grace = grace
         self.concurrency = concurrency
-        self._stack = AsyncExitStack()
         self._snapshots = 0
 
     async def __aenter__(self) -> Self:
-        try:
-            await self._start(self._stack)
-        except BaseException:
-            await self._stack.aclose()
-            raise
+        await super().__aenter__()
         log.info(
             "scheduler serving %d schedule(s) of %d deployment(s); %d run(s) tracked",
             len(self.schedules.states),
@@ -90,14 +86,6 @@ class Scheduler:
             len(self.book),
         )
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
-        return await self._stack.__aexit__(exc_type, exc, tb)
 
     async def _start(self, stack: AsyncExitStack) -> None:
         s = self.settings
