@@ -13,7 +13,7 @@ from engine.client import Client
 from shared.models import FlowRun
 from shared.states import StateType
 
-from . import _parse, _render
+from . import _options, _parse, _render
 from ._follow import follow_run
 from ._invoke import EXIT_FAILURE, with_client
 from ._local import execute_here, run_local
@@ -116,51 +116,14 @@ def run(
         str | None,
         typer.Option("--id", metavar="ID", help="The deployment's id, instead of --name."),
     ] = None,
-    param: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--param",
-            "-p",
-            metavar="KEY=VALUE",
-            help="A parameter; VALUE is JSON if it parses, else a string. Repeatable.",
-        ),
-    ] = None,
-    params: Annotated[
-        str | None,
-        typer.Option("--params", metavar="JSON", help="Parameters as a JSON object."),
-    ] = None,
-    run_name: Annotated[
-        str | None,
-        typer.Option("--run-name", metavar="NAME", help="Name the run (default: generated)."),
-    ] = None,
-    start_in: Annotated[
-        str | None,
-        typer.Option("--start-in", metavar="DURATION", help="Start later: 30s, 5m, 2h, 1d."),
-    ] = None,
-    start_at: Annotated[
-        str | None,
-        typer.Option(
-            "--start-at", metavar="TIME", help="Start at an ISO 8601 time (no offset: UTC)."
-        ),
-    ] = None,
-    idempotency_key: Annotated[
-        str | None,
-        typer.Option(
-            "--idempotency-key", metavar="KEY", help="Repeat with the same key: get the same run."
-        ),
-    ] = None,
-    tag: Annotated[
-        list[str] | None,
-        typer.Option("--tag", "-t", metavar="TAG", help="Tag the run. Repeatable."),
-    ] = None,
-    watch: Annotated[
-        bool,
-        typer.Option(
-            "--watch",
-            "-w",
-            help="Follow states and logs until the run ends; exit 0 only if it completed.",
-        ),
-    ] = False,
+    param: _options.Param = None,
+    params: _options.Params = None,
+    run_name: _options.RunName = None,
+    start_in: _options.StartIn = None,
+    start_at: _options.StartAt = None,
+    idempotency_key: _options.IdempotencyKey = None,
+    tag: _options.Tag = None,
+    watch: _options.Watch = False,
     execute: Annotated[
         bool,
         typer.Option(
