@@ -21,6 +21,7 @@ from shared.messages import RegisterDeployment
 from shared.models import (
     CronSchedule,
     DeploymentSchedule,
+    FlowRunTrigger,
     IntervalSchedule,
     RRuleSchedule,
     Schedule,
@@ -113,6 +114,8 @@ class RunnerDeployment:
     paused: bool = False
     queue: str = "default"
     """The dispatch queue its runs are offered on (runners serve queues)."""
+    triggers: list[FlowRunTrigger] = field(default_factory=list)
+    """Start a run when runs of other deployments reach given states."""
 
     @property
     def full_name(self) -> str:
@@ -140,6 +143,7 @@ class RunnerDeployment:
         path: str | os.PathLike[str] | None = None,
         paused: bool = False,
         queue: str = "default",
+        triggers: Iterable[FlowRunTrigger] = (),
     ) -> RunnerDeployment:
         if not name or "/" in name or "%" in name:
             raise ValueError(f"a deployment name must be non-empty without '/' or '%': {name!r}")
@@ -162,6 +166,7 @@ class RunnerDeployment:
             flow_runner=flow_runner or UniversalFlowRunner(),
             paused=paused,
             queue=queue,
+            triggers=list(triggers),
         )
 
     def to_request(self) -> RegisterDeployment:
@@ -181,6 +186,7 @@ class RunnerDeployment:
             concurrency_limit=self.concurrency_limit,
             infrastructure=self.flow_runner.to_infrastructure(),
             queue=self.queue,
+            triggers=self.triggers,
         )
 
 

@@ -132,7 +132,9 @@ class Flow(Generic[P, R]):
         ``version``, ``enforce_parameter_schema``, ``concurrency_limit``,
         ``flow_runner``, ``entrypoint`` and ``path`` (where the code is; by
         default this flow's file relative to the working directory), ``paused``,
-        ``queue`` (the dispatch queue runners serve; default ``default``).
+        ``queue`` (the dispatch queue runners serve; default ``default``),
+        ``triggers`` (``shared.models.FlowRunTrigger``: run when runs of another
+        deployment or flow reach given states).
         """
         from .deployments import RunnerDeployment
 

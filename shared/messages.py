@@ -21,6 +21,7 @@ from .models import (
     Infrastructure,
     Name,
     Tag,
+    Trigger,
 )
 from .states import State, StateDetails, StateType
 
@@ -147,6 +148,7 @@ class RegisterDeployment(Request, frozen=True, kw_only=True, forbid_unknown_fiel
     concurrency_limit: Annotated[int, msgspec.Meta(ge=1)] | None = None
     infrastructure: Infrastructure = Infrastructure()
     queue: Name = "default"
+    triggers: list[Trigger] = msgspec.field(default_factory=list)
 
 
 class DeploymentRef(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -58,6 +58,27 @@ class DeploymentSchedule(msgspec.Struct, frozen=True, kw_only=True):
     cancel the earlier and then start it."""
 
 
+class FlowRunTrigger(msgspec.Struct, frozen=True, kw_only=True, tag="flow_run", tag_field="type"):
+    """Run the deployment when a run of another deployment (or flow) reaches a state.
+
+    The scheduler follows run events; each watched run reaching one of
+    ``states`` (types such as ``COMPLETED`` or names such as ``Cached``)
+    creates exactly one run of the triggered deployment, with ``parameters``
+    over its defaults.
+    """
+
+    deployment: str | None = None
+    """``flow/deployment`` whose runs are watched."""
+    flow_name: str | None = None
+    """Or: any run of this flow."""
+    states: list[str] = msgspec.field(default_factory=lambda: ["COMPLETED"])
+    parameters: dict[str, Any] = msgspec.field(default_factory=dict)
+    enabled: bool = True
+
+
+Trigger = FlowRunTrigger
+
+
 class Infrastructure(msgspec.Struct, frozen=True, kw_only=True):
     """Where a run's process starts (a flow runner). ``universal`` (the default)
     leaves the choice to the runner: a subprocess unless it is configured
@@ -88,6 +109,7 @@ class Deployment(msgspec.Struct, frozen=True, kw_only=True):
     concurrency_limit: int | None = None
     infrastructure: Infrastructure = Infrastructure()
     queue: str = "default"
+    triggers: list[Trigger] = msgspec.field(default_factory=list)
     created: datetime
     updated: datetime
 

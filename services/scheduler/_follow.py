@@ -59,9 +59,15 @@ async def list_all(client: Client, states: list[str]) -> list[FlowRun]:
 
 
 class RunFeed:
-    def __init__(self, client: Client, dispatcher: Dispatcher) -> None:
+    def __init__(
+        self,
+        client: Client,
+        dispatcher: Dispatcher,
+        on_event: Callable[[FlowRun], Awaitable[None]] | None = None,
+    ) -> None:
         self.client = client
         self.dispatcher = dispatcher
+        self.on_event = on_event
         self.applied_seq = 0
         self.rebuilds = 0
 
@@ -112,6 +118,8 @@ class RunFeed:
                     except msgspec.DecodeError:
                         continue
                     self.dispatcher.observe(event.flow_run, event.revision)
+                    if self.on_event is not None:
+                        await self.on_event(event.flow_run)
             finally:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()

@@ -37,7 +37,7 @@ from shared.codec import decode_request
 from shared.connection import connect
 from shared.errors import MalformedRequest, SluiceError
 from shared.messages import BackfillDeployment, BackfilledRun, BackfillReply
-from shared.models import Deployment
+from shared.models import Deployment, FlowRun
 from shared.settings import Settings
 
 from ._book import Book
@@ -46,6 +46,7 @@ from ._follow import DeploymentFeed, RunFeed
 from ._materialize import Schedules
 from ._slots import iter_slots, schedule_hash
 from ._timers import Timers
+from ._triggers import Triggers
 from ._view import DeploymentView
 from ._work import Work
 
@@ -116,7 +117,13 @@ class Scheduler(Service):
             s, self.client, self.book, self.timers, self.view, self.dispatcher, self.clock
         )
         self.dispatcher.schedules = self.schedules
-        self.runs = RunFeed(self.client, self.dispatcher)
+        triggers = Triggers(self.client, self.view)
+
+        async def on_event(run: FlowRun) -> None:
+            if any(d.triggers for d in self.view.deployments.values()):
+                self.urgent.spawn(lambda: triggers.observe(run), f"triggers of run {run.id}")
+
+        self.runs = RunFeed(self.client, self.dispatcher, on_event)
         await tg.start(self.runs.follow)
         self.deployments = DeploymentFeed(nc, self._snapshot, self._changed)
         await tg.start(self.deployments.follow)

@@ -1,0 +1,95 @@
+"""Deployment triggers: a run reaching a state starts a run of another deployment."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from services.scheduler._triggers import fired, matches
+from shared.models import Deployment, FlowRun, FlowRunTrigger
+from shared.states import State, StateType
+
+from .conftest import Stack
+
+NOW = datetime(2030, 1, 1, tzinfo=UTC)
+
+
+def run_of(deployment: str, state: StateType, name: str | None = None) -> FlowRun:
+    return FlowRun(
+        id="00000000-0000-4000-8000-000000000001",
+        name="r",
+        flow_name=deployment.split("/")[0],
+        deployment_id="src",
+        deployment_name=deployment,
+        state=State(type=state, name=name or state.value.title(), timestamp=NOW),
+        created=NOW,
+        updated=NOW,
+        expected_start_time=NOW,
+    )
+
+
+def test_matching() -> None:
+    on_done = FlowRunTrigger(deployment="etl/nightly")
+    assert matches(on_done, run_of("etl/nightly", StateType.COMPLETED))
+    assert matches(on_done, run_of("etl/nightly", StateType.COMPLETED, "Cached"))
+    assert not matches(on_done, run_of("etl/nightly", StateType.FAILED))
+    assert not matches(on_done, run_of("etl/hourly", StateType.COMPLETED))
+    by_flow = FlowRunTrigger(flow_name="etl", states=["failed", "Crashed"])
+    assert matches(by_flow, run_of("etl/hourly", StateType.FAILED))
+    assert matches(by_flow, run_of("etl/nightly", StateType.CRASHED))
+    assert not matches(
+        FlowRunTrigger(deployment="etl/nightly", enabled=False),
+        run_of("etl/nightly", StateType.COMPLETED),
+    )
+    assert not matches(FlowRunTrigger(), run_of("etl/nightly", StateType.COMPLETED))
+
+
+def test_a_deployment_never_triggers_itself_and_paused_ones_do_not_fire() -> None:
+    def deployment(id_: str, paused: bool = False) -> Deployment:
+        return Deployment(
+            id=id_,
+            name="d",
+            flow_name="etl",
+            created=NOW,
+            updated=NOW,
+            paused=paused,
+            triggers=[FlowRunTrigger(flow_name="etl")],
+        )
+
+    run = run_of("etl/d", StateType.COMPLETED)
+    fires = fired([deployment("src"), deployment("other"), deployment("off", True)], run)
+    assert [(d.id, i) for d, i in fires] == [("other", 0)]
+
+
+@pytest.mark.anyio
+async def test_a_completed_run_triggers_another_deployment_once(stack: Stack) -> None:
+    await stack.start_scheduler()
+    await stack.deploy("source")
+    await stack.deploy(
+        "target",
+        triggers=[FlowRunTrigger(deployment="flow/source", parameters={"x": 1})],
+    )
+    run = await stack.client.create_flow_run("flow/source")
+    attempt = await stack.claim(run.id)
+    await stack.settle()
+    assert await stack.runs("flow/target") == []  # Running does not fire it
+    await stack.finish(run.id, attempt)
+    await stack.settle()
+    await stack.start_scheduler()  # a second scheduler at once: still one run
+    await stack.settle()
+    triggered = await stack.runs("flow/target")
+    assert len(triggered) == 1
+    assert triggered[0].parameters == {"x": 1}
+    assert "triggered" in triggered[0].tags
+
+
+def test_to_deployment_carries_triggers() -> None:
+    from engine import flow
+
+    @flow(name="reporter")
+    def reporter() -> None: ...
+
+    trigger = FlowRunTrigger(deployment="etl/nightly", states=["COMPLETED"])
+    request = reporter.to_deployment("after-etl", triggers=[trigger]).to_request()
+    assert request.triggers == [trigger]
