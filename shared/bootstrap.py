@@ -82,53 +82,36 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
 
 
 def bucket_configs(settings: Settings) -> list[KeyValueConfig]:
+    def bucket(
+        name: str, description: str, *, history: int = 1, leases: bool = False
+    ) -> KeyValueConfig:
+        return KeyValueConfig(
+            bucket=name,
+            description=description,
+            history=history,
+            storage=StorageType.FILE,
+            replicas=settings.replicas,
+            direct=True,
+            # Leases carry a per-entry TTL and vanish unless renewed; the limit
+            # marker lets watchers see an expiry as a delete.
+            limit_marker_ttl=1.0 if leases else None,
+        )
+
     # No bucket TTL: runs, deployments and idempotency keys are kept until
     # someone deletes them.
     return [
-        KeyValueConfig(
-            bucket=names.FLOW_RUNS_BUCKET,
-            description="Flow runs with their current state; written only by the orchestrator",
-            history=1,
-            storage=StorageType.FILE,
-            replicas=settings.replicas,
-            direct=True,
+        bucket(
+            names.FLOW_RUNS_BUCKET,
+            "Flow runs with their current state; written only by the orchestrator",
         ),
-        KeyValueConfig(
-            bucket=names.DEPLOYMENTS_BUCKET,
-            description="Deployments by id, and name index entries",
-            history=5,
-            storage=StorageType.FILE,
-            replicas=settings.replicas,
-            direct=True,
+        bucket(names.DEPLOYMENTS_BUCKET, "Deployments by id, and name index entries", history=5),
+        bucket(names.HEARTBEATS_BUCKET, "Runner heartbeats (per-entry TTL)", leases=True),
+        bucket(
+            names.SLOTS_BUCKET,
+            "Deployment concurrency slots held by runs (per-entry TTL leases)",
+            leases=True,
         ),
-        # Leases: entries carry a per-message TTL and vanish unless renewed;
-        # the limit marker lets watchers see an expiry as a delete.
-        KeyValueConfig(
-            bucket=names.HEARTBEATS_BUCKET,
-            description="Runner heartbeats (per-entry TTL)",
-            history=1,
-            storage=StorageType.FILE,
-            replicas=settings.replicas,
-            direct=True,
-            limit_marker_ttl=1.0,
-        ),
-        KeyValueConfig(
-            bucket=names.SLOTS_BUCKET,
-            description="Deployment concurrency slots held by runs (per-entry TTL leases)",
-            history=1,
-            storage=StorageType.FILE,
-            replicas=settings.replicas,
-            direct=True,
-            limit_marker_ttl=1.0,
-        ),
-        KeyValueConfig(
-            bucket=names.IDEMPOTENCY_BUCKET,
-            description="Idempotency key -> flow run id; keys never expire",
-            history=1,
-            storage=StorageType.FILE,
-            replicas=settings.replicas,
-            direct=True,
-        ),
+        bucket(names.IDEMPOTENCY_BUCKET, "Idempotency key -> flow run id; keys never expire"),
     ]
 
 

@@ -21,7 +21,7 @@ from engine.deployments import RunnerDeployment, load_specs
 from shared.errors import SluiceError
 from shared.models import Deployment
 
-from . import _options, _parse, _render
+from . import _options, _render
 from ._backfill import backfill
 from ._invoke import fail, with_client
 from ._run import run as run_command
@@ -50,14 +50,7 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 
 def _ref(name: str | None, deployment_id: str | None) -> tuple[str | None, str | None]:
-    if (name is None) == (deployment_id is None):
-        raise typer.BadParameter("name the deployment as FLOW/DEPLOYMENT or give --id ID")
-    if deployment_id is not None:
-        try:
-            return None, _parse.parse_deployment_id(deployment_id)
-        except ValueError as exc:
-            raise typer.BadParameter(str(exc), param_hint="'--id'") from None
-    return name, None
+    return _options.deployment_ref(name, deployment_id, how="as FLOW/DEPLOYMENT")
 
 
 def _load(file: Path) -> list[RunnerDeployment]:

@@ -6,6 +6,8 @@ from typing import Annotated
 
 import typer
 
+from . import _parse
+
 Param = Annotated[
     list[str] | None,
     typer.Option(
@@ -48,3 +50,17 @@ Watch = Annotated[
         help="Follow states and logs until the run ends; exit 0 only if it completed.",
     ),
 ]
+
+
+def deployment_ref(
+    name: str | None, deployment_id: str | None, *, how: str
+) -> tuple[str | None, str | None]:
+    """Exactly one of a name and a checked id; ``how`` says how to name one."""
+    if (name is None) == (deployment_id is None):
+        raise typer.BadParameter(f"name the deployment {how} or give --id ID")
+    if deployment_id is not None:
+        try:
+            return None, _parse.parse_deployment_id(deployment_id)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="'--id'") from None
+    return name, None

@@ -56,17 +56,6 @@ def _parameters(params: str | None, pairs: list[str]) -> dict[str, Any] | None:
     return merged
 
 
-def _deployment(name: str | None, deployment_id: str | None) -> tuple[str | None, str | None]:
-    if (name is None) == (deployment_id is None):
-        raise typer.BadParameter("name the deployment with --name FLOW/DEPLOYMENT or --id ID")
-    if deployment_id is not None:
-        try:
-            return None, _parse.parse_deployment_id(deployment_id)
-        except ValueError as exc:
-            raise _usage(str(exc), "--id") from None
-    return name, None
-
-
 def _check_local(name: str | None, deployment_id: str | None, **given: object) -> None:
     """``--path``/``--module`` take no deployment and none of the deployment-run options."""
     if name is not None or deployment_id is not None:
@@ -181,7 +170,9 @@ def run(
         assert target is not None
         run_local(target, module=module is not None, parameters=parameters, as_json=as_json)
         return
-    deployment, dep_id = _deployment(name, deployment_id)
+    deployment, dep_id = _options.deployment_ref(
+        name, deployment_id, how="with --name FLOW/DEPLOYMENT"
+    )
     start = _start_time(start_in, start_at)
     if execute:
         if watch:
