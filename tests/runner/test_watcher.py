@@ -11,6 +11,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from anyio.abc import Process
 
 from engine.client import Client
 from engine.runner import Runner
@@ -45,6 +46,17 @@ async def until(client: Client, run_id: str, *types: StateType) -> FlowRun:
             if run.state.type in types:
                 return run
     raise AssertionError("unreachable")
+
+
+async def runner_process(name: str, deployment_id: str, env: dict[str, str]) -> Process:
+    """``run_runner.py`` in a session of its own: a runner process to kill."""
+    return await anyio.open_process(
+        [sys.executable, str(Path(__file__).with_name("run_runner.py")), name, deployment_id],
+        env=env,
+        start_new_session=True,
+        stdout=None,
+        stderr=None,
+    )
 
 
 def alive(pid: int) -> bool:
@@ -115,13 +127,7 @@ async def test_a_killed_runner_has_its_runs_crashed(
     dep_id = await Runner(settings=fast).add_deployment(deployment(f"f{unique}"))
     env = service_env(fast) | {"PYTHONPATH": str(ROOT), "SLUICE_HEARTBEAT_INTERVAL": "0.5"}
     name = f"doomed-{unique}"
-    proc = await anyio.open_process(
-        [sys.executable, str(Path(__file__).with_name("run_runner.py")), name, dep_id],
-        env=env,
-        start_new_session=True,
-        stdout=None,
-        stderr=None,
-    )
+    proc = await runner_process(name, dep_id, env)
     try:
         run = await client.create_flow_run(f"f{unique}/d", parameters={"sleep": 120})
         running_run = await until(client, run.id, StateType.RUNNING)
@@ -147,13 +153,7 @@ async def test_a_dead_runners_slot_comes_back_and_the_next_run_starts_elsewhere(
     dep_id = await survivor.add_deployment(deployment(f"f{unique}", concurrency_limit=1))
     env = service_env(fast) | {"PYTHONPATH": str(ROOT), "SLUICE_HEARTBEAT_INTERVAL": "0.5"}
     doomed = f"doomed-{unique}"
-    proc = await anyio.open_process(
-        [sys.executable, str(Path(__file__).with_name("run_runner.py")), doomed, dep_id],
-        env=env,
-        start_new_session=True,
-        stdout=None,
-        stderr=None,
-    )
+    proc = await runner_process(doomed, dep_id, env)
     try:
         first = await client.create_flow_run(f"f{unique}/d", parameters={"sleep": 120})
         held = await until(client, first.id, StateType.RUNNING)
@@ -184,13 +184,7 @@ async def test_a_restarted_runner_kills_and_reports_what_it_left_behind(
         "SLUICE_HEARTBEAT_INTERVAL": "0.5",
         "WORKER_NO_LIFELINE": "1",  # its flow process outlives it
     }
-    proc = await anyio.open_process(
-        [sys.executable, str(Path(__file__).with_name("run_runner.py")), name, dep_id],
-        env=env,
-        start_new_session=True,
-        stdout=None,
-        stderr=None,
-    )
+    proc = await runner_process(name, dep_id, env)
     try:
         run = await client.create_flow_run(f"f{unique}/d", parameters={"sleep": 120})
         running_run = await until(client, run.id, StateType.RUNNING)
