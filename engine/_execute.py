@@ -85,17 +85,20 @@ def _claim(reporter: StackReporter, run: FlowRun) -> tuple[bool, State, str | No
         return reply.status is Decision.ACCEPT, reply.state, reply.reason
 
 
-def _load_flow(reporter: StackReporter, run: FlowRun) -> Flow[..., Any]:
+def _load_flow(
+    reporter: StackReporter, run: FlowRun, deployment: Deployment | None
+) -> Flow[..., Any]:
     if run.deployment_id is None:
         raise EntrypointError(
             f"flow run {run.name!r} has no deployment, so there is no entrypoint to load"
         )
-    try:
-        deployment: Deployment = reporter.call(
-            lambda: reporter.client.read_deployment(id=run.deployment_id)
-        )
-    except DeploymentNotFound as exc:
-        raise EntrypointError(f"the run's deployment is gone: {exc.message}") from None
+    if deployment is None or deployment.id != run.deployment_id:
+        try:
+            deployment = reporter.call(
+                lambda: reporter.client.read_deployment(id=run.deployment_id)
+            )
+        except DeploymentNotFound as exc:
+            raise EntrypointError(f"the run's deployment is gone: {exc.message}") from None
     if not deployment.entrypoint:
         raise EntrypointError(
             f"deployment {deployment.full_name!r} has no entrypoint; register it with "
@@ -113,15 +116,25 @@ def _fail(reporter: StackReporter, info: FlowRunInfo, message: str) -> bool:
 
 
 def execute_flow_run(
-    reporter: StackReporter, run_id: str, *, attempt: int | None = None
+    reporter: StackReporter,
+    run_id: str,
+    *,
+    attempt: int | None = None,
+    run: FlowRun | None = None,
+    deployment: Deployment | None = None,
 ) -> Execution:
     """Execute the stored run ``run_id`` here (module docstring); ``reporter`` is open.
+
+    A runner that has just claimed the run may hand over what it read — the
+    run as its claim left it, and its deployment — to save this process two
+    round trips; without them both are read here.
 
     Raises FlowRunNotFound for an unknown id and StackUnavailable when the
     stack cannot be reached before anything was reported. Interrupting it
     (KeyboardInterrupt) after the claim proposes FAILED, then re-raises.
     """
-    run: FlowRun = reporter.call(reporter.client.read_flow_run, run_id)
+    if run is None or run.id != run_id:
+        run = reporter.call(reporter.client.read_flow_run, run_id)
     info = _info(run)
     if attempt is not None:
         reporter.adopt(run.id, attempt)
@@ -131,7 +144,7 @@ def execute_flow_run(
         if not accepted:
             return Execution(EXIT_NOT_REPORTED, run.id, current, f"not executed: {reason}")
     try:
-        return _execute_claimed(reporter, run, info)
+        return _execute_claimed(reporter, run, info, deployment)
     except Abort as exc:
         return Execution(EXIT_NOT_REPORTED, run.id, info.state, f"stopped: {exc}")
     except BaseException as exc:
@@ -147,16 +160,21 @@ def execute_flow_run(
         raise
 
 
-def _execute_claimed(reporter: StackReporter, run: FlowRun, info: FlowRunInfo) -> Execution:
+def _execute_claimed(
+    reporter: StackReporter, run: FlowRun, info: FlowRunInfo, deployment: Deployment | None
+) -> Execution:
     where = f" (claim attempt {reporter.attempt_of(run.id)})" if reporter.attempt_of(run.id) else ""
     reporter.log_line(run.id, logging.INFO, f"executing flow run {run.name!r}{where}")
     try:
-        flow = _load_flow(reporter, run)
+        flow = _load_flow(reporter, run, deployment)
     except EntrypointError as exc:
         if _fail(reporter, info, exc.message):
             return Execution(EXIT_REPORTED, run.id, info.state, exc.message)
         return Execution(EXIT_NOT_REPORTED, run.id, info.state, f"not reported: {exc.message}")
-    plan = reporter.call(load_plan, reporter.client.nc, run.id)
+    # Only a run claimed before can have task results to reuse: a first claim
+    # (attempt 1) skips reading the task-run stream.
+    first = (reporter.attempt_of(run.id) or 0) == 1
+    plan = None if first else reporter.call(load_plan, reporter.client.nc, run.id)
     if plan is not None:
         reporter.log_line(
             run.id,

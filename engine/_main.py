@@ -19,6 +19,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._execute import Execution
 
 RUN_ID_ENV = "SLUICE_FLOW_RUN_ID"
 ATTEMPT_ENV = "SLUICE_FLOW_RUN_ATTEMPT"
@@ -58,7 +62,8 @@ def _attempt(given: int | None) -> int | None:
         raise SystemExit(f"error: {ATTEMPT_ENV}={raw!r} is not a number") from None
 
 
-def _echo_run_logs() -> None:
+def echo_run_logs() -> None:
+    """Echo the run's log lines to stderr (the runner may stream them)."""
     import logging
 
     handler = logging.StreamHandler(sys.stderr)
@@ -79,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     from ._lifeline import die_with_parent
 
     die_with_parent()
-    _echo_run_logs()
+    echo_run_logs()
 
     from shared.errors import SluiceError
     from shared.settings import Settings
@@ -93,6 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     except (SluiceError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_NOT_REPORTED
+    return report_outcome(outcome)
+
+
+def report_outcome(outcome: Execution) -> int:
+    """Say how the run ended on stderr; return the process's exit code."""
     state = outcome.state.describe() if outcome.state is not None else "unknown"
     note = f": {outcome.message}" if outcome.message else ""
     print(f"flow run {outcome.run_id} ended {state}{note}", file=sys.stderr)

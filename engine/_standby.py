@@ -1,0 +1,108 @@
+"""A flow-run process started before its run is known: a standby.
+
+Most of a fresh flow-run process's start-up is spent before it can do
+anything for its run: importing the engine and nats, then connecting. A
+runner therefore keeps a *standby* ready — a process that has done all that
+and waits for one :class:`Assignment` on a pipe (its stdin, or a pipe from the
+fork server). It executes that one run exactly like ``python -m engine``
+would, then exits: every run still gets a process of its own, and nothing a
+run imports or changes reaches another run.
+
+The assignment carries what only the run knows: its id and claim attempt,
+the environment variables to add (the run's own, e.g. its id and trace
+context), the working folder, and — to save two round trips — the run as
+the runner's claim left it and its deployment. Everything the process was
+started with (the interpreter, the deployment's environment, the
+connection settings) must already be right: the runner keys its standbys by
+exactly those.
+
+    python -m engine._standby      # reads one assignment line on stdin
+
+A standby whose pipe closes before an assignment arrives exits quietly with
+code 0; it ends with its runner like any flow-run process (engine._lifeline).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import msgspec
+
+from shared.models import Deployment, FlowRun
+
+__all__ = ["Assignment", "encode_assignment", "run_standby"]
+
+
+class Assignment(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One run for a standby process (one JSON line)."""
+
+    run_id: str
+    attempt: int | None = None
+    env: dict[str, str] = {}
+    cwd: str | None = None
+    run: FlowRun | None = None
+    deployment: Deployment | None = None
+
+
+def encode_assignment(assignment: Assignment) -> bytes:
+    return msgspec.json.encode(assignment) + b"\n"
+
+
+def _enter(assignment: Assignment) -> None:
+    os.environ.update(assignment.env)
+    if assignment.cwd:
+        os.chdir(assignment.cwd)
+        folder = str(Path(assignment.cwd))
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+
+
+def run_standby(read_line: Callable[[], bytes]) -> int:
+    """Connect, wait for one assignment from ``read_line``, execute it; the exit code.
+
+    Exit codes are those of ``python -m engine``: 0 when the run's final
+    state was reported, 1 when it was not.
+    """
+    from shared.errors import SluiceError
+    from shared.settings import Settings
+
+    from ._execute import EXIT_NOT_REPORTED, execute_flow_run
+    from ._lifeline import die_with_parent
+    from ._main import echo_run_logs, report_outcome
+    from ._stack import StackReporter
+
+    die_with_parent()
+    echo_run_logs()
+    try:
+        with StackReporter(Settings.from_env()) as reporter:
+            line = read_line()
+            if not line.strip():
+                return 0  # the runner stopped before it had work for us
+            try:
+                assignment = msgspec.json.decode(line, type=Assignment)
+            except msgspec.DecodeError as exc:
+                print(f"error: unreadable assignment: {exc}", file=sys.stderr)
+                return EXIT_NOT_REPORTED
+            _enter(assignment)
+            outcome = execute_flow_run(
+                reporter,
+                assignment.run_id,
+                attempt=assignment.attempt,
+                run=assignment.run,
+                deployment=assignment.deployment,
+            )
+    except (SluiceError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_NOT_REPORTED
+    return report_outcome(outcome)
+
+
+def read_stdin_line() -> bytes:
+    return sys.stdin.buffer.readline()
+
+
+if __name__ == "__main__":
+    sys.exit(run_standby(read_stdin_line))
