@@ -52,7 +52,7 @@ from shared.errors import SluiceError, StackUnavailable
 from shared.messages import Decision, LogRecord, ProposedState, ProposeReply, TaskRunRecord
 from shared.models import FlowRun
 from shared.settings import Settings
-from shared.states import State
+from shared.states import State, StateType
 
 from . import states
 from ._context import Runtime
@@ -219,7 +219,11 @@ class StackReporter:
 
     async def _propose(self, run_id: str, state: State, claim: bool, retry: bool) -> ProposeReply:
         assert self._outbox is not None
-        await self._outbox.flush()  # records that led to this state are stored first
+        if state.type is not StateType.RUNNING:
+            # Records that led to this state are stored before it (so a client
+            # that sees a run end finds all its logs and task runs). Nothing
+            # needs to precede RUNNING, and waiting here would delay the start.
+            await self._outbox.flush()
         transition_id = str(uuid.uuid4())
         reply: ProposeReply = await self._retrying(
             lambda: self.client.propose_state(

@@ -26,14 +26,26 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import msgspec
 
 from shared.models import Deployment, FlowRun
 
-__all__ = ["Assignment", "encode_assignment", "run_standby"]
+__all__ = [
+    "RUN_VARIABLES",
+    "Assignment",
+    "assignment_for",
+    "encode_assignment",
+    "run_standby",
+    "warm_codecs",
+]
+
+#: Environment variables that belong to one run, never to a standby's start.
+RUN_VARIABLES = frozenset(
+    {"SLUICE_FLOW_RUN_ID", "SLUICE_FLOW_RUN_ATTEMPT", "TRACEPARENT", "TRACESTATE"}
+)
 
 
 class Assignment(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -49,6 +61,42 @@ class Assignment(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
 
 def encode_assignment(assignment: Assignment) -> bytes:
     return msgspec.json.encode(assignment) + b"\n"
+
+
+def assignment_for(
+    run: FlowRun, deployment: Deployment | None, env: Mapping[str, str], cwd: str | None
+) -> tuple[dict[str, str], Assignment]:
+    """Split a run's full process environment into what a standby starts with
+    and the run's assignment (its own variables, and what the runner read)."""
+    base = {k: v for k, v in env.items() if k not in RUN_VARIABLES}
+    own = {k: v for k, v in env.items() if k in RUN_VARIABLES}
+    raw_attempt = own.get("SLUICE_FLOW_RUN_ATTEMPT")
+    assignment = Assignment(
+        run_id=run.id,
+        attempt=int(raw_attempt) if raw_attempt else None,
+        env=own,
+        cwd=cwd,
+        run=run,
+        deployment=deployment,
+    )
+    return base, assignment
+
+
+def warm_codecs() -> None:
+    """Build msgspec's codecs for every wire type now, before a run is known.
+
+    msgspec builds a type's decoding plan on first use and keeps it on the
+    type (a fork inherits it); for a FlowRun that first use costs a few
+    milliseconds, which would otherwise land on the run's start.
+    """
+    import shared.messages
+    import shared.models
+
+    for module in (shared.models, shared.messages):
+        for value in vars(module).values():
+            if isinstance(value, type) and issubclass(value, msgspec.Struct):
+                msgspec.json.Decoder(value)
+    msgspec.json.Decoder(Assignment)
 
 
 def _enter(assignment: Assignment) -> None:
@@ -76,6 +124,7 @@ def run_standby(read_line: Callable[[], bytes]) -> int:
 
     die_with_parent()
     echo_run_logs()
+    warm_codecs()
     try:
         with StackReporter(Settings.from_env()) as reporter:
             line = read_line()

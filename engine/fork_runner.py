@@ -30,9 +30,13 @@ import anyio.abc
 
 from shared.models import Deployment, FlowRun, Infrastructure
 
+from ._standby import assignment_for, encode_assignment
 from .flow_runners import FlowRunProcess, StartFailed
 
 __all__ = ["ForkServerFlowRunner"]
+
+#: The fork server's default number of spares (see engine.forkserver).
+DEFAULT_SPARES = 2
 
 
 @dataclass
@@ -62,6 +66,8 @@ class ForkServerFlowRunner:
     """A flow runner that forks each run from a process with the engine imported."""
 
     env: dict[str, str] = field(default_factory=dict)
+    spares: int = DEFAULT_SPARES
+    """Connected processes kept waiting for the next run (0: fork each run afresh)."""
     type: str = "fork"
     _stack: AsyncExitStack = field(default_factory=AsyncExitStack, repr=False)
     _stream: anyio.abc.SocketStream | None = field(default=None, repr=False)
@@ -76,7 +82,7 @@ class ForkServerFlowRunner:
             folder = self._stack.enter_context(tempfile.TemporaryDirectory(prefix="sluice-fork-"))
             path = str(Path(folder) / "fork.sock")
             process = await anyio.open_process(
-                [sys.executable, "-m", "engine.forkserver", path],
+                [sys.executable, "-m", "engine.forkserver", path, str(self.spares)],
                 stdin=None,
                 stdout=None,
                 stderr=None,
@@ -142,11 +148,17 @@ class ForkServerFlowRunner:
         if deployment is not None:
             full_env.update(deployment.infrastructure.env)
         cwd = deployment.path if deployment and deployment.path else None
+        base, assignment = assignment_for(run, deployment, full_env, cwd)
         self._counter += 1
         token = f"t{self._counter}"
         event, box = anyio.Event(), dict[str, Any]()
         self._spawned[token] = (event, box)
-        request = {"spawn": token, "env": full_env, "cwd": cwd}
+        request = {
+            "spawn": token,
+            "env": base,
+            "cwd": cwd,
+            "assignment": encode_assignment(assignment).decode(),
+        }
         try:
             async with self._lock:
                 await self._stream.send(json.dumps(request).encode() + b"\n")

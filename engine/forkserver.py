@@ -1,19 +1,29 @@
 """A fork server: start each flow run as a fork of a process with the engine imported.
 
 A fresh interpreter spends most of its start-up importing (the engine, nats,
-msgspec, anyio). The fork server pays that once: ``python -m engine.forkserver
-SOCKET`` imports everything, then waits for the runner on a unix socket. For
-each run the runner asks it to fork; the child becomes a process of its own
-(new session and process group, the run's environment and working folder,
-fresh random state) and executes the run exactly as ``python -m engine``
-would, importing the flow's own code itself. Runs stay isolated from each
-other: nothing a run imports or changes reaches the server or another run.
+msgspec, anyio) and then connecting. The fork server pays the imports once:
+``python -m engine.forkserver SOCKET SPARES`` imports everything, then
+waits for the runner on a unix socket. For each run the runner asks it to
+fork; the child becomes a process of its own (new session and process group,
+the run's environment and working folder, fresh random state) and executes
+the run as a standby does (:mod:`engine._standby`), importing the flow's own
+code itself. Runs stay isolated from each other: nothing a run imports or
+changes reaches the server or another run.
+
+The connecting is taken off the run's path too: after each fork for a run
+the server forks a *spare* for the same environment and folder, which
+connects at once and waits on a pipe. The next run with that environment
+is handed to the spare, already connected. At most ``SPARES`` spares wait
+(one per environment; the oldest goes first); a spare never
+runs more than one run.
 
 Protocol (one JSON object per line, runner <-> server):
 
-* runner: ``{"spawn": TOKEN, "env": {...}, "cwd": PATH|null}``
+* runner: ``{"spawn": TOKEN, "env": {...}, "cwd": PATH|null, "assignment": TEXT}``
+  where ``assignment`` is the standby assignment line for the run;
 * server: ``{"spawned": TOKEN, "pid": PID}`` or ``{"spawned": TOKEN, "error": TEXT}``
-* server: ``{"exited": PID, "code": CODE}`` (negative: killed by that signal)
+* server: ``{"exited": PID, "code": CODE}`` (negative: killed by that signal),
+  only for processes that were given a run.
 
 The server forks from a single thread with no event loop running, which is
 what makes forking safe. It exits when the runner's connection closes.
@@ -21,6 +31,7 @@ what makes forking safe. It exits when the runner's connection closes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -28,6 +39,8 @@ import select
 import signal
 import socket
 import sys
+from collections.abc import Callable
+from typing import Any
 
 # Everything a run needs, imported once here, before any fork.
 import anyio  # noqa: F401
@@ -37,13 +50,42 @@ import nats  # noqa: F401
 import engine
 import engine._execute
 import engine._stack
+import engine._standby
 import engine.client  # noqa: F401
 import shared.settings  # noqa: F401
 
-from ._main import main as run_main
+from ._standby import run_standby, warm_codecs
 
 
-def _child(env: dict[str, str], cwd: str | None) -> None:
+def _pipe_reader(fd: int) -> Callable[[], bytes]:
+    """Read one line from ``fd`` (blocking); b"" when the server closed it first."""
+
+    def read_line() -> bytes:
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+    return read_line
+
+
+def _hand_over(pipe: int, line: bytes) -> bool:
+    """Write the assignment to a child's pipe and close it; False if the child is gone."""
+    try:
+        view = memoryview(line)
+        while view:
+            view = view[os.write(pipe, view) :]
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(pipe)
+
+
+def _child(env: dict[str, str], cwd: str | None, assignment_fd: int) -> None:
     """In the forked child: become the run's own process, execute it, never return."""
     code = 1
     try:
@@ -58,7 +100,7 @@ def _child(env: dict[str, str], cwd: str | None) -> None:
             os.chdir(cwd)
             sys.path.insert(0, cwd)
         random.seed()
-        code = run_main([])
+        code = run_standby(_pipe_reader(assignment_fd))
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     except BaseException as exc:  # report, never fall back into the server's loop
@@ -69,7 +111,87 @@ def _child(env: dict[str, str], cwd: str | None) -> None:
         os._exit(code)
 
 
-def serve(path: str) -> None:
+class _Server:
+    """The fork server's state: its connection, the spares, the children given runs."""
+
+    def __init__(self, conn: socket.socket, wake: tuple[int, int], spares: int) -> None:
+        self.conn = conn
+        self.wake = wake
+        self.max_spares = spares
+        #: Waiting spares by (environment, folder): pid and the write end of its pipe.
+        self.spares: dict[str, tuple[int, int]] = {}
+        #: Children given a run: their exits are reported.
+        self.assigned: set[int] = set()
+
+    def send(self, obj: dict[str, object]) -> None:
+        self.conn.sendall(json.dumps(obj).encode() + b"\n")
+
+    def fork(self, env: dict[str, str], cwd: str | None) -> tuple[int, int]:
+        """Fork a child that connects and waits for its assignment; (pid, pipe to it)."""
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(write_end)
+            self.conn.close()
+            for fd in (*self.wake, *(w for _, w in self.spares.values())):
+                os.close(fd)
+            _child(env, cwd, read_end)
+        os.close(read_end)
+        return pid, write_end
+
+    def spawn(self, request: dict[str, Any]) -> None:
+        token = request.get("spawn")
+        env = dict(request.get("env") or {})
+        cwd = request.get("cwd")
+        line = str(request.get("assignment") or "").encode()
+        key = json.dumps([sorted(env.items()), cwd])
+        pid = None
+        spare = self.spares.pop(key, None)
+        if spare is not None:
+            pid, pipe = spare
+            if not _hand_over(pipe, line):  # it died waiting (lost its connection)
+                pid = None
+        if pid is None:
+            try:
+                pid, pipe = self.fork(env, cwd)
+            except OSError as exc:
+                self.send({"spawned": token, "error": str(exc)})
+                return
+            # If the child dies before reading, its exit is reported like any run's.
+            _hand_over(pipe, line)
+        self.assigned.add(pid)
+        self.send({"spawned": token, "pid": pid})
+        self.add_spare(key, env, cwd)
+
+    def add_spare(self, key: str, env: dict[str, str], cwd: str | None) -> None:
+        if self.max_spares <= 0:
+            return
+        while len(self.spares) >= self.max_spares:
+            oldest = next(iter(self.spares))
+            _, pipe = self.spares.pop(oldest)
+            os.close(pipe)  # it reads end-of-file and exits
+        with contextlib.suppress(OSError):  # no spare this time: the next run forks afresh
+            self.spares[key] = self.fork(env, cwd)
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid in self.assigned:
+                self.assigned.discard(pid)
+                self.send({"exited": pid, "code": os.waitstatus_to_exitcode(status)})
+                continue
+            for key, (spare, pipe) in list(self.spares.items()):
+                if spare == pid:  # a spare that could not connect: drop it
+                    del self.spares[key]
+                    os.close(pipe)
+
+
+def serve(path: str, spares: int) -> None:
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     listener.listen(1)
@@ -80,44 +202,23 @@ def serve(path: str) -> None:
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)  # the wakeup fd does the work
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the runner decides when we stop
+    warm_codecs()  # once here, inherited by every fork
+    server = _Server(conn, (wake_r, wake_w), spares)
     buffer = b""
-
-    def send(obj: dict[str, object]) -> None:
-        conn.sendall(json.dumps(obj).encode() + b"\n")
-
     while True:
         ready, _, _ = select.select([conn.fileno(), wake_r], [], [])
         if wake_r in ready:
             os.read(wake_r, 4096)
-            while True:
-                try:
-                    pid, status = os.waitpid(-1, os.WNOHANG)
-                except ChildProcessError:
-                    break
-                if pid == 0:
-                    break
-                send({"exited": pid, "code": os.waitstatus_to_exitcode(status)})
+            server.reap()
         if conn.fileno() in ready:
             chunk = conn.recv(65536)
             if not chunk:
-                return  # the runner is gone
+                return  # the runner is gone; spares read end-of-file and exit
             buffer += chunk
             while b"\n" in buffer:
                 line, buffer = buffer.split(b"\n", 1)
-                request = json.loads(line)
-                token = request.get("spawn")
-                try:
-                    pid = os.fork()
-                except OSError as exc:
-                    send({"spawned": token, "error": str(exc)})
-                    continue
-                if pid == 0:
-                    conn.close()
-                    os.close(wake_r)
-                    os.close(wake_w)
-                    _child(dict(request.get("env") or {}), request.get("cwd"))
-                send({"spawned": token, "pid": pid})
+                server.spawn(json.loads(line))
 
 
 if __name__ == "__main__":
-    serve(sys.argv[1])
+    serve(sys.argv[1], int(sys.argv[2]))

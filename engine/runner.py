@@ -231,9 +231,9 @@ class Runner(_Upkeep):
         async with self._session() as client:
             run = await client.read_flow_run(flow_run_id)
             async with self._slots:
-                reply = await self._claim(client, run.id, run.attempt)
-                if reply is not None:
-                    await self._run(client, run.id, reply)
+                claimed = await self._claim(client, run.id, run.attempt)
+                if claimed is not None:
+                    await self._run(client, claimed)
             return await client.read_flow_run(flow_run_id)
 
     # --- consuming dispatch items -------------------------------------------------------
@@ -335,9 +335,9 @@ class Runner(_Upkeep):
                 # deployment both served): the run is already ours and running.
                 await msg.ack()
                 return
-            reply = await self._claim(client, item.flow_run_id, item.attempt, msg)
-            if reply is not None:
-                await self._run(client, item.flow_run_id, reply)
+            claimed = await self._claim(client, item.flow_run_id, item.attempt, msg)
+            if claimed is not None:
+                await self._run(client, claimed)
         except SluiceError as exc:
             log.warning("runner %s: could not take a run: %s", self.name, exc.message)
             with contextlib.suppress(Exception):
@@ -347,8 +347,8 @@ class Runner(_Upkeep):
 
     async def _claim(
         self, client: Client, run_id: str, attempt: int, msg: Msg | None = None
-    ) -> int | None:
-        """Propose PENDING; return our claim's attempt number, or None if the run is not ours."""
+    ) -> FlowRun | None:
+        """Propose PENDING; return the run as our claim left it, or None if it is not ours."""
         reply = await client.propose_state(
             run_id,
             ProposedState(type=StateType.PENDING, message=f"claimed by runner {self.name}"),
@@ -370,15 +370,19 @@ class Runner(_Upkeep):
                 reply.reason,
             )
             return None
-        return reply.attempt
+        if reply.flow_run is not None:
+            return reply.flow_run
+        return await client.read_flow_run(run_id)  # an orchestrator that does not send it
 
     # --- running one flow run ----------------------------------------------------------
     async def _deployment(self, client: Client, deployment_id: str | None) -> Deployment | None:
         if deployment_id is None:
             return None
-        if deployment_id not in self._deployments:
-            self._deployments[deployment_id] = await client.read_deployment(id=deployment_id)
-        deployment = self._deployments[deployment_id]
+        # Read afresh for every run: a re-registered deployment (new entrypoint,
+        # environment or infrastructure) applies from its next run on, and the
+        # flow-run process is handed this copy instead of reading it again.
+        deployment = await client.read_deployment(id=deployment_id)
+        self._deployments[deployment_id] = deployment
         if self.code_path:
             deployment = msgspec.structs.replace(deployment, path=self.code_path)
         return deployment
@@ -398,18 +402,20 @@ class Runner(_Upkeep):
             k: v for k, v in os.environ.items() if k.startswith("SLUICE_NATS_") and k not in env
         }
 
-    async def _run(self, client: Client, run_id: str, attempt: int) -> None:
+    async def _run(self, client: Client, run: FlowRun) -> None:
+        """Start the infrastructure of ``run`` (just claimed by us) and see it to its end."""
+        run_id, attempt = run.id, run.attempt
         if run_id in self._held:
             return  # already running here (a replayed claim of our own)
         self._held[run_id] = attempt
         try:
-            await self._run_held(client, run_id, attempt)
+            await self._run_held(client, run)
         finally:
             if self._held.get(run_id) == attempt:
                 del self._held[run_id]
 
-    async def _run_held(self, client: Client, run_id: str, attempt: int) -> None:
-        run = await client.read_flow_run(run_id)
+    async def _run_held(self, client: Client, run: FlowRun) -> None:
+        run_id, attempt = run.id, run.attempt
         try:
             deployment = await self._deployment(client, run.deployment_id)
             runner = (

@@ -94,6 +94,8 @@ class ProposeReply(msgspec.Struct, frozen=True, kw_only=True):
     """On WAIT: propose again after this many seconds."""
     attempt: int = 0
     revision: int = 0
+    flow_run: FlowRun | None = None
+    """On ACCEPT: the run as this transition left it (saves the proposer a read)."""
 
 
 class FlowRunRef(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):

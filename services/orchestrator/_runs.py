@@ -204,7 +204,11 @@ class Runs:
                 transition_id=req.transition_id,
             )
             return ProposeReply(
-                status=Decision.ACCEPT, state=state, attempt=new.attempt, revision=new_revision
+                status=Decision.ACCEPT,
+                state=state,
+                attempt=new.attempt,
+                revision=new_revision,
+                flow_run=new,
             )
         raise Conflict(f"flow run {req.id} is changing too fast; propose again")
 
