@@ -6,6 +6,10 @@ replicas share the load) and runs each request as its own task, at most
 buffers. Whatever a handler raises becomes a coded error reply: a
 :class:`SluiceError` as itself, anything else as ``internal`` (logged with its
 traceback). No request goes unanswered and no request can stop the service.
+
+With tracing on (:mod:`shared.telemetry`), each request is handled inside
+one server span, child of the trace context its headers carry, so whatever
+the handler publishes or asks joins the caller's trace.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from shared import telemetry
 from shared.codec import encode, encode_error
 from shared.errors import InternalError, SluiceError, StackUnavailable
 
@@ -67,31 +72,44 @@ class RequestServer:
 
     async def _run(self, handler: Handler, msg: Msg, token: object) -> None:
         try:
-            try:
-                reply = encode(await handler(msg))
-            except SluiceError as exc:
-                reply = encode_error(exc)
-            except (nats.errors.Error, TimeoutError) as exc:
-                # The one boundary where NATS trouble becomes a coded error.
-                log.warning("request on %s: NATS error %r", msg.subject, exc)
-                reply = encode_error(
-                    StackUnavailable(
-                        f"the state store did not answer ({type(exc).__name__}); "
-                        "retry (with the same idempotency key)"
-                    )
-                )
-            except Exception as exc:
-                log.exception("request on %s failed", msg.subject)
-                reply = encode_error(InternalError(f"internal error: {type(exc).__name__}: {exc}"))
-            if msg.reply:
-                try:
-                    await self._nc.publish(msg.reply, reply)
-                except Exception as exc:  # the connection is gone; the client will time out
-                    log.warning("could not reply on %s: %s", msg.subject, exc)
+            if telemetry.enabled():
+                with telemetry.server_span(
+                    msg.subject, msg.headers, queue=self._queue, body_size=len(msg.data)
+                ):
+                    await self._answer(handler, msg)
+            else:
+                await self._answer(handler, msg)
         finally:
             self._limiter.release_on_behalf_of(token)
             if not self._limiter.borrowed_tokens:
                 self._idle.set()
+
+    async def _answer(self, handler: Handler, msg: Msg) -> None:
+        """Run ``handler`` and reply with its value or its coded error."""
+        try:
+            reply = encode(await handler(msg))
+        except SluiceError as exc:
+            reply = encode_error(exc)
+            telemetry.set_error(exc.code, exc.message)
+        except (nats.errors.Error, TimeoutError) as exc:
+            # The one boundary where NATS trouble becomes a coded error.
+            log.warning("request on %s: NATS error %r", msg.subject, exc)
+            telemetry.set_error(StackUnavailable.code, repr(exc))
+            reply = encode_error(
+                StackUnavailable(
+                    f"the state store did not answer ({type(exc).__name__}); "
+                    "retry (with the same idempotency key)"
+                )
+            )
+        except Exception as exc:
+            log.exception("request on %s failed", msg.subject)
+            telemetry.set_error("internal", f"{type(exc).__name__}: {exc}")
+            reply = encode_error(InternalError(f"internal error: {type(exc).__name__}: {exc}"))
+        if msg.reply:
+            try:
+                await self._nc.publish(msg.reply, reply)
+            except Exception as exc:  # the connection is gone; the client will time out
+                log.warning("could not reply on %s: %s", msg.subject, exc)
 
     async def stop(self, grace: float) -> None:
         """Stop taking requests, then wait up to ``grace`` seconds for in-flight ones."""

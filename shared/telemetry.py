@@ -81,6 +81,7 @@ __all__ = [
     "request_span",
     "runner_span",
     "server_span",
+    "set_error",
     "setup",
     "shutdown",
     "span",
@@ -403,6 +404,18 @@ def span(
         name, context=context, kind=SpanKind[kind.upper()], attributes=attributes
     ) as current:
         yield current
+
+
+def set_error(error_type: str, message: str) -> None:
+    """Mark the current span failed with ``error.type`` (e.g. a Sluice error code)."""
+    if _tracer is None:
+        return
+    from opentelemetry import trace
+    from opentelemetry.trace import Status, StatusCode
+
+    current = trace.get_current_span()
+    current.set_attribute("error.type", error_type)
+    current.set_status(Status(StatusCode.ERROR, message))
 
 
 @contextlib.contextmanager
