@@ -1,0 +1,168 @@
+"""What the pages read beside the client's calls: runners, slots, timelines, task runs.
+
+Every read here is of a public bucket or stream named in ``shared.names``
+(``runner_heartbeats``, ``concurrency_slots``, ``FLOWRUN_EVENTS``,
+``TASKRUN_STATES``) or a request the orchestrator serves; nothing reads a
+service's private storage. Reads never write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import msgspec
+import nats.errors
+import nats.js.errors
+
+from engine._resume import read_events, read_task_records
+from engine.client import Client
+from shared import names
+from shared.codec import decoder
+from shared.messages import FlowRunStateChanged, RunnerStatus, SlotLease
+from shared.models import Deployment, FlowRun
+from shared.slots import STREAM as SLOTS_STREAM
+from shared.slots import lease_from, slot_subject
+from shared.states import State, StateType
+
+__all__ = [
+    "RunnerView",
+    "TaskRunView",
+    "TimelineEntry",
+    "next_runs",
+    "read_runners",
+    "slots_in_use",
+    "task_runs",
+    "timeline",
+]
+
+_runner_status = decoder(RunnerStatus).decode
+
+
+# --- runners ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunnerView:
+    status: RunnerStatus
+    alive: bool
+    """Heartbeat renewed within two intervals (the stack's own rule for "lost")."""
+
+    @property
+    def used(self) -> int:
+        return len(self.status.runs)
+
+
+async def read_runners(client: Client, now: datetime) -> list[RunnerView]:
+    """Every runner with a heartbeat entry, by name. Expired entries are gone already."""
+    try:
+        kv = await client.nc.jetstream().key_value(names.HEARTBEATS_BUCKET)
+    except nats.js.errors.BucketNotFoundError:
+        return []
+    watcher = await kv.watchall()
+    found: dict[str, RunnerStatus] = {}
+    try:
+        while True:
+            # The first None marks the values present when the watch began.
+            entry = await watcher.updates(timeout=2.0)
+            if entry is None:
+                break
+            if entry.operation is not None or not entry.value:
+                found.pop(entry.key, None)
+                continue
+            with contextlib.suppress(msgspec.DecodeError):
+                found[entry.key] = _runner_status(entry.value)
+    except nats.errors.TimeoutError:
+        pass
+    finally:
+        with contextlib.suppress(Exception):
+            await watcher.stop()
+    return [
+        RunnerView(status=s, alive=s.at + timedelta(seconds=2 * s.interval) >= now)
+        for _, s in sorted(found.items())
+    ]
+
+
+# --- deployments -------------------------------------------------------------------
+async def slots_in_use(client: Client, deployment: Deployment) -> list[SlotLease]:
+    """The live concurrency-slot leases of a deployment (empty without a limit)."""
+    if not deployment.concurrency_limit:
+        return []
+    js = client.nc.jetstream()
+    held = []
+    for n in range(deployment.concurrency_limit):
+        try:
+            msg = await js.get_last_msg(SLOTS_STREAM, slot_subject(deployment.id, n))
+        except nats.js.errors.NotFoundError:
+            continue
+        if (lease := lease_from(msg)) is not None:
+            held.append(lease)
+    return held
+
+
+async def next_runs(
+    client: Client, deployment: Deployment, now: datetime, count: int = 3
+) -> list[FlowRun]:
+    """The deployment's next ``count`` scheduled runs (the scheduler creates them ahead)."""
+    page = await client.list_flow_runs(
+        deployment=deployment.full_name, states=["SCHEDULED"], since=now, limit=1000
+    )
+    upcoming = sorted(page.flow_runs, key=lambda r: r.expected_start_time)
+    return upcoming[:count]
+
+
+# --- one run -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TimelineEntry:
+    state: State
+    from_state: State | None
+
+
+async def timeline(client: Client, run: FlowRun) -> list[TimelineEntry]:
+    """The run's accepted transitions, oldest first (an event repeated after a crash once)."""
+    seen: set[int] = set()
+    out = []
+    for event in await read_events(client.nc, run.id):
+        if event.revision in seen:
+            continue
+        seen.add(event.revision)
+        from_state = event.from_state if isinstance(event, FlowRunStateChanged) else None
+        out.append(TimelineEntry(state=event.flow_run.state, from_state=from_state))
+    if not out or out[-1].state.timestamp < run.state.timestamp:
+        # A write whose event the orchestrator is still recovering: show it anyway.
+        out.append(TimelineEntry(state=run.state, from_state=None))
+    return out
+
+
+@dataclass
+class TaskRunView:
+    task_run_id: str
+    name: str
+    task_key: str
+    attempt: int
+    state: State
+    started: datetime | None = None
+    ended: datetime | None = None
+    upstream: list[str] = field(default_factory=list)
+
+
+async def task_runs(client: Client, run: FlowRun) -> list[TaskRunView]:
+    """Each task run's newest state, in the order the tasks were called."""
+    views: dict[str, TaskRunView] = {}
+    for record in await read_task_records(client.nc, run.id):
+        view = views.get(record.task_run_id)
+        if view is None:
+            view = views[record.task_run_id] = TaskRunView(
+                task_run_id=record.task_run_id,
+                name=record.name,
+                task_key=record.task_key,
+                attempt=record.flow_run_attempt,
+                state=record.state,
+                upstream=list(record.upstream_ids),
+            )
+        elif record.state.timestamp >= view.state.timestamp:
+            view.state = record.state
+        if record.state.type is StateType.RUNNING and view.started is None:
+            view.started = record.state.timestamp
+        if record.state.is_terminal:
+            view.ended = record.state.timestamp
+    return list(views.values())

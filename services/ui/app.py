@@ -1,0 +1,78 @@
+"""The Starlette application: routes, static files, and how errors look.
+
+``build_app`` takes a ready :class:`~services.ui._context.UI` (a connected
+client and a running feed); :class:`services.ui.service.UIService` builds
+both and serves the app with uvicorn.
+"""
+
+from __future__ import annotations
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from shared.errors import Conflict, NotFound, RequestError, SluiceError, StackUnavailable
+
+from . import _actions, _live, _pages
+from ._context import UI, ui_of
+from ._templates import HERE
+
+__all__ = ["build_app"]
+
+
+def _status(exc: SluiceError) -> int:
+    if isinstance(exc, NotFound):
+        return 404
+    if isinstance(exc, RequestError):
+        return 400
+    if isinstance(exc, Conflict):
+        return 409
+    if isinstance(exc, StackUnavailable):
+        return 503
+    return 500
+
+
+async def _sluice_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, SluiceError)
+    return ui_of(request).render(
+        "error.html", status_code=_status(exc), message=exc.message, code=exc.code, section=""
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return ui_of(request).render(
+        "error.html", status_code=exc.status_code, message=exc.detail, code="", section=""
+    )
+
+
+async def _home(request: Request) -> Response:
+    return RedirectResponse("/runs", status_code=307)
+
+
+def build_app(ui: UI) -> Starlette:
+    routes = [
+        Route("/", _home),
+        Route("/runs", _pages.flow_runs),
+        Route("/runs/live", _live.runs_events),
+        Route("/runs/{run_id}", _pages.flow_run),
+        Route("/runs/{run_id}/live", _live.run_events),
+        Route("/runs/{run_id}/cancel", _actions.cancel, methods=["POST"]),
+        Route("/runs/{run_id}/retry", _actions.retry, methods=["POST"]),
+        Route("/deployments", _pages.deployments),
+        Route("/deployments/pause", _actions.pause, methods=["POST"]),
+        Route("/deployments/resume", _actions.resume, methods=["POST"]),
+        Route("/deployments/{deployment_id}/run", _pages.deployment_form),
+        Route("/deployments/{deployment_id}/run", _actions.run_deployment, methods=["POST"]),
+        Route("/runners", _pages.runners),
+        Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
+    ]
+    app = Starlette(
+        routes=routes,
+        exception_handlers={SluiceError: _sluice_error, HTTPException: _http_error},
+    )
+    app.state.ui = ui
+    return app
