@@ -1,15 +1,20 @@
 """Create the JetStream streams and KV buckets Sluice needs, idempotently.
 
 Every service calls :func:`bootstrap` before it serves, so the stack comes up
-in any order. An existing stream or bucket is left as it is (an operator may
-have tuned it); a missing one is created with file storage and the configured
-number of replicas. Two services bootstrapping at once is harmless.
+in any order: a service allowed to create them does, the others wait. An
+existing stream or bucket is left as it is (an operator may have tuned it); a
+missing one is created with file storage and the configured number of
+replicas. Two services bootstrapping at once is harmless.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import NamedTuple
 
+import anyio
 import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
@@ -115,42 +120,97 @@ def bucket_configs(settings: Settings) -> list[KeyValueConfig]:
     ]
 
 
-async def bootstrap(js: JetStreamContext, settings: Settings) -> None:
-    """Ensure every stream, bucket and object store exists. Safe to call concurrently."""
-    for config in stream_configs(settings):
+class _Item(NamedTuple):
+    kind: str
+    name: str
+    exists: Callable[[], Awaitable[bool]]
+    create: Callable[[], Awaitable[object]]
+
+
+def _items(js: JetStreamContext, settings: Settings) -> list[_Item]:
+    async def stream_exists(name: str) -> bool:
         try:
-            await js.stream_info(config.name or "")
+            await js.stream_info(name)
         except nats.js.errors.NotFoundError:
-            try:
-                await js.add_stream(config)
-                log.info("created stream %s", config.name)
-            except nats.js.errors.BadRequestError:
-                await js.stream_info(config.name or "")  # created by a peer meanwhile
-    for kv_config in bucket_configs(settings):
+            return False
+        return True
+
+    async def bucket_exists(name: str) -> bool:
         try:
-            await js.key_value(kv_config.bucket)
+            await js.key_value(name)
         except nats.js.errors.BucketNotFoundError:
-            try:
-                await js.create_key_value(kv_config)
-                log.info("created bucket %s", kv_config.bucket)
-            except nats.js.errors.BadRequestError:
-                await js.key_value(kv_config.bucket)
-    try:
-        await js.object_store(names.RESULTS_BUCKET)
-    except nats.js.errors.NotFoundError:
-        await _create_results_store(js, settings)
+            return False
+        return True
 
+    async def store_exists(name: str) -> bool:
+        try:
+            await js.object_store(name)
+        except nats.js.errors.NotFoundError:
+            return False
+        return True
 
-async def _create_results_store(js: JetStreamContext, settings: Settings) -> None:
-    try:
-        await js.create_object_store(
+    store_config = ObjectStoreConfig(
+        description="Flow and task results referenced by state details.result_ref",
+        storage=StorageType.FILE,
+        replicas=settings.replicas,
+    )
+    return [
+        *(
+            _Item(
+                "stream",
+                c.name or "",
+                partial(stream_exists, c.name or ""),
+                partial(js.add_stream, c),
+            )
+            for c in stream_configs(settings)
+        ),
+        *(
+            _Item(
+                "bucket",
+                c.bucket,
+                partial(bucket_exists, c.bucket),
+                partial(js.create_key_value, c),
+            )
+            for c in bucket_configs(settings)
+        ),
+        _Item(
+            "object store",
             names.RESULTS_BUCKET,
-            config=ObjectStoreConfig(
-                description="Flow and task results referenced by state details.result_ref",
-                storage=StorageType.FILE,
-                replicas=settings.replicas,
-            ),
-        )
-        log.info("created object store %s", names.RESULTS_BUCKET)
-    except nats.js.errors.BadRequestError:
-        await js.object_store(names.RESULTS_BUCKET)
+            partial(store_exists, names.RESULTS_BUCKET),
+            partial(js.create_object_store, names.RESULTS_BUCKET, config=store_config),
+        ),
+    ]
+
+
+async def bootstrap(js: JetStreamContext, settings: Settings, *, poll: float = 0.5) -> None:
+    """Ensure every stream, bucket and object store exists. Safe to call concurrently.
+
+    A process whose NATS user may not create streams (in deploy/nats/auth.conf
+    only the orchestrator may) finds what exists and waits for the rest: the
+    server refuses its first create request, which nats-py only sees as a
+    time-out, and from then on it looks again every ``poll`` seconds until
+    the orchestrator has created it. Raises the JetStream error when a create
+    is answered with an error and the thing still does not exist (a bad
+    configuration, e.g. more replicas than servers). Cancellation stops the
+    waiting.
+    """
+    may_create = True
+    for item in _items(js, settings):
+        while not await item.exists():
+            if not may_create:
+                await anyio.sleep(poll)
+                continue
+            try:
+                await item.create()
+                log.info("created %s %s", item.kind, item.name)
+            except nats.js.errors.BadRequestError:
+                if not await item.exists():  # else created by a peer meanwhile
+                    raise
+            except (nats.errors.TimeoutError, TimeoutError):
+                may_create = False
+                log.warning(
+                    "cannot create %s %s (no reply: this NATS user may lack the right); "
+                    "waiting for the orchestrator to create it",
+                    item.kind,
+                    item.name,
+                )

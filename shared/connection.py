@@ -26,17 +26,39 @@ log = logging.getLogger("sluice.nats")
 
 T = TypeVar("T")
 
+DEFAULT_INBOX = "_INBOX"
 PING_INTERVAL = 5  # seconds; two missed pings mark the connection dead
 RECONNECT_WAIT = 0.5
 
 
 def _tls_context(settings: Settings) -> ssl.SSLContext | None:
-    if not (settings.tls_ca or settings.tls_cert or settings.nats_url.startswith("tls://")):
+    servers = _servers(settings)
+    if not (settings.tls_ca or settings.tls_cert or any(s.startswith("tls://") for s in servers)):
         return None
     ctx = ssl.create_default_context(cafile=settings.tls_ca)
     if settings.tls_cert:
         ctx.load_cert_chain(settings.tls_cert, settings.tls_key)
     return ctx
+
+
+def _servers(settings: Settings) -> list[str]:
+    return [u.strip() for u in settings.nats_url.split(",") if u.strip()]
+
+
+def inbox_prefix(settings: Settings) -> str:
+    """Where replies to this connection arrive.
+
+    With a user name, ``_INBOX.<user>``: a server that lets each user
+    subscribe only to ``_INBOX.<user>.>`` (deploy/nats/auth.conf) keeps one
+    role from reading the replies sent to another, and a server that allows
+    ``_INBOX.>`` sees no difference.
+    """
+    if settings.nats_inbox_prefix:
+        return settings.nats_inbox_prefix
+    user = settings.nats_user
+    if user and all(c not in user for c in ".*> \t"):
+        return f"{DEFAULT_INBOX}.{user}"
+    return DEFAULT_INBOX
 
 
 async def connect(
@@ -61,8 +83,12 @@ async def connect(
     async def on_error(exc: Exception) -> None:
         # Before the first connection every refused attempt lands here; the
         # caller hears about that once (StackUnavailable), not once per try.
-        level = logging.WARNING if connected else logging.DEBUG
-        log.log(level, "nats (%s): %s", name, exc or type(exc).__name__)
+        # A permissions violation is a deployment mistake (a role lacks a
+        # subject): always worth a line, or a refused request only times out.
+        text = str(exc) or type(exc).__name__
+        denied = "permissions violation" in text.lower()
+        level = logging.WARNING if connected or denied else logging.DEBUG
+        log.log(level, "nats (%s): %s", name, text)
 
     async def on_disconnect() -> None:
         if not nc.is_closed:
@@ -74,7 +100,7 @@ async def connect(
             await on_reconnect()
 
     options: dict[str, Any] = {
-        "servers": [u.strip() for u in settings.nats_url.split(",")],
+        "servers": _servers(settings),
         "name": name,
         "max_reconnect_attempts": -1,
         "reconnect_time_wait": RECONNECT_WAIT,
@@ -89,6 +115,7 @@ async def connect(
         "password": settings.nats_password,
         "token": settings.nats_token,
         "user_credentials": settings.nats_creds,
+        "inbox_prefix": inbox_prefix(settings),
         # A client buffers this much while reconnecting instead of failing.
         "pending_size": 64 * 1024 * 1024,
     }

@@ -25,6 +25,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     tls_ca: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
+    nats_inbox_prefix: str | None = None
+    """Where replies to this process arrive; default ``_INBOX.<user>`` with a
+    user name (so a server can let each user read only its own inboxes), else
+    ``_INBOX``."""
     home: Path = Path.home() / ".sluice"
     replicas: int = 1
     """JetStream replicas for buckets and streams (3 on a cluster)."""
@@ -75,6 +79,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ("tls_ca", "NATS_TLS_CA"),
             ("tls_cert", "NATS_TLS_CERT"),
             ("tls_key", "NATS_TLS_KEY"),
+            ("nats_inbox_prefix", "NATS_INBOX_PREFIX"),
             ("log_level", "LOG_LEVEL"),
         ]:
             if (value := get(var)) is not None:
