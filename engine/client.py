@@ -8,6 +8,11 @@ nats-py exceptions are translated in :mod:`shared.connection`.
     async with Client() as client:
         run = await client.create_flow_run("etl/nightly", parameters={"day": "2026-11-20"})
         final = await client.wait_for_flow_run(run.id)
+
+With tracing on (:mod:`shared.telemetry`; a client sets it up from ``OTEL_*``
+when it opens), every request is a client span whose W3C trace context
+travels in the request's headers, so the orchestrator's work joins the
+caller's trace.
 """
 
 from __future__ import annotations
@@ -25,8 +30,8 @@ from nats.aio.client import Client as NATS
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.kv import KeyValue
 
-from shared import names
-from shared.codec import decode, decode_event
+from shared import names, telemetry
+from shared.codec import decode, decode_event, encode
 from shared.connection import connect, request
 from shared.errors import FlowRunNotFound, StackUnavailable
 from shared.messages import (
@@ -54,6 +59,19 @@ from shared.states import TERMINAL_TYPES
 __all__ = ["Client"]
 
 
+class _WithHeaders:
+    """The connection as :func:`shared.connection.request` uses it, sending ``headers``
+    (the trace context) with the request; the rest of that function (error
+    translation, decoding) stays in one place."""
+
+    def __init__(self, nc: NATS, headers: dict[str, str]) -> None:
+        self._nc = nc
+        self._headers = headers
+
+    async def request(self, subject: str, payload: bytes, timeout: float) -> Any:
+        return await self._nc.request(subject, payload, timeout=timeout, headers=self._headers)
+
+
 class Client:
     """A connection to the stack. Use as ``async with Client(settings) as c``.
 
@@ -74,6 +92,7 @@ class Client:
         self._runs_kv: KeyValue | None = None
 
     async def __aenter__(self) -> Self:
+        telemetry.setup("sluice-client")  # a no-op unless OTEL_TRACES_EXPORTER asks, or done
         if self._nc is None:
             self._nc = await connect(
                 self.settings, name="sluice-client", wait=self._connect_timeout
@@ -97,9 +116,13 @@ class Client:
         return self._nc
 
     async def _request(self, subject: str, payload: Any, reply_type: type[Any]) -> Any:
-        return await request(
-            self.nc, subject, payload, reply_type, timeout=self.settings.request_timeout
-        )
+        timeout = self.settings.request_timeout
+        if not telemetry.enabled():
+            return await request(self.nc, subject, payload, reply_type, timeout=timeout)
+        data = payload if isinstance(payload, bytes) else encode(payload)
+        with telemetry.request_span(subject, len(data)) as headers:
+            nc: Any = _WithHeaders(self.nc, headers or {})
+            return await request(nc, subject, data, reply_type, timeout=timeout)
 
     async def _kv(self) -> KeyValue:
         if self._runs_kv is None:

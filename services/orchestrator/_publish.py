@@ -6,6 +6,10 @@ recovery after a crash — stores it once within JetStream's duplicate window,
 and consumers can de-duplicate beyond it by ``revision``. The dispatch item
 and the event of one write are sent together and their acks awaited
 together: one round trip, not two.
+
+With tracing on, a dispatch item is sent inside a producer span and carries
+the W3C trace context in its headers (``traceparent``), so the runner that
+takes it continues the trace of the request that made the run due.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
 
-from shared import names
+from shared import names, telemetry
 from shared.codec import decode_event, encode
 from shared.dispatch import MSG_ID, dispatch_item, dispatch_message
 from shared.messages import FlowRunCreated, FlowRunStateChanged, RunnerStatus
@@ -26,6 +30,8 @@ from shared.models import FlowRun
 from shared.states import State, StateType
 
 ACK_TIMEOUT = 5.0
+#: The dispatch subject with its variable parts named (a span attribute).
+DISPATCH_TEMPLATE = f"{names.DISPATCH_PREFIX}.{{queue}}.{{deployment_id}}"
 
 
 def is_due(run: FlowRun, now: datetime) -> bool:
@@ -90,9 +96,19 @@ class Publisher:
 
     async def _send_dispatch(self, run: FlowRun) -> asyncio.Future[PubAck]:
         subject, payload, headers = dispatch_message(dispatch_item(run))
-        return await self._js.publish_async(
-            subject, payload, stream=names.DISPATCH_STREAM, headers=headers
-        )
+        if not telemetry.enabled():
+            return await self._js.publish_async(
+                subject, payload, stream=names.DISPATCH_STREAM, headers=headers
+            )
+        with telemetry.publish_span(
+            subject, template=DISPATCH_TEMPLATE, attributes={"sluice.flow_run.id": run.id}
+        ) as trace_headers:
+            return await self._js.publish_async(
+                subject,
+                payload,
+                stream=names.DISPATCH_STREAM,
+                headers={**headers, **(trace_headers or {})},
+            )
 
     async def heartbeat(self, status: RunnerStatus, lease: float) -> None:
         """Store a runner's heartbeat; it expires unless the next one comes within ``lease``."""

@@ -25,7 +25,7 @@ from nats.js import JetStreamContext
 
 from services._rpc import RequestServer
 from services._service import Service
-from shared import names
+from shared import names, telemetry
 from shared.bootstrap import bootstrap
 from shared.clock import Clock, SystemClock, utc
 from shared.codec import decode_request
@@ -82,6 +82,7 @@ class Orchestrator(Service):
 
     async def _start(self, stack: AsyncExitStack) -> None:
         s = self.settings
+        telemetry.setup("sluice-orchestrator")  # as OTEL_* say; first call wins
         reconnects, self._reconnects = anyio.create_memory_object_stream[None](1)
         stack.callback(reconnects.close)
         stack.callback(self._reconnects.close)

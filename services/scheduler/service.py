@@ -30,7 +30,7 @@ from nats.aio.msg import Msg
 from engine.client import Client
 from services._rpc import RequestServer
 from services._service import Service
-from shared import names
+from shared import names, telemetry
 from shared.bootstrap import bootstrap
 from shared.clock import Clock, SystemClock, utc
 from shared.codec import decode_request
@@ -90,6 +90,7 @@ class Scheduler(Service):
 
     async def _start(self, stack: AsyncExitStack) -> None:
         s = self.settings
+        telemetry.setup("sluice-scheduler")  # as OTEL_* say; first call wins
         nc = self.nc = await connect(s, name="sluice-scheduler")
         stack.push_async_callback(nc.close)
         self.js = js = nc.jetstream()
