@@ -7,6 +7,7 @@ runner serves the ``default`` queue and registers the example deployments
 (``examples/deployments.py``; set ``SLUICE_EXAMPLES`` to another spec file,
 or to nothing for none). Importing them is the one place user code is
 imported in this process; each flow run still gets a process of its own.
+Last comes the web UI (``ui_port``; None: no UI), whose address it prints.
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ from services.cancellation_watcher import CancellationWatcher
 from services.orchestrator import Orchestrator
 from services.runner import RunnerService
 from services.scheduler import Scheduler
+from services.ui import DEFAULT_PORT as UI_DEFAULT_PORT
+from services.ui import UIService
 from shared.errors import StackUnavailable
 from shared.settings import Settings
 
-from ._natsserver import NatsServer
+from ._natsserver import NatsServer, port_is_free
 
 log = logging.getLogger("sluice.dev")
 
@@ -62,10 +65,21 @@ def examples_file() -> Path | None:
 
 
 class DevStack(Service):
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        ui_port: int | None = UI_DEFAULT_PORT,
+        ui_explicit: bool = False,
+    ) -> None:
+        """``ui_port``: where the web UI listens (None: no UI). Unless the port
+        was asked for (``ui_explicit``), a busy default port gives way to a free one."""
         super().__init__()
         self.settings = settings
         self.server = server_for(settings)
+        self.ui_port = ui_port
+        self.ui_explicit = ui_explicit
+        self.ui: UIService | None = None
 
     async def _start(self, stack: AsyncExitStack) -> None:
         await anyio.to_thread.run_sync(self.server.start)
@@ -84,3 +98,10 @@ class DevStack(Service):
                 register=[str(examples)] if examples else [],
             )
         )
+        if self.ui_port is not None:
+            port = self.ui_port
+            if not self.ui_explicit and port and not port_is_free("127.0.0.1", port):
+                log.warning("port %d is in use; the web UI takes a free port instead", port)
+                port = 0
+            self.ui = await stack.enter_async_context(UIService(self.settings, port=port))
+            print(f"Sluice web UI: {self.ui.url}", flush=True)
