@@ -1,18 +1,33 @@
-"""Running one service as a process: logging, uvloop, and shutdown on a signal.
+"""Running one service as a process: options, logging, uvloop, health, and shutdown.
+
+``python -m services.<name>`` goes through :func:`main`: ``--help`` describes
+the service and the settings it reads, ``--check`` is its health check, and
+otherwise :func:`run_service` runs it until SIGINT or SIGTERM.
 
 Signals are not handled by callbacks that act; they end an ``async for`` over
 ``anyio.open_signal_receiver``, and leaving the service's context manager does
-the orderly teardown.
+the orderly teardown (a runner stops taking work and settles its runs'
+processes before the process exits).
+
+Health: while a service runs it touches ``$SLUICE_HOME/health/<name>.alive``
+every :data:`ALIVE_INTERVAL` seconds from its event loop. ``--check`` passes
+when that file is fresh (the loop is not stuck) and NATS answers with this
+process's settings and credentials, with the stack's ``flow_runs`` bucket in
+place (the orchestrator has bootstrapped JetStream).
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import logging
+import os
 import signal
 import sys
+import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -20,6 +35,24 @@ import anyio
 from shared.settings import Settings
 
 log = logging.getLogger("sluice")
+
+#: Seconds between touches of a running service's health file.
+ALIVE_INTERVAL = 5.0
+#: A health file older than this many intervals fails the check.
+ALIVE_MISSES = 3
+
+SETTINGS_HELP = """\
+settings (environment):
+  SLUICE_NATS_URL          NATS server(s), comma-separated (default nats://127.0.0.1:4222)
+  SLUICE_NATS_USER, SLUICE_NATS_PASSWORD, SLUICE_NATS_TOKEN
+                           credentials; SLUICE_NATS_CREDS: a .creds file
+  SLUICE_NATS_TLS_CA, SLUICE_NATS_TLS_CERT, SLUICE_NATS_TLS_KEY
+                           TLS (a tls:// URL turns TLS on too)
+  SLUICE_HOME              data folder (default ~/.sluice)
+  SLUICE_REPLICAS          JetStream replicas for streams and buckets (3 on a cluster)
+  SLUICE_LOG_LEVEL         DEBUG, INFO (default), WARNING …
+  OTEL_*                   OpenTelemetry exporter settings (standard variables)
+"""
 
 
 def setup_logging(level: str) -> None:
@@ -38,13 +71,34 @@ def backend_options() -> dict[str, Any]:
     return {"use_uvloop": True}
 
 
-async def serve_until_signal(service: AbstractAsyncContextManager[Any], name: str) -> None:
+def health_file(settings: Settings, name: str) -> Path:
+    return settings.home / "health" / f"{name.replace(' ', '-')}.alive"
+
+
+async def _keep_alive(path: Path) -> None:
+    file = anyio.Path(path)
+    await file.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        while True:
+            await file.write_text(f"{os.getpid()}\n")
+            await anyio.sleep(ALIVE_INTERVAL)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await file.unlink(missing_ok=True)
+
+
+async def serve_until_signal(
+    service: AbstractAsyncContextManager[Any], name: str, alive: Path | None = None
+) -> None:
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with service:
+        async with service, anyio.create_task_group() as tg:
+            if alive is not None:
+                tg.start_soon(_keep_alive, alive)
             log.info("%s ready", name)
             async for signum in signals:
                 log.info("%s: received %s; shutting down", name, signal.Signals(signum).name)
                 break
+            tg.cancel_scope.cancel()
 
 
 def run_service(name: str, factory: Callable[[Settings], AbstractAsyncContextManager[Any]]) -> None:
@@ -52,4 +106,77 @@ def run_service(name: str, factory: Callable[[Settings], AbstractAsyncContextMan
     setup_logging(settings.log_level)
     # A second Ctrl-C during shutdown interrupts it; exit quietly then too.
     with contextlib.suppress(KeyboardInterrupt):
-        anyio.run(serve_until_signal, factory(settings), name, backend_options=backend_options())
+        anyio.run(
+            serve_until_signal,
+            factory(settings),
+            name,
+            health_file(settings, name),
+            backend_options=backend_options(),
+        )
+
+
+# --- the command line -------------------------------------------------------------------
+def parser(module: str, description: str | None) -> argparse.ArgumentParser:
+    """The options every service takes; a service adds its own to the result."""
+    p = argparse.ArgumentParser(
+        prog=f"python -m {module}",
+        description=description,
+        epilog=SETTINGS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="health check: exit 0 if this service runs here and NATS answers, else 1",
+    )
+    return p
+
+
+def main(
+    name: str,
+    factory: Callable[[Settings, argparse.Namespace], AbstractAsyncContextManager[Any]],
+    options: argparse.ArgumentParser,
+    argv: list[str] | None = None,
+) -> None:
+    """Parse the command line, then run the service or its health check."""
+    args = options.parse_args(argv)
+    if args.check:
+        sys.exit(check(name, Settings.from_env()))
+    run_service(name, lambda settings: factory(settings, args))
+
+
+def check(name: str, settings: Settings) -> int:
+    """The health check: 0 when healthy; otherwise 1 with the reason on stderr."""
+    path = health_file(settings, name)
+    try:
+        age = time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        print(f"unhealthy: {name} is not running here (no {path})", file=sys.stderr)
+        return 1
+    if age > ALIVE_INTERVAL * ALIVE_MISSES:
+        print(f"unhealthy: {name} has not been alive for {age:.0f}s", file=sys.stderr)
+        return 1
+    try:
+        anyio.run(_check_nats, settings)
+    except Exception as exc:
+        print(f"unhealthy: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _check_nats(settings: Settings) -> None:
+    import nats.js.errors
+
+    from shared import names
+    from shared.connection import connect
+
+    nc = await connect(settings, name="sluice-health-check", wait=5.0)
+    try:
+        with anyio.fail_after(5.0):
+            await nc.jetstream().key_value(names.FLOW_RUNS_BUCKET)
+    except nats.js.errors.BucketNotFoundError:
+        raise RuntimeError("the flow_runs bucket does not exist yet") from None
+    except TimeoutError:
+        raise RuntimeError("JetStream did not answer within 5s") from None
+    finally:
+        await nc.close()

@@ -5,14 +5,20 @@ from __future__ import annotations
 import argparse
 import os
 
-from services._main import run_service
+from services._main import main, parser
+from shared.settings import Settings
 
 from .service import RunnerService
 
 
-def parse(argv: list[str] | None = None) -> argparse.Namespace:
+def options() -> argparse.ArgumentParser:
+    """The runner's options; each falls back to a ``SLUICE_RUNNER_*`` variable."""
     env = os.environ.get
-    p = argparse.ArgumentParser(prog="python -m services.runner", description=__doc__)
+    p = parser(
+        "services.runner",
+        "Run flow runs of a queue or of chosen deployments, each in its own process. "
+        "Start as many as you like: runners serving the same thing share its work.",
+    )
     p.add_argument("--name", default=env("SLUICE_RUNNER_NAME"), help="runner name (no / or %%)")
     p.add_argument(
         "--limit",
@@ -48,21 +54,25 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         default=env("SLUICE_RUNNER_FORK", "") not in ("", "0", "false"),
         help="start runs as forks of a warm process with the engine imported (faster)",
     )
-    return p.parse_args(argv)
+    return p
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    return options().parse_args(argv)
+
+
+def service(settings: Settings, args: argparse.Namespace) -> RunnerService:
+    return RunnerService(
+        settings,
+        name=args.name,
+        limit=args.limit,
+        queue=args.queue or None,
+        deployments=args.deployment,
+        code_path=args.path,
+        register=args.register,
+        fork=args.fork,
+    )
 
 
 if __name__ == "__main__":
-    args = parse()
-    run_service(
-        "runner",
-        lambda settings: RunnerService(
-            settings,
-            name=args.name,
-            limit=args.limit,
-            queue=args.queue or None,
-            deployments=args.deployment,
-            code_path=args.path,
-            register=args.register,
-            fork=args.fork,
-        ),
-    )
+    main("runner", service, options())
