@@ -22,7 +22,9 @@ import nats.js.errors
 from engine.client import Client
 from shared import names
 from shared.errors import SluiceError, StackUnavailable
+from shared.models import FlowRun
 from shared.settings import Settings
+from shared.states import StateType
 
 from .._procs import service_env
 from ._checker import Report, check, collect, leftover_processes
@@ -168,6 +170,16 @@ async def wait_heartbeat(settings: Settings, runner: str, proc: Proc, timeout: f
                 await anyio.sleep(0.1)
         finally:
             await nc.close()
+
+
+async def until(c: Client, run_id: str, *types: StateType, timeout: float = 60) -> FlowRun:
+    """The run once it reaches one of ``types`` (followed through its events)."""
+    with anyio.fail_after(timeout):
+        async with contextlib.aclosing(c.watch_flow_run(run_id, resync=1.0)) as runs:
+            async for run in runs:
+                if run.state.type in types:
+                    return run
+    raise AssertionError("unreachable")
 
 
 async def retry(fn, *, pause: float = 0.2, timeout: float = 120.0):  # type: ignore[no-untyped-def]

@@ -18,7 +18,7 @@ from shared.states import StateType
 
 from ._history import History
 from ._proxy import BlackHoleProxy
-from ._stack import Stack, verify, wait_heartbeat
+from ._stack import Stack, until, verify, wait_heartbeat
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(180)]
 
@@ -39,15 +39,6 @@ async def create(c: Client, history: History, key: str, **params: object) -> Flo
         lambda: c.create_flow_run("faulty/d", parameters=params, idempotency_key=key),
         lambda r: r.id,
     )
-
-
-async def until(c: Client, run_id: str, *types: StateType, timeout: float = 60) -> FlowRun:
-    with anyio.fail_after(timeout):
-        async with contextlib.aclosing(c.watch_flow_run(run_id, resync=1.0)) as runs:
-            async for run in runs:
-                if run.state.type in types:
-                    return run
-    raise AssertionError("unreachable")
 
 
 def pids(run: FlowRun) -> list[int]:
