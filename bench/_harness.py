@@ -156,6 +156,14 @@ class ForeignLoad:
         t = os.times()
         return t.user + t.system + t.children_user + t.children_system
 
+    def share(self) -> float | None:
+        """Other processes' CPU so far, as a share of one CPU (``None`` without /proc)."""
+        host = self._host_busy()
+        if host is None or self._host0 is None:
+            return None
+        wall = max(time.monotonic() - self._wall0, 1e-9)
+        return max(0.0, (host - self._host0) - (self._own() - self._own0)) / wall
+
     def summary(self) -> str:
         host = self._host_busy()
         if host is None or self._host0 is None:

@@ -54,6 +54,16 @@ async def until(client: Client, run_id: str, *types: StateType) -> FlowRun:
     raise AssertionError("unreachable")
 
 
+async def cancel_once(client: Client, deployment: str) -> float:
+    """Seconds from the cancel request for a Running run to the run Cancelled."""
+    run = await client.create_flow_run(deployment)
+    await until(client, run.id, StateType.RUNNING)
+    started = time.perf_counter()
+    await client.cancel_flow_run(run.id)
+    await until(client, run.id, StateType.CANCELLED)
+    return time.perf_counter() - started
+
+
 async def measure(settings: Settings, env: dict[str, str], tmp: Path, cancels: int, crashes: int):
     async with Client(settings, connect_timeout=10) as client:
         while True:
@@ -69,14 +79,7 @@ async def measure(settings: Settings, env: dict[str, str], tmp: Path, cancels: i
                 break
             except Exception:
                 await anyio.sleep(0.1)
-        cancel_ms = []
-        for _ in range(cancels):
-            run = await client.create_flow_run("sleeper/bench")
-            await until(client, run.id, StateType.RUNNING)
-            started = time.perf_counter()
-            await client.cancel_flow_run(run.id)
-            await until(client, run.id, StateType.CANCELLED)
-            cancel_ms.append((time.perf_counter() - started) * 1000)
+        cancel_ms = [await cancel_once(client, "sleeper/bench") * 1000 for _ in range(cancels)]
         crash_s = []
         for i in range(crashes):
             victim = ServiceProcess(

@@ -50,6 +50,29 @@ async def wait_serving(client: Client, runner: ServiceProcess) -> None:
             await anyio.sleep(0.1)
 
 
+async def single_run(client: Client, deployment: str) -> tuple[float, float]:
+    """One run on an idle runner: (create -> Running, create -> Completed) in seconds."""
+    run = await client.create_flow_run(deployment)
+    done = await client.wait_for_flow_run(run.id)
+    assert done.state.type.value == "COMPLETED", done.state.message
+    assert done.start_time and done.end_time
+    return (
+        (done.start_time - done.created).total_seconds(),
+        (done.end_time - done.created).total_seconds(),
+    )
+
+
+async def batch_runs(client: Client, deployment: str, count: int) -> tuple[float, float]:
+    """``count`` runs created at once: (first create -> last end in seconds, runs/s)."""
+    runs = [await client.create_flow_run(deployment) for _ in range(count)]
+    finished = [await client.wait_for_flow_run(r.id) for r in runs]
+    assert all(r.state.type.value == "COMPLETED" for r in finished)
+    first = min(r.created for r in finished)
+    last = max(r.end_time for r in finished if r.end_time)
+    total = (last - first).total_seconds()
+    return total, count / total
+
+
 async def measure(settings: Settings, singles: int, batch: int) -> dict[str, list[float]]:
     async with Client(settings, connect_timeout=10) as client:
         await client.register_deployment(
@@ -61,23 +84,14 @@ async def measure(settings: Settings, singles: int, batch: int) -> dict[str, lis
             )
         )
         # warm-up: the first run pays for cold caches
-        warm = await client.create_flow_run("noop/bench")
-        await client.wait_for_flow_run(warm.id)
+        await single_run(client, "noop/bench")
         to_running, to_completed = [], []
         for _ in range(singles):
-            run = await client.create_flow_run("noop/bench")
-            done = await client.wait_for_flow_run(run.id)
-            assert done.state.type.value == "COMPLETED", done.state.message
-            assert done.start_time and done.end_time
-            to_running.append((done.start_time - done.created).total_seconds())
-            to_completed.append((done.end_time - done.created).total_seconds())
-        runs = [await client.create_flow_run("noop/bench") for _ in range(batch)]
-        finished = [await client.wait_for_flow_run(r.id) for r in runs]
-        assert all(r.state.type.value == "COMPLETED" for r in finished)
-        first = min(r.created for r in finished)
-        last = max(r.end_time for r in finished if r.end_time)
-        total = (last - first).total_seconds()
-    return {"running": to_running, "completed": to_completed, "batch": [total, batch / total]}
+            running, completed = await single_run(client, "noop/bench")
+            to_running.append(running)
+            to_completed.append(completed)
+        total, rate = await batch_runs(client, "noop/bench", batch)
+    return {"running": to_running, "completed": to_completed, "batch": [total, rate]}
 
 
 def main() -> None:
