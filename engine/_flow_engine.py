@@ -27,17 +27,24 @@
 Every proposal goes through the runtime's reporter and is honoured as
 :mod:`engine._reporting` describes (WAIT sleeps and asks again, ABORT
 raises :class:`~engine.exceptions.Abort`).
+
+With tracing on (:mod:`shared.telemetry`), a flow run is one span
+(``flow <name>``) that is current while it runs, so its task runs,
+subflows and proposals are its children; it ends with the final state as
+attributes, failed when the run did not complete.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Generator, Iterable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from shared import telemetry
 from shared.messages import Decision
 from shared.states import State, StateType
 
@@ -263,6 +270,27 @@ def _close(fctx: FlowRunContext) -> None:
     fctx.close(RunTimeout("flow run timed out") if fctx.abandoned.is_set() else None)
 
 
+def _flow_span(flow: Flow[..., Any]) -> contextlib.AbstractContextManager[Any]:
+    return telemetry.span(f"flow {flow.name}", attributes={"sluice.flow.name": flow.name})
+
+
+def _record(span: Any, result: FlowRunResult[Any]) -> None:
+    """The run and its final state on the flow run's span; failed unless it completed."""
+    if span is None:
+        return
+    state = result.state
+    span.set_attributes(
+        {
+            "sluice.flow_run.id": result.run.id,
+            "sluice.flow_run.name": result.run.name,
+            "sluice.state.type": state.type.value,
+            "sluice.state.name": state.name or "",
+        }
+    )
+    if state.type is not StateType.COMPLETED:
+        telemetry.set_error(state.type.value.lower(), state.message or state.describe())
+
+
 # --- sync -------------------------------------------------------------------------------
 def _returned_sync(value: Any) -> Any:
     found: list[TaskFuture[Any]] = []
@@ -279,6 +307,21 @@ def run_flow_sync(
 ) -> FlowRunResult[Any]:
     """Run a sync flow in this thread (``existing``: that stored run, with its
     parameters). Raises Abort if the orchestrator aborts it."""
+    if telemetry.enabled():
+        with _flow_span(flow) as span:
+            result = _run_flow_sync(flow, args, kwargs, return_tasks, existing)
+            _record(span, result)
+            return result
+    return _run_flow_sync(flow, args, kwargs, return_tasks, existing)
+
+
+def _run_flow_sync(
+    flow: Flow[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    return_tasks: Iterable[Any],
+    existing: ExistingRun | None,
+) -> FlowRunResult[Any]:
     fctx, param_error = _start(flow, args, kwargs, return_tasks, existing)
 
     def wait_all() -> None:
@@ -342,6 +385,21 @@ async def run_flow_async(
     Cancelling the caller cancels the body and the task runs it started on
     this loop, proposes CANCELLED and re-raises the cancellation.
     """
+    if telemetry.enabled():
+        with _flow_span(flow) as span:
+            result = await _run_flow_async(flow, args, kwargs, return_tasks, existing)
+            _record(span, result)
+            return result
+    return await _run_flow_async(flow, args, kwargs, return_tasks, existing)
+
+
+async def _run_flow_async(
+    flow: Flow[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    return_tasks: Iterable[Any],
+    existing: ExistingRun | None,
+) -> FlowRunResult[Any]:
     fctx, param_error = _start(flow, args, kwargs, return_tasks, existing)
 
     async def invoke(effect: Invoke) -> Any:

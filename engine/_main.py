@@ -10,6 +10,11 @@ final state was reported (Completed or Failed alike), 1 when it was not
 (unknown run, stack unreachable, claim refused, stale attempt), 2 for usage
 errors. Run log lines are echoed to stderr.
 
+Tracing: the process sets up :mod:`shared.telemetry` from ``OTEL_*``
+(service name ``sluice-engine``) and continues the trace whose context its
+starter put in ``TRACEPARENT`` / ``TRACESTATE``: one ``execute flow run``
+span, with the flow run's span (and its task runs' spans) inside.
+
 Startup stays light: this module imports only ``argparse`` until the
 arguments are parsed; the engine, nats and the flow come after.
 """
@@ -86,18 +91,27 @@ def main(argv: list[str] | None = None) -> int:
     die_with_parent()
     echo_run_logs()
 
+    from shared import telemetry
     from shared.errors import SluiceError
     from shared.settings import Settings
 
     from ._execute import EXIT_NOT_REPORTED, execute_flow_run
     from ._stack import StackReporter
 
+    telemetry.setup("sluice-engine")
+    attributes = {"sluice.flow_run.id": args.flow_run_id}
     try:
-        with StackReporter(Settings.from_env()) as reporter:
+        with (
+            telemetry.activated(telemetry.context_from_env()),
+            telemetry.span("execute flow run", attributes=attributes),
+            StackReporter(Settings.from_env()) as reporter,
+        ):
             outcome = execute_flow_run(reporter, args.flow_run_id, attempt=attempt)
     except (SluiceError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_NOT_REPORTED
+    finally:
+        telemetry.flush()  # a runner may kill the process soon after it reports
     return report_outcome(outcome)
 
 

@@ -24,6 +24,10 @@ threads hand work to it:
   once more.
 * **Results** go to the JetStream object store ``sluice_results`` through
   :class:`ObjectResultStore`.
+* **Tracing** (:mod:`shared.telemetry`, when on): each flow-state proposal
+  is a span (``propose <STATE>``, with the run, the claim attempt and the
+  decision) around the client span of its request(s), whose headers carry
+  the trace to the orchestrator. Task states and logs add no spans.
 
 Errors: StackUnavailable when NATS or the orchestrator cannot be reached
 (opening, creating, proposing); nats-py exceptions are translated here or in
@@ -47,7 +51,7 @@ import anyio
 import msgspec
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from shared import names
+from shared import names, telemetry
 from shared.errors import SluiceError, StackUnavailable
 from shared.messages import Decision, LogRecord, ProposedState, ProposeReply, TaskRunRecord
 from shared.models import FlowRun
@@ -215,7 +219,21 @@ class StackReporter:
 
         Raises StackUnavailable after REQUEST_TRIES, or the error the stack replied.
         """
-        return self.call(self._propose, run_id, state, claim, retry)
+        if not telemetry.enabled():
+            return self.call(self._propose, run_id, state, claim, retry)
+        attributes = {
+            "sluice.flow_run.id": run_id,
+            "sluice.state.type": state.type.value,
+            "sluice.state.name": state.name or "",
+            "sluice.claim": claim,
+        }
+        with telemetry.span(f"propose {state.type.value}", attributes=attributes) as span:
+            reply = self.call(self._propose, run_id, state, claim, retry)
+            if span is not None:
+                span.set_attributes(
+                    {"sluice.decision": reply.status.value, "sluice.attempt": reply.attempt}
+                )
+            return reply
 
     async def _propose(self, run_id: str, state: State, claim: bool, retry: bool) -> ProposeReply:
         assert self._outbox is not None

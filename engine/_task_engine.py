@@ -31,6 +31,11 @@ Failures (other than TriggerFailed) are recorded on the flow run, which
 uses them for its final state.
 
 How submitted runs are scheduled is decided in :mod:`engine._submit`.
+
+With tracing on (:mod:`shared.telemetry`), a task run inside a flow run is
+one span (``task <name>``), child of the flow run's span: current while the
+function runs (spans the function opens nest under it), its states as span
+events, its final state as attributes, failed when the run failed.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from shared import telemetry
 from shared.states import State, StateDetails, StateType
 
 from . import states, triggers
@@ -199,8 +205,40 @@ def task_steps(
     """The pipeline of one task run, from resolved upstreams to its final outcome.
 
     Outside a flow (``flow_ctx`` None) only the attempts run: no reports,
-    no trigger, no cache.
+    no trigger, no cache, no span.
     """
+    if flow_ctx is None or not telemetry.enabled():
+        return _steps(task, run, params, upstream, flow_ctx, runtime, None)
+    span = telemetry.start_span(
+        f"task {task.name}",
+        {
+            "sluice.task.name": task.name,
+            "sluice.task_run.id": run.id,
+            "sluice.task_run.name": run.name,
+            "sluice.task_run.key": run.task_key,
+            "sluice.flow_run.id": flow_ctx.run.id,
+        },
+    )
+    return _ending(_steps(task, run, params, upstream, flow_ctx, runtime, span), span)
+
+
+def _ending(steps: Steps[TaskOutcome], span: Any) -> Steps[TaskOutcome]:
+    """``steps``, ending ``span`` however they stop (normally it ends with the final state)."""
+    try:
+        return (yield from steps)
+    finally:
+        telemetry.end_span(span)
+
+
+def _steps(
+    task: Task[..., Any],
+    run: TaskRunInfo,
+    params: dict[str, Any],
+    upstream: Mapping[str, State],
+    flow_ctx: FlowRunContext | None,
+    runtime: Runtime,
+    span: Any,
+) -> Steps[TaskOutcome]:
     clock = runtime.clock
     reporter = runtime.reporter if flow_ctx is not None else None
     ctx = TaskRunContext(task=task, run=run, parameters=params, flow_run=flow_ctx, runtime=runtime)
@@ -209,20 +247,33 @@ def task_steps(
         run.state = state
         if reporter is not None:
             reporter.task_run_state(run, state)
+        if span is not None:
+            span.add_event(state.name or state.type.value, {"sluice.state.type": state.type.value})
 
     def finish(state: State, value: Any = None, exc: BaseException | None = None) -> TaskOutcome:
         move(state)
-        if (
-            flow_ctx is not None
-            and state.type in _FAILED_TYPES
-            and state.name != states.TRIGGER_FAILED
-        ):
+        failed = state.type in _FAILED_TYPES
+        if flow_ctx is not None and failed and state.name != states.TRIGGER_FAILED:
             flow_ctx.failures.append((run.name, state, exc))
+        if span is not None:
+            telemetry.end_span(
+                span,
+                {"sluice.state.type": state.type.value, "sluice.state.name": state.name or ""},
+                error=(state.message or state.describe()) if failed else None,
+            )
         return TaskOutcome(state, value, exc)
 
     def enter() -> Callable[[], None]:
         token = _task_var.set(ctx)
-        return lambda: _task_var.reset(token)
+        if span is None:
+            return lambda: _task_var.reset(token)
+        detach = telemetry.attach(span)  # spans the function opens nest under the task's
+
+        def leave() -> None:
+            detach()
+            _task_var.reset(token)
+
+        return leave
 
     def keep(state: State, value: Any) -> State:
         if runtime.results is None or flow_ctx is None:

@@ -52,7 +52,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -68,9 +68,11 @@ __all__ = [
     "ENV_TRACESTATE",
     "FILE_ENV",
     "activated",
+    "attach",
     "context_from_env",
     "context_from_headers",
     "enabled",
+    "end_span",
     "env_with_trace",
     "flush",
     "inject_headers",
@@ -85,6 +87,7 @@ __all__ = [
     "setup",
     "shutdown",
     "span",
+    "start_span",
     "tracer",
 ]
 
@@ -404,6 +407,48 @@ def span(
         name, context=context, kind=SpanKind[kind.upper()], attributes=attributes
     ) as current:
         yield current
+
+
+def start_span(name: str, attributes: Mapping[str, Any] | None = None) -> Span | None:
+    """A span, child of the current context, that is *not* made current (None when off).
+
+    For work whose steps do not nest like a ``with`` block (a generator
+    driven step by step): make it current where needed with :func:`attach`,
+    and end it with :func:`end_span`.
+    """
+    if _tracer is None:
+        return None
+    return _tracer.start_span(name, attributes=attributes)
+
+
+def attach(current: Span) -> Callable[[], None]:
+    """Make ``current`` the current span in this context; returns how to undo that."""
+    from opentelemetry import context as otel_context
+    from opentelemetry import trace
+
+    token = otel_context.attach(trace.set_span_in_context(current))
+    return lambda: otel_context.detach(token)
+
+
+def end_span(
+    current: Span | None,
+    attributes: Mapping[str, Any] | None = None,
+    *,
+    error: str | None = None,
+) -> None:
+    """Set ``attributes``, mark the span failed when ``error`` says why, and end it.
+
+    Ending a span twice does nothing the second time.
+    """
+    if current is None or not current.is_recording():
+        return
+    if attributes:
+        current.set_attributes(attributes)
+    if error is not None:
+        from opentelemetry.trace import Status, StatusCode
+
+        current.set_status(Status(StatusCode.ERROR, error))
+    current.end()
 
 
 def set_error(error_type: str, message: str) -> None:
