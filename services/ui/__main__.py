@@ -6,15 +6,20 @@ import argparse
 import os
 import sys
 
-from services._main import run_service
+from services._main import main, parser
 from shared.errors import SluiceError
 
 from .service import DEFAULT_HOST, DEFAULT_PORT, UIService
 
 
-def parse(argv: list[str] | None = None) -> argparse.Namespace:
+def options() -> argparse.ArgumentParser:
+    """The UI's options; each falls back to a ``SLUICE_UI_*`` variable."""
     env = os.environ.get
-    p = argparse.ArgumentParser(prog="python -m services.ui", description=__doc__)
+    p = parser(
+        "services.ui",
+        "Serve the web UI: flow runs, deployments and runners, live, through the same "
+        "requests, buckets and streams the CLI uses.",
+    )
     p.add_argument(
         "--host",
         default=env("SLUICE_UI_HOST", DEFAULT_HOST),
@@ -26,13 +31,16 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         default=int(env("SLUICE_UI_PORT", str(DEFAULT_PORT))),
         help=f"port to listen on (default {DEFAULT_PORT}; 0 for any free one)",
     )
-    return p.parse_args(argv)
+    return p
 
 
 if __name__ == "__main__":
-    args = parse()
     try:
-        run_service("ui", lambda settings: UIService(settings, host=args.host, port=args.port))
+        main(
+            "ui",
+            lambda settings, args: UIService(settings, host=args.host, port=args.port),
+            options(),
+        )
     except SluiceError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         sys.exit(1)
