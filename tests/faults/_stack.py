@@ -208,7 +208,7 @@ async def verify(
     recovery. ``finished``: also wait for every run to reach a terminal state.
     """
     deadline = time.monotonic() + timeout
-    nc = await nats.connect(settings.nats_url, max_reconnect_attempts=-1)
+    nc = await nats.connect(servers=settings.nats_url.split(","), max_reconnect_attempts=-1)
     try:
         while True:
             problems: list[str] = []
