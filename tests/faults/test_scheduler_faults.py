@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from datetime import timedelta
 
@@ -58,7 +59,7 @@ async def test_schedulers_restarted_at_random_moments_side_by_side(
     slots = sorted(r.expected_start_time for r in runs)
     # Every one-second slot from the first to well before the end has its run: a
     # restarted scheduler catches up what it missed, the other one never doubles it.
-    steps = [(b - a) for a, b in zip(slots, slots[1:], strict=False)]
+    steps = [(b - a) for a, b in itertools.pairwise(slots)]
     assert all(step == timedelta(seconds=1) for step in steps), steps
     assert len(slots) >= SECONDS - 2
     print(f"{restarts} scheduler restarts, {len(slots)} slots, max Running {report.max_running}")
