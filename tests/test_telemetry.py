@@ -331,3 +331,20 @@ async def test_one_trace_spans_client_orchestrator_runner_engine_and_tasks(
     for served_proposal in proposals_served:
         assert served_proposal.parent is not None
         assert hex_id(served_proposal.parent.span_id, 16) in sent
+
+
+@pytest.mark.anyio
+async def test_a_request_with_a_malformed_traceparent_is_served_in_a_trace_of_its_own(
+    spans: InMemorySpanExporter, client: Client, nc: NATS
+) -> None:
+    reply = await nc.request(
+        names.FLOWRUN_READ,
+        b'{"id": "00000000-0000-4000-8000-000000000000"}',
+        timeout=10,
+        headers={"traceparent": "00-not-a-trace-context", "tracestate": "?"},
+    )
+    assert b"flow_run_not_found" in reply.data
+    (served,) = [s for s in spans.get_finished_spans() if s.name == f"process {names.FLOWRUN_READ}"]
+    assert served.parent is None
+    assert not served.status.is_ok and served.attributes is not None
+    assert served.attributes["error.type"] == "flow_run_not_found"
