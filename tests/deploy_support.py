@@ -15,6 +15,7 @@ to their source, and the image's working directory to the repository root
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import os
 import re
 import secrets
@@ -269,7 +270,7 @@ def problems(compose: Mapping[str, Any]) -> list[str]:
                     out.append(f"{where}: {label}: {arg} ({path}) does not exist")
         if name == NATS_SERVICE:
             argv = [str(a) for a in service.get("command") or []]
-            for flag, value in zip(argv, argv[1:], strict=False):
+            for flag, value in itertools.pairwise(argv):
                 if flag in ("-c", "--config"):
                     path = local_path(value, mapping)
                     if path is None or not path.is_file():
@@ -397,10 +398,8 @@ class LocalStack:
             else:
                 out.append(flag)
         # The container's network: its address and ports, here free ones.
-        return [server_binary(), *out, "-a", "127.0.0.1", "-p", str(self.port)] + [
-            "-m",
-            str(self.http_port),
-        ]
+        port, http = str(self.port), str(self.http_port)
+        return [server_binary(), *out, "-a", "127.0.0.1", "-p", port, "-m", http]
 
     def nats_health_url(self) -> str:
         check = health_argv(self.compose["services"][NATS_SERVICE]) or []
