@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import json
 import logging
 import os
 import threading
@@ -268,6 +267,8 @@ class JsonLinesExporter:
         self._lock = threading.Lock()
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        import json
+
         from opentelemetry.sdk.trace.export import SpanExportResult
 
         lines = "".join(
