@@ -15,6 +15,7 @@ Deployments store a flow runner as ``Infrastructure(type=..., env=..., options=.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import os
 import signal
@@ -23,12 +24,16 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from types import TracebackType
+from typing import Any, Protocol, Self
 
 import anyio
 import anyio.abc
 
 from shared.models import Deployment, FlowRun, Infrastructure
+
+from ._standby import assignment_for, encode_assignment
+from ._standby_pool import StandbyPool
 
 __all__ = [
     "FlowRunProcess",
@@ -132,6 +137,17 @@ class _Subprocess:
         await self.process.wait()
 
 
+async def _hand_over(process: anyio.abc.Process, line: bytes) -> bool:
+    """Send a process its run on stdin and close it; False if the process is gone."""
+    assert process.stdin is not None
+    try:
+        await process.stdin.send(line)
+        await process.stdin.aclose()
+    except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+        return False
+    return True
+
+
 @dataclass
 class UniversalFlowRunner:
     """Settings for any infrastructure; the runner's default decides which."""
@@ -150,18 +166,44 @@ class UniversalFlowRunner:
 
 @dataclass
 class SubprocessFlowRunner:
-    """Run each flow run as a new local process: ``python -m engine``.
+    """Run each flow run as a new local process (``python -m engine._standby``).
 
     ``virtualenv`` or ``condaenv`` picks the interpreter (a virtualenv folder,
     or a conda environment name or prefix); ``stream_output`` lets the
     process write to this process's stdout/stderr instead of discarding it.
+
+    The process gets its run on stdin (:mod:`engine._standby`). While the
+    flow runner is entered as an async context manager (a Runner does that
+    for its default), it keeps up to ``standby`` processes started ahead —
+    imported and connected — and gives each new run to one started like it:
+    every run still has a fresh process of its own, without waiting for the
+    interpreter to start. ``standby=0`` starts each process when its run comes.
     """
 
     env: dict[str, str] = field(default_factory=dict)
     condaenv: str | None = None
     virtualenv: str | None = None
     stream_output: bool = True
+    standby: int = 1
     type: str = "process"
+    _pool: StandbyPool | None = field(default=None, repr=False, compare=False)
+
+    async def __aenter__(self) -> Self:
+        if self.standby > 0:
+            pool = StandbyPool(self.standby)
+            await pool.__aenter__()
+            self._pool = pool
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: builtins.type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.__aexit__(exc_type, exc, tb)
 
     def python(self) -> list[str]:
         if self.virtualenv:
@@ -178,20 +220,41 @@ class SubprocessFlowRunner:
         if deployment is not None:
             full_env.update(deployment.infrastructure.env)
         cwd = deployment.path if deployment and deployment.path else None
+        base, assignment = assignment_for(run, deployment, full_env, cwd)
+        line = encode_assignment(assignment)
+        argv = [*self.python(), "-m", "engine._standby"]
+        key = (tuple(argv), tuple(sorted(base.items())), cwd)
+
+        async def launch() -> anyio.abc.Process:
+            return await self._launch(argv, base, cwd)
+
+        process = self._pool.take(key) if self._pool is not None else None
+        if process is not None and not await _hand_over(process, line):
+            process = None  # it died waiting: start one for this run
+        if process is None:
+            process = await launch()
+            # A process that dies before reading its run reports through its exit code.
+            await _hand_over(process, line)
+        if self._pool is not None:
+            self._pool.refill(key, launch)
+        return _Subprocess(process)
+
+    async def _launch(
+        self, argv: list[str], env: dict[str, str], cwd: str | None
+    ) -> anyio.abc.Process:
         output = None if self.stream_output else subprocess.DEVNULL
         try:
-            process = await anyio.open_process(
-                [*self.python(), "-m", "engine"],
-                env=full_env,
+            return await anyio.open_process(
+                argv,
+                env=env,
                 cwd=cwd,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE,
                 stdout=output,
                 stderr=output,
                 start_new_session=True,  # its own process group, killed as a whole
             )
         except OSError as exc:
             raise StartFailed(f"could not start the flow-run process: {exc}") from exc
-        return _Subprocess(process)
 
     def to_infrastructure(self) -> Infrastructure:
         options: dict[str, Any] = {"stream_output": self.stream_output}

@@ -71,6 +71,7 @@ class ForkServerFlowRunner:
     type: str = "fork"
     _stack: AsyncExitStack = field(default_factory=AsyncExitStack, repr=False)
     _stream: anyio.abc.SocketStream | None = field(default=None, repr=False)
+    _process: anyio.abc.Process | None = field(default=None, repr=False)
     _spawned: dict[str, tuple[anyio.Event, dict[str, Any]]] = field(default_factory=dict)
     _exits: dict[int, int] = field(default_factory=dict)
     _exit_events: dict[int, anyio.Event] = field(default_factory=dict)
@@ -87,6 +88,7 @@ class ForkServerFlowRunner:
                 stdout=None,
                 stderr=None,
             )
+            self._process = process
             self._stack.push_async_callback(self._stop_server, process)
             while not await anyio.Path(path).exists():  # bound once its imports are done
                 if process.returncode is not None:

@@ -100,7 +100,8 @@ def test_a_stale_attempt_is_refused_and_the_current_one_runs(
 
 def test_a_run_scheduled_later_is_made_to_wait(stack: Stack, client: SyncClient, deploy) -> None:
     deployment = deploy("hello", "pipeline.py:hello")
-    start = datetime.now(UTC) + timedelta(seconds=1)
+    # Far enough ahead that the engine's process is up before it, even on a busy machine.
+    start = datetime.now(UTC) + timedelta(seconds=3)
     run = client.create_flow_run(
         deployment_id=deployment.id, parameters={"name": "later"}, scheduled_start_time=start
     )

@@ -1,0 +1,161 @@
+"""Processes started ahead of their run: subprocess standbys and fork-server spares.
+
+A run handed to a standby still runs in a fresh process of its own; a
+standby that dies while waiting is replaced without the run noticing; and
+when the runner stops, no waiting process is left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import anyio
+import pytest
+
+from engine.client import Client
+from engine.flow_runners import SubprocessFlowRunner
+from engine.fork_runner import ForkServerFlowRunner
+from engine.runner import Runner
+from services.orchestrator import Orchestrator
+from shared.messages import RegisterDeployment
+from shared.settings import Settings
+from shared.states import StateType
+
+from .test_runner import running
+from .test_watcher import alive
+
+pytestmark = pytest.mark.anyio
+T = TypeVar("T")
+
+FLOW = """
+import os
+from engine import flow
+
+@flow(name="{name}")
+def pid() -> int:
+    return os.getpid()
+"""
+
+
+async def _deploy(client: Client, tmp_path: Path, name: str) -> None:
+    (tmp_path / "flows.py").write_text(FLOW.format(name=name))
+    await client.register_deployment(
+        RegisterDeployment(name="d", flow_name=name, entrypoint="flows.py:pid", path=str(tmp_path))
+    )
+
+
+async def _eventually(check: Callable[[], T]) -> T:
+    """``check()`` once it is truthy (polled; the test's timeout bounds it)."""
+    with anyio.fail_after(60):
+        while True:
+            if value := check():
+                return value
+            await anyio.sleep(0.02)
+
+
+async def _waiting_standby(flow_runner: SubprocessFlowRunner) -> int:
+    """The pid of the standby the pool keeps, once it has started one."""
+
+    def waiting() -> int:
+        pool = flow_runner._pool
+        return next(iter(pool._waiting.values())).pid if pool and pool._waiting else 0
+
+    return await _eventually(waiting)
+
+
+def _children(pid: int) -> set[int]:
+    out = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.add(int(entry.name))
+    return out
+
+
+async def test_runs_are_handed_to_standbys_each_a_process_of_its_own(
+    orchestrator: Orchestrator,
+    client: Client,
+    settings: Settings,
+    unique: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await _deploy(client, tmp_path, unique)
+    monkeypatch.setenv("SLUICE_NATS_URL", settings.nats_url)
+    flow_runner = SubprocessFlowRunner(standby=1)
+    r = Runner(name=f"sb-{unique}", settings=settings, flow_runner=flow_runner)
+    await r.serve_deployment(f"{unique}/d")
+    pids, standbys = [], []
+    async with running(r):
+        first = await client.wait_for_flow_run((await client.create_flow_run(f"{unique}/d")).id)
+        pids.append(first.state.data)
+        for _ in range(2):
+            standbys.append(await _waiting_standby(flow_runner))
+            run = await client.create_flow_run(f"{unique}/d")
+            done = await client.wait_for_flow_run(run.id)
+            assert done.state.type is StateType.COMPLETED, done.state.message
+            pids.append(done.state.data)
+        left = await _waiting_standby(flow_runner)
+    assert first.state.type is StateType.COMPLETED, first.state.message
+    assert pids[1:] == standbys  # the waiting process took the run
+    assert len(set(pids)) == 3 and os.getpid() not in pids
+    assert not alive(left)  # stopping the runner ended the standby still waiting
+
+
+async def test_a_standby_that_died_waiting_is_replaced(
+    orchestrator: Orchestrator,
+    client: Client,
+    settings: Settings,
+    unique: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await _deploy(client, tmp_path, unique)
+    monkeypatch.setenv("SLUICE_NATS_URL", settings.nats_url)
+    flow_runner = SubprocessFlowRunner(standby=1)
+    r = Runner(name=f"sb-{unique}", settings=settings, flow_runner=flow_runner)
+    await r.serve_deployment(f"{unique}/d")
+    async with running(r):
+        await client.wait_for_flow_run((await client.create_flow_run(f"{unique}/d")).id)
+        victim = await _waiting_standby(flow_runner)
+        os.killpg(victim, signal.SIGKILL)
+        run = await client.create_flow_run(f"{unique}/d")
+        done = await client.wait_for_flow_run(run.id)
+    assert done.state.type is StateType.COMPLETED, done.state.message
+    assert done.state.data != victim
+
+
+async def test_fork_spares_take_runs_and_go_with_the_runner(
+    orchestrator: Orchestrator,
+    client: Client,
+    settings: Settings,
+    unique: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await _deploy(client, tmp_path, unique)
+    monkeypatch.setenv("SLUICE_NATS_URL", settings.nats_url)
+    flow_runner = ForkServerFlowRunner(spares=1)
+    r = Runner(name=f"fk-{unique}", settings=settings, flow_runner=flow_runner)
+    await r.serve_deployment(f"{unique}/d")
+    async with running(r):
+        first = await client.wait_for_flow_run((await client.create_flow_run(f"{unique}/d")).id)
+        assert flow_runner._process is not None
+        server = flow_runner._process.pid
+        spares = await _eventually(lambda: _children(server))  # forked after the first run
+        run = await client.create_flow_run(f"{unique}/d")
+        second = await client.wait_for_flow_run(run.id)
+        left = await _eventually(lambda: _children(server) - {second.state.data})
+    assert first.state.type is second.state.type is StateType.COMPLETED
+    assert second.state.data in spares  # the spare that waited took the run
+    assert first.state.data != second.state.data
+    # A spare whose server is gone reads end-of-file and exits.
+    await _eventually(lambda: not any(alive(pid) for pid in left))
