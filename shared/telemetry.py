@@ -63,6 +63,7 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Span, Tracer
 
 __all__ = [
+    "DISPATCH_TEMPLATE",
     "ENV_TRACEPARENT",
     "ENV_TRACESTATE",
     "FILE_ENV",
@@ -99,6 +100,8 @@ DEFAULT_FILE = "sluice-spans.jsonl"
 #: Header names of the W3C trace context (lower case, as the propagator writes them).
 TRACE_HEADERS = ("traceparent", "tracestate")
 INSTRUMENTATION = "sluice"
+#: The dispatch subject with its variable parts named (``messaging.destination.template``).
+DISPATCH_TEMPLATE = "flowrun.dispatch.{queue}.{deployment_id}"
 
 _lock = threading.Lock()
 _configured = False
@@ -512,7 +515,7 @@ def publish_span(
 
 @contextlib.contextmanager
 def runner_span(
-    subject: str, run_id: str, parent: Context | None, *, template: str | None = None
+    subject: str, run_id: str, parent: Context | None, *, template: str = DISPATCH_TEMPLATE
 ) -> Iterator[Span | None]:
     """ "Runner submits run": a consumer span, child of the dispatch message's context
     (:func:`context_from_headers`), around starting the flow-run process. Inside it,

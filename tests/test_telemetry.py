@@ -298,6 +298,10 @@ async def test_one_trace_spans_client_orchestrator_runner_engine_and_tasks(
     assert dispatch.attributes is not None
     assert dispatch.attributes["messaging.destination.name"] == subject
     assert dispatch.attributes["sluice.flow_run.id"] == run.id
+    template = names.dispatch_subject("{queue}", "{deployment_id}")
+    assert dispatch.attributes["messaging.destination.template"] == template
+    assert runner.attributes is not None
+    assert runner.attributes["messaging.destination.template"] == template
     proposals_served = [
         s
         for s in here

@@ -30,8 +30,6 @@ from shared.models import FlowRun
 from shared.states import State, StateType
 
 ACK_TIMEOUT = 5.0
-#: The dispatch subject with its variable parts named (a span attribute).
-DISPATCH_TEMPLATE = f"{names.DISPATCH_PREFIX}.{{queue}}.{{deployment_id}}"
 
 
 def is_due(run: FlowRun, now: datetime) -> bool:
@@ -101,7 +99,7 @@ class Publisher:
                 subject, payload, stream=names.DISPATCH_STREAM, headers=headers
             )
         with telemetry.publish_span(
-            subject, template=DISPATCH_TEMPLATE, attributes={"sluice.flow_run.id": run.id}
+            subject, template=telemetry.DISPATCH_TEMPLATE, attributes={"sluice.flow_run.id": run.id}
         ) as trace_headers:
             return await self._js.publish_async(
                 subject,
