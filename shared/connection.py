@@ -79,6 +79,7 @@ async def connect(
     """
 
     connected = False
+    refused: list[str] = []  # why the server turned the last attempt away, if it did
 
     async def on_error(exc: Exception) -> None:
         # Before the first connection every refused attempt lands here; the
@@ -89,6 +90,8 @@ async def connect(
         denied = "permissions violation" in text.lower()
         level = logging.WARNING if connected or denied else logging.DEBUG
         log.log(level, "nats (%s): %s", name, text)
+        if not connected and "authorization" in text.lower():
+            refused[:] = [text]
 
     async def on_disconnect() -> None:
         if not nc.is_closed:
@@ -129,6 +132,12 @@ async def connect(
             await nc.connect(**options)
     except TimeoutError:
         await nc.close()
+        if refused:
+            raise StackUnavailable(
+                f"NATS at {settings.nats_url} refused this connection ({refused[0]}); "
+                "check SLUICE_NATS_USER and SLUICE_NATS_PASSWORD (or SLUICE_NATS_TOKEN, "
+                "SLUICE_NATS_CREDS)."
+            ) from None
         raise StackUnavailable(
             f"cannot reach NATS at {settings.nats_url}; is the stack running? "
             "Start it with `sluice dev`, or set SLUICE_NATS_URL."

@@ -1,0 +1,269 @@
+"""The NATS users of deploy/nats/auth.conf hold no more rights than their role needs,
+and the connection settings (user/password, token, TLS with client certificates)
+really reach nats-py.
+
+The end-to-end runs with auth on are in test_compose.py (the compose stack
+uses these users); here a server with the deploy/ configuration and an
+orchestrator show what each role may not do. A refused publish gets no reply
+in nats-py (only a time-out), so each test also finds the server's record of
+the violation, and reads the state back to see it unchanged.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import anyio
+import nats
+import nats.errors
+import nats.js.errors
+import pytest
+from nats.aio.client import Client as NATS
+
+from engine.client import Client
+from services.dev import NatsServer
+from shared import names
+from shared.connection import connect, inbox_prefix, request
+from shared.errors import StackUnavailable
+from shared.messages import ProposedState, ProposeReply, ProposeState
+from shared.models import FlowRun
+from shared.settings import Settings
+from shared.states import StateType
+
+from .deploy_support import LocalStack
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+
+#: Seconds a JetStream call waits for a reply that a refused request never gets.
+REFUSED_WAIT = 2.0
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    local = LocalStack(tmp_path_factory.mktemp("secure"), only=["orchestrator"])
+    try:
+        local.start()
+    except BaseException:
+        print(local.logs())
+        local.stop()
+        raise
+    yield local
+    local.stop()
+
+
+@pytest.fixture
+async def run(stack: LocalStack, unique: str) -> FlowRun:
+    async with Client(stack.settings("client")) as c:
+        return await c.create_flow_run(flow_name=f"secure-{unique}", agentless=True)
+
+
+@pytest.fixture
+async def as_runner(stack: LocalStack) -> AsyncIterator[NATS]:
+    nc = await connect(stack.settings("runner"), name="test-runner", wait=10)
+    yield nc
+    await nc.close()
+
+
+async def refused(stack: LocalStack, user: str, subject: str, kind: str = "Publish") -> None:
+    """Wait until the server has logged ``user`` being refused ``subject``."""
+    wanted = f'user:{user}" - {kind} Violation - Subject "{subject}"'
+    with anyio.fail_after(30):
+        while True:
+            if any(wanted in line for line in stack.violations()):
+                return
+            await anyio.sleep(0.1)
+
+
+async def revision(stack: LocalStack, run_id: str) -> tuple[int, bytes]:
+    nc = await connect(stack.settings("client"), name="test-reader", wait=10)
+    try:
+        entry = await (await nc.jetstream().key_value(names.FLOW_RUNS_BUCKET)).get(run_id)
+        return entry.revision or 0, entry.value or b""
+    finally:
+        await nc.close()
+
+
+async def test_a_runner_cannot_write_a_runs_state_directly(
+    stack: LocalStack, run: FlowRun, as_runner: NATS
+) -> None:
+    before = await revision(stack, run.id)
+    js = as_runner.jetstream(timeout=REFUSED_WAIT)
+    kv = await js.key_value(names.FLOW_RUNS_BUCKET)
+    entry = await kv.get(run.id)  # reading is allowed
+    assert entry.value == before[1]
+    forged = entry.value.replace(b'"SCHEDULED"', b'"COMPLETED"') if entry.value else b"{}"
+    with pytest.raises((nats.errors.TimeoutError, TimeoutError)):
+        await kv.put(run.id, forged)
+    with pytest.raises((nats.errors.TimeoutError, TimeoutError)):
+        await kv.update(run.id, forged, last=before[0])
+    with pytest.raises((nats.errors.TimeoutError, TimeoutError)):
+        await kv.delete(run.id)
+    subject = f"$KV.{names.FLOW_RUNS_BUCKET}.{run.id}"
+    await refused(stack, "runner", subject)
+    # Nor around the bucket: deleting its messages, purging or removing its stream.
+    stream = names.kv_stream(names.FLOW_RUNS_BUCKET)
+    with pytest.raises((nats.errors.TimeoutError, TimeoutError)):
+        await js.purge_stream(stream)
+    with pytest.raises((nats.errors.TimeoutError, TimeoutError)):
+        await js.delete_msg(stream, before[0])
+    with pytest.raises((nats.errors.TimeoutError, TimeoutError)):
+        await js.delete_stream(stream)
+    await refused(stack, "runner", f"$JS.API.STREAM.PURGE.{stream}")
+    await refused(stack, "runner", f"$JS.API.STREAM.MSG.DELETE.{stream}")
+    await refused(stack, "runner", f"$JS.API.STREAM.DELETE.{stream}")
+    assert await revision(stack, run.id) == before
+
+    # The way a runner may change a run: propose it to the orchestrator.
+    reply = await request(
+        as_runner,
+        names.FLOWRUN_PROPOSE,
+        ProposeState(id=run.id, state=ProposedState(type=StateType.PENDING)),
+        ProposeReply,
+        timeout=30,
+    )
+    assert reply.status == "ACCEPT"
+    assert (await revision(stack, run.id))[0] > before[0]
+
+
+async def test_a_runner_cannot_create_streams(stack: LocalStack, as_runner: NATS) -> None:
+    js = as_runner.jetstream(timeout=REFUSED_WAIT)
+    with pytest.raises((nats.errors.TimeoutError, TimeoutError)):
+        await js.add_stream(name="ROGUE", subjects=["rogue.>"])
+    with pytest.raises((nats.errors.TimeoutError, TimeoutError)):
+        await js.create_key_value(bucket="rogue")
+    await refused(stack, "runner", "$JS.API.STREAM.CREATE.ROGUE")
+    await refused(stack, "runner", "$JS.API.STREAM.CREATE.KV_rogue")
+
+
+@pytest.mark.parametrize("role", ["scheduler", "watcher", "client"])
+async def test_only_the_orchestrator_writes_the_state_store(
+    stack: LocalStack, run: FlowRun, role: str
+) -> None:
+    before = await revision(stack, run.id)
+    nc = await connect(stack.settings(role), name=f"test-{role}", wait=10)
+    try:
+        kv = await nc.jetstream(timeout=REFUSED_WAIT).key_value(names.FLOW_RUNS_BUCKET)
+        with pytest.raises((nats.errors.TimeoutError, TimeoutError)):
+            await kv.put(run.id, b"{}")
+    finally:
+        await nc.close()
+    await refused(stack, role, f"$KV.{names.FLOW_RUNS_BUCKET}.{run.id}")
+    assert await revision(stack, run.id) == before
+
+
+async def test_a_client_creates_reads_and_cancels_but_does_not_propose(
+    stack: LocalStack, run: FlowRun
+) -> None:
+    async with Client(stack.settings("client", request_timeout=REFUSED_WAIT)) as c:
+        assert (await c.read_flow_run(run.id)).id == run.id
+        with pytest.raises(StackUnavailable):
+            await c.propose_state(run.id, ProposedState(type=StateType.RUNNING))
+        await refused(stack, "client", names.FLOWRUN_PROPOSE)
+        assert (await c.read_flow_run(run.id)).state.type is StateType.SCHEDULED
+    async with Client(stack.settings("client")) as c:
+        await c.cancel_flow_run(run.id)
+        final = await c.read_flow_run(run.id)
+    assert final.state.type in (StateType.CANCELLING, StateType.CANCELLED)
+
+
+async def test_no_role_reads_another_roles_replies_or_requests(
+    stack: LocalStack, as_runner: NATS
+) -> None:
+    assert inbox_prefix(stack.settings("runner")) == "_INBOX.runner"
+    for subject in ("_INBOX.client.>", "_INBOX.>", names.FLOWRUN_CREATE):
+        await as_runner.subscribe(subject)
+        await refused(stack, "runner", subject, kind="Subscription")
+
+
+async def test_unknown_users_and_wrong_passwords_are_refused(stack: LocalStack) -> None:
+    for settings in (
+        Settings(nats_url=stack.url),
+        Settings(nats_url=stack.url, nats_user="runner", nats_password="wrong"),
+    ):
+        with pytest.raises(StackUnavailable, match="refused this connection"):
+            await connect(settings, name="test-denied", wait=REFUSED_WAIT)
+
+
+# --- connection settings -------------------------------------------------------------
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CA, a server certificate for 127.0.0.1, and a client certificate."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    d = tmp_path_factory.mktemp("tls")
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
+             "-keyout", "ca-key.pem", "-out", "ca.pem", cwd=d)  # fmt: skip
+    for who, san in (("server", "IP:127.0.0.1,DNS:localhost"), ("client", "DNS:client")):
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={who}",
+                 "-keyout", f"{who}-key.pem", "-out", f"{who}.csr", cwd=d)  # fmt: skip
+        (d / f"{who}.ext").write_text(f"subjectAltName={san}\n")
+        _openssl("x509", "-req", "-in", f"{who}.csr", "-CA", "ca.pem", "-CAkey", "ca-key.pem",
+                 "-CAcreateserial", "-days", "2", "-extfile", f"{who}.ext",
+                 "-out", f"{who}.pem", cwd=d)  # fmt: skip
+    return d
+
+
+async def _connects(settings: Settings) -> None:
+    nc = await connect(settings, name="test-settings", wait=10)
+    try:
+        await nc.jetstream().account_info()
+    finally:
+        await nc.close()
+
+
+async def test_tls_with_a_client_certificate(certificates: Path, tmp_path: Path) -> None:
+    d = certificates
+    server = NatsServer(
+        tmp_path / "nats",
+        extra_config=(
+            f'tls {{\n  cert_file: "{d / "server.pem"}"\n  key_file: "{d / "server-key.pem"}"\n'
+            f'  ca_file: "{d / "ca.pem"}"\n  verify: true\n}}\n'
+        ),
+    )
+    await anyio.to_thread.run_sync(server.start)
+    try:
+        url = f"tls://127.0.0.1:{server.port}"
+        await _connects(
+            Settings(
+                nats_url=url,
+                tls_ca=str(d / "ca.pem"),
+                tls_cert=str(d / "client.pem"),
+                tls_key=str(d / "client-key.pem"),
+            )
+        )
+        # Without the client certificate the server refuses the connection.
+        with pytest.raises(StackUnavailable):
+            await _connects_quickly(Settings(nats_url=url, tls_ca=str(d / "ca.pem")))
+    finally:
+        server.stop()
+
+
+async def _connects_quickly(settings: Settings) -> None:
+    nc = await connect(settings, name="test-settings", wait=REFUSED_WAIT)
+    await nc.close()
+
+
+async def test_token_authentication(tmp_path: Path) -> None:
+    server = NatsServer(tmp_path / "nats", extra_config='authorization { token: "s3cret" }')
+    await anyio.to_thread.run_sync(server.start)
+    try:
+        await _connects(Settings(nats_url=server.url, nats_token="s3cret"))
+        with pytest.raises(StackUnavailable, match="refused this connection"):
+            await _connects_quickly(Settings(nats_url=server.url, nats_token="wrong"))
+    finally:
+        server.stop()
+
+
+def test_the_inbox_prefix_follows_the_user() -> None:
+    assert inbox_prefix(Settings()) == "_INBOX"
+    assert inbox_prefix(Settings(nats_user="runner")) == "_INBOX.runner"
+    assert inbox_prefix(Settings(nats_user="a.b")) == "_INBOX"  # not a single token
+    assert inbox_prefix(Settings(nats_user="runner", nats_inbox_prefix="_R")) == "_R"
+    assert Settings.from_env({"SLUICE_NATS_INBOX_PREFIX": "_X"}).nats_inbox_prefix == "_X"
