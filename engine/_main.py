@@ -22,8 +22,10 @@ arguments are parsed; the engine, nats and the flow come after.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -99,20 +101,31 @@ def main(argv: list[str] | None = None) -> int:
     from ._stack import StackReporter
 
     telemetry.setup("sluice-engine")
-    attributes = {"sluice.flow_run.id": args.flow_run_id}
     try:
-        with (
-            telemetry.activated(telemetry.context_from_env()),
-            telemetry.span("execute flow run", attributes=attributes),
-            StackReporter(Settings.from_env()) as reporter,
-        ):
+        with traced_execution(args.flow_run_id), StackReporter(Settings.from_env()) as reporter:
             outcome = execute_flow_run(reporter, args.flow_run_id, attempt=attempt)
     except (SluiceError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_NOT_REPORTED
-    finally:
-        telemetry.flush()  # a runner may kill the process soon after it reports
     return report_outcome(outcome)
+
+
+@contextlib.contextmanager
+def traced_execution(run_id: str) -> Iterator[None]:
+    """The ``execute flow run`` span, child of the context in ``TRACEPARENT`` /
+    ``TRACESTATE`` as the environment holds them now; spans are flushed on the
+    way out (a runner may end the process soon after it reports). Nothing when
+    tracing is off; call ``telemetry.setup`` first."""
+    from shared import telemetry
+
+    try:
+        with (
+            telemetry.activated(telemetry.context_from_env()),
+            telemetry.span("execute flow run", attributes={"sluice.flow_run.id": run_id}),
+        ):
+            yield
+    finally:
+        telemetry.flush()
 
 
 def report_outcome(outcome: Execution) -> int:
