@@ -68,12 +68,28 @@ async def runs_events(request: Request) -> Response:
     wanted = RunFilter(states, deployment, tags)
     first_page = request.query_params.get("offset", "0") in ("", "0")
 
+    try:
+        offset = max(0, int(request.query_params.get("offset") or 0))
+    except ValueError:
+        offset = 0
+    query = request.url.query
+    back = f"/runs?{query}" if query else "/runs"  # where a row's buttons come back to
+
+    def row(run: FlowRun, insert: bool) -> bytes:
+        html = ui.fragment("_run_row.html", run=run, back=back)
+        return event("run", {"id": run.id, "html": html, "insert": insert})
+
     async def produce(out: MemoryObjectSendStream[bytes]) -> None:
         async with ui.feed.subscribe() as changes:
+            # The page was rendered before this stream began: send its runs
+            # once more as they are now, so no change in between is missed.
+            page = await ui.client.list_flow_runs(
+                states=states, deployment=deployment, tags=tags, limit=ui.page_size, offset=offset
+            )
+            for run in page.flow_runs:
+                await out.send(row(run, insert=False))
             async for run in changes:
-                row = ui.fragment("_run_row.html", run=run, back=request.query_params.get("back"))
-                data = {"id": run.id, "html": row, "insert": first_page and wanted.matches(run)}
-                await out.send(event("run", data))
+                await out.send(row(run, insert=first_page and wanted.matches(run)))
 
     return EventStream(produce, ui.closing)
 

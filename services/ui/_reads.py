@@ -161,7 +161,8 @@ async def task_runs(client: Client, run: FlowRun) -> list[TaskRunView]:
             )
         elif record.state.timestamp >= view.state.timestamp:
             view.state = record.state
-        if record.state.type is StateType.RUNNING and view.started is None:
+        if view.started is None and record.state.type is not StateType.PENDING:
+            # Running, or a later state when quick ones were coalesced away.
             view.started = record.state.timestamp
         if record.state.is_terminal:
             view.ended = record.state.timestamp

@@ -120,8 +120,8 @@ def test_cancel_from_the_runs_table(page: Page, stack: Stack, sync_client: SyncC
     row = page.locator(f'tr[data-run-id="{run.id}"]')
     expect(row.locator(".state")).to_have_text("Running", timeout=WAIT_MS)
     row.get_by_role("button", name="Cancel").click()
-    page.wait_for_url(re.compile(rf"/runs\?tag={tag}$"))
     expect(row.locator(".state")).to_have_text("Cancelled", timeout=WAIT_MS)
+    assert page.url.endswith(f"/runs?tag={tag}")  # back where the button was
 
 
 def test_bad_form_input_is_explained_beside_the_field(
@@ -203,6 +203,41 @@ def test_deployments_page_schedules_slots_pause_and_resume(
     assert not sync_client.read_deployment(f"ui-test/{name}").paused
     expect(page.locator('tr[data-deployment="sleepy/default"]')).to_be_visible()
     screenshot(page, "deployments")
+
+
+def test_slots_in_use_and_a_run_waiting_for_one(
+    page: Page, stack: Stack, sync_client: SyncClient
+) -> None:
+    sleepy = sync_client.read_deployment("sleepy/default")
+    name = f"one-at-a-time-{uuid.uuid4().hex[:6]}"
+    sync_client.register_deployment(
+        RegisterDeployment(
+            name=name,
+            flow_name="sleepy",
+            entrypoint=sleepy.entrypoint,
+            path=sleepy.path,
+            parameter_schema=sleepy.parameter_schema,
+            concurrency_limit=1,
+        )
+    )
+    tag = _tag()
+    first = sync_client.create_flow_run(f"sleepy/{name}", parameters={"seconds": 300}, tags=[tag])
+    second = sync_client.create_flow_run(f"sleepy/{name}", parameters={"seconds": 1}, tags=[tag])
+    page.goto(f"{stack.url}/runs/{first.id}")
+    expect(page.locator("#run-detail h1 .state")).to_have_text("Running", timeout=WAIT_MS)
+
+    page.goto(f"{stack.url}/deployments")
+    row = page.locator(f'tr[data-deployment="sleepy/{name}"]')
+    expect(row).to_contain_text("1 / 1")
+    expect(row.get_by_role("link", name=first.id[:8])).to_be_visible()
+
+    page.goto(f"{stack.url}/runs/{second.id}")
+    expect(page.locator("#why-waiting")).to_contain_text("waiting for a concurrency slot")
+    screenshot(page, "run-waiting")
+    # The slot comes free when the first run is cancelled; the second then runs, live.
+    sync_client.cancel_flow_run(first.id)
+    expect(page.locator("#run-detail h1 .state")).to_have_text("Completed", timeout=WAIT_MS)
+    expect(page.locator("#why-waiting")).to_have_count(0)
 
 
 def test_runners_page(page: Page, stack: Stack) -> None:
