@@ -6,6 +6,9 @@ nats-server restart, and a clean shutdown on SIGTERM."""
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -162,7 +165,7 @@ def _gone(pid: int) -> bool:
 async def test_sigterm_stops_every_service_cleanly_and_settles_its_runs(
     stack: LocalStack,
 ) -> None:
-    """Last in this module: it stops the stack."""
+    """The last test of the stack: it stops it."""
     async with Client(stack.settings("client")) as c:
         run = await c.create_flow_run("sleepy/default", parameters={"seconds": 120})
         running = await until(c, run.id, StateType.RUNNING)
@@ -190,3 +193,32 @@ async def test_sigterm_stops_every_service_cleanly_and_settles_its_runs(
                 break
             await anyio.sleep(0.1)
     assert stack.violations() == []
+
+
+SERVICE_MODULES = [
+    "services.orchestrator",
+    "services.scheduler",
+    "services.cancellation_watcher",
+    "services.runner",
+]
+
+
+@pytest.mark.parametrize("module", SERVICE_MODULES)
+def test_each_service_runs_alone_and_explains_itself(module: str, tmp_path: Path) -> None:
+    helped = subprocess.run(
+        [sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert helped.returncode == 0, helped.stderr
+    assert f"python -m {module}" in helped.stdout
+    assert "--check" in helped.stdout and "SLUICE_NATS_URL" in helped.stdout
+    # Its health check fails, saying why, when it does not run here.
+    env = {**os.environ, "SLUICE_HOME": str(tmp_path)}
+    checked = subprocess.run(
+        [sys.executable, "-m", module, "--check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert checked.returncode == 1
+    assert "not running here" in checked.stderr

@@ -26,6 +26,7 @@ from nats.aio.client import Client as NATS
 from engine.client import Client
 from services.dev import NatsServer
 from shared import names
+from shared.bootstrap import bootstrap
 from shared.connection import connect, inbox_prefix, request
 from shared.errors import StackUnavailable
 from shared.messages import ProposedState, ProposeReply, ProposeState
@@ -267,3 +268,36 @@ def test_the_inbox_prefix_follows_the_user() -> None:
     assert inbox_prefix(Settings(nats_user="a.b")) == "_INBOX"  # not a single token
     assert inbox_prefix(Settings(nats_user="runner", nats_inbox_prefix="_R")) == "_R"
     assert Settings.from_env({"SLUICE_NATS_INBOX_PREFIX": "_X"}).nats_inbox_prefix == "_X"
+
+
+async def test_a_role_that_may_not_create_streams_waits_for_the_orchestrator(
+    tmp_path: Path,
+) -> None:
+    """Services start in any order: a scheduler first finds no streams, may not
+    create them, and waits (instead of crashing) until the orchestrator has."""
+    fresh = LocalStack(tmp_path, only=[])
+    await anyio.to_thread.run_sync(fresh.start)
+    try:
+        scheduler = await connect(fresh.settings("scheduler"), name="test-scheduler", wait=10)
+        orchestrator = await connect(
+            fresh.settings("orchestrator"), name="test-orchestrator", wait=10
+        )
+        try:
+            done = anyio.Event()
+
+            async def scheduler_bootstrap() -> None:
+                await bootstrap(scheduler.jetstream(), fresh.settings("scheduler"), poll=0.1)
+                done.set()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(scheduler_bootstrap)
+                await refused(fresh, "scheduler", f"$JS.API.STREAM.CREATE.{names.EVENTS_STREAM}")
+                assert not done.is_set()
+                await bootstrap(orchestrator.jetstream(), fresh.settings("orchestrator"))
+                with anyio.fail_after(60):
+                    await done.wait()
+        finally:
+            await scheduler.close()
+            await orchestrator.close()
+    finally:
+        await anyio.to_thread.run_sync(fresh.stop)
