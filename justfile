@@ -33,3 +33,57 @@ bench-orchestrator *args:
 # writes bench/RESULTS.md; about 15 min). `just bench-compare --quick` for a smoke run.
 bench-compare *args:
     {{py}} -m bench.compare {{args}}
+
+# Scheduler lag and idle cost (writes bench/results/scheduler.md; --quick to only print).
+bench-scheduler *args:
+    {{py}} -m bench.scheduler {{args}}
+
+# Runner start latency and throughput (writes bench/results/runner.md).
+bench-runner *args:
+    {{py}} -m bench.runner {{args}}
+
+# Cancellation and crash-detection latency (writes bench/results/cancel.md).
+bench-cancel *args:
+    {{py}} -m bench.cancel {{args}}
+
+# Engine overhead per task (`--stack` to report to a real stack).
+bench-engine *args:
+    {{py}} bench/engine_overhead.py {{args}}
+
+# --- the stack in Docker (docker-compose.yml) ------------------------------------------
+
+# Build the image and start the stack (`just up --scale runner=4`; traces: COMPOSE_PROFILES=otel).
+up *args:
+    docker compose up --build {{args}}
+
+# Stop the stack (`just down -v` also drops the JetStream volume).
+down *args:
+    docker compose down {{args}}
+
+# The compose smoke test and the NATS permission tests (no Docker needed).
+test-deploy *args:
+    {{py}} -m pytest tests/test_compose.py tests/test_security.py {{args}}
+
+# --- each service alone, against $SLUICE_NATS_URL (see `python -m services.<name> --help`) ---
+
+# A local nats-server with deploy/nats/ (users and permissions; set SLUICE_<ROLE>_PASSWORD).
+nats store=".sluice/nats-deploy":
+    mkdir -p {{store}}
+    $({{py}} -c 'from services.dev._natsserver import server_binary; print(server_binary())') \
+        --config deploy/nats/nats.conf --store_dir {{store}} -a 127.0.0.1
+
+# The orchestrator alone (the only writer of flow-run state).
+orchestrator *args:
+    {{py}} -m services.orchestrator {{args}}
+
+# The scheduler alone.
+scheduler *args:
+    {{py}} -m services.scheduler {{args}}
+
+# The cancellation-watcher alone.
+cancellation-watcher *args:
+    {{py}} -m services.cancellation_watcher {{args}}
+
+# A runner of the default queue serving the example deployments (flags: --help).
+runner *args="--queue default --register examples/deployments.py":
+    {{py}} -m services.runner {{args}}
