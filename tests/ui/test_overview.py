@@ -32,6 +32,8 @@ def test_runs_page_picture(page: Page, stack: Stack, sync_client: SyncClient) ->
     expect(page.locator("#run-detail h1 .state")).to_have_text("Cancelled", timeout=WAIT_MS)
     running = sync_client.create_flow_run("sleepy/default", parameters={"seconds": 300})
 
+    page.emulate_media(reduced_motion="reduce")  # no highlight caught half-way
+    page.set_viewport_size({"width": 1200, "height": 560})
     page.goto(f"{stack.url}/runs")
     expect(page.locator(f'tr[data-run-id="{running.id}"] .state')).to_have_text(
         "Running", timeout=WAIT_MS
