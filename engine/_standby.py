@@ -82,6 +82,9 @@ def assignment_for(
     return base, assignment
 
 
+_warm = False
+
+
 def warm_codecs() -> None:
     """Build msgspec's codecs for every wire type now, before a run is known.
 
@@ -89,6 +92,10 @@ def warm_codecs() -> None:
     type (a fork inherits it); for a FlowRun that first use costs a few
     milliseconds, which would otherwise land on the run's start.
     """
+    global _warm
+    if _warm:
+        return  # done here, or in the fork server this process was forked from
+    _warm = True
     import shared.messages
     import shared.models
 

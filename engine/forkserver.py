@@ -32,6 +32,7 @@ what makes forking safe. It exits when the runner's connection closes.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import random
@@ -43,7 +44,8 @@ from collections.abc import Callable
 from typing import Any
 
 # Everything a run needs, imported once here, before any fork.
-import anyio  # noqa: F401
+import anyio
+import anyio.from_thread
 import msgspec  # noqa: F401
 import nats  # noqa: F401
 
@@ -203,6 +205,15 @@ def serve(path: str, spares: int) -> None:
     signal.signal(signal.SIGCHLD, lambda *_: None)  # the wakeup fd does the work
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the runner decides when we stop
     warm_codecs()  # once here, inherited by every fork
+    # The event-loop backend and the blocking portal import and set up more on
+    # first use; a portal started and stopped once here spares each child that.
+    with anyio.from_thread.start_blocking_portal() as portal:
+        portal.call(anyio.sleep, 0)
+    # Move everything imported so far out of the collector's reach: a child's
+    # collections would otherwise touch (and so copy) most of the server's
+    # memory pages, which costs each fork milliseconds of CPU.
+    gc.collect()
+    gc.freeze()
     server = _Server(conn, (wake_r, wake_w), spares)
     buffer = b""
     while True:
