@@ -135,6 +135,28 @@ async def test_a_run_is_cancelled_through_the_compose_services(stack: LocalStack
     assert stack.violations() == []
 
 
+def test_the_cli_works_as_the_client_user(stack: LocalStack) -> None:
+    s = stack.settings("client")
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")},
+        "SLUICE_NATS_URL": s.nats_url,
+        "SLUICE_NATS_USER": "client",
+        "SLUICE_NATS_PASSWORD": stack.password("client"),
+        "SLUICE_HOME": str(s.home),
+    }
+    cli = [sys.executable, "-m", "engine.cli", "deployment", "run", "hello-world/default"]
+    done = subprocess.run(
+        [*cli, "--param", "name=Ada", "--watch"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Hello, Ada!" in done.stdout
+    assert stack.violations() == []
+
+
 async def test_services_reconnect_after_a_nats_server_restart(stack: LocalStack) -> None:
     stack.stop_nats()
     stack.start_nats()
