@@ -55,6 +55,8 @@ T = TypeVar("T")
 PREFECT_SIDE = REPO / "bench" / "prefect_side"
 READY_TIMEOUT = 120.0
 RUN_TIMEOUT = 120.0
+RETRY_503_S = 120.0
+"""How long a Prefect API call is retried while the server answers 503 (database busy)."""
 
 
 def clean_env() -> dict[str, str]:
@@ -70,6 +72,7 @@ def prefect_env(home: Path) -> dict[str, str]:
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_LOGGING_LEVEL": "WARNING",
         "PREFECT_UI_ENABLED": "false",
+        "PREFECT_API_LOG_RETRYABLE_ERRORS": "true",
         # the smallest value of this integer setting; 0 would poll in a busy loop
         "PREFECT_RUNNER_POLL_FREQUENCY": "1",
     }
@@ -226,9 +229,19 @@ class PrefectStack:
         request = urllib.request.Request(
             self.api + path, data=data, method=method, headers={"Content-Type": "application/json"}
         )
-        with urllib.request.urlopen(request, timeout=timeout) as reply:
-            raw = reply.read()
-        return json.loads(raw) if raw else None
+        deadline = time.monotonic() + RETRY_503_S
+        pause = 0.1
+        while True:
+            try:
+                with urllib.request.urlopen(request, timeout=timeout) as reply:
+                    raw = reply.read()
+                return json.loads(raw) if raw else None
+            except urllib.error.HTTPError as exc:
+                # 503 is Prefect's "retry me" (mostly SQLite busy); its own client retries too
+                if exc.code != 503 or time.monotonic() > deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 2.0)
 
     def _until(self, what: str, probe: Callable[[], T | None], timeout: float, pause: float) -> T:
         deadline = time.monotonic() + timeout

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -45,6 +46,7 @@ RESULTS = REPO / "bench" / "RESULTS.md"
 SCENARIOS = ("import", "tasks", "stack")
 IMPORTS = {SLUICE: "from engine import flow, task", PREFECT: "from prefect import flow, task"}
 PROBE = REPO / "bench" / "_import_probe.py"
+LOGS = Path(tempfile.gettempdir()) / "sluice-bench-compare-logs"
 SETTLE_S = 3.0
 """Seconds a freshly started stack is left alone before its idle memory is read."""
 
@@ -62,15 +64,16 @@ class Plan:
 
 
 FULL = Plan(
-    import_rounds=7,
+    import_rounds=5,
     tasks=1000,
     task_rounds=3,
     stack_rounds=3,
-    singles=10,
-    cancels=3,
+    singles=8,
+    cancels=2,
     batch=200,
     batch_rounds=1,
 )
+"""About 15 minutes on 2 quiet cores, most of it Prefect's 200-run batch."""
 QUICK = Plan(
     import_rounds=2,
     tasks=100,
@@ -207,6 +210,7 @@ class Comparison:
 
     def stack(self, side: str, round_: int) -> None:
         plan = self.plan
+        errors_before = len(self.errors)
         with tempfile.TemporaryDirectory(prefix="bench-stack-") as folder:
             tmp = Path(folder)
             stack: Stack = (
@@ -230,6 +234,11 @@ class Comparison:
                 self.figures.get(idle, "processes", "count", compared=False).add(
                     side, memory.processes
                 )
+                self.attempt(f"single runs, {side}", lambda: self._singles(stack, side))
+                self.attempt(f"cancels, {side}", lambda: self._cancels(stack, side))
+                if round_ < plan.batch_rounds:
+                    self.attempt(f"batch, {side}", lambda: self._batch(stack, side))
+                # last: a burst of task runs leaves Prefect's SQLite busy for seconds
                 if "tasks" in self.scenarios:
                     tasks = f"{plan.tasks:,} no-op tasks in one flow (local, sequential)"
                     self.attempt(
@@ -238,13 +247,19 @@ class Comparison:
                             tasks, "reporting to the stack", side, stack.task_env()
                         ),
                     )
-                self.attempt(f"single runs, {side}", lambda: self._singles(stack, side))
-                self.attempt(f"cancels, {side}", lambda: self._cancels(stack, side))
-                if round_ < plan.batch_rounds:
-                    self.attempt(f"batch, {side}", lambda: self._batch(stack, side))
             finally:
                 stack.stop()
+                if sys.exc_info()[0] is not None or len(self.errors) > errors_before:
+                    self._keep_logs(tmp, f"{side.split()[0].lower()}-round{round_ + 1}")
         self.say(f"stack round {round_ + 1}: {side} done")
+
+    def _keep_logs(self, tmp: Path, name: str) -> None:
+        """Copy a failed session's logs out of its temporary folder, and say where."""
+        target = LOGS / name
+        target.mkdir(parents=True, exist_ok=True)
+        for log in tmp.glob("*.log"):
+            shutil.copy(log, target / log.name)
+        self.errors.append(f"(logs of that session kept in {target})")
 
     def _singles(self, stack: Stack, side: str) -> None:
         scenario = "Single runs on an idle runner (server timestamps)"
