@@ -80,6 +80,12 @@ async def runs_events(request: Request) -> Response:
         return event("run", {"id": run.id, "html": html, "insert": insert})
 
     async def produce(out: MemoryObjectSendStream[bytes]) -> None:
+        try:
+            await follow(out)
+        except SluiceError as exc:  # the browser reconnects in a moment
+            await out.send(event("failed", {"message": exc.message}))
+
+    async def follow(out: MemoryObjectSendStream[bytes]) -> None:
         async with ui.feed.subscribe() as changes:
             # The page was rendered before this stream began: send its runs
             # once more as they are now, so no change in between is missed.

@@ -50,7 +50,8 @@
           var empty = body.querySelector("tr.empty");
           if (empty) empty.hidden = true;
         }
-      }
+      },
+      failed: function (d) { status("live view stopped: " + d.message, false); }
     });
   }
 
