@@ -121,17 +121,19 @@ def run_standby(read_line: Callable[[], bytes]) -> int:
     Exit codes are those of ``python -m engine``: 0 when the run's final
     state was reported, 1 when it was not.
     """
+    from shared import telemetry
     from shared.errors import SluiceError
     from shared.settings import Settings
 
     from ._execute import EXIT_NOT_REPORTED, execute_flow_run
     from ._lifeline import die_with_parent
-    from ._main import echo_run_logs, report_outcome
+    from ._main import echo_run_logs, report_outcome, traced_execution
     from ._stack import StackReporter
 
     die_with_parent()
     echo_run_logs()
     warm_codecs()
+    telemetry.setup("sluice-engine")  # a no-op unless OTEL_TRACES_EXPORTER asks
     try:
         with StackReporter(Settings.from_env()) as reporter:
             line = read_line()
@@ -142,14 +144,15 @@ def run_standby(read_line: Callable[[], bytes]) -> int:
             except msgspec.DecodeError as exc:
                 print(f"error: unreadable assignment: {exc}", file=sys.stderr)
                 return EXIT_NOT_REPORTED
-            _enter(assignment)
-            outcome = execute_flow_run(
-                reporter,
-                assignment.run_id,
-                attempt=assignment.attempt,
-                run=assignment.run,
-                deployment=assignment.deployment,
-            )
+            _enter(assignment)  # its TRACEPARENT too: the spans below join the run's trace
+            with traced_execution(assignment.run_id):
+                outcome = execute_flow_run(
+                    reporter,
+                    assignment.run_id,
+                    attempt=assignment.attempt,
+                    run=assignment.run,
+                    deployment=assignment.deployment,
+                )
     except (SluiceError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_NOT_REPORTED

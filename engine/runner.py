@@ -35,7 +35,7 @@ import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from shared import names
+from shared import names, telemetry
 from shared.clock import Clock, SystemClock
 from shared.codec import decode
 from shared.errors import SluiceError
@@ -335,9 +335,11 @@ class Runner(_Upkeep):
                 # deployment both served): the run is already ours and running.
                 await msg.ack()
                 return
-            claimed = await self._claim(client, item.flow_run_id, item.attempt, msg)
-            if claimed is not None:
-                await self._run(client, claimed)
+            parent = telemetry.context_from_headers(msg.headers)
+            with telemetry.runner_span(msg.subject, item.flow_run_id, parent):
+                claimed = await self._claim(client, item.flow_run_id, item.attempt, msg)
+                if claimed is not None:
+                    await self._run(client, claimed)
         except SluiceError as exc:
             log.warning("runner %s: could not take a run: %s", self.name, exc.message)
             with contextlib.suppress(Exception):
@@ -398,9 +400,10 @@ class Runner(_Upkeep):
             "SLUICE_RUNNER_NAME": self.name,
         }
         # The flow-run process must not inherit a runner's own identity.
-        return {k: v for k, v in env.items() if v} | {
+        env = {k: v for k, v in env.items() if v} | {
             k: v for k, v in os.environ.items() if k.startswith("SLUICE_NATS_") and k not in env
         }
+        return telemetry.env_with_trace(env)  # the run's process joins the run's trace
 
     async def _run(self, client: Client, run: FlowRun) -> None:
         """Start the infrastructure of ``run`` (just claimed by us) and see it to its end."""

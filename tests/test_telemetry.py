@@ -1,11 +1,11 @@
 """Tracing: the W3C context over NATS headers and process environments, the
 exporters chosen by OTEL_*, and one trace spanning a flow run's services.
 
-The end-to-end test drives the path a run takes without a runner: create the
-run through the client (in this process, with the in-process orchestrator),
-take the trace context from its dispatch message as a runner would, and run
-``python -m engine`` with it in ``TRACEPARENT``. Spans of this process are
-kept in memory; the engine process writes its own to a file
+The end-to-end test follows a run the way it goes: created through the
+client (in this process, with the in-process orchestrator), dispatched,
+taken by a real Runner, and executed in the flow-run process that runner
+starts, whose ``TRACEPARENT`` names the runner's span. Spans of this process
+are kept in memory; the flow-run process writes its own to a file
 (``OTEL_TRACES_EXPORTER=sluice-file``).
 """
 
@@ -15,7 +15,6 @@ import importlib.util
 import json
 import logging
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,8 @@ from opentelemetry.trace import SpanKind
 
 from engine import flow, task
 from engine.client import Client
+from engine.flow_runners import SubprocessFlowRunner
+from engine.runner import Runner
 from shared import names, telemetry
 from shared.messages import RegisterDeployment
 from shared.settings import Settings
@@ -215,6 +216,13 @@ def test_a_flow_run_is_a_span_with_its_task_runs_inside(spans: InMemorySpanExpor
 
 
 # --- one trace across the services ----------------------------------------------------------
+async def _until_idle(runner: Runner) -> None:
+    while True:
+        if not runner.in_progress:
+            return
+        await anyio.sleep(0.02)
+
+
 def file_spans(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
@@ -244,31 +252,30 @@ async def test_one_trace_spans_client_orchestrator_runner_engine_and_tasks(
     )
     run = await client.create_flow_run(deployment.full_name)
 
-    # What a runner does with the dispatch message (engine/runner.py).
     subject = names.dispatch_subject(run.queue, deployment.id)
     offer = await nc.jetstream().get_last_msg(names.DISPATCH_STREAM, subject)
     assert offer.headers is not None and "traceparent" in offer.headers
+
+    # A real runner takes the dispatch message and starts the engine's process,
+    # which writes its spans to a file.
     out = tmp_path / "engine-spans.jsonl"
-    parent = telemetry.context_from_headers(offer.headers)
-    with telemetry.runner_span(subject, run.id, parent):
-        env = telemetry.env_with_trace(
-            clean_env(
-                SLUICE_NATS_URL=settings.nats_url,
-                SLUICE_HOME=str(settings.home),
-                OTEL_TRACES_EXPORTER="sluice-file",
-                SLUICE_OTEL_FILE=str(out),
-            )
-        )
+    flow_runner = SubprocessFlowRunner(
+        env={
+            "OTEL_TRACES_EXPORTER": "sluice-file",
+            "SLUICE_OTEL_FILE": str(out),
+            "SLUICE_NATS_URL": settings.nats_url,
+        }
+    )
+    runner = Runner(
+        name=f"trace-{unique}", settings=settings, queue=run.queue, flow_runner=flow_runner
+    )
     with anyio.fail_after(ENGINE_TIMEOUT):
-        done = await anyio.run_process(
-            [sys.executable, "-m", "engine", "--flow-run-id", run.id],
-            env=env,
-            cwd=REPO,
-            check=False,
-        )
-    assert done.returncode == 0, done.stderr.decode()
-    final = await client.read_flow_run(run.id)
-    assert final.state.type is StateType.COMPLETED and final.state.data == 10
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(runner.start)
+            final = await client.wait_for_flow_run(run.id)
+            await _until_idle(runner)  # its process writes its last spans on the way out
+            await runner.stop()
+    assert final.state.type is StateType.COMPLETED and final.state.data == 10, final.state
 
     here = spans.get_finished_spans()
     there = file_spans(out)
@@ -284,12 +291,12 @@ async def test_one_trace_spans_client_orchestrator_runner_engine_and_tasks(
     create = one("send flowrun.create")
     served = one("process flowrun.create")
     dispatch = one("send flowrun.dispatch.{queue}.{deployment_id}")
-    runner = one("submit flow run")
+    submit = one("submit flow run")
     assert create.kind is SpanKind.CLIENT and served.kind is SpanKind.SERVER
-    assert dispatch.kind is SpanKind.PRODUCER and runner.kind is SpanKind.CONSUMER
+    assert dispatch.kind is SpanKind.PRODUCER and submit.kind is SpanKind.CONSUMER
     assert served.parent is not None and served.parent.span_id == create.context.span_id
     assert dispatch.parent is not None and dispatch.parent.span_id == served.context.span_id
-    assert runner.parent is not None and runner.parent.span_id == dispatch.context.span_id
+    assert submit.parent is not None and submit.parent.span_id == dispatch.context.span_id
     assert create.attributes is not None and served.attributes is not None
     assert create.attributes["messaging.system"] == "nats"
     assert create.attributes["messaging.destination.name"] == "flowrun.create"
@@ -300,8 +307,8 @@ async def test_one_trace_spans_client_orchestrator_runner_engine_and_tasks(
     assert dispatch.attributes["sluice.flow_run.id"] == run.id
     template = names.dispatch_subject("{queue}", "{deployment_id}")
     assert dispatch.attributes["messaging.destination.template"] == template
-    assert runner.attributes is not None
-    assert runner.attributes["messaging.destination.template"] == template
+    assert submit.attributes is not None
+    assert submit.attributes["messaging.destination.template"] == template
     proposals_served = [
         s
         for s in here
@@ -318,7 +325,7 @@ async def test_one_trace_spans_client_orchestrator_runner_engine_and_tasks(
         by_name.setdefault(s["name"], []).append(s)
     (execute,) = by_name["execute flow run"]
     (flow_span,) = by_name["flow traced"]
-    assert execute["parent_id"] == hex_id(runner.context.span_id, 16)
+    assert execute["parent_id"] == hex_id(submit.context.span_id, 16)
     assert flow_span["parent_id"] == execute["context"]["span_id"]
     assert flow_span["attributes"]["sluice.flow_run.id"] == run.id
     assert flow_span["attributes"]["sluice.state.type"] == "COMPLETED"
@@ -330,8 +337,16 @@ async def test_one_trace_spans_client_orchestrator_runner_engine_and_tasks(
     requests = by_name["send flowrun.state.propose"]
     assert all(r["attributes"]["messaging.system"] == "nats" for r in requests)
     assert all(r["kind"] == "SpanKind.CLIENT" for r in requests)
-    # Each proposal the orchestrator served is the child of one the engine sent.
-    sent = {r["context"]["span_id"] for r in requests}
+    # Each proposal the orchestrator served is the child of one the engine sent,
+    # or of the runner's claim, sent inside its "submit flow run" span.
+    (claim,) = [
+        s
+        for s in here
+        if s.name == "send flowrun.state.propose"
+        and s.parent is not None
+        and s.parent.span_id == submit.context.span_id
+    ]
+    sent = {r["context"]["span_id"] for r in requests} | {hex_id(claim.context.span_id, 16)}
     for served_proposal in proposals_served:
         assert served_proposal.parent is not None
         assert hex_id(served_proposal.parent.span_id, 16) in sent
