@@ -240,6 +240,26 @@ def test_slots_in_use_and_a_run_waiting_for_one(
     expect(page.locator("#why-waiting")).to_have_count(0)
 
 
+def test_paging_newest_first(page: Page, stack: Stack, sync_client: SyncClient) -> None:
+    name = f"many-{uuid.uuid4().hex[:6]}"
+    sync_client.register_deployment(
+        RegisterDeployment(name=name, flow_name="ui-test", queue="nobody")
+    )
+    tag = _tag()
+    runs = [sync_client.create_flow_run(f"ui-test/{name}", tags=[tag]) for _ in range(27)]
+    page.goto(f"{stack.url}/runs?tag={tag}")
+    rows = page.locator("#runs tbody tr[data-run-id]")
+    expect(rows).to_have_count(25)
+    assert rows.first.get_attribute("data-run-id") == runs[-1].id  # the newest on top
+    page.get_by_role("link", name="Older →").click()
+    expect(rows).to_have_count(2)
+    expect(page.locator(f'tr[data-run-id="{runs[0].id}"]')).to_be_visible()
+    page.get_by_role("link", name="← Newer").click()
+    expect(rows).to_have_count(25)
+    for run in runs:
+        sync_client.cancel_flow_run(run.id)
+
+
 def test_runners_page(page: Page, stack: Stack) -> None:
     page.goto(f"{stack.url}/runners")
     row = page.locator('tr[data-runner="dev"]')
