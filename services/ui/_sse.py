@@ -23,13 +23,10 @@ __all__ = ["EventStream", "Producer", "event"]
 Producer = Callable[[MemoryObjectSendStream[bytes]], Awaitable[None]]
 
 
-def event(name: str, data: Any, *, id: str | None = None) -> bytes:
+def event(name: str, data: Any) -> bytes:
     """One SSE message; ``data`` is sent as JSON (one line, so no escaping issues)."""
-    lines = [f"event: {name}"]
-    if id is not None:
-        lines.append(f"id: {id}")
-    lines.append(f"data: {json.dumps(data, separators=(',', ':'), default=str)}")
-    return ("\n".join(lines) + "\n\n").encode()
+    payload = json.dumps(data, separators=(",", ":"), default=str)
+    return f"event: {name}\ndata: {payload}\n\n".encode()
 
 
 class EventStream(Response):
