@@ -208,7 +208,8 @@ PREFECT_SETTINGS = [
     " JetStream data is.",
     "",
     "Sluice runs with its defaults: nats-server with `sync_interval: always` (every"
-    " acknowledged write is fsynced), runner limit 8 (`sluice dev`'s).",
+    " acknowledged write is fsynced), runner limit 8 (`sluice dev`'s), and its web UI on,"
+    " as `sluice dev` starts it (Prefect's UI is off).",
 ]
 
 
