@@ -1,8 +1,6 @@
 """``python -m engine``: execute one flow run by id (what a runner starts)."""
 
-import sys
-
-from ._main import main
+from ._main import exit_process, main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -22,11 +22,13 @@ arguments are parsed; the engine, nats and the flow come after.
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import os
 import sys
+import threading
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 if TYPE_CHECKING:
     from ._execute import Execution
@@ -126,6 +128,29 @@ def traced_execution(run_id: str) -> Iterator[None]:
             yield
     finally:
         telemetry.flush()
+
+
+def exit_process(code: int) -> NoReturn:
+    """End a flow-run process once its run is over, without tearing Python down.
+
+    What a normal exit does that matters still happens — other non-daemon
+    threads are waited for, ``atexit`` callbacks run (the user's, and
+    logging's flush), output is flushed — but the interpreter's module
+    teardown is skipped: tens of milliseconds of CPU per run that nobody
+    needs, and the runner's slot is free that much sooner.
+    """
+    try:
+        for thread in threading.enumerate():
+            if thread is not threading.current_thread() and not thread.daemon:
+                thread.join()
+        run_exit_callbacks = getattr(atexit, "_run_exitfuncs", None)
+        if run_exit_callbacks is not None:
+            run_exit_callbacks()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(code)
 
 
 def report_outcome(outcome: Execution) -> int:

@@ -164,4 +164,6 @@ def read_stdin_line() -> bytes:
 
 
 if __name__ == "__main__":
-    sys.exit(run_standby(read_stdin_line))
+    from ._main import exit_process
+
+    exit_process(run_standby(read_stdin_line))

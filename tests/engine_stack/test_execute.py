@@ -194,3 +194,19 @@ def test_usage() -> None:
         [sys.executable, "-m", "engine"], capture_output=True, text=True, env=env, check=False
     )
     assert bare.returncode == 2 and "SLUICE_FLOW_RUN_ID" in bare.stderr
+
+
+def test_the_process_ends_like_python_would_for_the_flow(
+    stack: Stack, client: SyncClient, deploy, tmp_path: Path
+) -> None:
+    # The process skips tearing the interpreter down, but not what a flow may
+    # rely on: its non-daemon threads finish and its exit callbacks run.
+    deployment = deploy("leaves-work-behind", "pipeline.py:leaves_work_behind")
+    run = client.create_flow_run(deployment.full_name, parameters={"workdir": str(tmp_path)})
+
+    done = stack.run_engine(run.id)
+
+    assert done.returncode == 0, done.stderr
+    assert client.read_flow_run(run.id).state.data == "returned"
+    # As in a normal exit: threads are waited for first, then the exit callbacks run.
+    assert (tmp_path / "executions").read_text().split() == ["thread", "atexit"]

@@ -142,3 +142,20 @@ async def async_parent(x: int) -> int:
     first = await add_one(x)
     futures = add_one.map([first, first + 1])
     return sum([await f for f in futures]) + child(first)
+
+
+@flow
+def leaves_work_behind(workdir: str) -> str:
+    """Registers an exit callback and starts a non-daemon thread that outlives the body."""
+    import atexit
+    import threading
+    import time
+
+    atexit.register(_mark, workdir, "atexit")
+
+    def late() -> None:
+        time.sleep(0.3)
+        _mark(workdir, "thread")
+
+    threading.Thread(target=late).start()
+    return "returned"
