@@ -68,9 +68,12 @@ async def as_runner(stack: LocalStack) -> AsyncIterator[NATS]:
     await nc.close()
 
 
-async def refused(stack: LocalStack, user: str, subject: str, kind: str = "Publish") -> None:
-    """Wait until the server has logged ``user`` being refused ``subject``."""
-    wanted = f'user:{user}" - {kind} Violation - Subject "{subject}"'
+async def refused(
+    stack: LocalStack, user: str, subject: str, kind: str = "Publish", *, prefix: bool = False
+) -> None:
+    """Wait until the server has logged ``user`` being refused ``subject`` (or a
+    subject starting with it)."""
+    wanted = f'user:{user}" - {kind} Violation - Subject "{subject}' + ("" if prefix else '"')
     with anyio.fail_after(30):
         while True:
             if any(wanted in line for line in stack.violations()):
@@ -301,3 +304,26 @@ async def test_a_role_that_may_not_create_streams_waits_for_the_orchestrator(
             await orchestrator.close()
     finally:
         await anyio.to_thread.run_sync(fresh.stop)
+
+
+async def test_runners_store_results_that_clients_may_read_but_not_write(
+    stack: LocalStack, as_runner: NATS, unique: str
+) -> None:
+    # Bootstrap made the store; a flow-run process (runner user) writes results
+    # larger than one chunk, and replaces them.
+    store = await as_runner.jetstream().object_store(names.RESULTS_BUCKET)
+    name = f"result-{unique}"
+    data = bytes(range(256)) * 2048
+    await store.put(name, data)
+    await store.put(name, data[::-1])
+    nc = await connect(stack.settings("client"), name="test-client", wait=10)
+    try:
+        js = nc.jetstream(timeout=REFUSED_WAIT)
+        reader = await js.object_store(names.RESULTS_BUCKET)
+        assert (await reader.get(name)).data == data[::-1]
+        with pytest.raises((nats.errors.TimeoutError, TimeoutError)):
+            await reader.put(name, b"forged")
+    finally:
+        await nc.close()
+    assert not [line for line in stack.violations() if 'user:runner"' in line and "$O." in line]
+    await refused(stack, "client", f"$O.{names.RESULTS_BUCKET}.C.", prefix=True)
