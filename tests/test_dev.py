@@ -71,3 +71,21 @@ def test_dev_stack_refuses_a_remote_url(tmp_path: Path) -> None:
     )
     assert done.returncode == 1
     assert "not this machine" in done.stderr
+
+
+def test_sluice_dev_passes_the_ui_port_on(tmp_path: Path) -> None:
+    # `sluice dev --ui-port N` reaches the stack: a taken port is refused by name.
+    settings = Settings(nats_url=f"nats://127.0.0.1:{free_port()}", home=tmp_path / "home")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "engine.cli", "dev", "--ui-port", str(port)],
+            env=service_env(settings),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr

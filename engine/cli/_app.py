@@ -43,15 +43,26 @@ def _options(
 
 
 @app.command()
-def dev() -> None:
-    """Start the embedded stack (nats-server and every service) until Ctrl-C.
+def dev(
+    ui_port: Annotated[
+        int | None,
+        typer.Option(help="Port of the web UI (default 8480, or SLUICE_UI_PORT; 0: any free one)."),
+    ] = None,
+    no_ui: Annotated[bool, typer.Option("--no-ui", help="Do not start the web UI.")] = False,
+) -> None:
+    """Start the embedded stack (nats-server, every service, the web UI) until Ctrl-C.
 
     NATS listens where SLUICE_NATS_URL points (default nats://127.0.0.1:4222);
     data lives under SLUICE_HOME (default ~/.sluice).
     """
+    argv = [sys.executable, "-m", "services.dev"]
+    if ui_port is not None:
+        argv += ["--ui-port", str(ui_port)]
+    if no_ui:
+        argv.append("--no-ui")
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(sys.executable, [sys.executable, "-m", "services.dev"])
+    os.execv(sys.executable, argv)
 
 
 def main() -> None:
