@@ -50,8 +50,16 @@ async def wait_serving(client: Client, runner: ServiceProcess) -> None:
             await anyio.sleep(0.1)
 
 
+#: Seconds a runner is left alone before a single-run measurement: "idle"
+#: means nothing in flight and nothing that just ended, so a runner that
+#: prepares ahead (a standby process, a fork-server spare) has done so — as
+#: it has whenever runs are not arriving back to back.
+IDLE_SETTLE = 0.5
+
+
 async def single_run(client: Client, deployment: str) -> tuple[float, float]:
     """One run on an idle runner: (create -> Running, create -> Completed) in seconds."""
+    await anyio.sleep(IDLE_SETTLE)
     run = await client.create_flow_run(deployment)
     done = await client.wait_for_flow_run(run.id)
     assert done.state.type.value == "COMPLETED", done.state.message
