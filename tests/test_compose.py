@@ -15,6 +15,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+import yaml
 
 from engine.client import Client
 from shared.errors import StackUnavailable
@@ -68,6 +69,13 @@ def test_the_compose_file_has_what_the_stack_needs() -> None:
         "otel-collector",
         "jaeger",
     }
+    collector = yaml.safe_load((REPO / "deploy" / "otel" / "collector.yaml").read_text())
+    for pipeline in collector["service"]["pipelines"].values():
+        for kind in ("receivers", "processors", "exporters"):
+            assert set(pipeline.get(kind, [])) <= set(collector[kind])
+    assert (
+        "otel-collector" in services["orchestrator"]["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"]
+    )
     conf = (REPO / "deploy" / "nats" / "nats.conf").read_text()
     assert "sync_interval: always" in conf
     dockerfile = (REPO / "deploy" / "Dockerfile").read_text()
@@ -122,6 +130,10 @@ async def hello(stack: LocalStack, name: str) -> None:
 
 async def test_an_example_flow_runs_through_the_compose_services(stack: LocalStack) -> None:
     await hello(stack, "compose")
+    async with Client(stack.settings("client")) as c:
+        run = await create(c, "etl/default", sources=3, flaky=0.0)
+        final = await until(c, run.id, StateType.COMPLETED, StateType.FAILED, StateType.CRASHED)
+        assert final.state.type is StateType.COMPLETED, (final.state, stack.logs())
     assert stack.violations() == []
 
 
