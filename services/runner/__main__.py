@@ -54,6 +54,14 @@ def options() -> argparse.ArgumentParser:
         default=env("SLUICE_RUNNER_FORK", "") not in ("", "0", "false"),
         help="start runs as forks of a warm process with the engine imported (faster)",
     )
+    p.add_argument(
+        "--standby",
+        type=int,
+        default=int(env("SLUICE_RUNNER_STANDBY", "-1")),
+        metavar="N",
+        help="processes kept started ahead, connected and waiting for the next run "
+        "(default 1; 2 with --fork; 0: start each when its run comes)",
+    )
     return p
 
 
@@ -71,6 +79,7 @@ def service(settings: Settings, args: argparse.Namespace) -> RunnerService:
         code_path=args.path,
         register=args.register,
         fork=args.fork,
+        standby=None if args.standby < 0 else args.standby,
     )
 
 

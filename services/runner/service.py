@@ -16,6 +16,7 @@ from contextlib import AsyncExitStack
 import anyio
 
 from engine.deployments import load_specs
+from engine.flow_runners import FlowRunner, SubprocessFlowRunner
 from engine.fork_runner import ForkServerFlowRunner
 from engine.runner import Runner
 from services._service import Service
@@ -37,8 +38,20 @@ class RunnerService(Service):
         pause_on_shutdown: bool = False,
         register: Sequence[str] = (),
         fork: bool = False,
+        standby: int | None = None,
     ) -> None:
         super().__init__()
+        # Processes started ahead of their runs (engine._standby): standbys of
+        # the subprocess flow runner, or the fork server's spares.
+        flow_runner: FlowRunner
+        if fork:
+            flow_runner = ForkServerFlowRunner()
+            if standby is not None:
+                flow_runner.spares = standby
+        else:
+            flow_runner = SubprocessFlowRunner()
+            if standby is not None:
+                flow_runner.standby = standby
         self.runner = Runner(
             name=name,
             limit=limit,
@@ -46,8 +59,7 @@ class RunnerService(Service):
             settings=settings,
             code_path=code_path,
             pause_on_shutdown=pause_on_shutdown,
-            # Fork mode: runs start as forks of a warm process (see engine.forkserver).
-            flow_runner=ForkServerFlowRunner() if fork else None,
+            flow_runner=flow_runner,
         )
         self._deployments = list(deployments)
         #: Deployment spec files to register (and serve) at start.
