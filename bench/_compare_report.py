@@ -13,6 +13,7 @@ import json
 import math
 import os
 import statistics
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,7 +78,7 @@ class Figures:
             self._by_key[key] = Figure(scenario, label, unit, lower_is_better, compared)
         return self._by_key[key]
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[Figure]:
         return iter(self._by_key.values())
 
     def as_json(self) -> list[dict[str, object]]:

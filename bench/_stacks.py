@@ -189,7 +189,7 @@ class SluiceStack:
         return self._run(lambda c: cancel_once(c, "sleeper/bench"))
 
     def batch(self, count: int) -> tuple[float, float]:
-        return self._run(lambda c: batch_runs(c, "noop/bench", count), timeout=1800)
+        return self._run(lambda c: batch_runs(c, "noop/bench", count), timeout=1200)
 
     def stop(self) -> None:
         stop_group(self.proc)
@@ -333,7 +333,7 @@ class PrefectStack:
             done = [r for r in runs if r.get("state_type") in terminal]
             return runs if len(done) == count else None
 
-        runs = self._until(f"{count} runs finished", probe, 1800, 0.5)
+        runs = self._until(f"{count} runs finished", probe, 1200, 0.5)
         failed = [r for r in runs if r["state_type"] != "COMPLETED"]
         if failed:
             raise RuntimeError(f"{len(failed)} Prefect runs did not complete: {failed[0]['state']}")
