@@ -21,6 +21,7 @@ import nats.js.errors
 
 from engine.client import Client
 from shared import names
+from shared.connection import connect
 from shared.errors import SluiceError, StackUnavailable
 from shared.models import FlowRun
 from shared.settings import Settings
@@ -208,7 +209,7 @@ async def verify(
     recovery. ``finished``: also wait for every run to reach a terminal state.
     """
     deadline = time.monotonic() + timeout
-    nc = await nats.connect(servers=settings.nats_url.split(","), max_reconnect_attempts=-1)
+    nc = await connect(settings, name="sluice-checker")
     try:
         while True:
             problems: list[str] = []

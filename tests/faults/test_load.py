@@ -32,7 +32,13 @@ LIMIT = 6
 async def test_thousands_of_runs_through_two_runners(
     stack: Stack, fast: Settings, history: History
 ) -> None:
-    stack.env |= {"SLUICE_LOG_LEVEL": "WARNING", "SLUICE_REQUEST_TIMEOUT": "10"}
+    # No faults here: leases of a normal length, so a busy machine does not pass for a dead runner.
+    stack.env |= {
+        "SLUICE_LOG_LEVEL": "WARNING",
+        "SLUICE_REQUEST_TIMEOUT": "10",
+        "SLUICE_HEARTBEAT_INTERVAL": "3",
+        "SLUICE_SLOT_LEASE": "10",
+    }
     await stack.orchestrator()
     stack.service("services.cancellation_watcher")
     async with Client(fast) as c:
