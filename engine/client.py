@@ -18,6 +18,7 @@ caller's trace.
 from __future__ import annotations
 
 import contextlib
+import uuid
 from collections.abc import AsyncGenerator, Iterable
 from datetime import datetime
 from types import TracebackType
@@ -33,10 +34,11 @@ from nats.js.kv import KeyValue
 from shared import names, telemetry
 from shared.codec import decode, decode_event, encode
 from shared.connection import connect, request
-from shared.errors import FlowRunNotFound, StackUnavailable
+from shared.errors import Conflict, FlowRunNotFound, InvalidParameters, StackUnavailable
 from shared.messages import (
     CancelFlowRun,
     CreateFlowRun,
+    Decision,
     Deleted,
     DeploymentPage,
     DeploymentRef,
@@ -54,7 +56,7 @@ from shared.messages import (
 )
 from shared.models import Deployment, FlowRun
 from shared.settings import Settings
-from shared.states import TERMINAL_TYPES
+from shared.states import AWAITING_RETRY, TERMINAL_TYPES, StateType
 
 __all__ = ["Client"]
 
@@ -214,6 +216,42 @@ class Client:
             offset=offset,
         )
         return await self._request(names.FLOWRUN_LIST, req, FlowRunPage)
+
+    async def retry_flow_run(
+        self, run_id: str, *, from_task: str | None = None, message: str | None = None
+    ) -> FlowRun:
+        """Send a finished run back to Scheduled (AwaitingRetry) to run again.
+
+        Tasks whose results an earlier attempt kept are not run again (they end
+        Resumed) — except, with ``from_task`` (a task name, key or run name),
+        that task and every task after it. Raises Conflict if the run has not
+        finished or the orchestrator refuses, InvalidParameters if no task
+        matches ``from_task``.
+        """
+        run = await self.read_flow_run(run_id)
+        if not run.state.is_terminal:
+            raise Conflict(
+                f"flow run {run.name!r} is {run.state.describe()}; only a finished run "
+                "can be retried",
+                details={"state": run.state.type.value},
+            )
+        data: Any = None
+        if from_task is not None:
+            from ._resume import read_task_records, rerun_keys_from, retry_data
+
+            try:
+                keys = rerun_keys_from(await read_task_records(self.nc, run.id), from_task)
+            except ValueError as exc:
+                raise InvalidParameters(str(exc)) from None
+            data = retry_data(from_task, keys)
+        default = "retry requested" + (f" from task {from_task!r}" if from_task else "")
+        state = ProposedState(
+            type=StateType.SCHEDULED, name=AWAITING_RETRY, message=message or default, data=data
+        )
+        reply = await self.propose_state(run.id, state, transition_id=str(uuid.uuid4()), retry=True)
+        if reply.status is not Decision.ACCEPT:
+            raise Conflict(f"the retry was refused: {reply.reason}")
+        return reply.flow_run or await self.read_flow_run(run.id)
 
     async def cancel_flow_run(
         self, run_id: str, *, reason: str | None = None, cascade: bool = True

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import uuid
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.markup import escape
 
 from engine._diagnose import why_not_started
 from engine.client import Client
-from shared.errors import Conflict, InvalidParameters
-from shared.messages import Decision, LogRecord, ProposedState
+from shared.messages import LogRecord
 from shared.models import FlowRun
-from shared.states import AWAITING_RETRY, StateType
 
 from . import _parse, _render
 from ._follow import follow_run
@@ -224,33 +221,7 @@ def retry(
     canonical = _run_id(run_id)
 
     async def command(client: Client) -> FlowRun:
-        run = await client.read_flow_run(canonical)
-        if not run.state.is_terminal:
-            raise Conflict(
-                f"flow run {run.name!r} is {run.state.describe()}; only a finished run "
-                "can be retried",
-                details={"state": run.state.type.value},
-            )
-        data: Any = None
-        message = "retry requested"
-        if from_task is not None:
-            from engine._resume import read_task_records, rerun_keys_from, retry_data
-
-            try:
-                keys = rerun_keys_from(await read_task_records(client.nc, canonical), from_task)
-            except ValueError as exc:
-                raise InvalidParameters(str(exc)) from None
-            data = retry_data(from_task, keys)
-            message = f"retry requested from task {from_task!r}"
-        state = ProposedState(
-            type=StateType.SCHEDULED, name=AWAITING_RETRY, message=message, data=data
-        )
-        reply = await client.propose_state(
-            canonical, state, transition_id=str(uuid.uuid4()), retry=True
-        )
-        if reply.status is not Decision.ACCEPT:
-            raise Conflict(f"the retry was refused: {reply.reason}")
-        return await client.read_flow_run(canonical)
+        return await client.retry_flow_run(canonical, from_task=from_task)
 
     retried = with_client(command)
     if not as_json or not execute:

@@ -14,7 +14,6 @@ cannot press these buttons in a user's browser.
 
 from __future__ import annotations
 
-import uuid
 from urllib.parse import urlencode, urlsplit
 
 from starlette.datastructures import FormData
@@ -22,9 +21,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from shared.errors import Conflict, SluiceError
-from shared.messages import Decision, ProposedState
-from shared.states import AWAITING_RETRY, StateType
+from shared.errors import SluiceError
 
 from ._context import ui_of
 from ._pages import deployment_id_of, run_id_of
@@ -70,20 +67,7 @@ async def retry(request: Request) -> Response:
     run_id = run_id_of(request)
     form = await request.form()
     try:
-        run = await ui.client.read_flow_run(run_id)
-        if not run.state.is_terminal:
-            raise Conflict(
-                f"flow run {run.name!r} is {run.state.describe()}; only a finished run "
-                "can be retried"
-            )
-        state = ProposedState(
-            type=StateType.SCHEDULED, name=AWAITING_RETRY, message="retry requested from the web UI"
-        )
-        reply = await ui.client.propose_state(
-            run_id, state, transition_id=str(uuid.uuid4()), retry=True
-        )
-        if reply.status is not Decision.ACCEPT:
-            raise Conflict(f"the retry was refused: {reply.reason}")
+        await ui.client.retry_flow_run(run_id, message="retry requested from the web UI")
     except SluiceError as exc:
         return _back(form, f"/runs/{run_id}", exc.message)
     return _back(form, f"/runs/{run_id}")
