@@ -11,8 +11,13 @@ the violation, and reads the state back to see it unchanged.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
+import os
 import shutil
 import subprocess
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -20,6 +25,7 @@ import anyio
 import nats
 import nats.errors
 import nats.js.errors
+import nkeys
 import pytest
 from nats.aio.client import Client as NATS
 
@@ -327,3 +333,69 @@ async def test_runners_store_results_that_clients_may_read_but_not_write(
         await nc.close()
     assert not [line for line in stack.violations() if 'user:runner"' in line and "$O." in line]
     await refused(stack, "client", f"$O.{names.RESULTS_BUCKET}.C.", prefix=True)
+
+
+# --- .creds files (operator mode, JWTs signed here with nkeys) ---------------------------
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _keypair(prefix: int) -> tuple[bytes, nkeys.KeyPair]:
+    seed = nkeys.encode_seed(os.urandom(32), prefix)
+    return seed, nkeys.from_seed(seed)
+
+
+def _jwt(issuer: nkeys.KeyPair, subject: nkeys.KeyPair, nats_claims: dict[str, object]) -> str:
+    header = _b64(json.dumps({"typ": "JWT", "alg": "ed25519-nkey"}).encode())
+    claims: dict[str, object] = {
+        "iat": int(time.time()),
+        "iss": issuer.public_key.decode(),
+        "sub": subject.public_key.decode(),
+        "name": "test",
+        "nats": {"version": 2, **nats_claims},
+    }
+    digest = hashlib.sha256(json.dumps(claims).encode()).digest()
+    claims["jti"] = base64.b32encode(digest).decode().rstrip("=")
+    body = _b64(json.dumps(claims).encode())
+    return f"{header}.{body}.{_b64(issuer.sign(f'{header}.{body}'.encode()))}"
+
+
+def _creds(path: Path, account: nkeys.KeyPair) -> Path:
+    seed, user = _keypair(nkeys.PREFIX_BYTE_USER)
+    token = _jwt(account, user, {"type": "user", "subs": -1, "data": -1, "payload": -1})
+    path.write_text(
+        f"-----BEGIN NATS USER JWT-----\n{token}\n------END NATS USER JWT------\n\n"
+        f"-----BEGIN USER NKEY SEED-----\n{seed.decode()}\n------END USER NKEY SEED------\n"
+    )
+    return path
+
+
+async def test_a_creds_file_authenticates(tmp_path: Path) -> None:
+    _, operator = _keypair(nkeys.PREFIX_BYTE_OPERATOR)
+    _, account = _keypair(nkeys.PREFIX_BYTE_ACCOUNT)
+    _, stranger = _keypair(nkeys.PREFIX_BYTE_ACCOUNT)  # an account the server does not trust
+    limits = {"subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1, "conn": -1}
+    _, system = _keypair(nkeys.PREFIX_BYTE_ACCOUNT)  # JetStream needs a system account
+    preload = "\n".join(
+        f"  {a.public_key.decode()}: {_jwt(operator, a, {'type': 'account', 'limits': limits})}"
+        for a in (account, system)
+    )
+    server = NatsServer(
+        tmp_path / "nats",
+        extra_config=(
+            f"operator: {_jwt(operator, operator, {'type': 'operator'})}\n"
+            f"system_account: {system.public_key.decode()}\n"
+            f"resolver: MEMORY\nresolver_preload: {{\n{preload}\n}}\n"
+        ),
+    )
+    await anyio.to_thread.run_sync(server.start)
+    try:
+        good = _creds(tmp_path / "good.creds", account)
+        nc = await connect(Settings(nats_url=server.url, nats_creds=str(good)), name="t", wait=10)
+        await nc.flush()
+        await nc.close()
+        bad = _creds(tmp_path / "bad.creds", stranger)
+        with pytest.raises(StackUnavailable, match="refused this connection"):
+            await _connects_quickly(Settings(nats_url=server.url, nats_creds=str(bad)))
+    finally:
+        server.stop()
