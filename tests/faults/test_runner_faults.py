@@ -175,8 +175,11 @@ async def test_a_killed_runners_stubborn_process_is_killed_when_it_restarts(
             assert alive(flow_pid) and alive(grandchild)  # SIGTERM ignored: still there
             again = stack.runner("phoenix", dep)
             await wait_heartbeat(fast, "phoenix", again)
-            await gone(flow_pid, timeout=10)
-            await gone(grandchild, timeout=10)
+            with anyio.move_on_after(10):
+                await gone(flow_pid)
+                await gone(grandchild)
+            assert not alive(flow_pid), "the stubborn flow process was left behind"
+            assert not alive(grandchild), "its grandchild was left behind"
             await verify(fast, history, [dep], timeout=10)
     finally:
         for pid in (flow_pid, grandchild):

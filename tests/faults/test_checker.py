@@ -1,0 +1,128 @@
+"""The checker itself: it must see each kind of violation (pure, no NATS)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import msgspec
+
+from shared.messages import FlowRunCreated, FlowRunStateChanged, SlotLease
+from shared.models import Deployment, FlowRun
+from shared.states import State, StateDetails, StateType
+
+from ._checker import Snapshot, check, max_overlap
+from ._history import History, Op
+
+T0 = datetime(2030, 1, 1, tzinfo=UTC)
+DEP = "dep-1"
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def state(type_: StateType, t: float) -> State:
+    return State(
+        type=type_,
+        name=type_.value.title(),
+        timestamp=at(t),
+        details=StateDetails(scheduled_time=at(0))
+        if type_ is StateType.SCHEDULED
+        else StateDetails(),
+    )
+
+
+def path(run_id: str, *steps: tuple[StateType, float], key: str | None = None) -> list:
+    """Events of a run that went through ``steps``, as the orchestrator writes them."""
+    run = FlowRun(
+        id=run_id,
+        name=run_id,
+        flow_name="f",
+        deployment_id=DEP,
+        idempotency_key=key,
+        state=state(StateType.SCHEDULED, 0),
+        created=at(0),
+        updated=at(0),
+        expected_start_time=at(0),
+    )
+    events: list = [FlowRunCreated(flow_run=run, revision=1, occurred=at(0))]
+    for i, (type_, t) in enumerate(steps):
+        before = run
+        attempt = run.attempt + (type_ is StateType.PENDING)
+        run = msgspec.structs.replace(
+            run,
+            state=state(type_, t),
+            attempt=attempt,
+            updated=at(t),
+            runner="r" if attempt else None,
+        )
+        events.append(
+            FlowRunStateChanged(
+                flow_run=run, revision=i + 2, occurred=at(t), from_state=before.state
+            )
+        )
+    return events
+
+
+def snapshot(*runs: list, limit: int | None = None) -> Snapshot:
+    snap = Snapshot()
+    for events in runs:
+        last = events[-1]
+        snap.runs[last.flow_run.id] = last.flow_run
+        snap.revisions[last.flow_run.id] = last.revision
+        snap.events[last.flow_run.id] = events
+    snap.deployments[DEP] = Deployment(
+        id=DEP, name="d", flow_name="f", concurrency_limit=limit, created=T0, updated=T0
+    )
+    return snap
+
+
+OK = ((StateType.PENDING, 1), (StateType.RUNNING, 2), (StateType.COMPLETED, 5))
+
+
+def test_a_clean_history_passes() -> None:
+    report = check(History(), snapshot(path("a", *OK), path("b", *OK), limit=2))
+    assert report.violations == []
+    assert report.max_running == {DEP: 2}
+
+
+def test_a_lost_acknowledged_create_is_found() -> None:
+    history = History([Op(kind="create", key="k", invoked=0, outcome="ok", run_id="ghost")])
+    assert "lost" in check(history, snapshot(path("a", *OK))).violations[0]
+
+
+def test_two_runs_for_one_key_are_found() -> None:
+    snap = snapshot(path("a", *OK, key="same"), path("b", *OK, key="same"))
+    assert any("idempotency key 'same'" in v for v in check(History(), snap).violations)
+
+
+def test_an_illegal_path_is_found() -> None:
+    events = path("a", (StateType.PENDING, 1), (StateType.COMPLETED, 2), (StateType.RUNNING, 3))
+    violations = check(History(), snapshot(events)).violations
+    assert any("illegal Completed -> Running" in v for v in violations), violations
+    twice = path("b", (StateType.PENDING, 1), (StateType.PENDING, 2))
+    assert any(
+        "illegal Pending -> Pending" in v for v in check(History(), snapshot(twice)).violations
+    )
+
+
+def test_too_many_running_at_once_is_found() -> None:
+    late = ((StateType.PENDING, 3), (StateType.RUNNING, 4), (StateType.COMPLETED, 6))
+    snap = snapshot(path("a", *OK), path("b", *late), limit=1)
+    violations = check(History(), snap).violations
+    assert violations == [f"deployment {DEP}: 2 runs Running at once, limit 1"]
+    after = ((StateType.PENDING, 5), (StateType.RUNNING, 5), (StateType.COMPLETED, 6))
+    assert check(History(), snapshot(path("a", *OK), path("b", *after), limit=1)).violations == []
+
+
+def test_a_leaked_slot_and_a_missing_event_are_found() -> None:
+    snap = snapshot(path("a", *OK), limit=1)
+    snap.slots[DEP] = [SlotLease(deployment_id=DEP, flow_run_id="a")]
+    snap.revisions["a"] = 99
+    violations = check(History(), snap).violations
+    assert any("slot held by run a (Completed)" in v for v in violations)
+    assert any("revision 99) has no event" in v for v in violations)
+
+
+def test_max_overlap_closes_before_it_opens() -> None:
+    assert max_overlap([(at(0), at(1)), (at(1), at(2)), (at(1.5), None)]) == 2
