@@ -55,7 +55,7 @@ OTEL_VARS = {
     "OTEL_TRACES_SAMPLER_ARG",
     "OTEL_SDK_DISABLED",
 }
-ROLES = ("orchestrator", "scheduler", "watcher", "runner", "client")
+ROLES = ("orchestrator", "scheduler", "watcher", "runner", "client", "operator")
 
 _VAR = re.compile(r"\$\$|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}")
 

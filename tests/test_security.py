@@ -148,7 +148,7 @@ async def test_a_runner_cannot_create_streams(stack: LocalStack, as_runner: NATS
     await refused(stack, "runner", "$JS.API.STREAM.CREATE.KV_rogue")
 
 
-@pytest.mark.parametrize("role", ["scheduler", "watcher", "client"])
+@pytest.mark.parametrize("role", ["scheduler", "watcher", "client", "operator"])
 async def test_only_the_orchestrator_writes_the_state_store(
     stack: LocalStack, run: FlowRun, role: str
 ) -> None:
@@ -177,6 +177,25 @@ async def test_a_client_creates_reads_and_cancels_but_does_not_propose(
         await c.cancel_flow_run(run.id)
         final = await c.read_flow_run(run.id)
     assert final.state.type in (StateType.CANCELLING, StateType.CANCELLED)
+
+
+async def test_an_operator_also_retries_and_sets_states_through_the_orchestrator(
+    stack: LocalStack, run: FlowRun
+) -> None:
+    before = await revision(stack, run.id)
+    async with Client(stack.settings("operator")) as c:
+        reply = await c.propose_state(run.id, ProposedState(type=StateType.CANCELLED))
+        assert reply.status == "ACCEPT"
+    nc = await connect(stack.settings("operator"), name="test-operator", wait=10)
+    try:
+        kv = await nc.jetstream(timeout=REFUSED_WAIT).key_value(names.FLOW_RUNS_BUCKET)
+        with pytest.raises((nats.errors.TimeoutError, TimeoutError)):
+            await kv.put(run.id, before[1])
+    finally:
+        await nc.close()
+    await refused(stack, "operator", f"$KV.{names.FLOW_RUNS_BUCKET}.{run.id}")
+    async with Client(stack.settings("client")) as c:
+        assert (await c.read_flow_run(run.id)).state.type is StateType.CANCELLED
 
 
 async def test_no_role_reads_another_roles_replies_or_requests(
