@@ -8,10 +8,12 @@ so every operation happens exactly once however often the stack dies.
 
 from __future__ import annotations
 
+import contextlib
+
 import anyio
 
 from engine.client import Client
-from shared.errors import StackUnavailable
+from shared.errors import SluiceError, StackUnavailable
 from shared.messages import Decision, ProposedState, ProposeReply
 from shared.models import FlowRun
 from shared.states import StateType
@@ -25,6 +27,22 @@ class Driver:
         self.history = history
         self.deployment = deployment
         self.done = 0
+        #: Runs this driver holds a claim on (id -> attempt), renewed by :meth:`heartbeats`.
+        self.held: dict[str, int] = {}
+
+    async def heartbeats(self, interval: float = 5.0) -> None:
+        """Renew the slot leases of the runs we hold, as a runner does; run in a task.
+
+        A claim holder that stops renewing loses its slot when the lease runs
+        out, so a driver that never heartbeats would let the checker see more
+        Running runs than the limit after any slow spell.
+        """
+        while True:
+            with contextlib.suppress(SluiceError):
+                await self.client.heartbeat(
+                    "driver", interval=interval, limit=0, runs=dict(self.held)
+                )
+            await anyio.sleep(interval / 5)
 
     async def create(self, key: str, **params: object) -> FlowRun:
         while True:
@@ -69,9 +87,11 @@ class Driver:
         run = await self.create(key)
         claim = await self.propose(run.id, f"{key}:pending", StateType.PENDING)
         assert claim.status is Decision.ACCEPT, (key, claim)
+        self.held[run.id] = claim.attempt
         running = await self.propose(run.id, f"{key}:running", StateType.RUNNING, claim.attempt)
         assert running.status is Decision.ACCEPT, (key, running)
         final = await self.propose(run.id, f"{key}:completed", StateType.COMPLETED, claim.attempt)
         assert final.status is Decision.ACCEPT, (key, final)
+        self.held.pop(run.id, None)
         self.done += 1
         return run

@@ -32,7 +32,7 @@ from services.orchestrator import Orchestrator
 from services.scheduler import Scheduler
 from shared import names
 from shared.errors import _BY_CODE
-from shared.messages import Decision, ProposedState
+from shared.messages import Decision, ProposedState, RegisterDeployment
 from shared.settings import Settings
 from shared.states import StateType
 from tests.runner._script import ScriptFlowRunner
@@ -281,7 +281,9 @@ def test_fuzzed_proposals_on_real_runs(
 def test_replayed_and_stale_proposals_change_nothing(fuzz: Fuzz) -> None:
     async def scenario() -> None:
         async with Client(fuzz.settings) as c:
-            run = await c.create_flow_run("fuzzed/d", parameters={"sleep": 0}, agentless=True)
+            # A deployment of its own: no concurrency limit the fuzzing may have filled.
+            await c.register_deployment(RegisterDeployment(name="plain", flow_name="replayed"))
+            run = await c.create_flow_run("replayed/plain", agentless=True)
             claim = await c.propose_state(
                 run.id, ProposedState(type=StateType.PENDING), transition_id="claim", runner="me"
             )

@@ -42,6 +42,7 @@ async def test_orchestrator_sigkilled_repeatedly_under_creates_and_transitions(
                 await driver.lifecycle(f"w{w}-{i}")
 
         async with anyio.create_task_group() as tg:
+            tg.start_soon(driver.heartbeats)
             for w in range(workers):
                 tg.start_soon(work, w)
             total = workers * per_worker
@@ -54,6 +55,9 @@ async def test_orchestrator_sigkilled_repeatedly_under_creates_and_transitions(
                 orch.kill()
                 orch.start()
                 await wait_serving(settings, orch)
+            while driver.done < total:  # noqa: ASYNC110 - waiting on our own load
+                await anyio.sleep(0.05)
+            tg.cancel_scope.cancel()
         report = await verify(settings, history, [dep], seed=seed)
     assert driver.done == total
     assert len(history.of("create", "ok")) >= total
