@@ -337,6 +337,13 @@ def passwords() -> dict[str, str]:
     return {f"SLUICE_{r.upper()}_PASSWORD": secrets.token_urlsafe(16) for r in ROLES}
 
 
+def _two_free_ports() -> tuple[int, int]:
+    while True:
+        a, b = free_port(), free_port()
+        if a != b:
+            return a, b
+
+
 def _clean_environ() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(("SLUICE_", "OTEL_"))}
 
@@ -355,8 +362,7 @@ class LocalStack:
         self.tmp = tmp
         self.dotenv = passwords()
         self.only = set(only) if only is not None else None
-        self.port = free_port()
-        self.http_port = free_port()
+        self.port, self.http_port = _two_free_ports()
         self.store = tmp / "nats-data"
         self.nats: Process | None = None
         self.services: dict[str, list[Process]] = {}
@@ -414,11 +420,22 @@ class LocalStack:
             return False
 
     def start_nats(self, timeout: float = 30.0) -> None:
+        """Start nats-server; on its first start, on other free ports if another
+        process took the chosen ones meanwhile (the machine is shared)."""
         service = self.compose["services"][NATS_SERVICE]
         env = {**_clean_environ(), **service_env(service, self.dotenv)}
-        self.nats = Process("nats", self.nats_argv(), env, self.tmp / "nats.log")
-        self.nats.start()
-        self._wait(lambda: self.nats_healthy(), "nats", self.nats, timeout)
+        first = self.nats is None
+        for attempt in range(5):
+            self.nats = Process("nats", self.nats_argv(), env, self.tmp / f"nats-{attempt}.log")
+            self.nats.start()
+            try:
+                self._wait(lambda: self.nats_healthy(), "nats", self.nats, timeout)
+                return
+            except RuntimeError as exc:
+                if not (first and "address already in use" in str(exc)):
+                    raise
+                self.port, self.http_port = _two_free_ports()
+        raise RuntimeError("no free ports for nats-server")
 
     def stop_nats(self) -> None:
         if self.nats is not None:
@@ -426,10 +443,10 @@ class LocalStack:
 
     def violations(self) -> list[str]:
         """Permission violations the server logged (a role lacking a subject it needs)."""
-        if self.nats is None:
-            return []
-        text = self.nats.log.read_text(errors="replace")
-        return [line for line in text.splitlines() if "Violation" in line]
+        lines = []
+        for log in sorted(self.tmp.glob("nats-*.log")):
+            lines += log.read_text(errors="replace").splitlines()
+        return [line for line in lines if "Violation" in line]
 
     # --- services ---
     def service_processes(self, name: str) -> list[Process]:
@@ -465,7 +482,8 @@ class LocalStack:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not proc.alive():
-                raise RuntimeError(f"{what} exited with {proc.popen and proc.popen.returncode}")
+                code = proc.popen and proc.popen.returncode
+                raise RuntimeError(f"{what} exited with {code}\n{proc.tail()}")
             if ok():
                 return
             time.sleep(0.2)
