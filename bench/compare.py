@@ -47,6 +47,7 @@ SCENARIOS = ("import", "tasks", "stack")
 IMPORTS = {SLUICE: "from engine import flow, task", PREFECT: "from prefect import flow, task"}
 PROBE = REPO / "bench" / "_import_probe.py"
 LOGS = Path(tempfile.gettempdir()) / "sluice-bench-compare-logs"
+TASKS_SCENARIO = "{n:,} no-op tasks in one flow (local executor, sequential)"
 SETTLE_S = 3.0
 """Seconds a freshly started stack is left alone before its idle memory is read."""
 
@@ -189,15 +190,13 @@ class Comparison:
 
     def _tasks_once(self, scenario: str, where: str, side: str, env: dict[str, str]) -> None:
         n = self.plan.tasks
+        # at 1,000 tasks a flow's seconds read as milliseconds per task: no second figure
         flow = self.figures.get(scenario, f"flow of {n:,} no-op tasks, {where}", "s")
-        per_task = self.figures.get(scenario, f"per task, {where}", "ms")
         argv, cwd = self._task_argv(side)
-        seconds = run_json(argv, env, cwd, timeout=900)
-        flow.add(side.split(" (")[0], *seconds)
-        per_task.add(side.split(" (")[0], *(s / n * 1000 for s in seconds))
+        flow.add(side.split(" (")[0], *run_json(argv, env, cwd, timeout=900))
 
     def tasks(self) -> None:
-        scenario = f"{self.plan.tasks:,} no-op tasks in one flow (local, sequential)"
+        scenario = TASKS_SCENARIO.format(n=self.plan.tasks)
         with tempfile.TemporaryDirectory(prefix="bench-tasks-") as tmp:
             for round_ in range(self.plan.task_rounds):
                 for side in rotated(self.sdk_sides(), round_):
@@ -240,7 +239,7 @@ class Comparison:
                     self.attempt(f"batch, {side}", lambda: self._batch(stack, side))
                 # last: a burst of task runs leaves Prefect's SQLite busy for seconds
                 if "tasks" in self.scenarios:
-                    tasks = f"{plan.tasks:,} no-op tasks in one flow (local, sequential)"
+                    tasks = TASKS_SCENARIO.format(n=plan.tasks)
                     self.attempt(
                         f"tasks with the stack, {side}",
                         lambda: self._tasks_once(
