@@ -178,9 +178,12 @@ def _settings_read(var: str) -> bool:
     return False
 
 
-def _runner_reads(var: str) -> bool:
-    from services.runner.__main__ import options
-
+def _options_read(module: str, var: str) -> bool:
+    """Whether ``var`` changes the defaults of ``python -m module``'s options."""
+    try:
+        options = importlib.import_module(f"{module}.__main__").options
+    except (ImportError, AttributeError):
+        return False
     saved = os.environ.get(var)
     try:
         os.environ.pop(var, None)
@@ -208,7 +211,7 @@ def variable_known(var: str, service_name: str, module: str | None) -> bool:
         return False
     if _settings_read(var):
         return True
-    return module == "services.runner" and _runner_reads(var)
+    return module is not None and _options_read(module, var)
 
 
 def _module_runs(module: str) -> bool:
@@ -460,6 +463,8 @@ class LocalStack:
             # What the container network and its own filesystem would give it.
             env["SLUICE_NATS_URL"] = self.url
             env["SLUICE_HOME"] = str(self.tmp / f"{name}-{i}")
+            if "SLUICE_UI_PORT" in env:  # the web UI's published port: a free one here
+                env["SLUICE_UI_HOST"], env["SLUICE_UI_PORT"] = "127.0.0.1", str(free_port())
             out.append(Process(f"{name}-{i}", argv, env, self.tmp / f"{name}-{i}.log"))
         return out
 

@@ -9,6 +9,7 @@ import copy
 import os
 import subprocess
 import sys
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -62,7 +63,7 @@ def test_the_compose_file_has_what_the_stack_needs() -> None:
     assert "nats-data:/data" in services["nats"]["volumes"]
     assert "nats-data" in compose["volumes"]
     sluice = {n for n, s in services.items() if is_sluice(s)}
-    assert sluice == {"orchestrator", "scheduler", "cancellation-watcher", "runner"}
+    assert sluice == {"orchestrator", "scheduler", "cancellation-watcher", "runner", "ui"}
     assert all(services[n].get("healthcheck") for n in [*sluice, "nats"])
     assert replicas(services["runner"]) > 1
     assert {n for n, s in services.items() if "otel" in s.get("profiles", [])} == {
@@ -144,6 +145,25 @@ async def test_a_run_is_cancelled_through_the_compose_services(stack: LocalStack
         await c.cancel_flow_run(run.id)
         final = await until(c, run.id, StateType.CANCELLED, StateType.CRASHED, StateType.FAILED)
         assert final.state.type is StateType.CANCELLED, final.state
+    assert stack.violations() == []
+
+
+async def test_the_web_ui_serves_every_page_as_the_operator(stack: LocalStack) -> None:
+    async with Client(stack.settings("client")) as c:
+        run = await create(c, "hello-world/default", name="ui")
+        await until(c, run.id, StateType.COMPLETED)
+    (ui,) = stack.services["ui"]
+    base = f"http://127.0.0.1:{ui.env['SLUICE_UI_PORT']}"
+
+    def get(page: str) -> tuple[int, str]:
+        with urllib.request.urlopen(base + page, timeout=30) as response:
+            return response.status, response.read().decode()
+
+    for page in ("/", "/deployments", "/runners", f"/runs/{run.id}"):
+        status, body = await anyio.to_thread.run_sync(get, page)
+        assert status == 200, page
+        assert run.id in body or page != "/"
+    # Every read the pages made was within the operator's permissions.
     assert stack.violations() == []
 
 
@@ -234,6 +254,7 @@ SERVICE_MODULES = [
     "services.scheduler",
     "services.cancellation_watcher",
     "services.runner",
+    "services.ui",
 ]
 
 
