@@ -32,6 +32,7 @@ from typing import Any
 
 import anyio
 
+from shared import telemetry
 from shared.settings import Settings
 
 log = logging.getLogger("sluice")
@@ -142,6 +143,8 @@ def main(
     args = options.parse_args(argv)
     if args.check:
         sys.exit(check(name, Settings.from_env()))
+    # Before any client does it under its own name (a no-op without OTEL_* set).
+    telemetry.setup("sluice-" + name.removeprefix("sluice ").replace("_", "-"))
     run_service(name, lambda settings: factory(settings, args))
 
 
