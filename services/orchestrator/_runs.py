@@ -170,7 +170,10 @@ class Runs:
             new = rules.apply(ctx, state)
             limit = await self._slot_limit(run)
             took_slot = False
-            if limit and state.type is StateType.PENDING:
+            # Entering a claimed state takes a slot, however it is entered: a
+            # Scheduled run proposed straight to Running must wait for one too.
+            claims = state.type in rules.CLAIMED_TYPES and run.state.type not in rules.CLAIMED_TYPES
+            if limit and claims:
                 lease = SlotLease(
                     deployment_id=run.deployment_id or "",
                     flow_run_id=run.id,
