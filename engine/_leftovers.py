@@ -24,6 +24,37 @@ def processes_of(run_id: str, runner: str) -> list[int]:
     return found
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def orphans_of(runner: str) -> list[int]:
+    """Flow-run processes (and standbys) of ``runner`` whose runner process is gone.
+
+    They outlived a runner killed without a chance to stop them, which the
+    parent-death signal normally prevents — unless the process ignores
+    SIGTERM. Whatever their run's state is now, nobody will ever wait for them.
+    """
+    found = []
+    name = f"SLUICE_RUNNER_NAME={runner}".encode()
+    for entry in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError, ValueError):
+            env = (entry / "environ").read_bytes().split(b"\0")
+            if name not in env:
+                continue
+            parent = next(v for v in env if v.startswith(b"SLUICE_RUNNER_PID="))
+            pid = int(parent.split(b"=", 1)[1])
+            if pid != os.getpid() and not _alive(pid):
+                found.append(int(entry.name))
+    return found
+
+
 def kill_tree(pid: int) -> None:
     """SIGKILL the process group a leftover leads (or the process alone)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):

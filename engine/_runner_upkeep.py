@@ -23,7 +23,7 @@ from shared.errors import SluiceError
 from shared.messages import KillReply, KillRun, ProposedState
 from shared.states import StateType
 
-from ._leftovers import kill_tree, processes_of
+from ._leftovers import kill_tree, orphans_of, processes_of
 from .client import Client
 from .flow_runners import FlowRunProcess
 
@@ -88,6 +88,13 @@ class _Upkeep:
                     release=state.type is StateType.SCHEDULED,
                 )
             log.warning("runner %s: run %s: %s", self.name, run.id, note)
+        # Processes that ignored the parent-death signal outlive even their
+        # run's Crashed mark (the watcher's, when the old runner went silent).
+        for pid in orphans_of(self.name):
+            kill_tree(pid)
+            log.warning(
+                "runner %s: killed process %d, left running by a previous instance", self.name, pid
+            )
 
     async def _heartbeats(self, client: Client) -> None:
         """Say we are alive every ``heartbeat_seconds``; this renews our runs' slot leases.

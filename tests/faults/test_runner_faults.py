@@ -146,13 +146,6 @@ async def test_cancel_a_process_that_ignores_sigterm_and_has_a_grandchild(
     assert final.state.message == "the flow-run process was stopped"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="engine bug: a SIGKILLed runner's flow process that ignores SIGTERM (the "
-    "parent-death signal) runs on forever once the watcher has marked its run Crashed; "
-    "the restarted runner only looks for processes of runs still active (_reconcile)",
-)
 async def test_a_killed_runners_stubborn_process_is_killed_when_it_restarts(
     stack: Stack, fast: Settings, history: History
 ) -> None:
