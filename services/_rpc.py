@@ -95,12 +95,7 @@ class RequestServer:
             # The one boundary where NATS trouble becomes a coded error.
             log.warning("request on %s: NATS error %r", msg.subject, exc)
             telemetry.set_error(StackUnavailable.code, repr(exc))
-            reply = encode_error(
-                StackUnavailable(
-                    f"the state store did not answer ({type(exc).__name__}); "
-                    "retry (with the same idempotency key)"
-                )
-            )
+            reply = encode_error(StackUnavailable(_unavailable_message(exc)))
         except Exception as exc:
             log.exception("request on %s failed", msg.subject)
             telemetry.set_error("internal", f"{type(exc).__name__}: {exc}")
@@ -127,3 +122,17 @@ class RequestServer:
                 self._limiter.borrowed_tokens,
                 grace,
             )
+
+
+def _unavailable_message(exc: Exception) -> str:
+    """What to tell a client whose request met NATS trouble; the server's own
+    description when JetStream gave one (a full disk says so)."""
+    description = getattr(exc, "description", None)
+    detail = f"{type(exc).__name__}: {description}" if description else type(exc).__name__
+    if description and "insufficient resources" in description.lower():
+        return (
+            f"the state store is out of space ({detail}); nothing was stored — free "
+            "JetStream storage (or raise max_file_store), then retry with the same "
+            "idempotency key"
+        )
+    return f"the state store did not answer ({detail}); retry (with the same idempotency key)"

@@ -337,7 +337,9 @@ class Process:
 
 def passwords() -> dict[str, str]:
     """Fresh passwords, as an operator would put them in .env."""
-    return {f"SLUICE_{r.upper()}_PASSWORD": secrets.token_urlsafe(16) for r in ROLES}
+    # nats-server parses a substituted variable as a config value, so a password
+    # must read as a string: a letter first (one starting with a digit fails).
+    return {f"SLUICE_{r.upper()}_PASSWORD": "pw" + secrets.token_hex(16) for r in ROLES}
 
 
 def _two_free_ports() -> tuple[int, int]:

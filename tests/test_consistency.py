@@ -125,7 +125,9 @@ async def test_a_stale_owner_cannot_report(client: Client, unique: str) -> None:
         run.id, ProposedState(type=StateType.PENDING), runner="old", attempt=0
     )
     await client.propose_state(run.id, ProposedState(type=StateType.RUNNING), attempt=claim.attempt)
-    await client.propose_state(run.id, ProposedState(type=StateType.CRASHED))
+    await client.propose_state(
+        run.id, ProposedState(type=StateType.CRASHED), attempt=claim.attempt
+    )  # as the watcher settles a lost runner's run
     await client.propose_state(run.id, ProposedState(type=StateType.SCHEDULED), retry=True)
     new = await client.propose_state(
         run.id, ProposedState(type=StateType.PENDING), runner="new", attempt=claim.attempt

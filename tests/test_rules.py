@@ -22,6 +22,7 @@ def run_in(
     attempt: int = 1,
     scheduled: datetime = NOW,
     recent: tuple[str, ...] = (),
+    runner: str | None = "r1",
 ) -> FlowRun:
     return FlowRun(
         id=RUN_ID,
@@ -38,6 +39,7 @@ def run_in(
         updated=NOW,
         expected_start_time=scheduled,
         attempt=attempt,
+        runner=runner,
         recent_transitions=list(recent),
     )
 
@@ -55,16 +57,23 @@ TABLE = [
     (T.RUNNING, T.PENDING, {}, Decision.ABORT),
     (T.CANCELLING, T.PENDING, {}, Decision.ABORT),
     (T.PAUSED, T.PENDING, {}, Decision.ABORT),
-    # ordinary progress
-    (T.PENDING, T.RUNNING, {}, Decision.ACCEPT),
+    # ordinary progress, reported by the claim's holder
+    (T.PENDING, T.RUNNING, {"attempt": 1}, Decision.ACCEPT),
     (T.SCHEDULED, T.RUNNING, {}, Decision.ACCEPT),
-    (T.RUNNING, T.COMPLETED, {}, Decision.ACCEPT),
-    (T.RUNNING, T.FAILED, {}, Decision.ACCEPT),
-    (T.RUNNING, T.CRASHED, {}, Decision.ACCEPT),
-    (T.RUNNING, T.PAUSED, {}, Decision.ACCEPT),
-    (T.PAUSED, T.RUNNING, {}, Decision.ACCEPT),
-    (T.RUNNING, T.CANCELLING, {}, Decision.ACCEPT),
+    (T.RUNNING, T.COMPLETED, {"attempt": 1}, Decision.ACCEPT),
+    (T.RUNNING, T.FAILED, {"attempt": 1}, Decision.ACCEPT),
+    (T.RUNNING, T.CRASHED, {"attempt": 1}, Decision.ACCEPT),
+    (T.RUNNING, T.PAUSED, {"attempt": 1}, Decision.ACCEPT),
+    (T.PAUSED, T.RUNNING, {"attempt": 1}, Decision.ACCEPT),
     (T.SCHEDULED, T.CANCELLED, {}, Decision.ACCEPT),
+    # a claimed run answers to its claim: a report without the attempt is refused,
+    # except on the cancel path, open to anyone who may cancel
+    (T.PENDING, T.RUNNING, {}, Decision.ABORT),
+    (T.RUNNING, T.COMPLETED, {}, Decision.ABORT),
+    (T.RUNNING, T.CRASHED, {}, Decision.ABORT),
+    (T.PAUSED, T.RUNNING, {}, Decision.ABORT),
+    (T.PENDING, T.CANCELLED, {}, Decision.ACCEPT),
+    (T.RUNNING, T.CANCELLING, {}, Decision.ACCEPT),
     # terminal states are final ...
     (T.COMPLETED, T.RUNNING, {}, Decision.ABORT),
     (T.FAILED, T.PENDING, {}, Decision.ABORT),
@@ -198,6 +207,7 @@ def test_an_owner_waiting_to_retry_keeps_its_claim_unless_it_releases_it() -> No
             proposal=ProposeState(
                 id=running.id,
                 state=ProposedState(type=T.SCHEDULED, name="AwaitingRetry"),
+                attempt=running.attempt,
                 release=release,
             ),
             now=NOW,

@@ -87,6 +87,31 @@ def stale_claim(ctx: Context) -> Outcome | None:
     )
 
 
+#: What anyone allowed to cancel may propose for a claimed run without its claim.
+_CANCEL_TYPES = frozenset({StateType.CANCELLING, StateType.CANCELLED})
+
+
+def claimed_runs_answer_to_their_claim(ctx: Context) -> Outcome | None:
+    """A claimed run's state is reported by its claim's holder, who names the attempt.
+
+    Only the cancel path (to Cancelling, or Cancelled) may leave it out: a
+    report without it from a process that merely can propose — another
+    runner, a confused script — would otherwise overwrite the owner's.
+    """
+    if (
+        _current(ctx).type in CLAIMED_TYPES
+        and ctx.run.runner is not None  # claimed by someone (not merely started)
+        and ctx.proposal.attempt is None
+        and ctx.proposal.state.type not in _CANCEL_TYPES
+    ):
+        return Outcome(
+            status=Decision.ABORT,
+            reason=f"the run is claimed by {ctx.run.runner} (attempt {ctx.run.attempt}); "
+            "a report for it must name its claim attempt",
+        )
+    return None
+
+
 def no_double_pending(ctx: Context) -> Outcome | None:
     if ctx.proposal.state.type is StateType.PENDING and _current(ctx).type in CLAIMED_TYPES:
         owner = f" by {ctx.run.runner}" if ctx.run.runner else ""
@@ -132,6 +157,7 @@ RULES: tuple[Rule, ...] = (
     stale_claim,
     no_double_pending,
     cancelling_only_to_cancelled,
+    claimed_runs_answer_to_their_claim,
     wait_for_scheduled_time,
 )
 

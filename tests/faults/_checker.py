@@ -118,6 +118,9 @@ def _proposal_for(before: FlowRun, after: FlowRun, event: Event) -> ProposeState
         transition_id=None if isinstance(event, FlowRunCreated) else event.transition_id,
         runner=after.runner if state.type is StateType.PENDING else None,
         retry=before.state.type in TERMINAL_TYPES and state.type is StateType.SCHEDULED,
+        # Events do not carry the proposal's claim attempt; a change to a claimed
+        # run is legal when its holder, who names the attempt, could have made it.
+        attempt=before.attempt if before.runner is not None else None,
     )
 
 

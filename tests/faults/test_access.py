@@ -156,13 +156,6 @@ async def test_a_runner_cannot_report_with_a_stale_or_foreign_claim(secured: Loc
     await verify(secured.settings("orchestrator"), history, [dep.id], finished=False, timeout=10)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="orchestrator gap: a proposal without `attempt` is judged as if from the owner, "
-    "and the orchestrator does not know which runner (NATS user) sent it; any runner "
-    "credentials can finish another runner's run",
-)
 async def test_a_runner_cannot_report_for_a_run_it_does_not_hold(secured: LocalStack) -> None:
     async with Client(secured.settings("client")) as c:
         await c.register_deployment(RegisterDeployment(name="d", flow_name="foreign"))

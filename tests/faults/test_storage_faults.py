@@ -91,7 +91,7 @@ async def test_out_of_space_creates_fail_clearly_and_recover(
                     refused.append(exc)
             assert len(refused) == 5, "creates must fail while JetStream is full"
             print("while full:", {e.code for e in refused}, refused[0].message)
-            assert all(e.message for e in refused)
+            assert all("out of space" in e.message for e in refused), refused[0].message
             # Space frees: the same keys now create exactly one run each.
             js = c.nc.jetstream()
             await js.purge_stream(names.LOGS_STREAM)
