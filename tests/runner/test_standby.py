@@ -22,6 +22,7 @@ from engine.fork_runner import ForkServerFlowRunner
 from engine.runner import Runner
 from services.orchestrator import Orchestrator
 from shared.messages import RegisterDeployment
+from shared.models import FlowRun
 from shared.settings import Settings
 from shared.states import StateType
 
@@ -46,6 +47,28 @@ async def _deploy(client: Client, tmp_path: Path, name: str) -> None:
     await client.register_deployment(
         RegisterDeployment(name="d", flow_name=name, entrypoint="flows.py:pid", path=str(tmp_path))
     )
+
+
+async def _serving(
+    client: Client,
+    settings: Settings,
+    tmp_path: Path,
+    unique: str,
+    monkeypatch: pytest.MonkeyPatch,
+    flow_runner: SubprocessFlowRunner | ForkServerFlowRunner,
+) -> Runner:
+    """A runner with ``flow_runner`` serving the pid flow's deployment ``<unique>/d``."""
+    await _deploy(client, tmp_path, unique)
+    monkeypatch.setenv("SLUICE_NATS_URL", settings.nats_url)
+    r = Runner(name=f"sb-{unique}", settings=settings, flow_runner=flow_runner)
+    await r.serve_deployment(f"{unique}/d")
+    return r
+
+
+async def _one_run(client: Client, unique: str) -> FlowRun:
+    done = await client.wait_for_flow_run((await client.create_flow_run(f"{unique}/d")).id)
+    assert done.state.type is StateType.COMPLETED, done.state.message
+    return done
 
 
 async def _eventually(check: Callable[[], T]) -> T:
@@ -88,23 +111,15 @@ async def test_runs_are_handed_to_standbys_each_a_process_of_its_own(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    await _deploy(client, tmp_path, unique)
-    monkeypatch.setenv("SLUICE_NATS_URL", settings.nats_url)
     flow_runner = SubprocessFlowRunner(standby=1)
-    r = Runner(name=f"sb-{unique}", settings=settings, flow_runner=flow_runner)
-    await r.serve_deployment(f"{unique}/d")
+    r = await _serving(client, settings, tmp_path, unique, monkeypatch, flow_runner)
     pids, standbys = [], []
     async with running(r):
-        first = await client.wait_for_flow_run((await client.create_flow_run(f"{unique}/d")).id)
-        pids.append(first.state.data)
+        pids.append((await _one_run(client, unique)).state.data)
         for _ in range(2):
             standbys.append(await _waiting_standby(flow_runner))
-            run = await client.create_flow_run(f"{unique}/d")
-            done = await client.wait_for_flow_run(run.id)
-            assert done.state.type is StateType.COMPLETED, done.state.message
-            pids.append(done.state.data)
+            pids.append((await _one_run(client, unique)).state.data)
         left = await _waiting_standby(flow_runner)
-    assert first.state.type is StateType.COMPLETED, first.state.message
     assert pids[1:] == standbys  # the waiting process took the run
     assert len(set(pids)) == 3 and os.getpid() not in pids
     assert not alive(left)  # stopping the runner ended the standby still waiting
@@ -118,18 +133,13 @@ async def test_a_standby_that_died_waiting_is_replaced(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    await _deploy(client, tmp_path, unique)
-    monkeypatch.setenv("SLUICE_NATS_URL", settings.nats_url)
     flow_runner = SubprocessFlowRunner(standby=1)
-    r = Runner(name=f"sb-{unique}", settings=settings, flow_runner=flow_runner)
-    await r.serve_deployment(f"{unique}/d")
+    r = await _serving(client, settings, tmp_path, unique, monkeypatch, flow_runner)
     async with running(r):
-        await client.wait_for_flow_run((await client.create_flow_run(f"{unique}/d")).id)
+        await _one_run(client, unique)
         victim = await _waiting_standby(flow_runner)
         os.killpg(victim, signal.SIGKILL)
-        run = await client.create_flow_run(f"{unique}/d")
-        done = await client.wait_for_flow_run(run.id)
-    assert done.state.type is StateType.COMPLETED, done.state.message
+        done = await _one_run(client, unique)
     assert done.state.data != victim
 
 
@@ -141,20 +151,15 @@ async def test_fork_spares_take_runs_and_go_with_the_runner(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    await _deploy(client, tmp_path, unique)
-    monkeypatch.setenv("SLUICE_NATS_URL", settings.nats_url)
     flow_runner = ForkServerFlowRunner(spares=1)
-    r = Runner(name=f"fk-{unique}", settings=settings, flow_runner=flow_runner)
-    await r.serve_deployment(f"{unique}/d")
+    r = await _serving(client, settings, tmp_path, unique, monkeypatch, flow_runner)
     async with running(r):
-        first = await client.wait_for_flow_run((await client.create_flow_run(f"{unique}/d")).id)
+        first = await _one_run(client, unique)
         assert flow_runner._process is not None
         server = flow_runner._process.pid
         spares = await _eventually(lambda: _children(server))  # forked after the first run
-        run = await client.create_flow_run(f"{unique}/d")
-        second = await client.wait_for_flow_run(run.id)
+        second = await _one_run(client, unique)
         left = await _eventually(lambda: _children(server) - {second.state.data})
-    assert first.state.type is second.state.type is StateType.COMPLETED
     assert second.state.data in spares  # the spare that waited took the run
     assert first.state.data != second.state.data
     # A spare whose server is gone reads end-of-file and exits.
