@@ -48,7 +48,9 @@ def orphans_of(runner: str) -> list[int]:
             env = (entry / "environ").read_bytes().split(b"\0")
             if name not in env:
                 continue
-            parent = next(v for v in env if v.startswith(b"SLUICE_RUNNER_PID="))
+            parent = next((v for v in env if v.startswith(b"SLUICE_RUNNER_PID=")), None)
+            if parent is None:
+                continue  # not started by a runner (the runner itself, its fork server)
             pid = int(parent.split(b"=", 1)[1])
             if pid != os.getpid() and not _alive(pid):
                 found.append(int(entry.name))
