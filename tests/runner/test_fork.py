@@ -14,10 +14,10 @@ from engine.fork_runner import ForkServerFlowRunner
 from engine.runner import Runner
 from services.cancellation_watcher import CancellationWatcher
 from services.orchestrator import Orchestrator
-from shared.messages import RegisterDeployment
 from shared.settings import Settings
 from shared.states import StateType
 
+from ._flows import deploy_flows
 from .test_runner import running
 from .test_watcher import alive, until
 
@@ -46,18 +46,9 @@ async def test_forked_runs_complete_and_cancel(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    (tmp_path / "flows.py").write_text(FLOWS.format(name=unique))
     queue = f"q{unique}"
-    for flow, fn in ((f"{unique}-pid", "pid"), (f"{unique}-sleep", "sleep")):
-        await client.register_deployment(
-            RegisterDeployment(
-                name="d",
-                flow_name=flow,
-                entrypoint=f"flows.py:{fn}",
-                path=str(tmp_path),
-                queue=queue,
-            )
-        )
+    flows = {f"{unique}-pid": "pid", f"{unique}-sleep": "sleep"}
+    await deploy_flows(client, tmp_path, FLOWS.format(name=unique), flows, queue=queue)
     monkeypatch.setenv("SLUICE_NATS_URL", settings.nats_url)
     r = Runner(
         name=f"fork-{unique}",
@@ -108,17 +99,10 @@ async def test_cancelling_a_parent_stops_its_running_subflow(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    (tmp_path / "nested.py").write_text(PARENT.format(name=unique))
     queue = f"q{unique}"
-    await client.register_deployment(
-        RegisterDeployment(
-            name="d",
-            flow_name=f"{unique}-parent",
-            entrypoint="nested.py:parent",
-            path=str(tmp_path),
-            queue=queue,
-        )
-    )
+    source = PARENT.format(name=unique)
+    flows = {f"{unique}-parent": "parent"}
+    await deploy_flows(client, tmp_path, source, flows, file="nested.py", queue=queue)
     monkeypatch.setenv("SLUICE_NATS_URL", settings.nats_url)
     r = Runner(
         name=f"nest-{unique}",

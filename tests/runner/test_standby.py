@@ -21,11 +21,11 @@ from engine.flow_runners import SubprocessFlowRunner
 from engine.fork_runner import ForkServerFlowRunner
 from engine.runner import Runner
 from services.orchestrator import Orchestrator
-from shared.messages import RegisterDeployment
 from shared.models import FlowRun
 from shared.settings import Settings
 from shared.states import StateType
 
+from ._flows import deploy_flows
 from .test_runner import running
 from .test_watcher import alive
 
@@ -42,13 +42,6 @@ def pid() -> int:
 """
 
 
-async def _deploy(client: Client, tmp_path: Path, name: str) -> None:
-    (tmp_path / "flows.py").write_text(FLOW.format(name=name))
-    await client.register_deployment(
-        RegisterDeployment(name="d", flow_name=name, entrypoint="flows.py:pid", path=str(tmp_path))
-    )
-
-
 async def _serving(
     client: Client,
     settings: Settings,
@@ -58,7 +51,7 @@ async def _serving(
     flow_runner: SubprocessFlowRunner | ForkServerFlowRunner,
 ) -> Runner:
     """A runner with ``flow_runner`` serving the pid flow's deployment ``<unique>/d``."""
-    await _deploy(client, tmp_path, unique)
+    await deploy_flows(client, tmp_path, FLOW.format(name=unique), {unique: "pid"})
     monkeypatch.setenv("SLUICE_NATS_URL", settings.nats_url)
     r = Runner(name=f"sb-{unique}", settings=settings, flow_runner=flow_runner)
     await r.serve_deployment(f"{unique}/d")
