@@ -14,6 +14,7 @@ cannot press these buttons in a user's browser.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from urllib.parse import urlencode, urlsplit
 
 from starlette.datastructures import FormData
@@ -21,6 +22,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from engine.client import Client
 from shared.errors import SluiceError
 
 from ._context import ui_of
@@ -48,29 +50,35 @@ def _back(form: FormData, default: str, error: str | None = None) -> RedirectRes
     return RedirectResponse(target, status_code=303)
 
 
-async def cancel(request: Request) -> Response:
+async def _on_run(request: Request, act: Callable[[Client, str], Awaitable[object]]) -> Response:
+    """A run's button: do ``act``, then back to where the form came from (with any error)."""
     _same_origin(request)
     ui = ui_of(request)
     run_id = run_id_of(request)
     form = await request.form()
     try:
-        await ui.client.cancel_flow_run(run_id, reason="cancelled from the web UI")
+        await act(ui.client, run_id)
     except SluiceError as exc:
         return _back(form, f"/runs/{run_id}", exc.message)
     return _back(form, f"/runs/{run_id}")
+
+
+async def cancel(request: Request) -> Response:
+    """As ``sluice flow-run cancel``."""
+    return await _on_run(
+        request,
+        lambda client, run_id: client.cancel_flow_run(run_id, reason="cancelled from the web UI"),
+    )
 
 
 async def retry(request: Request) -> Response:
     """As ``sluice flow-run retry``: back to Scheduled (AwaitingRetry) with ``retry``."""
-    _same_origin(request)
-    ui = ui_of(request)
-    run_id = run_id_of(request)
-    form = await request.form()
-    try:
-        await ui.client.retry_flow_run(run_id, message="retry requested from the web UI")
-    except SluiceError as exc:
-        return _back(form, f"/runs/{run_id}", exc.message)
-    return _back(form, f"/runs/{run_id}")
+    return await _on_run(
+        request,
+        lambda client, run_id: client.retry_flow_run(
+            run_id, message="retry requested from the web UI"
+        ),
+    )
 
 
 async def run_deployment(request: Request) -> Response:
