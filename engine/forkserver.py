@@ -51,6 +51,8 @@ import nats  # noqa: F401
 
 import engine
 import engine._execute
+import engine._lifeline  # ctypes
+import engine._main  # argparse, gettext
 import engine._stack
 import engine._standby
 import engine.client  # noqa: F401

@@ -168,11 +168,14 @@ class Runs:
                 )
             state = rules.build_state(ctx)
             new = rules.apply(ctx, state)
-            limit = await self._slot_limit(run)
             took_slot = False
             # Entering a claimed state takes a slot, however it is entered: a
             # Scheduled run proposed straight to Running must wait for one too.
             claims = state.type in rules.CLAIMED_TYPES and run.state.type not in rules.CLAIMED_TYPES
+            releases = state.type not in rules.CLAIMED_TYPES
+            # Only taking or giving back a slot needs the deployment's limit:
+            # Pending -> Running, the commonest transition, skips that read.
+            limit = await self._slot_limit(run) if claims or releases else 0
             if limit and claims:
                 lease = SlotLease(
                     deployment_id=run.deployment_id or "",
@@ -197,7 +200,7 @@ class Runs:
                 if took_slot:
                     await self._slots.release(run.deployment_id or "", limit, run.id)
                 continue  # someone else moved the run; judge again against the new state
-            if limit and state.type not in rules.CLAIMED_TYPES:
+            if limit and releases:
                 await self._slots.release(run.deployment_id or "", limit, run.id)
             await self._publisher.announce(
                 new,
