@@ -128,3 +128,39 @@ async def test_cancelling_a_parent_stops_its_running_subflow(
     assert sub_final.flow_name == f"{unique}-child"
     with contextlib.suppress(ChildProcessError):
         assert not alive(pid)
+
+
+def test_the_fork_server_has_imported_everything_a_forked_run_imports() -> None:
+    """A module first imported in a forked run is imported again by every run
+    (ctypes and argparse cost ~5 ms of CPU each time): the server imports
+    them all before it forks. Checked in a fresh interpreter, by executing
+    the imports of the function a forked child runs."""
+    import ast
+    import inspect
+    import subprocess
+    import sys
+    import textwrap
+
+    from engine import _standby
+
+    body = ast.parse(textwrap.dedent(inspect.getsource(_standby.run_standby))).body[0]
+    assert isinstance(body, ast.FunctionDef)
+    imports = [
+        ast.unparse(node).replace("from .", "from engine.")
+        for node in ast.walk(body)
+        if isinstance(node, ast.Import | ast.ImportFrom)
+    ]
+    assert imports, "run_standby imports lazily; this test checks those imports"
+    script = "\n".join(
+        [
+            "import sys",
+            "import engine.forkserver",
+            "before = set(sys.modules)",
+            *imports,
+            "print(sorted(set(sys.modules) - before))",
+        ]
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=Path.cwd()
+    )
+    assert out.stdout.strip() == "[]", out.stdout
