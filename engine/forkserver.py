@@ -10,12 +10,15 @@ the run as a standby does (:mod:`engine._standby`), importing the flow's own
 code itself. Runs stay isolated from each other: nothing a run imports or
 changes reaches the server or another run.
 
-The connecting is taken off the run's path too: after each fork for a run
+The connecting is taken off the run's path too: after each run it is given,
 the server forks a *spare* for the same environment and folder, which
 connects at once and waits on a pipe. The next run with that environment
 is handed to the spare, already connected. At most ``SPARES`` spares wait
 (one per environment; the oldest goes first); a spare never
-runs more than one run.
+runs more than one run. The spare is forked when the run's process exits,
+or SPARE_DELAY seconds after the run started if it is still going: a spare
+connecting costs a few milliseconds of CPU, which on a small machine would
+otherwise be taken from the run that has just started.
 
 Protocol (one JSON object per line, runner <-> server):
 
@@ -40,6 +43,7 @@ import select
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -59,6 +63,10 @@ import engine.client  # noqa: F401
 import shared.settings  # noqa: F401
 
 from ._standby import run_standby, warm_codecs
+
+#: Seconds after a run is given out before its environment's next spare is
+#: forked, unless the run's process exits sooner (see the module docstring).
+SPARE_DELAY = 0.25
 
 
 def _pipe_reader(fd: int) -> Callable[[], bytes]:
@@ -124,8 +132,10 @@ class _Server:
         self.max_spares = spares
         #: Waiting spares by (environment, folder): pid and the write end of its pipe.
         self.spares: dict[str, tuple[int, int]] = {}
-        #: Children given a run: their exits are reported.
-        self.assigned: set[int] = set()
+        #: Children given a run (their exits are reported), with their spare key.
+        self.assigned: dict[int, str] = {}
+        #: Spares to fork: when at the latest, the environment and the folder.
+        self.due: dict[str, tuple[float, dict[str, str], str | None]] = {}
 
     def send(self, obj: dict[str, object]) -> None:
         self.conn.sendall(json.dumps(obj).encode() + b"\n")
@@ -163,13 +173,27 @@ class _Server:
                 return
             # If the child dies before reading, its exit is reported like any run's.
             _hand_over(pipe, line)
-        self.assigned.add(pid)
+        self.assigned[pid] = key
         self.send({"spawned": token, "pid": pid})
-        self.add_spare(key, env, cwd)
+        if self.max_spares > 0 and key not in self.due:
+            self.due[key] = (time.monotonic() + SPARE_DELAY, env, cwd)
+
+    def next_due(self) -> float | None:
+        """Seconds until the next spare is due (None: none is)."""
+        if not self.due:
+            return None
+        return max(0.0, min(at for at, _, _ in self.due.values()) - time.monotonic())
+
+    def fork_due(self, key: str | None = None) -> None:
+        """Fork the spare for ``key`` now, or every spare whose time has come."""
+        now = time.monotonic()
+        for due_key, (at, env, cwd) in list(self.due.items()):
+            if due_key == key or (key is None and at <= now):
+                del self.due[due_key]
+                if due_key not in self.spares:
+                    self.add_spare(due_key, env, cwd)
 
     def add_spare(self, key: str, env: dict[str, str], cwd: str | None) -> None:
-        if self.max_spares <= 0:
-            return
         while len(self.spares) >= self.max_spares:
             oldest = next(iter(self.spares))
             _, pipe = self.spares.pop(oldest)
@@ -186,8 +210,9 @@ class _Server:
             if pid == 0:
                 return
             if pid in self.assigned:
-                self.assigned.discard(pid)
+                key = self.assigned.pop(pid)
                 self.send({"exited": pid, "code": os.waitstatus_to_exitcode(status)})
+                self.fork_due(key)  # its run is over: the spare no longer competes with it
                 continue
             for key, (spare, pipe) in list(self.spares.items()):
                 if spare == pid:  # a spare that could not connect: drop it
@@ -219,7 +244,8 @@ def serve(path: str, spares: int) -> None:
     server = _Server(conn, (wake_r, wake_w), spares)
     buffer = b""
     while True:
-        ready, _, _ = select.select([conn.fileno(), wake_r], [], [])
+        ready, _, _ = select.select([conn.fileno(), wake_r], [], [], server.next_due())
+        server.fork_due()
         if wake_r in ready:
             os.read(wake_r, 4096)
             server.reap()

@@ -233,7 +233,7 @@ class Runner(_Upkeep):
             async with self._slots:
                 claimed = await self._claim(client, run.id, run.attempt)
                 if claimed is not None:
-                    await self._run(client, claimed)
+                    await self._run(client, *claimed)
             return await client.read_flow_run(flow_run_id)
 
     # --- consuming dispatch items -------------------------------------------------------
@@ -339,7 +339,7 @@ class Runner(_Upkeep):
             with telemetry.runner_span(msg.subject, item.flow_run_id, parent):
                 claimed = await self._claim(client, item.flow_run_id, item.attempt, msg)
                 if claimed is not None:
-                    await self._run(client, claimed)
+                    await self._run(client, *claimed)
         except SluiceError as exc:
             log.warning("runner %s: could not take a run: %s", self.name, exc.message)
             with contextlib.suppress(Exception):
@@ -349,8 +349,9 @@ class Runner(_Upkeep):
 
     async def _claim(
         self, client: Client, run_id: str, attempt: int, msg: Msg | None = None
-    ) -> FlowRun | None:
-        """Propose PENDING; return the run as our claim left it, or None if it is not ours."""
+    ) -> tuple[FlowRun, Deployment | None] | None:
+        """Propose PENDING; None if the run is not ours, else the run as our claim
+        left it and the deployment the orchestrator sent with it (if it did)."""
         reply = await client.propose_state(
             run_id,
             ProposedState(type=StateType.PENDING, message=f"claimed by runner {self.name}"),
@@ -372,18 +373,24 @@ class Runner(_Upkeep):
                 reply.reason,
             )
             return None
-        if reply.flow_run is not None:
-            return reply.flow_run
-        return await client.read_flow_run(run_id)  # an orchestrator that does not send it
+        # An orchestrator that does not send them: read them.
+        run = reply.flow_run or await client.read_flow_run(run_id)
+        return run, reply.deployment
 
     # --- running one flow run ----------------------------------------------------------
-    async def _deployment(self, client: Client, deployment_id: str | None) -> Deployment | None:
+    async def _deployment(
+        self, client: Client, deployment_id: str | None, claimed: Deployment | None
+    ) -> Deployment | None:
         if deployment_id is None:
             return None
-        # Read afresh for every run: a re-registered deployment (new entrypoint,
-        # environment or infrastructure) applies from its next run on, and the
-        # flow-run process is handed this copy instead of reading it again.
-        deployment = await client.read_deployment(id=deployment_id)
+        # Afresh for every run — the copy the claim's reply carried, or read now:
+        # a re-registered deployment (new entrypoint, environment or
+        # infrastructure) applies from its next run on, and the flow-run
+        # process is handed this copy instead of reading it again.
+        if claimed is not None and claimed.id == deployment_id:
+            deployment = claimed
+        else:
+            deployment = await client.read_deployment(id=deployment_id)
         self._deployments[deployment_id] = deployment
         if self.code_path:
             deployment = msgspec.structs.replace(deployment, path=self.code_path)
@@ -405,22 +412,25 @@ class Runner(_Upkeep):
         }
         return telemetry.env_with_trace(env)  # the run's process joins the run's trace
 
-    async def _run(self, client: Client, run: FlowRun) -> None:
-        """Start the infrastructure of ``run`` (just claimed by us) and see it to its end."""
+    async def _run(
+        self, client: Client, run: FlowRun, deployment: Deployment | None = None
+    ) -> None:
+        """Start the infrastructure of ``run`` (just claimed by us, with the
+        deployment the claim's reply carried) and see it to its end."""
         run_id, attempt = run.id, run.attempt
         if run_id in self._held:
             return  # already running here (a replayed claim of our own)
         self._held[run_id] = attempt
         try:
-            await self._run_held(client, run)
+            await self._run_held(client, run, deployment)
         finally:
             if self._held.get(run_id) == attempt:
                 del self._held[run_id]
 
-    async def _run_held(self, client: Client, run: FlowRun) -> None:
+    async def _run_held(self, client: Client, run: FlowRun, claimed: Deployment | None) -> None:
         run_id, attempt = run.id, run.attempt
         try:
-            deployment = await self._deployment(client, run.deployment_id)
+            deployment = await self._deployment(client, run.deployment_id, claimed)
             runner = (
                 from_infrastructure(deployment.infrastructure, self.flow_runner)
                 if deployment

@@ -96,6 +96,9 @@ class ProposeReply(msgspec.Struct, frozen=True, kw_only=True):
     revision: int = 0
     flow_run: FlowRun | None = None
     """On ACCEPT: the run as this transition left it (saves the proposer a read)."""
+    deployment: Deployment | None = None
+    """On an accepted claim (PENDING with a runner): the run's deployment as the
+    orchestrator read it to take the concurrency slot (saves the runner a read)."""
 
 
 class FlowRunRef(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -102,7 +102,7 @@ async def test_newest_version_wins_for_a_name(
 async def test_propose_and_cancel_over_raw_json(
     orchestrator: Orchestrator, nc: NATS, unique: str
 ) -> None:
-    await register(nc, f"f-{unique}")
+    dep = await register(nc, f"f-{unique}")
     run = await call(nc, "flowrun.create", {"deployment": f"f-{unique}/d"})
     claim = await call(
         nc,
@@ -112,10 +112,15 @@ async def test_propose_and_cancel_over_raw_json(
     assert claim["status"] == "ACCEPT"
     assert claim["attempt"] == 1
     assert claim["state"]["details"]["runner"] == "r1"
+    # the claimer is told the run as claimed and its deployment: no reads before starting it
+    assert claim["flow_run"]["state"] == claim["state"]
+    assert claim["deployment"] == dep
     running = await call(
         nc, "flowrun.state.propose", {"id": run["id"], "state": {"type": "RUNNING"}, "attempt": 1}
     )
     assert running["status"] == "ACCEPT"
+    assert running["flow_run"]["state"]["type"] == "RUNNING"
+    assert running["deployment"] is None  # only a claim carries it
     cancel = await call(nc, "flowrun.cancel", {"id": run["id"]})
     assert cancel["state"]["type"] == "CANCELLING"
     refused = await call(

@@ -175,7 +175,8 @@ class Runs:
             releases = state.type not in rules.CLAIMED_TYPES
             # Only taking or giving back a slot needs the deployment's limit:
             # Pending -> Running, the commonest transition, skips that read.
-            limit = await self._slot_limit(run) if claims or releases else 0
+            deployment = await self._deployment_of(run) if claims or releases else None
+            limit = deployment.concurrency_limit or 0 if deployment else 0
             if limit and claims:
                 lease = SlotLease(
                     deployment_id=run.deployment_id or "",
@@ -215,14 +216,19 @@ class Runs:
                 attempt=new.attempt,
                 revision=new_revision,
                 flow_run=new,
+                # a runner's claim: it starts the run from this deployment
+                deployment=deployment if claims and req.runner else None,
             )
         raise Conflict(f"flow run {req.id} is changing too fast; propose again")
 
+    async def _deployment_of(self, run: FlowRun) -> Deployment | None:
+        if run.deployment_id is None:
+            return None
+        return await self._deployments.get(run.deployment_id)
+
     async def _slot_limit(self, run: FlowRun) -> int:
         """The run's deployment concurrency limit (0: none)."""
-        if run.deployment_id is None:
-            return 0
-        deployment = await self._deployments.get(run.deployment_id)
+        deployment = await self._deployment_of(run)
         return deployment.concurrency_limit or 0 if deployment else 0
 
     async def heartbeat(self, req: Heartbeat) -> HeartbeatReply:

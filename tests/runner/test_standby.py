@@ -18,7 +18,7 @@ import pytest
 
 from engine.client import Client
 from engine.flow_runners import SubprocessFlowRunner
-from engine.fork_runner import ForkServerFlowRunner
+from engine.fork_runner import ForkServerFlowRunner, _Forked
 from engine.runner import Runner
 from services.orchestrator import Orchestrator
 from shared.models import FlowRun
@@ -33,11 +33,12 @@ pytestmark = pytest.mark.anyio
 T = TypeVar("T")
 
 FLOW = """
-import os
+import os, time
 from engine import flow
 
 @flow(name="{name}")
-def pid() -> int:
+def pid(seconds: float = 0) -> int:
+    time.sleep(seconds)
     return os.getpid()
 """
 
@@ -150,10 +151,38 @@ async def test_fork_spares_take_runs_and_go_with_the_runner(
         first = await _one_run(client, unique)
         assert flow_runner._process is not None
         server = flow_runner._process.pid
-        spares = await _eventually(lambda: _children(server))  # forked after the first run
+        # forked once the first run's process exits (which may still be under way)
+        spares = await _eventually(lambda: _children(server) - {first.state.data})
         second = await _one_run(client, unique)
         left = await _eventually(lambda: _children(server) - {second.state.data})
     assert second.state.data in spares  # the spare that waited took the run
     assert first.state.data != second.state.data
     # A spare whose server is gone reads end-of-file and exits.
     await _eventually(lambda: not any(alive(pid) for pid in left))
+
+
+async def test_a_long_run_does_not_hold_up_the_next_spare(
+    orchestrator: Orchestrator,
+    client: Client,
+    settings: Settings,
+    unique: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A spare is forked when a run's process exits, or after SPARE_DELAY if
+    the run is still going: a second run arriving during a long first one is
+    still handed to a connected spare."""
+    flow_runner = ForkServerFlowRunner(spares=1)
+    r = await _serving(client, settings, tmp_path, unique, monkeypatch, flow_runner)
+    async with running(r):
+        long = await client.create_flow_run(f"{unique}/d", parameters={"seconds": 120})
+        active = await _eventually(lambda: r._active.get(long.id))
+        assert active is not None and isinstance(active.process, _Forked)
+        assert flow_runner._process is not None
+        server, busy = flow_runner._process.pid, active.process.pid
+        # a spare, forked while the long run's process still runs
+        spares = await _eventually(lambda: _children(server) - {busy})
+        assert (await client.read_flow_run(long.id)).state.type is StateType.RUNNING
+        second = await _one_run(client, unique)
+        assert second.state.data in spares
+        await client.cancel_flow_run(long.id)
