@@ -8,18 +8,24 @@ deployment of a no-op flow, and measures, from the orchestrator's own
 timestamps on each run:
 
 * create -> Running and create -> Completed for single runs on an idle runner;
-* 200 runs created at once: total time (first create to last end) and runs/s.
+* 200 runs created at once: total time (first create to last end) and runs/s;
+* during that batch, the CPU each part of the stack spent per run (from
+  /proc: nats-server, the orchestrator, the runner, the flow-run processes
+  with what starts them, this benchmark's client), and so the most runs per
+  second this machine's cores could give with those costs.
 
-Writes ``bench/results/runner.md``.
+Writes ``bench/results/runner.md`` (``runner-fork.md`` with ``--fork``).
 """
 
 from __future__ import annotations
 
 import argparse
 import compileall
+import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import anyio
 
@@ -37,6 +43,7 @@ from ._harness import (
     percentile,
     running_nats_server,
 )
+from ._proccpu import cpu_seconds, own_cpu_seconds, tree_cpu_seconds
 
 RESULTS = REPO / "bench" / "results" / "runner.md"
 
@@ -71,18 +78,54 @@ async def single_run(client: Client, deployment: str) -> tuple[float, float]:
     )
 
 
-async def batch_runs(client: Client, deployment: str, count: int) -> tuple[float, float]:
-    """``count`` runs created at once: (first create -> last end in seconds, runs/s)."""
+#: The parts of the stack whose CPU is reported, in order.
+CPU_PARTS = (
+    "nats-server",
+    "orchestrator",
+    "runner",
+    "flow-run processes and what starts them",
+    "benchmark client (creates, waits)",
+)
+
+
+def cpu_sample(pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds so far of each part; ``pids``: nats-server, orchestrator, runner."""
+    runner_own = cpu_seconds(pids["runner"], reaped=False)
+    return dict(
+        zip(
+            CPU_PARTS,
+            (
+                cpu_seconds(pids["nats-server"]),
+                cpu_seconds(pids["orchestrator"]),
+                runner_own,
+                tree_cpu_seconds([pids["runner"]]) - runner_own,
+                own_cpu_seconds(),
+            ),
+            strict=True,
+        )
+    )
+
+
+async def batch_runs(
+    client: Client, deployment: str, count: int, pids: dict[str, int]
+) -> tuple[float, float, dict[str, float]]:
+    """``count`` runs created at once: (first create -> last end in seconds, runs/s,
+    CPU milliseconds per run of each part)."""
+    before = cpu_sample(pids)
     runs = [await client.create_flow_run(deployment) for _ in range(count)]
     finished = [await client.wait_for_flow_run(r.id) for r in runs]
+    after = cpu_sample(pids)
+    cpu = {part: (after[part] - before[part]) * 1000 / count for part in CPU_PARTS}
     assert all(r.state.type.value == "COMPLETED" for r in finished)
     first = min(r.created for r in finished)
     last = max(r.end_time for r in finished if r.end_time)
     total = (last - first).total_seconds()
-    return total, count / total
+    return total, count / total, cpu
 
 
-async def measure(settings: Settings, singles: int, batch: int) -> dict[str, list[float]]:
+async def measure(
+    settings: Settings, singles: int, batch: int, pids: dict[str, int]
+) -> dict[str, Any]:
     async with Client(settings, connect_timeout=10) as client:
         await client.register_deployment(
             RegisterDeployment(
@@ -99,8 +142,8 @@ async def measure(settings: Settings, singles: int, batch: int) -> dict[str, lis
             running, completed = await single_run(client, "noop/bench")
             to_running.append(running)
             to_completed.append(completed)
-        total, rate = await batch_runs(client, "noop/bench", batch)
-    return {"running": to_running, "completed": to_completed, "batch": [total, rate]}
+        total, rate, cpu = await batch_runs(client, "noop/bench", batch, pids)
+    return {"running": to_running, "completed": to_completed, "batch": [total, rate], "cpu": cpu}
 
 
 def main() -> None:
@@ -111,8 +154,9 @@ def main() -> None:
     singles, batch = (5, 40) if args.quick else (30, 200)
     # As an installed wheel has: bytecode for every module, so a fresh flow-run
     # process does not compile the engine (PYTHONDONTWRITEBYTECODE would make it
-    # do so on every start).
-    for package in ("engine", "shared", "services"):
+    # do so on every start) — nor the flow's own file, whose bytecode Python
+    # caches on its first import unless that variable is set.
+    for package in ("engine", "shared", "services", "bench"):
         compileall.compile_dir(REPO / package, quiet=1)
     with tempfile.TemporaryDirectory() as tmp, running_nats_server(Path(tmp) / "nats") as server:
         env = {
@@ -128,10 +172,22 @@ def main() -> None:
         orchestrator.start()
         runner.start()
         settings = Settings(nats_url=server.url, home=Path(tmp) / "home")
+        assert server.process and orchestrator.process and runner.process
+        pids = {
+            "nats-server": server.process.pid,
+            "orchestrator": orchestrator.process.pid,
+            "runner": runner.process.pid,
+        }
         try:
             started = time.perf_counter()
             result = anyio.run(
-                _with_wait, settings, runner, singles, batch, backend_options=backend_options()
+                _with_wait,
+                settings,
+                runner,
+                singles,
+                batch,
+                pids,
+                backend_options=backend_options(),
             )
             elapsed = time.perf_counter() - started
         finally:
@@ -142,15 +198,24 @@ def main() -> None:
 
 
 async def _with_wait(
-    settings: Settings, runner: ServiceProcess, singles: int, batch: int
-) -> dict[str, list[float]]:
+    settings: Settings, runner: ServiceProcess, singles: int, batch: int, pids: dict[str, int]
+) -> dict[str, Any]:
     async with Client(settings, connect_timeout=10) as client:
         await wait_serving(client, runner)
-    return await measure(settings, singles, batch)
+    return await measure(settings, singles, batch, pids)
+
+
+def cpu_table(cpu: dict[str, float]) -> tuple[str, float]:
+    """The per-run CPU table and the runs/s the machine's cores allow at that cost."""
+    total = sum(cpu.values())
+    rows = [[part, fmt(cpu[part], 2), f"{cpu[part] / total:.0%}"] for part in CPU_PARTS]
+    rows.append(["**all**", f"**{fmt(total, 2)}**", "100%"])
+    cores = os.cpu_count() or 1
+    return markdown_table(["part", "CPU ms per run", "share"], rows), cores * 1000 / total
 
 
 def report(
-    result: dict[str, list[float]],
+    result: dict[str, Any],
     info: dict[str, str],
     singles: int,
     batch: int,
@@ -171,6 +236,7 @@ def report(
             ]
         )
     total, rate = result["batch"]
+    cpu, ceiling = cpu_table(result["cpu"])
     table = markdown_table(["scenario", "runs", "p50 ms", "p95 ms", "min..max ms"], rows)
     lines = [
         "# Runner benchmark",
@@ -185,6 +251,14 @@ def report(
         "",
         f"**{batch} runs created at once, one runner, limit 8:** {total:.2f} s from the first "
         f"create to the last end = **{rate:.1f} runs/s**.",
+        "",
+        "CPU spent per run during that batch, by part (from /proc; a process's reaped"
+        " children count with it):",
+        "",
+        cpu,
+        "",
+        f"At that cost, the machine's {os.cpu_count()} cores allow at most"
+        f" **{ceiling:.0f} runs/s**.",
         "",
         "Times are the orchestrator's own timestamps (created, start_time, end_time) of each"
         " run. "
