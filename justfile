@@ -38,9 +38,13 @@ bench-compare *args:
 bench-scheduler *args:
     {{py}} -m bench.scheduler {{args}}
 
-# Runner start latency and throughput (writes bench/results/runner.md).
+# Runner start latency, throughput and CPU per run (writes bench/results/runner.md; --fork: runner-fork.md).
 bench-runner *args:
     {{py}} -m bench.runner {{args}}
+
+# CPU of the primitives a run is made of: fsynced writes, reads, forks (bench/results/primitives.md).
+bench-primitives *args:
+    {{py}} -m bench.primitives {{args}}
 
 # Cancellation and crash-detection latency (writes bench/results/cancel.md).
 bench-cancel *args:
