@@ -15,6 +15,10 @@ Then it starts the run's infrastructure (a flow runner, a subprocess by
 default), waits for it, and if the process ended without the engine having
 reported a final state, marks the run Crashed with a message that explains
 the exit code.
+
+This module takes work and claims it; starting and watching a claimed run
+is :mod:`engine._runner_supervise`, and heartbeats, kill requests and what a
+previous instance left behind are :mod:`engine._runner_upkeep`.
 """
 
 from __future__ import annotations
@@ -22,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import os
 import uuid
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -44,16 +47,11 @@ from shared.models import Deployment, FlowRun
 from shared.settings import Settings
 from shared.states import StateType
 
+from ._runner_supervise import _Supervise
 from ._runner_upkeep import _Active, _Upkeep
 from .client import Client
 from .deployments import RunnerDeployment
-from .flow_runners import (
-    FlowRunner,
-    StartFailed,
-    SubprocessFlowRunner,
-    explain_exit,
-    from_infrastructure,
-)
+from .flow_runners import FlowRunner, SubprocessFlowRunner
 
 if TYPE_CHECKING:
     from .flows import Flow
@@ -74,7 +72,7 @@ def _check_name(name: str) -> str:
     return name
 
 
-class Runner(_Upkeep):
+class Runner(_Supervise, _Upkeep):
     """Runs flow runs of the deployments it serves, or of a whole queue.
 
     ``query_seconds`` is how long one request for work waits on the server
@@ -376,100 +374,6 @@ class Runner(_Upkeep):
         # An orchestrator that does not send them: read them.
         run = reply.flow_run or await client.read_flow_run(run_id)
         return run, reply.deployment
-
-    # --- running one flow run ----------------------------------------------------------
-    async def _deployment(
-        self, client: Client, deployment_id: str | None, claimed: Deployment | None
-    ) -> Deployment | None:
-        if deployment_id is None:
-            return None
-        # Afresh for every run — the copy the claim's reply carried, or read now:
-        # a re-registered deployment (new entrypoint, environment or
-        # infrastructure) applies from its next run on, and the flow-run
-        # process is handed this copy instead of reading it again.
-        if claimed is not None and claimed.id == deployment_id:
-            deployment = claimed
-        else:
-            deployment = await client.read_deployment(id=deployment_id)
-        self._deployments[deployment_id] = deployment
-        if self.code_path:
-            deployment = msgspec.structs.replace(deployment, path=self.code_path)
-        return deployment
-
-    def _env(self, run_id: str, attempt: int) -> dict[str, str]:
-        env = {
-            "SLUICE_FLOW_RUN_ID": run_id,
-            "SLUICE_FLOW_RUN_ATTEMPT": str(attempt),
-            "SLUICE_NATS_URL": self.settings.nats_url,
-            "SLUICE_HOME": str(self.settings.home),
-            # The child ends with us (engine._lifeline): no run outlives its runner.
-            "SLUICE_RUNNER_PID": str(os.getpid()),
-            "SLUICE_RUNNER_NAME": self.name,
-        }
-        # The flow-run process must not inherit a runner's own identity.
-        env = {k: v for k, v in env.items() if v} | {
-            k: v for k, v in os.environ.items() if k.startswith("SLUICE_NATS_") and k not in env
-        }
-        return telemetry.env_with_trace(env)  # the run's process joins the run's trace
-
-    async def _run(
-        self, client: Client, run: FlowRun, deployment: Deployment | None = None
-    ) -> None:
-        """Start the infrastructure of ``run`` (just claimed by us, with the
-        deployment the claim's reply carried) and see it to its end."""
-        run_id, attempt = run.id, run.attempt
-        if run_id in self._held:
-            return  # already running here (a replayed claim of our own)
-        self._held[run_id] = attempt
-        try:
-            await self._run_held(client, run, deployment)
-        finally:
-            if self._held.get(run_id) == attempt:
-                del self._held[run_id]
-
-    async def _run_held(self, client: Client, run: FlowRun, claimed: Deployment | None) -> None:
-        run_id, attempt = run.id, run.attempt
-        try:
-            deployment = await self._deployment(client, run.deployment_id, claimed)
-            runner = (
-                from_infrastructure(deployment.infrastructure, self.flow_runner)
-                if deployment
-                else self.flow_runner
-            )
-            process = await runner.start(run, deployment, self._env(run_id, attempt))
-        except (StartFailed, SluiceError) as exc:
-            await self._crash(client, run_id, attempt, f"The flow run could not be started: {exc}")
-            return
-        active = self._active[run_id] = _Active(process=process, attempt=attempt)
-        log.info("runner %s: started run %s (%s) in %s", self.name, run_id, run.name, process.ident)
-        try:
-            code = await process.wait()
-        finally:
-            if self._active.get(run_id) is active:
-                del self._active[run_id]
-        with anyio.CancelScope(shield=True):
-            await self._after_exit(client, run_id, active, code)
-
-    async def _after_exit(self, client: Client, run_id: str, active: _Active, code: int) -> None:
-        current = await client.read_flow_run(run_id)
-        if current.state.is_terminal or current.attempt != active.attempt:
-            return  # the engine reported its end, or the run was claimed again meanwhile
-        if current.state.type is StateType.CANCELLING:
-            await client.propose_state(
-                run_id,
-                ProposedState(type=StateType.CANCELLED, message="the flow-run process was stopped"),
-            )
-            return
-        message = explain_exit(code)
-        if active.stopping:
-            message = f"The runner {self.name} shut down before the run finished. {message}"
-        await self._crash(client, run_id, active.attempt, message)
-
-    async def _crash(self, client: Client, run_id: str, attempt: int, message: str) -> None:
-        reply = await client.propose_state(
-            run_id, ProposedState(type=StateType.CRASHED, message=message), attempt=attempt
-        )
-        log.warning("runner %s: run %s crashed: %s (%s)", self.name, run_id, message, reply.status)
 
     # --- stopping ---------------------------------------------------------------------
     async def _shutdown(self, runs: anyio.abc.TaskGroup) -> None:
