@@ -10,11 +10,26 @@ from pathlib import Path
 
 import anyio
 import anyio.abc
+import nats
 import pytest
+from nats.aio.client import Client as NATS
 
 from engine.client import Client
 from services.orchestrator import Orchestrator
-from shared.messages import Decision, ProposedState, RegisterDeployment
+from services.orchestrator._deployments import Deployments
+from services.orchestrator._publish import Publisher
+from services.orchestrator._runs import Runs
+from services.orchestrator._slots import Slots
+from services.orchestrator._store import DeploymentStore, IdempotencyStore, RunStore
+from shared import names
+from shared.clock import SystemClock
+from shared.messages import (
+    Decision,
+    FlowRunRef,
+    ProposedState,
+    ProposeState,
+    RegisterDeployment,
+)
 from shared.settings import Settings
 from shared.states import StateType
 
@@ -207,3 +222,54 @@ async def test_cancelling_a_parent_cancels_its_descendants(client: Client, uniqu
     kept_child = await client.create_flow_run(f"f{unique}/d", parent_flow_run_id=keep.id)
     await client.cancel_flow_run(keep.id, cascade=False)
     assert (await client.read_flow_run(kept_child.id)).state.type is StateType.SCHEDULED
+
+
+async def _runs_handler(nc: NATS) -> Runs:
+    """The orchestrator's flow-run handlers on ``nc``, as one replica holds them."""
+    js = nc.jetstream()
+    clock = SystemClock()
+    deployments = Deployments(
+        DeploymentStore(await js.key_value(names.DEPLOYMENTS_BUCKET), js), clock
+    )
+    return Runs(
+        RunStore(await js.key_value(names.FLOW_RUNS_BUCKET)),
+        IdempotencyStore(await js.key_value(names.IDEMPOTENCY_BUCKET)),
+        deployments,
+        Publisher(js),
+        clock,
+        Slots(js),
+    )
+
+
+async def test_a_replica_never_answers_from_an_outdated_copy(
+    orchestrator: Orchestrator, nc: NATS, settings: Settings, unique: str
+) -> None:
+    """A replica judges a proposal first on the copy of the run it last wrote,
+    to save a read; another replica may have moved the run since. Whatever
+    that copy says, the answer is the one the stored run gives."""
+    async with Client(settings) as admin:
+        await admin.register_deployment(RegisterDeployment(name="d", flow_name=f"f{unique}"))
+        created = await admin.create_flow_run(f"f{unique}/d")
+    other = await nats.connect(settings.nats_url)
+    try:
+        a, b = await _runs_handler(nc), await _runs_handler(other)
+        pending = ProposedState(type=StateType.PENDING)
+        # a remembers the run Scheduled; b claims it: a's copy would refuse attempt 1
+        assert (await a.read(FlowRunRef(id=created.id))).state.type is StateType.SCHEDULED
+        await a.propose(ProposeState(id=created.id, state=ProposedState(type=StateType.SCHEDULED)))
+        claim = await b.propose(ProposeState(id=created.id, state=pending, runner="r", attempt=0))
+        assert claim.status is Decision.ACCEPT and claim.attempt == 1
+        running = ProposedState(type=StateType.RUNNING)
+        reply = await a.propose(ProposeState(id=created.id, state=running, attempt=1))
+        assert reply.status is Decision.ACCEPT, reply.reason
+        # now a remembers it Running; b cancels it: a's copy would accept Completed
+        stop = ProposedState(type=StateType.CANCELLING)
+        assert (await b.propose(ProposeState(id=created.id, state=stop))).status is Decision.ACCEPT
+        done = ProposedState(type=StateType.COMPLETED)
+        reply = await a.propose(ProposeState(id=created.id, state=done, attempt=1))
+        assert reply.status is not Decision.ACCEPT
+        assert reply.state.type is StateType.CANCELLING
+        stored = await a.read(FlowRunRef(id=created.id))
+        assert stored.state.type is StateType.CANCELLING
+    finally:
+        await other.close()

@@ -36,7 +36,7 @@ from ._deployments import Deployments
 from ._names import run_name
 from ._publish import Publisher
 from ._slots import Slots
-from ._store import Exists, IdempotencyStore, RunStore, Stale
+from ._store import Exists, IdempotencyStore, RecentRuns, RunStore, Stale
 
 CAS_ATTEMPTS = 50
 #: A claim that found no free slot is told to try again after this long.
@@ -64,6 +64,7 @@ class Runs:
         self._slots = slots
         self._slot_lease = slot_lease
         self._rng = rng or random.Random()
+        self._recent = RecentRuns()
 
     # --- create -------------------------------------------------------------------
     async def create(self, req: CreateFlowRun) -> FlowRun:
@@ -124,6 +125,7 @@ class Runs:
                 raise Conflict(f"flow run {run_id} vanished while being created") from None
             await self._publisher.ensure_announced(*existing, self._clock.now())
             return existing[0]
+        self._recent.remember(run, revision)
         await self._publisher.announce(run, revision, now=now, created=True)
         return run
 
@@ -148,13 +150,22 @@ class Runs:
 
     # --- transitions --------------------------------------------------------------
     async def propose(self, req: ProposeState) -> ProposeReply:
+        # Judged first on the copy this orchestrator last wrote or read, if it
+        # has one (RecentRuns says why that is safe), then on the stored run.
+        remembered = self._recent.get(req.id)
         for _ in range(CAS_ATTEMPTS):
-            found = await self._runs.get(req.id)
+            from_recent = remembered is not None
+            found = remembered or await self._runs.get(req.id)
+            remembered = None
             if found is None:
                 raise FlowRunNotFound(f"no flow run with id {req.id}")
             run, revision = found
+            if not from_recent:
+                self._recent.remember(run, revision)
             ctx = rules.Context(run=run, proposal=req, now=self._clock.now())
             outcome = rules.decide(ctx)
+            if from_recent and (outcome.status is not Decision.ACCEPT or outcome.replay):
+                continue  # an answer that writes nothing is given on the stored run only
             if outcome.replay:
                 await self._publisher.ensure_announced(run, revision, ctx.now)
             if outcome.status is not Decision.ACCEPT or outcome.replay:
@@ -185,6 +196,8 @@ class Runs:
                     attempt=new.attempt,
                 )
                 if not await self._slots.acquire(lease, limit, self._slot_lease):
+                    if from_recent:
+                        continue  # as above: answer WAIT only on the stored run
                     return ProposeReply(
                         status=Decision.WAIT,
                         state=run.state,
@@ -201,6 +214,7 @@ class Runs:
                 if took_slot:
                     await self._slots.release(run.deployment_id or "", limit, run.id)
                 continue  # someone else moved the run; judge again against the new state
+            self._recent.remember(new, new_revision)
             if limit and releases:
                 await self._slots.release(run.deployment_id or "", limit, run.id)
             await self._publisher.announce(

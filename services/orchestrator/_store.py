@@ -8,6 +8,7 @@ Owns key layout and compare-and-set. The orchestrator is the only writer of
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 
 import msgspec
 import nats.js.errors
@@ -18,6 +19,7 @@ from nats.js.kv import KeyValue
 from shared.codec import decode, encode
 from shared.models import Deployment, FlowRun
 from shared.names import DEPLOYMENTS_BUCKET, kv_stream
+from shared.states import TERMINAL_TYPES
 
 
 class Exists(Exception):
@@ -59,6 +61,33 @@ class RunStore:
             )
         except nats.js.errors.KeyWrongLastSequenceError:
             raise Stale(run.id) from None
+
+
+class RecentRuns:
+    """The last written or read copy of recently active runs, with its revision.
+
+    Only a hint: a transition judged on it is written with a compare-and-set
+    on that revision, so a copy another orchestrator has since outdated makes
+    the write fail and the run is read again; any other answer is given only
+    after judging the stored run. That saves the read before most writes.
+    Finished runs are dropped, and at most ``size`` are kept (oldest out).
+    """
+
+    def __init__(self, size: int = 4096) -> None:
+        self._size = size
+        self._runs: OrderedDict[str, tuple[FlowRun, int]] = OrderedDict()
+
+    def get(self, run_id: str) -> tuple[FlowRun, int] | None:
+        return self._runs.get(run_id)
+
+    def remember(self, run: FlowRun, revision: int) -> None:
+        if run.state.type in TERMINAL_TYPES:
+            self._runs.pop(run.id, None)
+            return
+        self._runs[run.id] = (run, revision)
+        self._runs.move_to_end(run.id)
+        if len(self._runs) > self._size:
+            self._runs.popitem(last=False)
 
 
 class IdempotencyStore:
