@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Awaitable, Callable
 
 import anyio
 import msgspec
 
 from shared import telemetry
-from shared.errors import SluiceError
+from shared.errors import SluiceError, StackUnavailable
 from shared.messages import ProposedState
 from shared.models import Deployment, FlowRun
 from shared.settings import Settings
@@ -29,6 +30,10 @@ from .client import Client
 from .flow_runners import FlowRunner, StartFailed, explain_exit, from_infrastructure
 
 log = logging.getLogger("sluice.runner")
+
+#: Seconds a runner keeps trying to report what became of a run it holds
+#: while the stack cannot be reached (see ``_Supervise._settling``).
+SETTLE_SECONDS = 300.0
 
 
 class _Supervise:
@@ -41,6 +46,8 @@ class _Supervise:
     _deployments: dict[str, Deployment]
     _active: dict[str, _Active]
     _held: dict[str, int]
+    kill_grace: float
+    _shutting_down: bool
 
     async def _deployment(
         self, client: Client, deployment_id: str | None, claimed: Deployment | None
@@ -102,7 +109,8 @@ class _Supervise:
             )
             process = await runner.start(run, deployment, self._env(run_id, attempt))
         except (StartFailed, SluiceError) as exc:
-            await self._crash(client, run_id, attempt, f"The flow run could not be started: {exc}")
+            message = f"The flow run could not be started: {exc}"
+            await self._settling(run_id, lambda: self._crash(client, run_id, attempt, message))
             return
         active = self._active[run_id] = _Active(process=process, attempt=attempt)
         log.info("runner %s: started run %s (%s) in %s", self.name, run_id, run.name, process.ident)
@@ -112,7 +120,40 @@ class _Supervise:
             if self._active.get(run_id) is active:
                 del self._active[run_id]
         with anyio.CancelScope(shield=True):
-            await self._after_exit(client, run_id, active, code)
+            await self._settling(run_id, lambda: self._after_exit(client, run_id, active, code))
+
+    async def _settling(self, run_id: str, report: Callable[[], Awaitable[None]]) -> None:
+        """``report()``, again while the stack cannot be reached.
+
+        A run this runner claimed is settled by it or by nobody: its owner is
+        alive, so the watcher leaves it alone. A report given up at the first
+        NATS restart or orchestrator hand-over would leave the run Pending or
+        Running for ever. Tries for SETTLE_SECONDS (while stopping, for the
+        kill grace only), then logs that the run is left as it is.
+        """
+        limit = self.kill_grace if self._shutting_down else SETTLE_SECONDS
+        pause = 0.2
+        with anyio.move_on_after(limit):
+            while True:
+                try:
+                    await report()
+                    return
+                except StackUnavailable as exc:
+                    if pause == 0.2:  # once per run
+                        log.warning(
+                            "runner %s: cannot report run %s yet (%s); trying again",
+                            self.name,
+                            run_id,
+                            exc.message,
+                        )
+                await anyio.sleep(pause)
+                pause = min(pause * 2, 5.0)
+        log.error(
+            "runner %s: gave up reporting run %s after %.0f s; it stays in its last state",
+            self.name,
+            run_id,
+            limit,
+        )
 
     async def _after_exit(self, client: Client, run_id: str, active: _Active, code: int) -> None:
         current = await client.read_flow_run(run_id)

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 
 import anyio
+import anyio.abc
 import msgspec
 import pytest
 
@@ -275,3 +276,52 @@ async def test_a_runner_serving_a_queue_and_a_deployment_starts_each_run_once(
         done = await finished(client, runs)
     assert {d.state.type for d in done} == {StateType.COMPLETED}
     assert sorted(script.started) == sorted(run.id for run in runs)
+
+
+async def _orchestrator_until(
+    settings: Settings,
+    stop: anyio.Event,
+    *,
+    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    async with Orchestrator(settings, grace=1.0):
+        task_status.started()
+        await stop.wait()
+
+
+async def test_a_run_that_ends_while_the_orchestrator_is_away_is_still_settled(
+    settings: Settings, unique: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The runner holds a run until it has reported it: when the run's process
+    ends while no orchestrator answers (a restart, a NATS outage), the runner
+    keeps trying, and the run ends Crashed once the orchestrator is back —
+    instead of staying Running for ever under a runner that is alive."""
+    r = runner(settings, name=f"r-{unique}")
+    away, back = anyio.Event(), anyio.Event()
+    async with Client(settings) as client, anyio.create_task_group() as tg:
+        gone = anyio.Event()
+
+        async def first_orchestrator(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+            await _orchestrator_until(settings, away, task_status=task_status)
+            gone.set()
+
+        await tg.start(first_orchestrator)
+        await r.add_deployment(deployment(f"f{unique}"))
+        async with running(r):
+            run = await client.create_flow_run(f"f{unique}/d", parameters={"sleep": 600})
+            async with contextlib.aclosing(client.watch_flow_run(run.id)) as changes:
+                async for seen in changes:
+                    if seen.state.type is StateType.RUNNING:
+                        break
+            process = r._active[run.id].process
+            away.set()
+            await gone.wait()  # the orchestrator is gone
+            await process.kill(0)  # the run's process ends without a report
+            with anyio.fail_after(60):  # the runner tried, and nobody answered
+                while "cannot report run" not in caplog.text:  # noqa: ASYNC110
+                    await anyio.sleep(0.05)
+            await tg.start(_orchestrator_until, settings, back)
+            final = await client.wait_for_flow_run(run.id)
+            back.set()
+    assert final.state.type is StateType.CRASHED
+    assert final.state.message == explain_exit(-signal.SIGTERM)
