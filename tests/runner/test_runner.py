@@ -50,6 +50,13 @@ async def running(*runners: Runner) -> AsyncIterator[None]:
             await r.stop()
 
 
+async def until_running(client: Client, run_id: str) -> None:
+    async with contextlib.aclosing(client.watch_flow_run(run_id)) as changes:
+        async for seen in changes:
+            if seen.state.type is StateType.RUNNING:
+                return
+
+
 async def finished(client: Client, runs: list[FlowRun]) -> list[FlowRun]:
     return [await client.wait_for_flow_run(r.id) for r in runs]
 
@@ -196,10 +203,7 @@ async def test_shutdown_pauses_and_leaves_no_process(
         run = await client.create_flow_run(
             f"f{unique}/d", parameters={"sleep": 60, "ignore_term": True}
         )
-        async with contextlib.aclosing(client.watch_flow_run(run.id)) as states:
-            async for current in states:
-                if current.state.type is StateType.RUNNING:
-                    break
+        await until_running(client, run.id)
     final = await client.read_flow_run(run.id)
     assert final.state.type is StateType.CRASHED
     assert f"runner {r.name} shut down" in (final.state.message or "")
@@ -240,10 +244,7 @@ async def test_runners_heartbeat(
     beats = await client.nc.jetstream().key_value(names.HEARTBEATS_BUCKET)
     async with running(r):
         run = await client.create_flow_run(f"f{unique}/d", parameters={"sleep": 1.0})
-        async with contextlib.aclosing(client.watch_flow_run(run.id)) as states:
-            async for current in states:
-                if current.state.type is StateType.RUNNING:
-                    break
+        await until_running(client, run.id)
         watcher = await beats.watch(r.name)
         try:
             while True:
@@ -309,10 +310,7 @@ async def test_a_run_that_ends_while_the_orchestrator_is_away_is_still_settled(
         await r.add_deployment(deployment(f"f{unique}"))
         async with running(r):
             run = await client.create_flow_run(f"f{unique}/d", parameters={"sleep": 600})
-            async with contextlib.aclosing(client.watch_flow_run(run.id)) as changes:
-                async for seen in changes:
-                    if seen.state.type is StateType.RUNNING:
-                        break
+            await until_running(client, run.id)
             process = r._active[run.id].process
             away.set()
             await gone.wait()  # the orchestrator is gone
