@@ -314,7 +314,7 @@ async def test_a_run_that_ends_while_the_orchestrator_is_away_is_still_settled(
             process = r._active[run.id].process
             away.set()
             await gone.wait()  # the orchestrator is gone
-            await process.kill(0)  # the run's process ends without a report
+            await process.kill(30)  # SIGTERM: the run's process ends without a report
             with anyio.fail_after(60):  # the runner tried, and nobody answered
                 while "cannot report run" not in caplog.text:  # noqa: ASYNC110
                     await anyio.sleep(0.05)
