@@ -232,20 +232,28 @@ class ReadModel:
                 [(tag, run.id) for tag in run.tags],
             )
 
-    async def sync(self, timeout: float = 1.0) -> bool:
+    async def sync(self, timeout: float = 5.0) -> bool:
         """Wait until every event published so far is applied (read-your-writes).
 
         Events are published before a write is acknowledged, so after ``sync``
         a query sees every write its caller was told about. Gives up after
-        ``timeout`` seconds and returns False; the query then answers from
-        what is applied.
+        ``timeout`` seconds (well inside a client's request timeout; a busy
+        machine can lag a second or more), logs it, and returns False; the
+        query then answers from what is applied.
         """
         info = await self._js.stream_info(names.EVENTS_STREAM)
         target = info.state.last_seq
         with anyio.move_on_after(timeout):
             while self.applied_seq < target:
                 await self._progress.wait()
-        return self.applied_seq >= target
+        if self.applied_seq < target:
+            log.warning(
+                "read model %d event(s) behind after %.0f s; answering from what is applied",
+                target - self.applied_seq,
+                timeout,
+            )
+            return False
+        return True
 
     # --- querying -------------------------------------------------------------------
     async def query(self, req: ListFlowRuns, deployment_ids: list[str] | None) -> FlowRunPage:
