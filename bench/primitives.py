@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import os
 import resource
 import tempfile
@@ -86,15 +85,10 @@ async def nats_costs(server: NatsServer, count: int) -> list[tuple[str, float, f
 
 def fork_costs(settings: Settings, count: int) -> list[tuple[str, float]]:
     """(what the child does, its CPU ms) for children of a warm engine process."""
-    import engine.forkserver  # noqa: F401  (everything a forked run has imported)
-    from engine._standby import warm_codecs
+    import engine.forkserver  # everything a forked run has imported
     from engine.client import Client
 
-    warm_codecs()
-    with anyio.from_thread.start_blocking_portal() as portal:
-        portal.call(anyio.sleep, 0)
-    gc.collect()
-    gc.freeze()
+    engine.forkserver.prepare()  # as the server does before its first fork
 
     async def connect() -> None:
         async with Client(settings):

@@ -132,14 +132,15 @@ class _Supervise:
         kill grace only), then logs that the run is left as it is.
         """
         limit = self.kill_grace if self._shutting_down else SETTLE_SECONDS
-        pause = 0.2
+        pause, warned = 0.2, False
         with anyio.move_on_after(limit):
             while True:
                 try:
                     await report()
                     return
                 except StackUnavailable as exc:
-                    if pause == 0.2:  # once per run
+                    if not warned:
+                        warned = True
                         log.warning(
                             "runner %s: cannot report run %s yet (%s); trying again",
                             self.name,

@@ -220,6 +220,20 @@ class _Server:
                     os.close(pipe)
 
 
+def prepare() -> None:
+    """Do once, before any fork, what every forked run would otherwise do itself."""
+    warm_codecs()  # once here, inherited by every fork
+    # The event-loop backend and the blocking portal import and set up more on
+    # first use; a portal started and stopped once here spares each child that.
+    with anyio.from_thread.start_blocking_portal() as portal:
+        portal.call(anyio.sleep, 0)
+    # Move everything imported so far out of the collector's reach: a child's
+    # collections would otherwise touch (and so copy) most of the server's
+    # memory pages, which costs each fork milliseconds of CPU.
+    gc.collect()
+    gc.freeze()
+
+
 def serve(path: str, spares: int) -> None:
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
@@ -231,16 +245,7 @@ def serve(path: str, spares: int) -> None:
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)  # the wakeup fd does the work
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the runner decides when we stop
-    warm_codecs()  # once here, inherited by every fork
-    # The event-loop backend and the blocking portal import and set up more on
-    # first use; a portal started and stopped once here spares each child that.
-    with anyio.from_thread.start_blocking_portal() as portal:
-        portal.call(anyio.sleep, 0)
-    # Move everything imported so far out of the collector's reach: a child's
-    # collections would otherwise touch (and so copy) most of the server's
-    # memory pages, which costs each fork milliseconds of CPU.
-    gc.collect()
-    gc.freeze()
+    prepare()
     server = _Server(conn, (wake_r, wake_w), spares)
     buffer = b""
     while True:
