@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import shlex
 import shutil
 import sys
@@ -70,6 +69,7 @@ from ._harness import (
     percentile,
     running_nats_server,
 )
+from ._proccpu import cpu_seconds
 
 DEFAULT_OUTPUT = REPO / "bench" / "results" / "scheduler.md"
 QUEUE = "bench-lag"
@@ -82,11 +82,6 @@ RUN_SECONDS = 10.0
 
 
 # --- process figures (Linux /proc) --------------------------------------------------------
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def memory_mib(pid: int) -> tuple[float, float]:
     """(RSS, peak RSS) in MiB."""
     values = {}
@@ -190,12 +185,12 @@ async def lag_phase(url: str, home: Path, tmp: Path, lag: Lag) -> None:
                 await claimers(client, tg, lag, first, last)
                 # CPU over whole minutes: each holds one materialization pass and one due batch.
                 await anyio.sleep(max(0.0, (first - datetime.now(UTC)).total_seconds() - 60))
-                cpu0, t0 = cpu_seconds(sched.process.pid), time.monotonic()
+                cpu0, t0 = cpu_seconds(sched.process.pid, reaped=False), time.monotonic()
                 end = last + timedelta(seconds=10)
                 while datetime.now(UTC) < end and len(lag.pending) < lag.expected:
                     sched.check_alive()
                     await anyio.sleep(0.5)
-                lag.cpu = cpu_seconds(sched.process.pid) - cpu0
+                lag.cpu = cpu_seconds(sched.process.pid, reaped=False) - cpu0
                 lag.window = time.monotonic() - t0
                 lag.rss, lag.peak = memory_mib(sched.process.pid)
                 tg.cancel_scope.cancel()
@@ -295,11 +290,11 @@ class Idle:
 async def measure(proc: ServiceProcess, seconds: float) -> tuple[float, float, float]:
     assert proc.process is not None
     pid = proc.process.pid
-    cpu0 = cpu_seconds(pid)
+    cpu0 = cpu_seconds(pid, reaped=False)
     await anyio.sleep(seconds)
     proc.check_alive()
     rss, peak = memory_mib(pid)
-    return cpu_seconds(pid) - cpu0, rss, peak
+    return cpu_seconds(pid, reaped=False) - cpu0, rss, peak
 
 
 async def idle_phase(url: str, home: Path, tmp: Path, idle: Idle) -> None:
