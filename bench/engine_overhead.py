@@ -11,7 +11,7 @@ proposals, so only the per-task part is left).
 Without ``--stack`` nothing leaves the process. With ``--stack`` a private
 nats-server (``services.dev.NatsServer``, ``sync_interval: always``) and an
 in-process Orchestrator are started in a temporary folder, and the flows run
-under a :class:`engine._stack.StackReporter`: every task run publishes its
+under a :class:`engine._stack.reporter.StackReporter`: every task run publishes its
 records to ``taskrun.states.<id>`` and keeps its result, and each flow run
 waits for all of them to be acknowledged before its final state.
 """
@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from engine._context import use_runtime
+from engine._core.context import use_runtime
 from engine.flows import flow
 from engine.tasks import task
 
@@ -69,7 +69,7 @@ def stack() -> Iterator[None]:
     """A nats-server, an Orchestrator and a StackReporter runtime installed."""
     from anyio.from_thread import start_blocking_portal
 
-    from engine._stack import StackReporter
+    from engine._stack.reporter import StackReporter
     from services.dev import NatsServer
     from services.orchestrator import Orchestrator
     from shared.settings import Settings

@@ -85,10 +85,10 @@ async def nats_costs(server: NatsServer, count: int) -> list[tuple[str, float, f
 
 def fork_costs(settings: Settings, count: int) -> list[tuple[str, float]]:
     """(what the child does, its CPU ms) for children of a warm engine process."""
-    import engine.forkserver  # everything a forked run has imported
+    import engine.runner._forkserver  # everything a forked run has imported
     from engine.client import Client
 
-    engine.forkserver.prepare()  # as the server does before its first fork
+    engine.runner._forkserver.prepare()  # as the server does before its first fork
 
     async def connect() -> None:
         async with Client(settings):
@@ -163,7 +163,7 @@ def main() -> None:
         ),
         "",
         f"A child forked {forks} times from a process with the engine imported, its"
-        " codecs and thread portal warmed and its heap frozen (as `engine.forkserver`"
+        " codecs and thread portal warmed and its heap frozen (as `engine.runner._forkserver`"
         " prepares), CPU of the child:",
         "",
         markdown_table(["the child", "CPU ms"], [[label, fmt(ms, 2)] for label, ms in fork_rows]),

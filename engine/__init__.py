@@ -2,7 +2,7 @@
 
 Flows and tasks work with no server at all (calling a flow just runs it).
 With ``SLUICE_NATS_URL`` set, a flow call reports its run, task states, logs
-and result to that stack instead (see :mod:`engine._context`).
+and result to that stack instead (see :mod:`engine._core.context`).
 ``Client``/``SyncClient`` and ``create_flow_run``/``wait_for_flow_run``
 (:mod:`engine.runs`) talk to a running stack. The client and the NATS
 library are imported on first use, so ``import engine`` stays light.
@@ -12,20 +12,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._context import get_run_context
-from ._logging import get_run_logger
-from .executors import ConcurrentExecutor, DaskExecutor, LocalExecutor, ThreadPoolExecutor
-from .flows import Flow, FlowRunResult, flow
-from .futures import TaskFuture
-from .tasks import Task, task, unmapped
+from engine._core.context import get_run_context
+from engine._core.logs import get_run_logger
+from engine.executors import ConcurrentExecutor, DaskExecutor, LocalExecutor, ThreadPoolExecutor
+from engine.flows import Flow, FlowRunResult, flow
+from engine.futures import TaskFuture
+from engine.tasks import Task, task, unmapped
 
 if TYPE_CHECKING:
-    from .client import Client
-    from .deployments import DeploymentSpec, RunnerDeployment
-    from .runner import Runner
-    from .runs import create_flow_run, wait_for_flow_run
-    from .serve import serve
-    from .sync import SyncClient
+    from engine.client import Client
+    from engine.deployments import DeploymentSpec, RunnerDeployment
+    from engine.runner import Runner, serve
+    from engine.runs import create_flow_run, wait_for_flow_run
+    from engine.sync import SyncClient
 
 __all__ = [
     "Client",
@@ -52,14 +51,14 @@ __all__ = [
 ]
 
 _LAZY = {
-    "Client": ".client",
-    "SyncClient": ".sync",
-    "create_flow_run": ".runs",
-    "wait_for_flow_run": ".runs",
-    "Runner": ".runner",
-    "serve": ".serve",
-    "RunnerDeployment": ".deployments",
-    "DeploymentSpec": ".deployments",
+    "Client": "engine.client",
+    "SyncClient": "engine.sync",
+    "create_flow_run": "engine.runs",
+    "wait_for_flow_run": "engine.runs",
+    "Runner": "engine.runner",
+    "serve": "engine.runner",
+    "RunnerDeployment": "engine.deployments",
+    "DeploymentSpec": "engine.deployments",
 }
 
 
@@ -67,7 +66,7 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         import importlib
 
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'engine' has no attribute {name!r}")

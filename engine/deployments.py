@@ -27,12 +27,19 @@ from shared.models import (
     Schedule,
 )
 
-from .flow_runners import FlowRunner, UniversalFlowRunner
-
 if TYPE_CHECKING:
-    from .flows import Flow
+    from engine.flows import Flow
+    from engine.runner._subprocess import FlowRunner
 
 __all__ = ["DeploymentSpec", "RunnerDeployment", "build_schedules", "entrypoint_of", "load_specs"]
+
+
+def _universal() -> FlowRunner:
+    # Deferred: flow runners belong to the runner layer above this module; a
+    # deployment only needs the default one when it is built.
+    from engine.runner._subprocess import UniversalFlowRunner
+
+    return UniversalFlowRunner()
 
 
 def build_schedules(
@@ -110,7 +117,7 @@ class RunnerDeployment:
     version: str | None = None
     schedules: list[DeploymentSchedule] = field(default_factory=list)
     concurrency_limit: int | None = None
-    flow_runner: FlowRunner = field(default_factory=UniversalFlowRunner)
+    flow_runner: FlowRunner = field(default_factory=_universal)
     paused: bool = False
     queue: str = "default"
     """The dispatch queue its runs are offered on (runners serve queues)."""
@@ -163,7 +170,7 @@ class RunnerDeployment:
                 interval=interval, cron=cron, rrule=rrule, schedule=schedule, timezone=timezone
             ),
             concurrency_limit=concurrency_limit,
-            flow_runner=flow_runner or UniversalFlowRunner(),
+            flow_runner=flow_runner or _universal(),
             paused=paused,
             queue=queue,
             triggers=list(triggers),
@@ -243,7 +250,7 @@ def _import_file(path: Path) -> Any:
 
 
 def _load_flow(base: Path, location: str | None) -> Flow[Any, Any]:
-    from .flows import Flow
+    from engine.flows import Flow
 
     if not location:
         raise ValueError("a DeploymentSpec needs flow= or flow_location=")

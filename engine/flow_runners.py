@@ -1,43 +1,35 @@
 """Flow runners: the infrastructure a flow run's process starts in.
 
-A flow runner turns "run this flow run" into a started process that executes
-``python -m engine`` with the run's id, and gives back a handle to wait for
-it and to kill it (the whole process group: SIGTERM, a grace period, then
-SIGKILL). ``UniversalFlowRunner`` carries only settings that apply anywhere
-(environment variables); a deployment with a universal runner, or none, gets
-the runner's default, :class:`SubprocessFlowRunner`.
-
-``DockerFlowRunner`` (in :mod:`engine.docker_runner`) starts a container instead.
-
-Deployments store a flow runner as ``Infrastructure(type=..., env=..., options=...)``
-(see ``shared.models``); :func:`from_infrastructure` turns it back into a runner.
+The public home of the flow runners, as ``prefect.flow_runners`` is in the
+seeds: ``UniversalFlowRunner`` (environment only), ``SubprocessFlowRunner``
+(a local process, the default), ``DockerFlowRunner`` (a container) and
+``ForkServerFlowRunner`` (forked from a warm server). They are implemented in
+:mod:`engine.runner`; the Docker and fork-server runners load on first use.
 """
 
 from __future__ import annotations
 
-import builtins
-import contextlib
-import os
-import signal
-import subprocess
-import sys
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
-from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import TYPE_CHECKING, Any
 
-import anyio
-import anyio.abc
+from engine.runner._subprocess import (
+    FlowRunner,
+    FlowRunProcess,
+    StartFailed,
+    SubprocessFlowRunner,
+    UniversalFlowRunner,
+    explain_exit,
+    from_infrastructure,
+)
 
-from shared.models import Deployment, FlowRun, Infrastructure
-
-from ._standby import assignment_for, encode_assignment
-from ._standby_pool import StandbyPool
+if TYPE_CHECKING:
+    from engine.runner._docker import DockerFlowRunner
+    from engine.runner._fork import ForkServerFlowRunner
 
 __all__ = [
+    "DockerFlowRunner",
     "FlowRunProcess",
     "FlowRunner",
+    "ForkServerFlowRunner",
     "StartFailed",
     "SubprocessFlowRunner",
     "UniversalFlowRunner",
@@ -45,240 +37,17 @@ __all__ = [
     "from_infrastructure",
 ]
 
-
-class StartFailed(Exception):
-    """The infrastructure could not be started; the message says why."""
-
-
-class FlowRunProcess(Protocol):
-    @property
-    def ident(self) -> str:
-        """A human-readable id of what runs the flow (pid, container id)."""
-        ...
-
-    async def wait(self) -> int:
-        """Wait for the end; return the exit code (negative: killed by that signal)."""
-        ...
-
-    async def kill(self, grace: float) -> None:
-        """SIGTERM the whole process tree, then SIGKILL after ``grace`` seconds."""
-        ...
-
-
-class FlowRunner(Protocol):
-    type: str
-
-    async def start(
-        self, run: FlowRun, deployment: Deployment | None, env: Mapping[str, str]
-    ) -> FlowRunProcess:
-        """Start the run's process. Raises StartFailed when it cannot."""
-        ...
-
-    def to_infrastructure(self) -> Infrastructure: ...
-
-
-_SIGNAL_REASONS = {
-    signal.SIGKILL: "was killed (SIGKILL); the usual cause is the kernel's out-of-memory "
-    "killer or a manual kill -9",
-    signal.SIGTERM: "was terminated (SIGTERM) before it reported a final state",
-    signal.SIGINT: "was interrupted (SIGINT)",
-    signal.SIGSEGV: "crashed with a segmentation fault (SIGSEGV), likely in native code",
-    signal.SIGABRT: "aborted (SIGABRT), likely in native code",
+_LAZY = {
+    "DockerFlowRunner": "engine.runner._docker",
+    "ForkServerFlowRunner": "engine.runner._fork",
 }
 
 
-def _killed_by(signum: int) -> str:
-    try:
-        sig = signal.Signals(signum)
-    except ValueError:
-        return f"was killed by signal {signum}"
-    return _SIGNAL_REASONS.get(sig, f"was killed by {sig.name}")
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
 
-
-def explain_exit(code: int) -> str:
-    """Why a flow-run process ended with ``code``, for a Crashed state's message."""
-    if code < 0:
-        return f"The flow-run process {_killed_by(-code)} (exit code {code})."
-    if code in (137, 143):  # a shell or container reports 128 + signal
-        return f"The flow-run process {_killed_by(code - 128)} (exit code {code})."
-    if code == 247:
-        return (
-            "The flow-run process exited with code 247: it was stopped for using too much "
-            "memory (a container or cgroup memory limit)."
-        )
-    if code == 0:
-        return "The flow-run process exited with code 0 without reporting a final state."
-    return (
-        f"The flow-run process exited with code {code} without reporting a final state; "
-        "its output (stream_output) or the run's logs may say why."
-    )
-
-
-@dataclass
-class _Subprocess:
-    process: anyio.abc.Process
-
-    @property
-    def ident(self) -> str:
-        return f"pid {self.process.pid}"
-
-    async def wait(self) -> int:
-        return await self.process.wait()
-
-    async def kill(self, grace: float) -> None:
-        pgid = self.process.pid  # start_new_session=True: the child leads its group
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGTERM)
-        with anyio.move_on_after(grace):
-            await self.process.wait()
-        # The leader may be gone while grandchildren live on: SIGKILL the group anyway.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, signal.SIGKILL)
-        await self.process.wait()
-
-
-async def _hand_over(process: anyio.abc.Process, line: bytes) -> bool:
-    """Send a process its run on stdin and close it; False if the process is gone."""
-    assert process.stdin is not None
-    try:
-        await process.stdin.send(line)
-        await process.stdin.aclose()
-    except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-        return False
-    return True
-
-
-@dataclass
-class UniversalFlowRunner:
-    """Settings for any infrastructure; the runner's default decides which."""
-
-    env: dict[str, str] = field(default_factory=dict)
-    type: str = "universal"
-
-    async def start(
-        self, run: FlowRun, deployment: Deployment | None, env: Mapping[str, str]
-    ) -> FlowRunProcess:
-        return await SubprocessFlowRunner(env=self.env).start(run, deployment, env)
-
-    def to_infrastructure(self) -> Infrastructure:
-        return Infrastructure(type=self.type, env=dict(self.env))
-
-
-@dataclass
-class SubprocessFlowRunner:
-    """Run each flow run as a new local process (``python -m engine._standby``).
-
-    ``virtualenv`` or ``condaenv`` picks the interpreter (a virtualenv folder,
-    or a conda environment name or prefix); ``stream_output`` lets the
-    process write to this process's stdout/stderr instead of discarding it.
-
-    The process gets its run on stdin (:mod:`engine._standby`). While the
-    flow runner is entered as an async context manager (a Runner does that
-    for its default), it keeps up to ``standby`` processes started ahead —
-    imported and connected — and gives each new run to one started like it:
-    every run still has a fresh process of its own, without waiting for the
-    interpreter to start. ``standby=0`` starts each process when its run comes.
-    """
-
-    env: dict[str, str] = field(default_factory=dict)
-    condaenv: str | None = None
-    virtualenv: str | None = None
-    stream_output: bool = True
-    standby: int = 1
-    type: str = "process"
-    _pool: StandbyPool | None = field(default=None, repr=False, compare=False)
-
-    async def __aenter__(self) -> Self:
-        if self.standby > 0:
-            pool = StandbyPool(self.standby)
-            await pool.__aenter__()
-            self._pool = pool
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: builtins.type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            await pool.__aexit__(exc_type, exc, tb)
-
-    def python(self) -> list[str]:
-        if self.virtualenv:
-            return [str(Path(self.virtualenv) / "bin" / "python")]
-        if self.condaenv:
-            # conda run keeps the environment's activation scripts honest.
-            return ["conda", "run", "--no-capture-output", "-n", self.condaenv, "python"]
-        return [sys.executable]
-
-    async def start(
-        self, run: FlowRun, deployment: Deployment | None, env: Mapping[str, str]
-    ) -> FlowRunProcess:
-        full_env = {**os.environ, **self.env, **dict(env)}
-        if deployment is not None:
-            full_env.update(deployment.infrastructure.env)
-        cwd = deployment.path if deployment and deployment.path else None
-        base, assignment = assignment_for(run, deployment, full_env, cwd)
-        line = encode_assignment(assignment)
-        argv = [*self.python(), "-m", "engine._standby"]
-        key = (tuple(argv), tuple(sorted(base.items())), cwd)
-
-        async def launch() -> anyio.abc.Process:
-            return await self._launch(argv, base, cwd)
-
-        process = self._pool.take(key) if self._pool is not None else None
-        if process is not None and not await _hand_over(process, line):
-            process = None  # it died waiting: start one for this run
-        if process is None:
-            process = await launch()
-            # A process that dies before reading its run reports through its exit code.
-            await _hand_over(process, line)
-        if self._pool is not None:
-            self._pool.refill(key, launch)
-        return _Subprocess(process)
-
-    async def _launch(
-        self, argv: list[str], env: dict[str, str], cwd: str | None
-    ) -> anyio.abc.Process:
-        output = None if self.stream_output else subprocess.DEVNULL
-        try:
-            return await anyio.open_process(
-                argv,
-                env=env,
-                cwd=cwd,
-                stdin=subprocess.PIPE,
-                stdout=output,
-                stderr=output,
-                start_new_session=True,  # its own process group, killed as a whole
-            )
-        except OSError as exc:
-            raise StartFailed(f"could not start the flow-run process: {exc}") from exc
-
-    def to_infrastructure(self) -> Infrastructure:
-        options: dict[str, Any] = {"stream_output": self.stream_output}
-        if self.condaenv:
-            options["condaenv"] = self.condaenv
-        if self.virtualenv:
-            options["virtualenv"] = self.virtualenv
-        return Infrastructure(type=self.type, env=dict(self.env), options=options)
-
-
-def from_infrastructure(infra: Infrastructure, default: FlowRunner) -> FlowRunner:
-    """The flow runner a deployment asks for; universal (or unknown-empty) → ``default``."""
-    if infra.type in ("universal", ""):
-        return default
-    if infra.type in ("process", "subprocess"):
-        return SubprocessFlowRunner(
-            env=dict(infra.env),
-            condaenv=infra.options.get("condaenv"),
-            virtualenv=infra.options.get("virtualenv"),
-            stream_output=bool(infra.options.get("stream_output", True)),
-        )
-    if infra.type == "docker":
-        # Imported here: only deployments that ask for Docker load its client.
-        from .docker_runner import DockerFlowRunner
-
-        return DockerFlowRunner.from_infrastructure(infra)
-    raise StartFailed(f"this runner cannot start {infra.type!r} infrastructure")
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'engine.flow_runners' has no attribute {name!r}")

@@ -33,13 +33,13 @@ import inspect
 from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
-from ._flow_engine import FlowRunResult, run_flow_async, run_flow_sync
-from ._params import FnSignature
-from ._retry import RetryPolicy
-from .executors import Executor, LocalExecutor
+from engine._core.flow_engine import FlowRunResult, run_flow_async, run_flow_sync
+from engine._core.params import FnSignature
+from engine._core.retry import RetryPolicy
+from engine.executors import Executor, LocalExecutor
 
 if TYPE_CHECKING:
-    from .deployments import RunnerDeployment
+    from engine.deployments import RunnerDeployment
 
 __all__ = ["Flow", "FlowRunResult", "flow"]
 
@@ -136,7 +136,7 @@ class Flow(Generic[P, R]):
         ``triggers`` (``shared.models.FlowRunTrigger``: run when runs of another
         deployment or flow reach given states).
         """
-        from .deployments import RunnerDeployment
+        from engine.deployments import RunnerDeployment
 
         return RunnerDeployment.from_flow(self, name, **options)
 
@@ -149,7 +149,7 @@ class Flow(Generic[P, R]):
         **options: Any,
     ) -> None:
         """Serve this flow as one deployment from this process until Ctrl-C (see ``serve``)."""
-        from .serve import serve
+        from engine.runner import serve
 
         serve(
             self.to_deployment(name or self.name, **options),

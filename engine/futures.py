@@ -22,11 +22,10 @@ from typing import Any, Generic, TypeVar
 
 import msgspec
 
+from engine._core.reporting import TaskRunInfo
+from engine.exceptions import MissingResult, TriggerFailedError, UpstreamFailed
+from engine.states import NOT_READY, TRIGGER_FAILED
 from shared.states import State, StateType
-
-from ._reporting import TaskRunInfo
-from .exceptions import MissingResult, TriggerFailedError, UpstreamFailed
-from .states import NOT_READY, TRIGGER_FAILED
 
 __all__ = ["TaskFuture", "TaskOutcome"]
 

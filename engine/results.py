@@ -41,10 +41,9 @@ from typing import Any, Protocol
 
 import msgspec
 
+from engine.exceptions import MissingResult
 from shared.errors import SluiceError
 from shared.states import State
-
-from .exceptions import MissingResult
 
 __all__ = [
     "INLINE_LIMIT",

@@ -12,7 +12,7 @@ Both are synchronous and need a stack. Inside a flow that reports to one,
 they use that flow's connection, and ``create_flow_run`` makes the new run a
 child of the calling flow run (``parent_flow_run_id``) unless told
 otherwise. Elsewhere they connect for the call when ``SLUICE_NATS_URL`` is
-set (the configured-stack rule of :mod:`engine._context`), and raise
+set (the configured-stack rule of :mod:`engine._core.context`), and raise
 StackUnavailable when no stack is configured. The new run is executed by a
 runner (or ``sluice run --execute``), never by the caller.
 """
@@ -23,10 +23,9 @@ from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
 from typing import Any, TypeVar
 
+from engine._core.context import current_flow_run, current_runtime, stack_configured
 from shared.errors import StackUnavailable
 from shared.models import FlowRun
-
-from ._context import current_flow_run, current_runtime, stack_configured
 
 __all__ = ["create_flow_run", "wait_for_flow_run"]
 
@@ -37,7 +36,7 @@ _INHERIT: Any = object()
 def _stack_reporter() -> Any:
     """The StackReporter of the enclosing flow run or installed runtime, if any."""
     reporter = current_runtime().reporter
-    from ._stack import StackReporter
+    from engine._stack.reporter import StackReporter
 
     return reporter if isinstance(reporter, StackReporter) else None
 
@@ -54,9 +53,8 @@ def _call(what: str, fn: Callable[[Any], Awaitable[T]]) -> T:
         )
     from anyio.from_thread import start_blocking_portal
 
+    from engine.client import Client
     from shared.settings import Settings
-
-    from .client import Client
 
     with (
         start_blocking_portal(name="sluice-runs") as portal,

@@ -62,7 +62,7 @@ TRIGGER_FAILED = "TriggerFailed"
 #: FAILED: the body ran longer than ``timeout_seconds``.
 TIMED_OUT = "TimedOut"
 #: COMPLETED: the task did not run again; its result came from an earlier
-#: attempt of the flow run (see :mod:`engine._resume`).
+#: attempt of the flow run (see :mod:`engine._core.resume`).
 RESUMED = "Resumed"
 
 # Longest string copied into State.data; longer values stay beside the state.

@@ -18,6 +18,7 @@ from typing import Any, ParamSpec, Self, TypeVar
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
+from engine.client import Client
 from shared.messages import (
     Deleted,
     DeploymentPage,
@@ -28,8 +29,6 @@ from shared.messages import (
 )
 from shared.models import Deployment, FlowRun
 from shared.settings import Settings
-
-from .client import Client
 
 P = ParamSpec("P")
 T = TypeVar("T")

@@ -26,12 +26,12 @@ from collections.abc import Callable, Coroutine, Iterable
 from datetime import timedelta
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
-from . import triggers
-from ._context import TaskRunContext
-from ._params import FnSignature
-from ._retry import RetryPolicy
-from ._submit import call_task_async, call_task_sync, map_task, submit_task, unmapped
-from .futures import TaskFuture
+from engine import triggers
+from engine._core.context import TaskRunContext
+from engine._core.params import FnSignature
+from engine._core.retry import RetryPolicy
+from engine._core.submit import call_task_async, call_task_sync, map_task, submit_task, unmapped
+from engine.futures import TaskFuture
 
 __all__ = ["Task", "task", "unmapped"]
 

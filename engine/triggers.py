@@ -7,7 +7,7 @@ future among its arguments or in ``wait_for``), and only after every
 upstream has finished; a task without upstreams always runs.
 
 What a trigger that is not met does to the task run (see
-``engine._task_engine``):
+``engine._core.task_engine``):
 
 =================  ==============================  ===============================
 trigger            met when                        not met: the task run ends

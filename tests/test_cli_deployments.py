@@ -28,8 +28,8 @@ from typer.testing import CliRunner, Result
 
 from engine.cli import app
 from engine.client import Client
-from engine.docker_runner import DockerFlowRunner
-from engine.flow_runners import from_infrastructure
+from engine.runner._docker import DockerFlowRunner
+from engine.runner._subprocess import from_infrastructure
 from engine.sync import SyncClient
 from services.dev import NatsServer
 from shared.messages import Decision, ProposedState
@@ -139,7 +139,7 @@ def greet(name: str = "world", times: int = 1) -> str:
 
 SPEC = """
 from engine.deployments import DeploymentSpec
-from engine.docker_runner import DockerFlowRunner
+from engine.runner._docker import DockerFlowRunner
 
 from {module} import greet
 

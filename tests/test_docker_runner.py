@@ -27,11 +27,10 @@ import anyio.abc
 import msgspec
 import pytest
 
-from engine._docker_api import demultiplex, endpoint
-from engine._docker_container import LOST_EXIT_CODE
 from engine.client import Client
 from engine.deployments import RunnerDeployment
-from engine.docker_runner import (
+from engine.runner import Runner
+from engine.runner._docker import (
     DockerFlowRunner,
     container_name,
     container_request,
@@ -40,8 +39,14 @@ from engine.docker_runner import (
     rewrite_loopback,
     split_image,
 )
-from engine.flow_runners import StartFailed, SubprocessFlowRunner, explain_exit, from_infrastructure
-from engine.runner import Runner
+from engine.runner._docker_api import demultiplex, endpoint
+from engine.runner._docker_container import LOST_EXIT_CODE
+from engine.runner._subprocess import (
+    StartFailed,
+    SubprocessFlowRunner,
+    explain_exit,
+    from_infrastructure,
+)
 from services.dev import free_port
 from services.orchestrator import Orchestrator
 from shared.models import Deployment, FlowRun, Infrastructure

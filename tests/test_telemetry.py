@@ -27,8 +27,8 @@ from opentelemetry.trace import SpanKind
 
 from engine import flow, task
 from engine.client import Client
-from engine.flow_runners import SubprocessFlowRunner
 from engine.runner import Runner
+from engine.runner._subprocess import SubprocessFlowRunner
 from shared import names, telemetry
 from shared.messages import RegisterDeployment
 from shared.settings import Settings

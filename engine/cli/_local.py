@@ -5,7 +5,7 @@
   reachable); without it, it runs purely locally and keeps large results in
   ``$SLUICE_HOME/results``.
 * :func:`execute_here` executes a stored run here, as ``python -m engine``
-  would (see :mod:`engine._execute`): for ``sluice run --execute`` (an
+  would (see :mod:`engine._stack.execute`): for ``sluice run --execute`` (an
   agentless run it just created) and ``sluice flow-run retry --execute``.
   The flow runs in this process's main thread with its own executor, so
   ``breakpoint()`` works in a flow and in tasks on the LocalExecutor; a long
@@ -28,8 +28,8 @@ from typing import Any
 import typer
 from rich.markup import escape
 
-from engine._context import Runtime, stack_configured, use_runtime
-from engine._entrypoint import load_target
+from engine._core.context import Runtime, stack_configured, use_runtime
+from engine._stack.entrypoint import load_target
 from engine.client import Client
 from engine.exceptions import Abort, EntrypointError
 from engine.results import FolderResultStore
@@ -93,7 +93,7 @@ def run_local(
         fail(exc)
     with contextlib.ExitStack() as stack:
         if stack_configured():
-            from engine._stack import StackReporter
+            from engine._stack.reporter import StackReporter
 
             try:
                 reporter = stack.enter_context(
@@ -140,8 +140,8 @@ def execute_here(
     the run to execute when ``run_id`` is None; ``announce`` prints it.
     Raises typer.Exit.
     """
-    from engine._execute import execute_flow_run
-    from engine._stack import StackReporter
+    from engine._stack.execute import execute_flow_run
+    from engine._stack.reporter import StackReporter
 
     settings = _settings()
     try:

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from engine._diagnose import why_not_started
+from engine._stack.diagnose import why_not_started
 from engine.client import Client
 from shared.messages import LogRecord
 from shared.models import FlowRun

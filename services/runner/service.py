@@ -16,9 +16,9 @@ from contextlib import AsyncExitStack
 import anyio
 
 from engine.deployments import load_specs
-from engine.flow_runners import FlowRunner, SubprocessFlowRunner
-from engine.fork_runner import ForkServerFlowRunner
 from engine.runner import Runner
+from engine.runner._fork import ForkServerFlowRunner
+from engine.runner._subprocess import FlowRunner, SubprocessFlowRunner
 from services._service import Service
 from shared.settings import Settings
 
@@ -41,7 +41,7 @@ class RunnerService(Service):
         standby: int | None = None,
     ) -> None:
         super().__init__()
-        # Processes started ahead of their runs (engine._standby): standbys of
+        # Processes started ahead of their runs (engine.runner._standby): standbys of
         # the subprocess flow runner, or the fork server's spares.
         flow_runner: FlowRunner
         if fork:

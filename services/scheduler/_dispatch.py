@@ -28,8 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from datetime import timedelta
 
 import anyio
 from nats.js import JetStreamContext
@@ -39,40 +38,29 @@ from shared import names
 from shared.clock import Clock
 from shared.dispatch import dispatch_item, dispatch_message
 from shared.errors import Conflict, FlowRunNotFound
-from shared.messages import Dispatch, ProposedState
+from shared.messages import ProposedState
 from shared.models import FlowRun
 from shared.states import LATE, TERMINAL_TYPES, StateDetails, StateType
 
 from ._book import Book, Entry
+from ._marks import (
+    REMOVED,
+    SKIPPED,
+    ScheduleSource,
+    ScheduleState,
+    cancelled_by_scheduler,
+    key_of,
+)
 from ._policy import Action, Verdict, judge
-from ._slots import SlotKey, parse_key
 from ._timers import Timers
 from ._work import Work
 
-if TYPE_CHECKING:
-    from ._materialize import Schedules, ScheduleState
-
-__all__ = ["REMOVED", "SKIPPED", "Dispatcher"]
+__all__ = ["Dispatcher"]
 
 log = logging.getLogger("sluice.scheduler")
 
-#: Message prefixes of runs the scheduler cancelled. A removed run's slot may
-#: be filled again (schedule resumed); a skipped one only by a backfill.
-REMOVED = "Removed by the scheduler:"
-SKIPPED = "Skipped by the scheduler:"
 RETRY_SECONDS = 1.0
 ACK_TIMEOUT = 10.0
-
-
-def key_of(run: FlowRun) -> SlotKey | None:
-    """The slot a run was created for, if a schedule of its own deployment created it."""
-    key = parse_key(run.idempotency_key)
-    return key if key is not None and key.deployment_id == run.deployment_id else None
-
-
-def cancelled_by_scheduler(run: FlowRun, prefixes: tuple[str, ...]) -> bool:
-    message = run.state.message or ""
-    return run.state.type is StateType.CANCELLED and message.startswith(prefixes)
 
 
 class Dispatcher:
@@ -96,7 +84,7 @@ class Dispatcher:
         self.clock = clock
         self.late_after = timedelta(seconds=late_after)
         self.lead = timedelta(seconds=max(0.0, lead))
-        self.schedules: Schedules | None = None
+        self.schedules: ScheduleSource | None = None
         self.offered = 0
 
     def _state_of(self, entry: Entry) -> ScheduleState | None:
@@ -355,10 +343,3 @@ class Dispatcher:
             attempt=run.attempt,
             transition_id=f"late:{run.id}:{run.attempt}",
         )
-
-
-def placeholder(deployment_id: str, queue: str, slot: datetime) -> Dispatch:
-    """The offer of a slot whose run does not exist yet (no run id)."""
-    return Dispatch(
-        flow_run_id="", deployment_id=deployment_id, queue=queue, attempt=0, scheduled_time=slot
-    )

@@ -24,23 +24,22 @@ orchestrator offers it at once). Slots older than the window are not created.
 from __future__ import annotations
 
 import logging
-from collections import deque
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from engine.client import Client
 from shared.clock import Clock
 from shared.errors import DeploymentNotFound, SluiceError
 from shared.messages import FlowRunPage
-from shared.models import Deployment, DeploymentSchedule, FlowRun
+from shared.models import DeploymentSchedule, FlowRun
 from shared.settings import Settings
 from shared.states import StateType
 
 from ._book import Book, Entry, ScheduleId
-from ._dispatch import (
+from ._dispatch import Dispatcher
+from ._marks import (
     REMOVED,
     SKIPPED,
-    Dispatcher,
+    ScheduleState,
     cancelled_by_scheduler,
     key_of,
     placeholder,
@@ -65,23 +64,6 @@ RETRY_SECONDS = 10.0
 #: (and half-minute, 10 s, 5 s) marks where most slots fall.
 LEAD = timedelta(seconds=7.5)
 PAGE = 1000
-
-
-@dataclass(slots=True, eq=False)
-class ScheduleState:
-    deployment: Deployment
-    item: DeploymentSchedule
-    digest: str
-    window: float
-    frontier: datetime | None = None
-    """The last slot handled; the next pass starts after it."""
-    upcoming: deque[datetime] = field(default_factory=deque)
-    """Slots handled that are still ahead."""
-    catch_up: bool = False
-
-    @property
-    def sid(self) -> ScheduleId:
-        return (self.deployment.id, self.digest)
 
 
 class Schedules:

@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from engine._diagnose import why_not_started
+from engine._stack.diagnose import why_not_started
 from shared.errors import NotFound
 from shared.messages import SlotLease
 from shared.models import Deployment, FlowRun

@@ -16,7 +16,7 @@ import msgspec
 import nats.errors
 import nats.js.errors
 
-from engine._resume import read_events, read_task_records
+from engine._core.resume import read_events, read_task_records
 from engine.client import Client
 from shared import names
 from shared.codec import decoder

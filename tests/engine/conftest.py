@@ -9,9 +9,9 @@ from datetime import datetime
 
 import pytest
 
-from engine._cache import MemoryCache
-from engine._context import Runtime, use_runtime
-from engine._reporting import Decision, FlowRunInfo, Proposal, TaskRunInfo
+from engine._core.cache import MemoryCache
+from engine._core.context import Runtime, use_runtime
+from engine._core.reporting import Decision, FlowRunInfo, Proposal, TaskRunInfo
 from shared.clock import FakeClock
 from shared.states import State
 

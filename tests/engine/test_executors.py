@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from engine import triggers
-from engine._context import get_run_context
+from engine._core.context import get_run_context
 from engine.executors import ConcurrentExecutor, DaskExecutor, LocalExecutor, ThreadPoolExecutor
 from engine.flows import flow
 from engine.tasks import task

@@ -10,7 +10,7 @@ import msgspec
 import pytest
 
 from engine import states
-from engine._context import FlowRunContext, get_run_context
+from engine._core.context import FlowRunContext, get_run_context
 from engine.exceptions import ParameterError, RunTimeout
 from engine.flows import FlowRunResult, flow
 from engine.tasks import task

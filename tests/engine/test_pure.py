@@ -8,10 +8,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from engine import states
-from engine._cache import CacheEntry, MemoryCache
-from engine._params import FnSignature
-from engine._reporting import TaskRunInfo
-from engine._retry import RetryPolicy, next_delay
+from engine._core.cache import CacheEntry, MemoryCache
+from engine._core.params import FnSignature
+from engine._core.reporting import TaskRunInfo
+from engine._core.retry import RetryPolicy, next_delay
 from engine.exceptions import MissingResult, ParameterError, UpstreamFailed
 from engine.futures import TaskFuture, TaskOutcome, collect_futures, substitute
 from shared.errors import SluiceError

@@ -8,8 +8,8 @@ from datetime import timedelta
 import pytest
 
 from engine import states
-from engine._logging import get_run_logger
-from engine._reporting import Decision, LocalReporter, Proposal
+from engine._core.logs import get_run_logger
+from engine._core.reporting import Decision, LocalReporter, Proposal
 from engine.exceptions import Abort, FlowRunFailed, MissingContextError
 from engine.executors import ThreadPoolExecutor
 from engine.flows import flow

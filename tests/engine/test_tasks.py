@@ -9,8 +9,8 @@ from datetime import timedelta
 import pytest
 
 from engine import states
-from engine._cache import CacheEntry, FolderCache, MemoryCache, task_input_hash
-from engine._context import Runtime, get_run_context, use_runtime
+from engine._core.cache import CacheEntry, FolderCache, MemoryCache, task_input_hash
+from engine._core.context import Runtime, get_run_context, use_runtime
 from engine.exceptions import MissingContextError, NotJSONable
 from engine.flows import flow
 from engine.futures import TaskFuture

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import anyio
 import pytest
 
-from engine._resume import read_task_records
+from engine._core.resume import read_task_records
 from engine.client import Client
 from engine.sync import SyncClient
 from services.dev import NatsServer

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from engine import flow, task
-from engine._entrypoint import load_entrypoint, split_target
-from engine._resume import plan_resume, rerun_keys_from, rerun_requested, retry_data
+from engine._core.resume import plan_resume, rerun_keys_from, rerun_requested, retry_data
+from engine._stack.entrypoint import load_entrypoint, split_target
 from engine.exceptions import EntrypointError
 from engine.results import NOT_PERSISTED
 from shared.messages import FlowRunStateChanged, TaskRunRecord

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from engine._context import use_runtime
-from engine._stack import StackReporter
+from engine._core.context import use_runtime
+from engine._stack.reporter import StackReporter
 from engine.exceptions import MissingResult
 from engine.results import (
     INLINE_LIMIT,

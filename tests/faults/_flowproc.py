@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 
-from engine._lifeline import die_with_parent
+from engine.runner._lifeline import die_with_parent
 from engine.sync import SyncClient
 from shared.messages import Decision, ProposedState
 from shared.states import StateType

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import anyio
 
-from engine.flow_runners import FlowRunProcess, StartFailed, _Subprocess
+from engine.runner._subprocess import FlowRunProcess, StartFailed, _Subprocess
 from shared.models import Deployment, FlowRun, Infrastructure
 
 WORKER = Path(__file__).with_name("worker.py")

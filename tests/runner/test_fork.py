@@ -10,8 +10,8 @@ import anyio
 import pytest
 
 from engine.client import Client
-from engine.fork_runner import ForkServerFlowRunner
 from engine.runner import Runner
+from engine.runner._fork import ForkServerFlowRunner
 from services.cancellation_watcher import CancellationWatcher
 from services.orchestrator import Orchestrator
 from shared.settings import Settings
@@ -141,7 +141,7 @@ def test_the_fork_server_has_imported_everything_a_forked_run_imports() -> None:
     import sys
     import textwrap
 
-    from engine import _standby
+    from engine.runner import _standby as _standby
 
     body = ast.parse(textwrap.dedent(inspect.getsource(_standby.run_standby))).body[0]
     assert isinstance(body, ast.FunctionDef)
@@ -154,7 +154,7 @@ def test_the_fork_server_has_imported_everything_a_forked_run_imports() -> None:
     script = "\n".join(
         [
             "import sys",
-            "import engine.forkserver",
+            "import engine.runner._forkserver",
             "before = set(sys.modules)",
             *imports,
             "print(sorted(set(sys.modules) - before))",

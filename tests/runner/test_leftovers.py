@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from engine._leftovers import orphans_of
+from engine.runner._leftovers import orphans_of
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 

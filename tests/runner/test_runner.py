@@ -15,8 +15,8 @@ import pytest
 
 from engine.client import Client
 from engine.deployments import RunnerDeployment
-from engine.flow_runners import SubprocessFlowRunner, explain_exit
 from engine.runner import Runner
+from engine.runner._subprocess import SubprocessFlowRunner, explain_exit
 from services.orchestrator import Orchestrator
 from shared import names
 from shared.codec import encode

@@ -17,9 +17,9 @@ import anyio
 import pytest
 
 from engine.client import Client
-from engine.flow_runners import SubprocessFlowRunner
-from engine.fork_runner import ForkServerFlowRunner, _Forked
 from engine.runner import Runner
+from engine.runner._fork import ForkServerFlowRunner, _Forked
+from engine.runner._subprocess import SubprocessFlowRunner
 from services.orchestrator import Orchestrator
 from shared.models import FlowRun
 from shared.settings import Settings

@@ -22,7 +22,7 @@ from shared.states import StateType
 
 
 def main() -> int:
-    from engine._lifeline import die_with_parent
+    from engine.runner._lifeline import die_with_parent
 
     run_id = os.environ["SLUICE_FLOW_RUN_ID"]
     if not os.environ.get("WORKER_NO_LIFELINE"):

@@ -1,0 +1,191 @@
+"""Executing one stored flow run in this process: ``python -m engine`` and ``--execute``.
+
+1. **Read** the run (unknown id: nothing is reported).
+2. **Claim** it. Given the runner's claim ``attempt``, adopt it: every
+   proposal carries it and a stale one is refused (ABORT). Otherwise claim
+   the run here (PENDING with this process as runner); a WAIT (the run is
+   scheduled later) sleeps and asks again; ABORT/REJECT (someone else owns
+   it, or it ended) stops with nothing else reported.
+3. **Load** the deployment (``read_deployment(id=run.deployment_id)``) and
+   its entrypoint. A user error — no deployment or entrypoint, an import
+   that fails, no such attribute, not a flow — ends the run FAILED with a
+   message saying what to fix, and counts as reported.
+4. **Resume**: read what earlier attempts left (:mod:`engine._core.resume`).
+5. **Run** the flow with the run's stored parameters through the flow
+   engine (validated and coerced as a call's are; bad ones end FAILED),
+   logs streamed, the final state proposed with its result.
+
+The outcome's ``exit_code`` is 0 when the run reached a final state that
+this process reported (COMPLETED or not), 1 otherwise. If the engine itself
+fails after the claim, the run is proposed FAILED with the error (so an
+agentless run never stays Running), and the exit code is still 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import msgspec
+
+from engine import states
+from engine._core.context import use_runtime
+from engine._core.flow_engine import ExistingRun, run_flow_async, run_flow_sync
+from engine._core.reporting import FlowRunInfo
+from engine._core.resume import load_plan
+from engine._stack.entrypoint import load_entrypoint
+from engine._stack.reporter import StackReporter
+from engine.exceptions import Abort, EntrypointError
+from engine.flows import Flow
+from shared.errors import DeploymentNotFound, SluiceError
+from shared.messages import Decision
+from shared.models import Deployment, FlowRun
+from shared.states import State
+
+__all__ = ["EXIT_NOT_REPORTED", "EXIT_REPORTED", "Execution", "execute_flow_run"]
+
+EXIT_REPORTED = 0
+EXIT_NOT_REPORTED = 1
+#: Shortest sleep after a WAIT, so a zero delay does not spin.
+_MIN_WAIT = 0.05
+log = logging.getLogger("sluice.engine")
+
+
+class Execution(msgspec.Struct, frozen=True, eq=False):
+    """How executing a run ended: the exit code, the run's last known state, why."""
+
+    exit_code: int
+    run_id: str
+    state: State | None = None
+    message: str | None = None
+    value: Any = None
+
+
+def _info(run: FlowRun) -> FlowRunInfo:
+    return FlowRunInfo(
+        id=run.id,
+        name=run.name,
+        flow_name=run.flow_name,
+        state=run.state,
+        parameters=dict(run.parameters),
+        parent_flow_run_id=run.parent_flow_run_id,
+    )
+
+
+def _claim(reporter: StackReporter, run: FlowRun) -> tuple[bool, State, str | None]:
+    """Claim ``run`` here: (accepted, the run's state, the refusal's reason)."""
+    while True:
+        reply = reporter.propose(run.id, states.Pending(), claim=True)
+        if reply.status is Decision.WAIT:
+            time.sleep(max(reply.delay_seconds or 0.0, _MIN_WAIT))
+            continue
+        return reply.status is Decision.ACCEPT, reply.state, reply.reason
+
+
+def _load_flow(
+    reporter: StackReporter, run: FlowRun, deployment: Deployment | None
+) -> Flow[..., Any]:
+    if run.deployment_id is None:
+        raise EntrypointError(
+            f"flow run {run.name!r} has no deployment, so there is no entrypoint to load"
+        )
+    if deployment is None or deployment.id != run.deployment_id:
+        try:
+            deployment = reporter.call(
+                lambda: reporter.client.read_deployment(id=run.deployment_id)
+            )
+        except DeploymentNotFound as exc:
+            raise EntrypointError(f"the run's deployment is gone: {exc.message}") from None
+    if not deployment.entrypoint:
+        raise EntrypointError(
+            f"deployment {deployment.full_name!r} has no entrypoint; register it with "
+            "entrypoint='path/to/file.py:flow' or 'package.module:flow'"
+        )
+    return load_entrypoint(deployment.entrypoint, deployment.path)
+
+
+def _fail(reporter: StackReporter, info: FlowRunInfo, message: str) -> bool:
+    """Log ``message`` and propose FAILED with it; True when that was accepted."""
+    reporter.log_line(info.id, logging.ERROR, message)
+    reply = reporter.propose(info.id, states.Failed(message=message))
+    info.state = reply.state
+    return reply.status is Decision.ACCEPT
+
+
+def execute_flow_run(
+    reporter: StackReporter,
+    run_id: str,
+    *,
+    attempt: int | None = None,
+    run: FlowRun | None = None,
+    deployment: Deployment | None = None,
+) -> Execution:
+    """Execute the stored run ``run_id`` here (module docstring); ``reporter`` is open.
+
+    A runner that has just claimed the run may hand over what it read — the
+    run as its claim left it, and its deployment — to save this process two
+    round trips; without them both are read here.
+
+    Raises FlowRunNotFound for an unknown id and StackUnavailable when the
+    stack cannot be reached before anything was reported. Interrupting it
+    (KeyboardInterrupt) after the claim proposes FAILED, then re-raises.
+    """
+    if run is None or run.id != run_id:
+        run = reporter.call(reporter.client.read_flow_run, run_id)
+    info = _info(run)
+    if attempt is not None:
+        reporter.adopt(run.id, attempt)
+    else:
+        accepted, current, reason = _claim(reporter, run)
+        info.state = current
+        if not accepted:
+            return Execution(EXIT_NOT_REPORTED, run.id, current, f"not executed: {reason}")
+    try:
+        return _execute_claimed(reporter, run, info, deployment)
+    except Abort as exc:
+        return Execution(EXIT_NOT_REPORTED, run.id, info.state, f"stopped: {exc}")
+    except BaseException as exc:
+        if not info.state.is_terminal:
+            try:
+                _fail(reporter, info, f"the process executing the run failed: {exc!r}")
+            except SluiceError as report_error:
+                log.error("could not mark flow run %s failed: %s", run.id, report_error)
+        if not isinstance(exc, Exception):
+            raise
+        if isinstance(exc, SluiceError):
+            return Execution(EXIT_NOT_REPORTED, run.id, info.state, exc.message)
+        raise
+
+
+def _execute_claimed(
+    reporter: StackReporter, run: FlowRun, info: FlowRunInfo, deployment: Deployment | None
+) -> Execution:
+    where = f" (claim attempt {reporter.attempt_of(run.id)})" if reporter.attempt_of(run.id) else ""
+    reporter.log_line(run.id, logging.INFO, f"executing flow run {run.name!r}{where}")
+    try:
+        flow = _load_flow(reporter, run, deployment)
+    except EntrypointError as exc:
+        if _fail(reporter, info, exc.message):
+            return Execution(EXIT_REPORTED, run.id, info.state, exc.message)
+        return Execution(EXIT_NOT_REPORTED, run.id, info.state, f"not reported: {exc.message}")
+    # Only a run claimed before can have task results to reuse: a first claim
+    # (attempt 1) skips reading the task-run stream.
+    first = (reporter.attempt_of(run.id) or 0) == 1
+    plan = None if first else reporter.call(load_plan, reporter.client.nc, run.id)
+    if plan is not None:
+        reporter.log_line(
+            run.id,
+            logging.INFO,
+            f"resuming: {len(plan.completed)} task result(s) of earlier attempts may be reused"
+            + (f"; re-running {', '.join(sorted(plan.rerun))}" if plan.rerun else ""),
+        )
+    existing = ExistingRun(info, plan)
+    with use_runtime(reporter.runtime()):
+        if flow.is_async:
+            result = asyncio.run(run_flow_async(flow, (), {}, (), existing))
+        else:
+            result = run_flow_sync(flow, (), {}, (), existing)
+    code = EXIT_REPORTED if result.state.is_terminal else EXIT_NOT_REPORTED
+    return Execution(code, run.id, result.state, result.state.message, result.value)

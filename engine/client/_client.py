@@ -1,0 +1,372 @@
+"""The async client for a running Sluice stack.
+
+Everything goes through the public contract: requests to the orchestrator
+for writes and queries, the ``flow_runs`` KV bucket for reading and watching
+a run, the log stream for logs. Errors are :mod:`shared.errors` classes;
+nats-py exceptions are translated in :mod:`shared.connection`.
+
+    async with Client() as client:
+        run = await client.create_flow_run("etl/nightly", parameters={"day": "2026-11-20"})
+        final = await client.wait_for_flow_run(run.id)
+
+With tracing on (:mod:`shared.telemetry`; a client sets it up from ``OTEL_*``
+when it opens), every request is a client span whose W3C trace context
+travels in the request's headers, so the orchestrator's work joins the
+caller's trace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncGenerator, Iterable
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Self
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.js.kv import KeyValue
+
+from engine.client._streams import read_logs, watch_run
+from shared import names, telemetry
+from shared.codec import decode, encode
+from shared.connection import connect, request
+from shared.errors import Conflict, FlowRunNotFound, InvalidParameters, StackUnavailable
+from shared.messages import (
+    CancelFlowRun,
+    CreateFlowRun,
+    Decision,
+    Deleted,
+    DeploymentPage,
+    DeploymentRef,
+    FlowRunPage,
+    Heartbeat,
+    HeartbeatReply,
+    HeldRun,
+    ListDeployments,
+    ListFlowRuns,
+    LogRecord,
+    ProposedState,
+    ProposeReply,
+    ProposeState,
+    RegisterDeployment,
+)
+from shared.models import Deployment, FlowRun
+from shared.settings import Settings
+from shared.states import AWAITING_RETRY, TERMINAL_TYPES, StateType
+
+__all__ = ["Client"]
+
+
+class _WithHeaders:
+    """The connection as :func:`shared.connection.request` uses it, sending ``headers``
+    (the trace context) with the request; the rest of that function (error
+    translation, decoding) stays in one place."""
+
+    def __init__(self, nc: NATS, headers: dict[str, str]) -> None:
+        self._nc = nc
+        self._headers = headers
+
+    async def request(self, subject: str, payload: bytes, timeout: float) -> Any:
+        return await self._nc.request(subject, payload, timeout=timeout, headers=self._headers)
+
+
+class Client:
+    """A connection to the stack. Use as ``async with Client(settings) as c``.
+
+    Pass ``nc`` to reuse a NATS connection you own (it is not closed for you).
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        nc: NATS | None = None,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        self.settings = settings or Settings.from_env()
+        self._nc = nc
+        self._owns_nc = nc is None
+        self._connect_timeout = connect_timeout
+        self._runs_kv: KeyValue | None = None
+
+    async def __aenter__(self) -> Self:
+        telemetry.setup("sluice-client")  # a no-op unless OTEL_TRACES_EXPORTER asks, or done
+        if self._nc is None:
+            self._nc = await connect(
+                self.settings, name="sluice-client", wait=self._connect_timeout
+            )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._owns_nc and self._nc is not None:
+            await self._nc.close()
+            self._nc = None
+
+    @property
+    def nc(self) -> NATS:
+        if self._nc is None:
+            raise RuntimeError("use the client as `async with Client() as client:`")
+        return self._nc
+
+    async def _request(self, subject: str, payload: Any, reply_type: type[Any]) -> Any:
+        timeout = self.settings.request_timeout
+        if not telemetry.enabled():
+            return await request(self.nc, subject, payload, reply_type, timeout=timeout)
+        data = payload if isinstance(payload, bytes) else encode(payload)
+        with telemetry.request_span(subject, len(data)) as headers:
+            nc: Any = _WithHeaders(self.nc, headers or {})
+            return await request(nc, subject, data, reply_type, timeout=timeout)
+
+    async def _kv(self) -> KeyValue:
+        if self._runs_kv is None:
+            try:
+                self._runs_kv = await self.nc.jetstream().key_value(names.FLOW_RUNS_BUCKET)
+            except nats.js.errors.BucketNotFoundError:
+                raise StackUnavailable(
+                    "the flow_runs bucket does not exist; has the orchestrator ever started?"
+                ) from None
+        return self._runs_kv
+
+    # --- flow runs --------------------------------------------------------------
+    async def create_flow_run(
+        self,
+        deployment: str | None = None,
+        *,
+        deployment_id: str | None = None,
+        flow_name: str | None = None,
+        parameters: dict[str, Any] | None = None,
+        name: str | None = None,
+        scheduled_start_time: datetime | None = None,
+        idempotency_key: str | None = None,
+        tags: Iterable[str] = (),
+        parent_flow_run_id: str | None = None,
+        agentless: bool = False,
+    ) -> FlowRun:
+        """Create a run of a deployment (``flow/deployment``, or by id), or with
+        ``flow_name`` a run with no deployment.
+
+        Returns once the run is durably stored. With an ``idempotency_key``,
+        calling again returns the first run instead of creating another, so it
+        is safe to retry after a StackUnavailable. ``agentless``: the caller
+        executes the run itself; no runner is offered it.
+        """
+        req = CreateFlowRun(
+            deployment=deployment,
+            deployment_id=deployment_id,
+            flow_name=flow_name,
+            parameters=parameters,
+            name=name,
+            scheduled_start_time=scheduled_start_time,
+            idempotency_key=idempotency_key,
+            tags=list(tags),
+            parent_flow_run_id=parent_flow_run_id,
+            agentless=agentless,
+        )
+        return await self._request(names.FLOWRUN_CREATE, req, FlowRun)
+
+    async def read_flow_run(self, run_id: str) -> FlowRun:
+        return (await self._read_with_revision(run_id))[0]
+
+    async def _read_with_revision(self, run_id: str) -> tuple[FlowRun, int]:
+        kv = await self._kv()
+        try:
+            entry = await kv.get(run_id, validate_keys=False)
+        except nats.js.errors.NotFoundError:
+            raise FlowRunNotFound(f"no flow run with id {run_id}") from None
+        except (nats.errors.TimeoutError, TimeoutError):
+            raise StackUnavailable("the flow_runs bucket did not answer") from None
+        if not entry.value:
+            raise FlowRunNotFound(f"no flow run with id {run_id}")
+        return decode(entry.value, FlowRun), entry.revision or 0
+
+    async def list_flow_runs(
+        self,
+        *,
+        states: Iterable[str] = (),
+        deployment: str | None = None,
+        flow_name: str | None = None,
+        tags: Iterable[str] = (),
+        parent_flow_run_id: str | None = None,
+        runner: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> FlowRunPage:
+        """Newest first (by expected start time), ``limit`` at a time."""
+        req = ListFlowRuns(
+            states=list(states),
+            deployment=deployment,
+            flow_name=flow_name,
+            tags=list(tags),
+            parent_flow_run_id=parent_flow_run_id,
+            runner=runner,
+            since=since,
+            until=until,
+            limit=limit,
+            offset=offset,
+        )
+        return await self._request(names.FLOWRUN_LIST, req, FlowRunPage)
+
+    async def retry_flow_run(
+        self, run_id: str, *, from_task: str | None = None, message: str | None = None
+    ) -> FlowRun:
+        """Send a finished run back to Scheduled (AwaitingRetry) to run again.
+
+        Tasks whose results an earlier attempt kept are not run again (they end
+        Resumed) — except, with ``from_task`` (a task name, key or run name),
+        that task and every task after it. Raises Conflict if the run has not
+        finished or the orchestrator refuses, InvalidParameters if no task
+        matches ``from_task``.
+        """
+        run = await self.read_flow_run(run_id)
+        if not run.state.is_terminal:
+            raise Conflict(
+                f"flow run {run.name!r} is {run.state.describe()}; only a finished run "
+                "can be retried",
+                details={"state": run.state.type.value},
+            )
+        data: Any = None
+        if from_task is not None:
+            from engine._core.resume import read_task_records, rerun_keys_from, retry_data
+
+            try:
+                keys = rerun_keys_from(await read_task_records(self.nc, run.id), from_task)
+            except ValueError as exc:
+                raise InvalidParameters(str(exc)) from None
+            data = retry_data(from_task, keys)
+        default = "retry requested" + (f" from task {from_task!r}" if from_task else "")
+        state = ProposedState(
+            type=StateType.SCHEDULED, name=AWAITING_RETRY, message=message or default, data=data
+        )
+        reply = await self.propose_state(run.id, state, transition_id=str(uuid.uuid4()), retry=True)
+        if reply.status is not Decision.ACCEPT:
+            raise Conflict(f"the retry was refused: {reply.reason}")
+        return reply.flow_run or await self.read_flow_run(run.id)
+
+    async def cancel_flow_run(
+        self, run_id: str, *, reason: str | None = None, cascade: bool = True
+    ) -> FlowRun:
+        """Move a run to Cancelling (Cancelled at once if it has not started).
+
+        With ``cascade`` (the default) its unfinished child runs are cancelled
+        too. Raises Conflict if the run already finished; cancelling twice is
+        harmless.
+        """
+        return await self._request(
+            names.FLOWRUN_CANCEL,
+            CancelFlowRun(id=run_id, reason=reason, cascade=cascade),
+            FlowRun,
+        )
+
+    async def propose_state(
+        self,
+        run_id: str,
+        state: ProposedState,
+        *,
+        transition_id: str | None = None,
+        attempt: int | None = None,
+        runner: str | None = None,
+        retry: bool = False,
+        release: bool = False,
+    ) -> ProposeReply:
+        req = ProposeState(
+            id=run_id,
+            state=state,
+            transition_id=transition_id,
+            attempt=attempt,
+            runner=runner,
+            retry=retry,
+            release=release,
+        )
+        return await self._request(names.FLOWRUN_PROPOSE, req, ProposeReply)
+
+    def watch_flow_run(self, run_id: str, *, resync: float = 5.0) -> AsyncGenerator[FlowRun, None]:
+        """Yield the run now, then after every accepted transition, in order.
+
+        Transitions come from the run's event stream, so quick ones are not
+        merged. Every ``resync`` seconds without news the run is read again
+        from KV (a write whose event is still being recovered is shown too),
+        and the subscription is rebuilt if the connection was re-established
+        meanwhile. Close the generator (``contextlib.aclosing``) to stop.
+        """
+        return watch_run(self.nc, self._read_with_revision, run_id, resync)
+
+    async def wait_for_flow_run(self, run_id: str) -> FlowRun:
+        """Return the run once it reaches a terminal state. Cancellation stops waiting."""
+        async with contextlib.aclosing(self.watch_flow_run(run_id)) as runs:
+            async for run in runs:
+                if run.state.type in TERMINAL_TYPES:
+                    return run
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def logs(self, run_id: str, *, follow: bool = False) -> AsyncGenerator[LogRecord, None]:
+        """Yield a run's log records, oldest first.
+
+        Without ``follow`` it stops after the newest record stored when the
+        call began; with ``follow`` it keeps waiting for more until the
+        caller stops (close the generator, e.g. with ``contextlib.aclosing``).
+        """
+        return read_logs(self.nc, run_id, follow)
+
+    async def heartbeat(
+        self, runner: str, *, interval: float, limit: int, runs: dict[str, int]
+    ) -> HeartbeatReply:
+        """Tell the stack a runner is alive and holds ``runs`` (id -> claim attempt)."""
+        req = Heartbeat(
+            runner=runner,
+            interval=interval,
+            limit=limit,
+            runs=[HeldRun(id=i, attempt=a) for i, a in runs.items()],
+        )
+        return await self._request(names.RUNNER_HEARTBEAT, req, HeartbeatReply)
+
+    # --- deployments -------------------------------------------------------------
+    async def register_deployment(self, deployment: RegisterDeployment) -> Deployment:
+        return await self._request(names.DEPLOYMENT_REGISTER, deployment, Deployment)
+
+    async def read_deployment(
+        self, name: str | None = None, *, id: str | None = None
+    ) -> Deployment:
+        """By ``flow/deployment``, by id, or by flow name when it has one deployment."""
+        return await self._request(
+            names.DEPLOYMENT_READ, DeploymentRef(id=id, name=name), Deployment
+        )
+
+    async def list_deployments(
+        self,
+        *,
+        flow_name: str | None = None,
+        tags: Iterable[str] = (),
+        limit: int = 100,
+        offset: int = 0,
+    ) -> DeploymentPage:
+        req = ListDeployments(flow_name=flow_name, tags=list(tags), limit=limit, offset=offset)
+        return await self._request(names.DEPLOYMENT_LIST, req, DeploymentPage)
+
+    async def pause_deployment(
+        self, name: str | None = None, *, id: str | None = None
+    ) -> Deployment:
+        return await self._request(
+            names.DEPLOYMENT_PAUSE, DeploymentRef(id=id, name=name), Deployment
+        )
+
+    async def resume_deployment(
+        self, name: str | None = None, *, id: str | None = None
+    ) -> Deployment:
+        return await self._request(
+            names.DEPLOYMENT_RESUME, DeploymentRef(id=id, name=name), Deployment
+        )
+
+    async def delete_deployment(self, name: str | None = None, *, id: str | None = None) -> Deleted:
+        return await self._request(
+            names.DEPLOYMENT_DELETE, DeploymentRef(id=id, name=name), Deleted
+        )

@@ -1,0 +1,101 @@
+"""Following a run from the stack: its state changes and its log records.
+
+Both read JetStream with ordered consumers (rebuilt after a reconnect), never
+core pub/sub alone, so a follower that was away catches up. Used by
+:class:`~engine.client.Client`'s ``watch_flow_run`` and ``logs``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncGenerator, Awaitable, Callable
+
+import msgspec
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from shared import names
+from shared.codec import decode, decode_event
+from shared.messages import LogRecord
+from shared.models import FlowRun
+
+__all__ = ["ReadRun", "read_logs", "watch_run"]
+
+#: Reads a run and the KV revision it was read at.
+ReadRun = Callable[[str], Awaitable[tuple[FlowRun, int]]]
+
+
+async def watch_run(
+    nc: NATS, read: ReadRun, run_id: str, resync: float
+) -> AsyncGenerator[FlowRun, None]:
+    """See :meth:`Client.watch_flow_run`."""
+    run, last = await read(run_id)
+    yield run
+    js = nc.jetstream()
+    while True:
+        reconnects = nc.stats["reconnects"]
+        sub = await js.subscribe(
+            names.events_subject(run_id),
+            stream=names.EVENTS_STREAM,
+            ordered_consumer=True,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
+        )
+        try:
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=resync)
+                except nats.errors.TimeoutError:
+                    run, revision = await read(run_id)
+                    if revision > last:
+                        last = revision
+                        yield run
+                    if nc.stats["reconnects"] != reconnects:
+                        break
+                    continue
+                try:
+                    event = decode_event(msg.data)
+                except msgspec.DecodeError:
+                    continue
+                if event.revision > last:
+                    last = event.revision
+                    yield event.flow_run
+        finally:
+            with contextlib.suppress(Exception):  # the connection may be gone
+                await sub.unsubscribe()
+
+
+async def read_logs(nc: NATS, run_id: str, follow: bool) -> AsyncGenerator[LogRecord, None]:
+    """See :meth:`Client.logs`."""
+    js = nc.jetstream()
+    subject = names.logs_subject(run_id)
+    last = 0
+    if not follow:
+        try:
+            last = (await js.get_last_msg(names.LOGS_STREAM, subject)).seq or 0
+        except nats.js.errors.NotFoundError:
+            return
+    sub = await js.subscribe(
+        subject,
+        stream=names.LOGS_STREAM,
+        ordered_consumer=True,
+        config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
+    )
+    try:
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=3600.0)
+            except nats.errors.TimeoutError:
+                continue
+            try:
+                record = decode(msg.data, LogRecord)
+            except msgspec.DecodeError:
+                record = None  # not a record of ours; skip it
+            if record is not None:
+                yield record
+            if not follow and msg.metadata.sequence.stream >= last:
+                return
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()

@@ -1,0 +1,38 @@
+"""Runners: take dispatched flow runs and run each in its own process.
+
+Owns the :class:`Runner` (taking work and claiming it: ``_runner``; starting
+and watching a claimed run: ``_supervise``; heartbeats, kill requests and
+leftovers: ``_upkeep``), :func:`serve`, every flow runner (subprocess and
+universal: ``_subprocess``; standbys: ``_standby_pool``/``_standby``; the fork
+server: ``_fork``/``_forkserver``; Docker: ``_docker``), the flow-run
+process's program (``_process``, what ``python -m engine`` runs), the
+parent-death lifeline and the search for a dead instance's leftovers.
+
+May import: everything below it (the client, ``_stack``, ``_core``, the
+public modules). Only ``engine.cli`` and ``services`` import it. The public
+paths are :mod:`engine.flow_runners`, :mod:`engine.fork_runner` and
+:mod:`engine.docker_runner`; the names here load on first use, so importing a
+flow runner's module does not import the Runner.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from engine.runner._runner import Runner
+    from engine.runner._serve import serve
+
+__all__ = ["Runner", "serve"]
+
+_LAZY = {"Runner": "engine.runner._runner", "serve": "engine.runner._serve"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'engine.runner' has no attribute {name!r}")

@@ -1,0 +1,260 @@
+"""A fork server: start each flow run as a fork of a process with the engine imported.
+
+A fresh interpreter spends most of its start-up importing (the engine, nats,
+msgspec, anyio) and then connecting. The fork server pays the imports once:
+``python -m engine.runner._forkserver SOCKET SPARES`` imports everything, then
+waits for the runner on a unix socket. For each run the runner asks it to
+fork; the child becomes a process of its own (new session and process group,
+the run's environment and working folder, fresh random state) and executes
+the run as a standby does (:mod:`engine.runner._standby`), importing the flow's own
+code itself. Runs stay isolated from each other: nothing a run imports or
+changes reaches the server or another run.
+
+The connecting is taken off the run's path too: after each run it is given,
+the server forks a *spare* for the same environment and folder, which
+connects at once and waits on a pipe. The next run with that environment
+is handed to the spare, already connected. At most ``SPARES`` spares wait
+(one per environment; the oldest goes first); a spare never
+runs more than one run. The spare is forked when the run's process exits,
+or SPARE_DELAY seconds after the run started if it is still going: a spare
+connecting costs a few milliseconds of CPU, which on a small machine would
+otherwise be taken from the run that has just started.
+
+Protocol (one JSON object per line, runner <-> server):
+
+* runner: ``{"spawn": TOKEN, "env": {...}, "cwd": PATH|null, "assignment": TEXT}``
+  where ``assignment`` is the standby assignment line for the run;
+* server: ``{"spawned": TOKEN, "pid": PID}`` or ``{"spawned": TOKEN, "error": TEXT}``
+* server: ``{"exited": PID, "code": CODE}`` (negative: killed by that signal),
+  only for processes that were given a run.
+
+The server forks from a single thread with no event loop running, which is
+what makes forking safe. It exits when the runner's connection closes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import os
+import random
+import select
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+# Everything a run needs, imported once here, before any fork.
+import anyio
+import anyio.from_thread
+import msgspec  # noqa: F401
+import nats  # noqa: F401
+
+import shared.settings  # noqa: F401
+from engine.runner._standby import run_standby, warm_codecs
+
+#: Seconds after a run is given out before its environment's next spare is
+#: forked, unless the run's process exits sooner (see the module docstring).
+SPARE_DELAY = 0.25
+
+
+def _pipe_reader(fd: int) -> Callable[[], bytes]:
+    """Read one line from ``fd`` (blocking); b"" when the server closed it first."""
+
+    def read_line() -> bytes:
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+    return read_line
+
+
+def _hand_over(pipe: int, line: bytes) -> bool:
+    """Write the assignment to a child's pipe and close it; False if the child is gone."""
+    try:
+        view = memoryview(line)
+        while view:
+            view = view[os.write(pipe, view) :]
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(pipe)
+
+
+def _child(env: dict[str, str], cwd: str | None, assignment_fd: int) -> None:
+    """In the forked child: become the run's own process, execute it, never return."""
+    code = 1
+    try:
+        os.setsid()  # its own process group: a kill reaches its whole tree
+        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGPIPE):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)
+        os.environ.clear()
+        os.environ.update(env)
+        os.environ["SLUICE_RUNNER_PID"] = str(os.getppid())  # the server: we go with it
+        if cwd:
+            os.chdir(cwd)
+            sys.path.insert(0, cwd)
+        random.seed()
+        code = run_standby(_pipe_reader(assignment_fd))
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException as exc:  # report, never fall back into the server's loop
+        print(f"fork server child failed: {exc!r}", file=sys.stderr)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+class _Server:
+    """The fork server's state: its connection, the spares, the children given runs."""
+
+    def __init__(self, conn: socket.socket, wake: tuple[int, int], spares: int) -> None:
+        self.conn = conn
+        self.wake = wake
+        self.max_spares = spares
+        #: Waiting spares by (environment, folder): pid and the write end of its pipe.
+        self.spares: dict[str, tuple[int, int]] = {}
+        #: Children given a run (their exits are reported), with their spare key.
+        self.assigned: dict[int, str] = {}
+        #: Spares to fork: when at the latest, the environment and the folder.
+        self.due: dict[str, tuple[float, dict[str, str], str | None]] = {}
+
+    def send(self, obj: dict[str, object]) -> None:
+        self.conn.sendall(json.dumps(obj).encode() + b"\n")
+
+    def fork(self, env: dict[str, str], cwd: str | None) -> tuple[int, int]:
+        """Fork a child that connects and waits for its assignment; (pid, pipe to it)."""
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(write_end)
+            self.conn.close()
+            for fd in (*self.wake, *(w for _, w in self.spares.values())):
+                os.close(fd)
+            _child(env, cwd, read_end)
+        os.close(read_end)
+        return pid, write_end
+
+    def spawn(self, request: dict[str, Any]) -> None:
+        token = request.get("spawn")
+        env = dict(request.get("env") or {})
+        cwd = request.get("cwd")
+        line = str(request.get("assignment") or "").encode()
+        key = json.dumps([sorted(env.items()), cwd])
+        pid = None
+        spare = self.spares.pop(key, None)
+        if spare is not None:
+            pid, pipe = spare
+            if not _hand_over(pipe, line):  # it died waiting (lost its connection)
+                pid = None
+        if pid is None:
+            try:
+                pid, pipe = self.fork(env, cwd)
+            except OSError as exc:
+                self.send({"spawned": token, "error": str(exc)})
+                return
+            # If the child dies before reading, its exit is reported like any run's.
+            _hand_over(pipe, line)
+        self.assigned[pid] = key
+        self.send({"spawned": token, "pid": pid})
+        if self.max_spares > 0 and key not in self.due:
+            self.due[key] = (time.monotonic() + SPARE_DELAY, env, cwd)
+
+    def next_due(self) -> float | None:
+        """Seconds until the next spare is due (None: none is)."""
+        if not self.due:
+            return None
+        return max(0.0, min(at for at, _, _ in self.due.values()) - time.monotonic())
+
+    def fork_due(self, key: str | None = None) -> None:
+        """Fork the spare for ``key`` now, or every spare whose time has come."""
+        now = time.monotonic()
+        for due_key, (at, env, cwd) in list(self.due.items()):
+            if due_key == key or (key is None and at <= now):
+                del self.due[due_key]
+                if due_key not in self.spares:
+                    self.add_spare(due_key, env, cwd)
+
+    def add_spare(self, key: str, env: dict[str, str], cwd: str | None) -> None:
+        while len(self.spares) >= self.max_spares:
+            oldest = next(iter(self.spares))
+            _, pipe = self.spares.pop(oldest)
+            os.close(pipe)  # it reads end-of-file and exits
+        with contextlib.suppress(OSError):  # no spare this time: the next run forks afresh
+            self.spares[key] = self.fork(env, cwd)
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid in self.assigned:
+                key = self.assigned.pop(pid)
+                self.send({"exited": pid, "code": os.waitstatus_to_exitcode(status)})
+                self.fork_due(key)  # its run is over: the spare no longer competes with it
+                continue
+            for key, (spare, pipe) in list(self.spares.items()):
+                if spare == pid:  # a spare that could not connect: drop it
+                    del self.spares[key]
+                    os.close(pipe)
+
+
+def prepare() -> None:
+    """Do once, before any fork, what every forked run would otherwise do itself."""
+    warm_codecs()  # once here, inherited by every fork
+    # The event-loop backend and the blocking portal import and set up more on
+    # first use; a portal started and stopped once here spares each child that.
+    with anyio.from_thread.start_blocking_portal() as portal:
+        portal.call(anyio.sleep, 0)
+    # Move everything imported so far out of the collector's reach: a child's
+    # collections would otherwise touch (and so copy) most of the server's
+    # memory pages, which costs each fork milliseconds of CPU.
+    gc.collect()
+    gc.freeze()
+
+
+def serve(path: str, spares: int) -> None:
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+    conn, _ = listener.accept()
+    listener.close()
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)  # the wakeup fd does the work
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the runner decides when we stop
+    prepare()
+    server = _Server(conn, (wake_r, wake_w), spares)
+    buffer = b""
+    while True:
+        ready, _, _ = select.select([conn.fileno(), wake_r], [], [], server.next_due())
+        server.fork_due()
+        if wake_r in ready:
+            os.read(wake_r, 4096)
+            server.reap()
+        if conn.fileno() in ready:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return  # the runner is gone; spares read end-of-file and exit
+            buffer += chunk
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                server.spawn(json.loads(line))
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1], int(sys.argv[2]))

@@ -1,0 +1,168 @@
+"""A flow-run process started before its run is known: a standby.
+
+Most of a fresh flow-run process's start-up is spent before it can do
+anything for its run: importing the engine and nats, then connecting. A
+runner therefore keeps a *standby* ready — a process that has done all that
+and waits for one :class:`Assignment` on a pipe (its stdin, or a pipe from the
+fork server). It executes that one run exactly like ``python -m engine``
+would, then exits: every run still gets a process of its own, and nothing a
+run imports or changes reaches another run.
+
+The assignment carries what only the run knows: its id and claim attempt,
+the environment variables to add (the run's own, e.g. its id and trace
+context), the working folder, and — to save two round trips — the run as
+the runner's claim left it and its deployment. Everything the process was
+started with (the interpreter, the deployment's environment, the
+connection settings) must already be right: the runner keys its standbys by
+exactly those.
+
+    python -m engine.runner._standby      # reads one assignment line on stdin
+
+A standby whose pipe closes before an assignment arrives exits quietly with
+code 0; it ends with its runner like any flow-run process (engine.runner._lifeline).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import msgspec
+
+from shared.models import Deployment, FlowRun
+
+__all__ = [
+    "RUN_VARIABLES",
+    "Assignment",
+    "assignment_for",
+    "encode_assignment",
+    "run_standby",
+    "warm_codecs",
+]
+
+#: Environment variables that belong to one run, never to a standby's start.
+RUN_VARIABLES = frozenset(
+    {"SLUICE_FLOW_RUN_ID", "SLUICE_FLOW_RUN_ATTEMPT", "TRACEPARENT", "TRACESTATE"}
+)
+
+
+class Assignment(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One run for a standby process (one JSON line)."""
+
+    run_id: str
+    attempt: int | None = None
+    env: dict[str, str] = {}
+    cwd: str | None = None
+    run: FlowRun | None = None
+    deployment: Deployment | None = None
+
+
+def encode_assignment(assignment: Assignment) -> bytes:
+    return msgspec.json.encode(assignment) + b"\n"
+
+
+def assignment_for(
+    run: FlowRun, deployment: Deployment | None, env: Mapping[str, str], cwd: str | None
+) -> tuple[dict[str, str], Assignment]:
+    """Split a run's full process environment into what a standby starts with
+    and the run's assignment (its own variables, and what the runner read)."""
+    base = {k: v for k, v in env.items() if k not in RUN_VARIABLES}
+    own = {k: v for k, v in env.items() if k in RUN_VARIABLES}
+    raw_attempt = own.get("SLUICE_FLOW_RUN_ATTEMPT")
+    assignment = Assignment(
+        run_id=run.id,
+        attempt=int(raw_attempt) if raw_attempt else None,
+        env=own,
+        cwd=cwd,
+        run=run,
+        deployment=deployment,
+    )
+    return base, assignment
+
+
+_warm = False
+
+
+def warm_codecs() -> None:
+    """Build msgspec's codecs for every wire type now, before a run is known.
+
+    msgspec builds a type's decoding plan on first use and keeps it on the
+    type (a fork inherits it); for a FlowRun that first use costs a few
+    milliseconds, which would otherwise land on the run's start.
+    """
+    global _warm
+    if _warm:
+        return  # done here, or in the fork server this process was forked from
+    _warm = True
+    import shared.messages
+    import shared.models
+
+    for module in (shared.models, shared.messages):
+        for value in vars(module).values():
+            if isinstance(value, type) and issubclass(value, msgspec.Struct):
+                msgspec.json.Decoder(value)
+    msgspec.json.Decoder(Assignment)
+
+
+def _enter(assignment: Assignment) -> None:
+    os.environ.update(assignment.env)
+    if assignment.cwd:
+        os.chdir(assignment.cwd)
+        folder = str(Path(assignment.cwd))
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+
+
+def run_standby(read_line: Callable[[], bytes]) -> int:
+    """Connect, wait for one assignment from ``read_line``, execute it; the exit code.
+
+    Exit codes are those of ``python -m engine``: 0 when the run's final
+    state was reported, 1 when it was not.
+    """
+    from engine._stack.execute import EXIT_NOT_REPORTED, execute_flow_run
+    from engine._stack.reporter import StackReporter
+    from engine.runner._lifeline import die_with_parent
+    from engine.runner._process import echo_run_logs, report_outcome, traced_execution
+    from shared import telemetry
+    from shared.errors import SluiceError
+    from shared.settings import Settings
+
+    die_with_parent()
+    echo_run_logs()
+    warm_codecs()
+    telemetry.setup("sluice-engine")  # a no-op unless OTEL_TRACES_EXPORTER asks
+    try:
+        with StackReporter(Settings.from_env()) as reporter:
+            line = read_line()
+            if not line.strip():
+                return 0  # the runner stopped before it had work for us
+            try:
+                assignment = msgspec.json.decode(line, type=Assignment)
+            except msgspec.DecodeError as exc:
+                print(f"error: unreadable assignment: {exc}", file=sys.stderr)
+                return EXIT_NOT_REPORTED
+            _enter(assignment)  # its TRACEPARENT too: the spans below join the run's trace
+            with traced_execution(assignment.run_id):
+                outcome = execute_flow_run(
+                    reporter,
+                    assignment.run_id,
+                    attempt=assignment.attempt,
+                    run=assignment.run,
+                    deployment=assignment.deployment,
+                )
+    except (SluiceError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_NOT_REPORTED
+    return report_outcome(outcome)
+
+
+def read_stdin_line() -> bytes:
+    return sys.stdin.buffer.readline()
+
+
+if __name__ == "__main__":
+    from engine.runner._process import exit_process
+
+    exit_process(run_standby(read_stdin_line))

@@ -1,0 +1,177 @@
+"""The runner's part after a claim: start the run's infrastructure, see it to its end.
+
+Split from :mod:`engine.runner._runner`, which takes dispatch items and claims runs.
+For a run it has claimed, the runner picks the flow runner (the
+deployment's infrastructure, or its own default), starts the run's process
+with the run's environment, and waits for it. If the process could not be
+started, or ended without the engine having reported a final state, the run
+is marked Crashed with a message that explains why (the exit code, or the
+runner shutting down); a run that was being cancelled ends Cancelled.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Awaitable, Callable
+
+import anyio
+import msgspec
+
+from engine.client import Client
+from engine.runner._subprocess import FlowRunner, StartFailed, explain_exit, from_infrastructure
+from engine.runner._upkeep import _Active
+from shared import telemetry
+from shared.errors import SluiceError, StackUnavailable
+from shared.messages import ProposedState
+from shared.models import Deployment, FlowRun
+from shared.settings import Settings
+from shared.states import StateType
+
+log = logging.getLogger("sluice.runner")
+
+#: Seconds a runner keeps trying to report what became of a run it holds
+#: while the stack cannot be reached (see ``_Supervise._settling``).
+SETTLE_SECONDS = 300.0
+
+
+class _Supervise:
+    """Mixed into :class:`~engine.runner._runner.Runner`; uses its state, declared here."""
+
+    name: str
+    settings: Settings
+    flow_runner: FlowRunner
+    code_path: str | None
+    _deployments: dict[str, Deployment]
+    _active: dict[str, _Active]
+    _held: dict[str, int]
+    kill_grace: float
+    _shutting_down: bool
+
+    async def _deployment(
+        self, client: Client, deployment_id: str | None, claimed: Deployment | None
+    ) -> Deployment | None:
+        if deployment_id is None:
+            return None
+        # Afresh for every run — the copy the claim's reply carried, or read now:
+        # a re-registered deployment (new entrypoint, environment or
+        # infrastructure) applies from its next run on, and the flow-run
+        # process is handed this copy instead of reading it again.
+        if claimed is not None and claimed.id == deployment_id:
+            deployment = claimed
+        else:
+            deployment = await client.read_deployment(id=deployment_id)
+        self._deployments[deployment_id] = deployment
+        if self.code_path:
+            deployment = msgspec.structs.replace(deployment, path=self.code_path)
+        return deployment
+
+    def _env(self, run_id: str, attempt: int) -> dict[str, str]:
+        env = {
+            "SLUICE_FLOW_RUN_ID": run_id,
+            "SLUICE_FLOW_RUN_ATTEMPT": str(attempt),
+            "SLUICE_NATS_URL": self.settings.nats_url,
+            "SLUICE_HOME": str(self.settings.home),
+            # The child ends with us (engine.runner._lifeline): no run outlives its runner.
+            "SLUICE_RUNNER_PID": str(os.getpid()),
+            "SLUICE_RUNNER_NAME": self.name,
+        }
+        # The flow-run process must not inherit a runner's own identity.
+        env = {k: v for k, v in env.items() if v} | {
+            k: v for k, v in os.environ.items() if k.startswith("SLUICE_NATS_") and k not in env
+        }
+        return telemetry.env_with_trace(env)  # the run's process joins the run's trace
+
+    async def _run(
+        self, client: Client, run: FlowRun, deployment: Deployment | None = None
+    ) -> None:
+        """Start the infrastructure of ``run`` (just claimed by us, with the
+        deployment the claim's reply carried) and see it to its end."""
+        run_id, attempt = run.id, run.attempt
+        if run_id in self._held:
+            return  # already running here (a replayed claim of our own)
+        self._held[run_id] = attempt
+        try:
+            await self._run_held(client, run, deployment)
+        finally:
+            if self._held.get(run_id) == attempt:
+                del self._held[run_id]
+
+    async def _run_held(self, client: Client, run: FlowRun, claimed: Deployment | None) -> None:
+        run_id, attempt = run.id, run.attempt
+        try:
+            deployment = await self._deployment(client, run.deployment_id, claimed)
+            runner = (
+                from_infrastructure(deployment.infrastructure, self.flow_runner)
+                if deployment
+                else self.flow_runner
+            )
+            process = await runner.start(run, deployment, self._env(run_id, attempt))
+        except (StartFailed, SluiceError) as exc:
+            message = f"The flow run could not be started: {exc}"
+            await self._settling(run_id, lambda: self._crash(client, run_id, attempt, message))
+            return
+        active = self._active[run_id] = _Active(process=process, attempt=attempt)
+        log.info("runner %s: started run %s (%s) in %s", self.name, run_id, run.name, process.ident)
+        try:
+            code = await process.wait()
+        finally:
+            if self._active.get(run_id) is active:
+                del self._active[run_id]
+        with anyio.CancelScope(shield=True):
+            await self._settling(run_id, lambda: self._after_exit(client, run_id, active, code))
+
+    async def _settling(self, run_id: str, report: Callable[[], Awaitable[None]]) -> None:
+        """``report()``, again while the stack cannot be reached.
+
+        A run this runner claimed is settled by it or by nobody: its owner is
+        alive, so the watcher leaves it alone. A report given up at the first
+        NATS restart or orchestrator hand-over would leave the run Pending or
+        Running for ever. Tries for SETTLE_SECONDS (while stopping, for the
+        kill grace only), then logs that the run is left as it is.
+        """
+        limit = self.kill_grace if self._shutting_down else SETTLE_SECONDS
+        pause, warned = 0.2, False
+        with anyio.move_on_after(limit):
+            while True:
+                try:
+                    await report()
+                    return
+                except StackUnavailable as exc:
+                    if not warned:
+                        warned = True
+                        log.warning(
+                            "runner %s: cannot report run %s yet (%s); trying again",
+                            self.name,
+                            run_id,
+                            exc.message,
+                        )
+                await anyio.sleep(pause)
+                pause = min(pause * 2, 5.0)
+        log.error(
+            "runner %s: gave up reporting run %s after %.0f s; it stays in its last state",
+            self.name,
+            run_id,
+            limit,
+        )
+
+    async def _after_exit(self, client: Client, run_id: str, active: _Active, code: int) -> None:
+        current = await client.read_flow_run(run_id)
+        if current.state.is_terminal or current.attempt != active.attempt:
+            return  # the engine reported its end, or the run was claimed again meanwhile
+        if current.state.type is StateType.CANCELLING:
+            await client.propose_state(
+                run_id,
+                ProposedState(type=StateType.CANCELLED, message="the flow-run process was stopped"),
+            )
+            return
+        message = explain_exit(code)
+        if active.stopping:
+            message = f"The runner {self.name} shut down before the run finished. {message}"
+        await self._crash(client, run_id, active.attempt, message)
+
+    async def _crash(self, client: Client, run_id: str, attempt: int, message: str) -> None:
+        reply = await client.propose_state(
+            run_id, ProposedState(type=StateType.CRASHED, message=message), attempt=attempt
+        )
+        log.warning("runner %s: run %s crashed: %s (%s)", self.name, run_id, message, reply.status)
