@@ -53,6 +53,14 @@ import anyio.from_thread
 import msgspec  # noqa: F401
 import nats  # noqa: F401
 
+# The lifeline brings ctypes, the process's program argparse and gettext.
+import engine
+import engine._stack.execute
+import engine._stack.reporter
+import engine.client
+import engine.runner._lifeline
+import engine.runner._process
+import engine.runner._standby  # noqa: F401
 import shared.settings  # noqa: F401
 from engine.runner._standby import run_standby, warm_codecs
 
