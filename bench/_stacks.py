@@ -189,7 +189,8 @@ class SluiceStack:
         return self._run(lambda c: cancel_once(c, "sleeper/bench"))
 
     def batch(self, count: int) -> tuple[float, float]:
-        return self._run(lambda c: batch_runs(c, "noop/bench", count), timeout=1200)
+        total, rate, _ = self._run(lambda c: batch_runs(c, "noop/bench", count), timeout=1200)
+        return total, rate
 
     def stop(self) -> None:
         stop_group(self.proc)
