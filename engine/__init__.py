@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 from engine._core.context import get_run_context
 from engine._core.logs import get_run_logger
-from engine.executors import ConcurrentExecutor, DaskExecutor, LocalExecutor, ThreadPoolExecutor
+from engine.executors import (
+    ConcurrentExecutor,
+    DaskExecutor,
+    LocalExecutor,
+    SynchronousExecutor,
+    ThreadPoolExecutor,
+)
 from engine.flows import Flow, FlowRunResult, flow
 from engine.futures import TaskFuture
 from engine.tasks import Task, task, unmapped
@@ -22,7 +28,7 @@ from engine.tasks import Task, task, unmapped
 if TYPE_CHECKING:
     from engine.client import Client
     from engine.deployments import DeploymentSpec, RunnerDeployment
-    from engine.runner import Runner, serve
+    from engine.runner import Runner, aserve, serve
     from engine.runs import create_flow_run, wait_for_flow_run
     from engine.sync import SyncClient
 
@@ -37,9 +43,11 @@ __all__ = [
     "Runner",
     "RunnerDeployment",
     "SyncClient",
+    "SynchronousExecutor",
     "Task",
     "TaskFuture",
     "ThreadPoolExecutor",
+    "aserve",
     "create_flow_run",
     "flow",
     "get_run_context",
@@ -57,6 +65,7 @@ _LAZY = {
     "wait_for_flow_run": "engine.runs",
     "Runner": "engine.runner",
     "serve": "engine.runner",
+    "aserve": "engine.runner",
     "RunnerDeployment": "engine.deployments",
     "DeploymentSpec": "engine.deployments",
 }

@@ -5,13 +5,24 @@ name, where its code is (an entrypoint relative to a folder), default
 parameters with their JSON schema, schedules, tags, a concurrency limit, and
 the flow runner to start it in. ``RunnerDeployment`` holds that on the
 client side until a :class:`~engine.runner.Runner` (or ``serve``) registers it.
+
+A schedule may be given as the seeds write it, a dict with one kind key
+(``{"cron": "0 * * * *", "timezone": "Europe/Paris"}``, ``{"interval": 60}``,
+``{"rrule": ...}``); it is checked here, and a mistake is a ValueError that
+names the field.
+
+A spec file (:func:`load_specs`) declares deployments by creating them:
+every ``DeploymentSpec(...)`` or ``RunnerDeployment`` made while the file is
+imported counts once, assigned to a name or written as a bare expression.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import os
 from collections.abc import Iterable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -24,8 +35,8 @@ from shared.models import (
     FlowRunTrigger,
     IntervalSchedule,
     RRuleSchedule,
-    Schedule,
 )
+from shared.schedules import check_schedule, schedule_from_dict
 
 if TYPE_CHECKING:
     from engine.flows import Flow
@@ -47,16 +58,23 @@ def build_schedules(
     interval: float | timedelta | Iterable[float | timedelta] | None = None,
     cron: str | Iterable[str] | None = None,
     rrule: str | Iterable[str] | None = None,
-    schedule: Schedule | DeploymentSchedule | Iterable[Schedule | DeploymentSchedule] | None = None,
+    schedule: Any = None,
     timezone: str = "UTC",
     anchor_date: datetime | None = None,
 ) -> list[DeploymentSchedule]:
-    """Every way of naming a schedule, as the list a deployment stores."""
+    """Every way of naming a schedule, as the list a deployment stores.
+
+    ``schedule`` takes Schedule or DeploymentSchedule values, the dict form
+    (see the module docstring), or a list of them. Raises ValueError naming
+    the field when one is malformed (an invalid cron, an unknown time zone …).
+    """
 
     def many(value: Any) -> list[Any]:
         if value is None:
             return []
-        if isinstance(value, str | int | float | timedelta) or not isinstance(value, Iterable):
+        if isinstance(value, str | int | float | timedelta | dict) or not isinstance(
+            value, Iterable
+        ):
             return [value]
         return list(value)
 
@@ -76,10 +94,22 @@ def build_schedules(
     out += [
         DeploymentSchedule(schedule=RRuleSchedule(rrule=r, timezone=timezone)) for r in many(rrule)
     ]
-    for item in many(schedule):
-        out.append(
-            item if isinstance(item, DeploymentSchedule) else DeploymentSchedule(schedule=item)
-        )
+    items = many(schedule)
+    for i, item in enumerate(items):
+        where = "schedule" if len(items) == 1 else f"schedule[{i}]"
+        if isinstance(item, dict):
+            item = schedule_from_dict(item, where)
+        if isinstance(item, DeploymentSchedule):
+            out.append(item)
+        elif isinstance(item, IntervalSchedule | CronSchedule | RRuleSchedule):
+            out.append(DeploymentSchedule(schedule=item))
+        else:
+            raise ValueError(
+                f"{where}: expected a dict such as {{'cron': '0 * * * *'}} or a schedule, "
+                f"not {type(item).__name__}"
+            )
+    for item in out:
+        check_schedule(item.schedule, "schedule")
     return out
 
 
@@ -119,10 +149,15 @@ class RunnerDeployment:
     concurrency_limit: int | None = None
     flow_runner: FlowRunner = field(default_factory=_universal)
     paused: bool = False
-    queue: str = "default"
-    """The dispatch queue its runs are offered on (runners serve queues)."""
+    queue: str | None = None
+    """The dispatch queue its runs are offered on (runners serve queues).
+    None: only the runner that serves it runs it (a queue of that runner's
+    own); registered without a runner, ``default``."""
     triggers: list[FlowRunTrigger] = field(default_factory=list)
     """Start a run when runs of other deployments reach given states."""
+
+    def __post_init__(self) -> None:
+        _declared(self)
 
     @property
     def full_name(self) -> str:
@@ -149,7 +184,7 @@ class RunnerDeployment:
         entrypoint: str | None = None,
         path: str | os.PathLike[str] | None = None,
         paused: bool = False,
-        queue: str = "default",
+        queue: str | None = None,
         triggers: Iterable[FlowRunTrigger] = (),
     ) -> RunnerDeployment:
         if not name or "/" in name or "%" in name:
@@ -192,7 +227,7 @@ class RunnerDeployment:
             paused=self.paused,
             concurrency_limit=self.concurrency_limit,
             infrastructure=self.flow_runner.to_infrastructure(),
-            queue=self.queue,
+            queue=self.queue or "default",
             triggers=self.triggers,
         )
 
@@ -217,6 +252,9 @@ class DeploymentSpec:
     version: str | None = None
     concurrency_limit: int | None = None
 
+    def __post_init__(self) -> None:
+        _declared(self)
+
     def to_deployment(self, base: Path) -> RunnerDeployment:
         flow = self.flow if self.flow is not None else _load_flow(base, self.flow_location)
         return RunnerDeployment.from_flow(
@@ -231,6 +269,16 @@ class DeploymentSpec:
             flow_runner=self.flow_runner,
             path=base,
         )
+
+
+#: While a spec file is imported: every spec and deployment it creates, in order.
+_collecting: ContextVar[list[Any] | None] = ContextVar("sluice_spec_collecting", default=None)
+
+
+def _declared(value: Any) -> None:
+    found = _collecting.get()
+    if found is not None:
+        found.append(value)
 
 
 def _import_file(path: Path) -> Any:
@@ -270,17 +318,39 @@ def _load_flow(base: Path, location: str | None) -> Flow[Any, Any]:
 
 
 def load_specs(path: str | os.PathLike[str]) -> list[RunnerDeployment]:
-    """Every deployment a spec file declares (DeploymentSpec or RunnerDeployment values)."""
+    """Every deployment a spec file declares, in the order it creates them.
+
+    A ``DeploymentSpec(...)`` or ``RunnerDeployment`` created while the file
+    is imported counts, whether assigned to a name or not, and each counts
+    once; so does one the file only holds in a variable (made elsewhere).
+    Deployments without a queue go on ``default``: a spec file's deployments
+    are shared by every runner of the queue. Raises ValueError when the file
+    is missing or declares nothing.
+    """
     file = Path(path).resolve()
     if not file.is_file():
         raise ValueError(f"no such file: {path}")
-    module = _import_file(file)
+    created: list[Any] = []
+    token = _collecting.set(created)
+    try:
+        module = _import_file(file)
+    finally:
+        _collecting.reset(token)
+    declared = created + [
+        v for v in vars(module).values() if isinstance(v, DeploymentSpec | RunnerDeployment)
+    ]
     out: list[RunnerDeployment] = []
-    for value in vars(module).values():
-        if isinstance(value, DeploymentSpec):
-            out.append(value.to_deployment(file.parent))
-        elif isinstance(value, RunnerDeployment):
-            out.append(value)
+    seen: set[int] = set()
+    for value in declared:
+        if id(value) in seen:
+            continue
+        seen.add(id(value))
+        deployment = (
+            value.to_deployment(file.parent) if isinstance(value, DeploymentSpec) else value
+        )
+        if deployment.queue is None:
+            deployment = dataclasses.replace(deployment, queue="default")
+        out.append(deployment)
     if not out:
         raise ValueError(f"{path} declares no DeploymentSpec")
     return out

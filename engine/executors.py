@@ -11,7 +11,8 @@ never share one.
 
 Two kinds, told apart by ``in_process``:
 
-* **In-process** (:class:`LocalExecutor`, :class:`ThreadPoolExecutor`): the
+* **In-process** (:class:`LocalExecutor`, :class:`SynchronousExecutor`,
+  :class:`ThreadPoolExecutor`): the
   engine submits the whole task run (waiting for upstreams, trigger, cache,
   attempts, retries, state reports) as one callable.
 * **Out-of-process** (:class:`DaskExecutor`): the task run's bookkeeping stays
@@ -42,6 +43,7 @@ __all__ = [
     "DaskExecutor",
     "Executor",
     "LocalExecutor",
+    "SynchronousExecutor",
     "ThreadPoolExecutor",
 ]
 
@@ -110,6 +112,50 @@ class LocalExecutor:
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         try:
             return _Done(fn(*args, **kwargs), None)
+        except Exception as exc:
+            return _Done(None, exc)
+
+    def wait(self, handle: Any, timeout: float | None = None) -> Any:
+        return handle.result(timeout)
+
+    def clone(self) -> Self:
+        return type(self)()
+
+
+class SynchronousExecutor:
+    """Runs each callable in the submitting thread through Dask's synchronous scheduler.
+
+    For debugging: everything runs in one thread, in order, so ``breakpoint()``
+    in a task stops there and a traceback shows the task's own frames, while
+    the call still goes through Dask's task graph and scheduling logic (as
+    :class:`DaskExecutor` work does) rather than a plain call. Needs
+    ``pip install dask``; dask is imported on enter. Each callable is
+    wrapped whole, so Dask never looks into (or copies) its arguments.
+    """
+
+    in_process: ClassVar[bool] = True
+
+    def __init__(self) -> None:
+        self._dask: Any = None
+
+    def __enter__(self) -> Self:
+        try:
+            import dask  # imported here: dask is heavy and optional
+        except ImportError as exc:
+            raise RuntimeError('SynchronousExecutor needs dask: pip install "dask"') from exc
+        self._dask = dask
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._dask = None
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        if self._dask is None:
+            raise RuntimeError("the executor is not started; use it as a context manager")
+        call = functools.partial(fn, *args, **kwargs)
+        lazy = self._dask.delayed(call, pure=False)()
+        try:
+            return _Done(lazy.compute(scheduler="synchronous"), None)
         except Exception as exc:
             return _Done(None, exc)
 

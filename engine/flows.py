@@ -148,7 +148,10 @@ class Flow(Generic[P, R]):
         pause_on_shutdown: bool = True,
         **options: Any,
     ) -> None:
-        """Serve this flow as one deployment from this process until Ctrl-C (see ``serve``)."""
+        """Serve this flow as one deployment from this process until Ctrl-C (see ``serve``).
+
+        Without ``queue=`` in ``options`` only this process runs the deployment.
+        """
         from engine.runner import serve
 
         serve(

@@ -92,14 +92,26 @@ async def serve_until_signal(
     service: AbstractAsyncContextManager[Any], name: str, alive: Path | None = None
 ) -> None:
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with service, anyio.create_task_group() as tg:
-            if alive is not None:
-                tg.start_soon(_keep_alive, alive)
-            log.info("%s ready", name)
-            async for signum in signals:
-                log.info("%s: received %s; shutting down", name, signal.Signals(signum).name)
-                break
-            tg.cancel_scope.cancel()
+        async with anyio.create_task_group() as later:
+            async with service, anyio.create_task_group() as tg:
+                if alive is not None:
+                    tg.start_soon(_keep_alive, alive)
+                log.info("%s ready", name)
+                async for signum in signals:
+                    log.info("%s: received %s; shutting down", name, signal.Signals(signum).name)
+                    break
+                later.start_soon(_hurry_on_signal, service, name, signals)
+                tg.cancel_scope.cancel()
+            later.cancel_scope.cancel()
+
+
+async def _hurry_on_signal(service: Any, name: str, signals: Any) -> None:
+    """A second signal while shutting down: a service that drains (the runner) stops now."""
+    async for signum in signals:
+        log.info("%s: received %s again; stopping now", name, signal.Signals(signum).name)
+        hurry = getattr(service, "hurry", None)
+        if hurry is not None:
+            await hurry()
 
 
 def run_service(name: str, factory: Callable[[Settings], AbstractAsyncContextManager[Any]]) -> None:

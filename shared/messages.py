@@ -76,6 +76,9 @@ class ProposeState(Request, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     """With SCHEDULED: give up the claim, so the run is offered to runners again
     (a dead runner's Pending run). Without it, an owner's SCHEDULED (an
     in-process retry waiting for its delay) keeps the claim."""
+    agentless: bool = False
+    """With ``retry``: the proposer executes the retry itself (``--execute``);
+    the run is marked agentless, so no runner takes it."""
 
 
 class Decision(enum.StrEnum):

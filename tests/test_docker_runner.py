@@ -467,12 +467,12 @@ async def test_the_runner_starts_docker_deployments(
         name="d", flow_name=f"f{unique}", entrypoint="x.py:f", path=".", flow_runner=flow_runner
     )
     runner = Runner(settings=settings, name=f"r-{unique}", query_seconds=1.0, kill_grace=1.0)
-    await runner.add_deployment(deployment)
+    await runner.aadd_deployment(deployment)
     async with anyio.create_task_group() as tg:
-        tg.start_soon(runner.start)
+        tg.start_soon(runner.astart)
         run = await client.create_flow_run(f"f{unique}/d")
         final = await client.wait_for_flow_run(run.id)
-        await runner.stop()
+        await runner.astop()
     assert final.state.type is StateType.CRASHED
     assert final.state.message == explain_exit(3)
     [container] = docker.containers.values()

@@ -271,10 +271,10 @@ async def test_one_trace_spans_client_orchestrator_runner_engine_and_tasks(
     )
     with anyio.fail_after(ENGINE_TIMEOUT):
         async with anyio.create_task_group() as tg:
-            tg.start_soon(runner.start)
+            tg.start_soon(runner.astart)
             final = await client.wait_for_flow_run(run.id)
             await _until_idle(runner)  # its process writes its last spans on the way out
-            await runner.stop()
+            await runner.astop()
     assert final.state.type is StateType.COMPLETED and final.state.data == 10, final.state
 
     here = spans.get_finished_spans()

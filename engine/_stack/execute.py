@@ -7,9 +7,12 @@
    scheduled later) sleeps and asks again; ABORT/REJECT (someone else owns
    it, or it ended) stops with nothing else reported.
 3. **Load** the deployment (``read_deployment(id=run.deployment_id)``) and
-   its entrypoint. A user error — no deployment or entrypoint, an import
-   that fails, no such attribute, not a flow — ends the run FAILED with a
-   message saying what to fix, and counts as reported.
+   its entrypoint. A run claimed here (``--execute``, not a runner's) gets
+   its flow runner's ``env`` in this process's environment while it loads
+   and runs, as a runner's process would have it. A user error — no
+   deployment or entrypoint, an import that fails, no such attribute, not a
+   flow — ends the run FAILED with a message saying what to fix, and counts
+   as reported.
 4. **Resume**: read what earlier attempts left (:mod:`engine._core.resume`).
 5. **Run** the flow with the run's stored parameters through the flow
    engine (validated and coerced as a call's are; bad ones end FAILED),
@@ -24,8 +27,11 @@ agentless run never stays Running), and the exit code is still 1.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import msgspec
@@ -84,9 +90,9 @@ def _claim(reporter: StackReporter, run: FlowRun) -> tuple[bool, State, str | No
         return reply.status is Decision.ACCEPT, reply.state, reply.reason
 
 
-def _load_flow(
+def _read_deployment(
     reporter: StackReporter, run: FlowRun, deployment: Deployment | None
-) -> Flow[..., Any]:
+) -> Deployment:
     if run.deployment_id is None:
         raise EntrypointError(
             f"flow run {run.name!r} has no deployment, so there is no entrypoint to load"
@@ -98,12 +104,31 @@ def _load_flow(
             )
         except DeploymentNotFound as exc:
             raise EntrypointError(f"the run's deployment is gone: {exc.message}") from None
+    return deployment
+
+
+def _load_flow(deployment: Deployment) -> Flow[..., Any]:
     if not deployment.entrypoint:
         raise EntrypointError(
             f"deployment {deployment.full_name!r} has no entrypoint; register it with "
             "entrypoint='path/to/file.py:flow' or 'package.module:flow'"
         )
     return load_entrypoint(deployment.entrypoint, deployment.path)
+
+
+@contextlib.contextmanager
+def _environment(env: dict[str, str]) -> Iterator[None]:
+    """``env`` over this process's environment for a while, then as it was."""
+    before = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _fail(reporter: StackReporter, info: FlowRunInfo, message: str) -> bool:
@@ -143,7 +168,7 @@ def execute_flow_run(
         if not accepted:
             return Execution(EXIT_NOT_REPORTED, run.id, current, f"not executed: {reason}")
     try:
-        return _execute_claimed(reporter, run, info, deployment)
+        return _execute_claimed(reporter, run, info, deployment, own_env=attempt is None)
     except Abort as exc:
         return Execution(EXIT_NOT_REPORTED, run.id, info.state, f"stopped: {exc}")
     except BaseException as exc:
@@ -160,12 +185,33 @@ def execute_flow_run(
 
 
 def _execute_claimed(
-    reporter: StackReporter, run: FlowRun, info: FlowRunInfo, deployment: Deployment | None
+    reporter: StackReporter,
+    run: FlowRun,
+    info: FlowRunInfo,
+    deployment: Deployment | None,
+    *,
+    own_env: bool,
 ) -> Execution:
     where = f" (claim attempt {reporter.attempt_of(run.id)})" if reporter.attempt_of(run.id) else ""
     reporter.log_line(run.id, logging.INFO, f"executing flow run {run.name!r}{where}")
     try:
-        flow = _load_flow(reporter, run, deployment)
+        deployment = _read_deployment(reporter, run, deployment)
+    except EntrypointError as exc:
+        if _fail(reporter, info, exc.message):
+            return Execution(EXIT_REPORTED, run.id, info.state, exc.message)
+        return Execution(EXIT_NOT_REPORTED, run.id, info.state, f"not reported: {exc.message}")
+    # A runner started this process with the flow runner's environment; a run
+    # executed where it was claimed (--execute) gets it here, for its duration.
+    env = dict(deployment.infrastructure.env) if own_env else {}
+    with _environment(env):
+        return _load_and_run(reporter, run, info, deployment)
+
+
+def _load_and_run(
+    reporter: StackReporter, run: FlowRun, info: FlowRunInfo, deployment: Deployment
+) -> Execution:
+    try:
+        flow = _load_flow(deployment)
     except EntrypointError as exc:
         if _fail(reporter, info, exc.message):
             return Execution(EXIT_REPORTED, run.id, info.state, exc.message)

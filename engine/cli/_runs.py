@@ -221,7 +221,8 @@ def retry(
     canonical = _run_id(run_id)
 
     async def command(client: Client) -> FlowRun:
-        return await client.retry_flow_run(canonical, from_task=from_task)
+        # --execute: marked agentless, so no runner serving the queue takes it first.
+        return await client.retry_flow_run(canonical, from_task=from_task, agentless=execute)
 
     retried = with_client(command)
     if not as_json or not execute:

@@ -217,7 +217,12 @@ class Client:
         return await self._request(names.FLOWRUN_LIST, req, FlowRunPage)
 
     async def retry_flow_run(
-        self, run_id: str, *, from_task: str | None = None, message: str | None = None
+        self,
+        run_id: str,
+        *,
+        from_task: str | None = None,
+        message: str | None = None,
+        agentless: bool = False,
     ) -> FlowRun:
         """Send a finished run back to Scheduled (AwaitingRetry) to run again.
 
@@ -225,7 +230,8 @@ class Client:
         Resumed) — except, with ``from_task`` (a task name, key or run name),
         that task and every task after it. Raises Conflict if the run has not
         finished or the orchestrator refuses, InvalidParameters if no task
-        matches ``from_task``.
+        matches ``from_task``. ``agentless``: the caller executes the retry
+        itself; no runner takes it.
         """
         run = await self.read_flow_run(run_id)
         if not run.state.is_terminal:
@@ -247,7 +253,9 @@ class Client:
         state = ProposedState(
             type=StateType.SCHEDULED, name=AWAITING_RETRY, message=message or default, data=data
         )
-        reply = await self.propose_state(run.id, state, transition_id=str(uuid.uuid4()), retry=True)
+        reply = await self.propose_state(
+            run.id, state, transition_id=str(uuid.uuid4()), retry=True, agentless=agentless
+        )
         if reply.status is not Decision.ACCEPT:
             raise Conflict(f"the retry was refused: {reply.reason}")
         return reply.flow_run or await self.read_flow_run(run.id)
@@ -277,6 +285,7 @@ class Client:
         runner: str | None = None,
         retry: bool = False,
         release: bool = False,
+        agentless: bool = False,
     ) -> ProposeReply:
         req = ProposeState(
             id=run_id,
@@ -286,6 +295,7 @@ class Client:
             runner=runner,
             retry=retry,
             release=release,
+            agentless=agentless,
         )
         return await self._request(names.FLOWRUN_PROPOSE, req, ProposeReply)
 

@@ -1,8 +1,10 @@
 """Runners: take dispatched flow runs and run each in its own process.
 
-Owns the :class:`Runner` (taking work and claiming it: ``_runner``; starting
-and watching a claimed run: ``_supervise``; heartbeats, kill requests and
-leftovers: ``_upkeep``), :func:`serve`, every flow runner (subprocess and
+Owns the :class:`Runner` (taking work and claiming it: ``_runner``; what it
+serves: ``_serving``; single runs, cancelling and stopping: ``_stopping``;
+the blocking methods: ``_facade``; starting and watching a claimed run:
+``_supervise``; heartbeats, kill requests and leftovers: ``_upkeep``),
+:func:`serve`, every flow runner (subprocess and
 universal: ``_subprocess``; standbys: ``_standby_pool``/``_standby``; the fork
 server: ``_fork``/``_forkserver``; Docker: ``_docker``), the flow-run
 process's program (``_process``, what ``python -m engine`` runs), the
@@ -21,11 +23,15 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from engine.runner._runner import Runner
-    from engine.runner._serve import serve
+    from engine.runner._serve import aserve, serve
 
-__all__ = ["Runner", "serve"]
+__all__ = ["Runner", "aserve", "serve"]
 
-_LAZY = {"Runner": "engine.runner._runner", "serve": "engine.runner._serve"}
+_LAZY = {
+    "Runner": "engine.runner._runner",
+    "serve": "engine.runner._serve",
+    "aserve": "engine.runner._serve",
+}
 
 
 def __getattr__(name: str) -> Any:

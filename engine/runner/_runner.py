@@ -16,9 +16,20 @@ default), waits for it, and if the process ended without the engine having
 reported a final state, marks the run Crashed with a message that explains
 the exit code.
 
+Stopping drains: the runner takes no new work, lets the runs in progress
+finish for up to ``drain_seconds``, then kills what is left (their runs end
+Crashed, saying the runner stopped). Asking to stop again, or with
+``now=True``, ends the drain at once.
+
+Deployments made from a flow here (``add_flow``, ``serve``) without a
+``queue`` go on a queue of this runner's own (:func:`private_queue`), so no
+runner serving a shared queue takes their runs.
+
 This module takes work and claims it; starting and watching a claimed run
-is :mod:`engine.runner._supervise`, and heartbeats, kill requests and what a
-previous instance left behind are :mod:`engine.runner._upkeep`.
+is :mod:`engine.runner._supervise`, heartbeats, kill requests and what a
+previous instance left behind are :mod:`engine.runner._upkeep`, and the
+blocking methods (``add_flow``, ``start``, ``stop`` …) that plain code calls
+are :mod:`engine.runner._facade`.
 """
 
 from __future__ import annotations
@@ -27,7 +38,6 @@ import contextlib
 import hashlib
 import logging
 import uuid
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -39,7 +49,9 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from engine.client import Client
-from engine.deployments import RunnerDeployment
+from engine.runner._facade import _Facade
+from engine.runner._serving import _Serving, private_queue
+from engine.runner._stopping import _Stopping
 from engine.runner._subprocess import FlowRunner, SubprocessFlowRunner
 from engine.runner._supervise import _Supervise
 from engine.runner._upkeep import _Active, _Upkeep
@@ -53,9 +65,9 @@ from shared.settings import Settings
 from shared.states import StateType
 
 if TYPE_CHECKING:
-    from engine.flows import Flow
+    pass
 
-__all__ = ["Runner"]
+__all__ = ["Runner", "private_queue"]
 
 log = logging.getLogger("sluice.runner")
 
@@ -63,6 +75,9 @@ DEFAULT_LIMIT = 5
 #: Seconds an item a runner fetched but did not answer stays with it: how soon
 #: the work of a runner that died holding items goes to another one.
 ACK_WAIT = 5.0
+#: Seconds a stopping runner lets its runs in progress finish before killing them.
+#: Compose's ``stop_grace_period`` for a runner must exceed this plus ``kill_grace``.
+DEFAULT_DRAIN_SECONDS = 30.0
 
 
 def _check_name(name: str) -> str:
@@ -71,7 +86,7 @@ def _check_name(name: str) -> str:
     return name
 
 
-class Runner(_Supervise, _Upkeep):
+class Runner(_Facade, _Serving, _Stopping, _Supervise, _Upkeep):
     """Runs flow runs of the deployments it serves, or of a whole queue.
 
     ``query_seconds`` is how long one request for work waits on the server
@@ -79,7 +94,19 @@ class Runner(_Supervise, _Upkeep):
     idle runner re-asks). ``prefetch_seconds``: an item due within that
     window is taken now and started at its time. ``limit`` caps the runs in
     progress. ``pause_on_shutdown`` pauses the schedules of the deployments
-    this runner added when it stops.
+    this runner added when it stops. ``drain_seconds``: how long a stopping
+    runner lets its runs in progress finish before it kills them.
+
+    Every method comes twice: a blocking one with the plain name
+    (``add_flow``, ``start``, ``stop``, ``execute_flow_run`` …) for plain
+    code, as in Prefect's examples, and an awaitable one with an ``a``
+    prefix (``aadd_flow``, ``astart`` …) for async code. Why not one name
+    that is blocking or awaitable depending on whether an event loop runs
+    (Prefect's ``sync_compatible``)? A call's meaning would depend on its
+    caller: the same line registers a deployment in a script and silently
+    does nothing in a coroutine whose result nobody awaits. With two names
+    each call does one thing, type checkers see it, and a blocking method
+    called inside an event loop raises at once, naming its async twin.
     """
 
     def __init__(
@@ -97,6 +124,7 @@ class Runner(_Supervise, _Upkeep):
         code_path: str | None = None,
         heartbeat_seconds: float | None = None,
         clock: Clock | None = None,
+        drain_seconds: float = DEFAULT_DRAIN_SECONDS,
     ) -> None:
         self.name = _check_name(name or f"runner-{uuid.uuid4().hex[:8]}")
         self.query_seconds = query_seconds
@@ -111,6 +139,9 @@ class Runner(_Supervise, _Upkeep):
         self.code_path = code_path
         self.clock: Clock = clock or SystemClock()
         self.heartbeat_seconds = heartbeat_seconds or self.settings.heartbeat_interval
+        if drain_seconds < 0:
+            raise ValueError(f"drain_seconds must be >= 0, not {drain_seconds}")
+        self.drain_seconds = drain_seconds
         self._client: Client | None = None
         self._deployments: dict[str, Deployment] = {}
         self._served: list[str] = []
@@ -119,77 +150,43 @@ class Runner(_Supervise, _Upkeep):
         #: Runs claimed and not yet finished (id -> claim attempt), for heartbeats.
         self._held: dict[str, int] = {}
         self._stop = anyio.Event()
+        self._hurry = anyio.Event()
+        self._idle = anyio.Event()
         self._started = False
+        self._draining = False
         self._shutting_down = False
-
-    # --- what to serve ------------------------------------------------------------
-    async def _connected(self) -> Client:
-        if self._client is None:
-            client = Client(self.settings)
-            await client.__aenter__()
-            self._client = client
-        return self._client
-
-    @contextlib.asynccontextmanager
-    async def _session(self) -> AsyncIterator[Client]:
-        """The running runner's connection, or a connection for this call only."""
-        if self._client is not None:
-            yield self._client
-            return
-        async with Client(self.settings) as client:
-            yield client
-
-    async def add_deployment(self, deployment: RunnerDeployment) -> str:
-        """Register the deployment with the stack and serve it; returns its id."""
-        async with self._session() as client:
-            stored = await client.register_deployment(deployment.to_request())
-        self._deployments[stored.id] = stored
-        if stored.id not in self._served:
-            self._served.append(stored.id)
-        return stored.id
-
-    async def serve_deployment(self, ref: str) -> str:
-        """Serve an already registered deployment (``flow/name``, a bare flow name, or an id)."""
-        async with self._session() as client:
-            try:
-                uuid.UUID(ref)
-                stored = await client.read_deployment(id=ref)
-            except ValueError:
-                stored = await client.read_deployment(ref)
-        self._deployments[stored.id] = stored
-        if stored.id not in self._served:
-            self._served.append(stored.id)
-        return stored.id
-
-    async def add_flow(self, flow: Flow[Any, Any], name: str | None = None, **kwargs: Any) -> str:
-        """Serve ``flow`` as a deployment (``flow.to_deployment`` arguments)."""
-        deployment = RunnerDeployment.from_flow(flow, name or self.name, **kwargs)
-        return await self.add_deployment(deployment)
-
-    @property
-    def in_progress(self) -> int:
-        return len(self._active)
+        #: Dispatch items being taken (claimed, prefetched or run), for the drain.
+        self._taking = 0
+        #: The started runner's event loop and task group for its runs.
+        self._token: Any = None
+        self._runs: anyio.abc.TaskGroup | None = None
+        self._background: list[Any] = []
 
     # --- running --------------------------------------------------------------------
-    async def start(
+    async def astart(
         self,
         run_once: bool = False,
         *,
         task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Take and run work until :meth:`stop` is called or the task is cancelled.
+        """Take and run work until :meth:`astop` is called or the task is cancelled.
 
         With ``run_once``, take what is waiting now (up to ``limit``), run it to
-        the end, and return. On the way out the runner stops taking work,
-        pauses its deployments' schedules if ``pause_on_shutdown``, and kills
-        the processes of runs still in progress (their runs end Crashed,
-        saying the runner stopped), so no process outlives it.
+        the end, and return. Once stopped, the runner takes no new work and
+        lets its runs in progress finish for up to ``drain_seconds`` (a second
+        stop, or ``astop(now=True)``, cuts that short). Then it kills the
+        processes of runs still in progress (their runs end Crashed, saying
+        the runner stopped), so no process outlives it, and pauses its
+        deployments' schedules if ``pause_on_shutdown``. Cancelling the task
+        skips the drain. Raises ValueError when there is nothing to serve.
         """
         if not self._served and self.queue is None:
             raise ValueError("nothing to serve: add a deployment or flow, or give queue=")
         client = await self._connected()
         self._started = True
-        self._stop = anyio.Event()
+        self._stop, self._hurry = anyio.Event(), anyio.Event()
+        self._draining = self._shutting_down = False
+        self._token = anyio.lowlevel.current_token()
         try:
             async with contextlib.AsyncExitStack() as infra:
                 if hasattr(self.flow_runner, "__aenter__"):  # e.g. a fork server to start
@@ -198,6 +195,7 @@ class Runner(_Supervise, _Upkeep):
                     beats.start_soon(self._heartbeats, client)
                     await beats.start(self._serve_kills, client)
                     async with anyio.create_task_group() as runs:
+                        self._runs = runs
                         await self._reconcile(client)
                         subs = [
                             await self._subscribe_when_ready(client, f) for f in self._consumers()
@@ -211,27 +209,14 @@ class Runner(_Supervise, _Upkeep):
                                     pullers.start_soon(self._pull, sub, runs)
                                 await self._stop.wait()
                                 pullers.cancel_scope.cancel()
+                            await self._drain()
                             await self._shutdown(runs)
                     beats.cancel_scope.cancel()
         finally:
+            self._runs = None
+            self._started = False
             with anyio.CancelScope(shield=True):
                 await self._close()
-
-    async def stop(self) -> None:
-        """Ask a started runner to stop. Raises RuntimeError if it never started."""
-        if not self._started:
-            raise RuntimeError(f"runner {self.name!r} was never started")
-        self._stop.set()
-
-    async def execute_flow_run(self, flow_run_id: str) -> FlowRun:
-        """Claim one run, run it in its infrastructure, and return it when its process ends."""
-        async with self._session() as client:
-            run = await client.read_flow_run(flow_run_id)
-            async with self._slots:
-                claimed = await self._claim(client, run.id, run.attempt)
-                if claimed is not None:
-                    await self._run(client, *claimed)
-            return await client.read_flow_run(flow_run_id)
 
     # --- consuming dispatch items -------------------------------------------------------
     def _consumers(self) -> list[list[str]]:
@@ -310,6 +295,7 @@ class Runner(_Supervise, _Upkeep):
                 runs.start_soon(self._take, msgs[0], token)
 
     async def _take(self, msg: Msg, token: object) -> None:
+        self._taking += 1
         try:
             client = await self._connected()
             try:
@@ -323,6 +309,9 @@ class Runner(_Supervise, _Upkeep):
                 await msg.nak(delay=early - self.prefetch_seconds)
                 return
             while early > 0:  # prefetched: hold the slot and the item, start on time
+                if self._draining:  # stopping: not ours to start any more
+                    await msg.nak()
+                    return
                 await msg.in_progress()
                 with anyio.move_on_after(ACK_WAIT / 2):
                     await self.clock.sleep_until(item.scheduled_time)
@@ -342,7 +331,9 @@ class Runner(_Supervise, _Upkeep):
             with contextlib.suppress(Exception):
                 await msg.nak(delay=1.0)
         finally:
+            self._taking -= 1
             self._slots.release_on_behalf_of(token)
+            self._note_idle()
 
     async def _claim(
         self, client: Client, run_id: str, attempt: int, msg: Msg | None = None
@@ -373,22 +364,3 @@ class Runner(_Supervise, _Upkeep):
         # An orchestrator that does not send them: read them.
         run = reply.flow_run or await client.read_flow_run(run_id)
         return run, reply.deployment
-
-    # --- stopping ---------------------------------------------------------------------
-    async def _shutdown(self, runs: anyio.abc.TaskGroup) -> None:
-        self._shutting_down = True
-        with anyio.CancelScope(shield=True):
-            async with anyio.create_task_group() as killers:
-                for active in list(self._active.values()):
-                    active.stopping = True
-                    killers.start_soon(active.process.kill, self.kill_grace)
-
-    async def _close(self) -> None:
-        client, self._client = self._client, None
-        if client is None:
-            return
-        if self.pause_on_shutdown:
-            for deployment_id in self._served:
-                with contextlib.suppress(SluiceError):
-                    await client.pause_deployment(id=deployment_id)
-        await client.__aexit__(None, None, None)

@@ -5,16 +5,18 @@
 
 It registers the deployments, prints what is served and how to start a run,
 and runs a :class:`~engine.runner._runner.Runner` for them. Ctrl-C or SIGTERM stops
-taking work, pauses the deployments' schedules (``pause_on_shutdown``) and
-stops every flow-run process it started.
+taking work and drains: the runs in progress may finish for up to
+``drain_seconds`` (a second Ctrl-C ends that at once); then every flow-run
+process it started is stopped and the deployments' schedules are paused
+(``pause_on_shutdown``). Deployments without a ``queue`` are served only
+here (see :mod:`engine.runner._serving`). ``aserve`` is the same for async
+code, without the signal handling: cancel its task, or run it until done.
 """
 
 from __future__ import annotations
 
-import signal
 from typing import Any
 
-import anyio
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
@@ -22,7 +24,7 @@ from rich.table import Table
 from engine.deployments import RunnerDeployment
 from engine.runner._runner import Runner
 
-__all__ = ["serve"]
+__all__ = ["aserve", "serve"]
 
 
 def _panel(runner: Runner, deployments: tuple[RunnerDeployment, ...]) -> Panel:
@@ -50,21 +52,42 @@ def serve(
     print_starting_message: bool = True,
     **runner_options: Any,
 ) -> None:
-    """Serve ``deployments`` from this process until interrupted. Blocks."""
+    """Serve ``deployments`` from this process until interrupted. Blocks.
+
+    ``runner_options`` go to the :class:`Runner` (``name``, ``drain_seconds`` …).
+    Raises RuntimeError when called inside an event loop (use :func:`aserve`).
+    """
+    runner = _runner(deployments, limit, pause_on_shutdown, runner_options)
+    for deployment in deployments:
+        runner.add_deployment(deployment)
+    if print_starting_message:
+        Console().print(_panel(runner, deployments))
+    runner.start()
+
+
+async def aserve(
+    *deployments: RunnerDeployment,
+    limit: int | None = None,
+    pause_on_shutdown: bool = True,
+    print_starting_message: bool = True,
+    **runner_options: Any,
+) -> None:
+    """:func:`serve` for async code: returns when the task is cancelled (the
+    runner then stops without draining)."""
+    runner = _runner(deployments, limit, pause_on_shutdown, runner_options)
+    for deployment in deployments:
+        await runner.aadd_deployment(deployment)
+    if print_starting_message:
+        Console().print(_panel(runner, deployments))
+    await runner.astart()
+
+
+def _runner(
+    deployments: tuple[RunnerDeployment, ...],
+    limit: int | None,
+    pause_on_shutdown: bool,
+    options: dict[str, Any],
+) -> Runner:
     if not deployments:
         raise ValueError("serve() needs at least one deployment (flow.to_deployment(...))")
-    runner = Runner(limit=limit, pause_on_shutdown=pause_on_shutdown, **runner_options)
-
-    async def main() -> None:
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            for deployment in deployments:
-                await runner.add_deployment(deployment)
-            if print_starting_message:
-                Console().print(_panel(runner, deployments))
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(runner.start)
-                async for _ in signals:
-                    break
-                await runner.stop()
-
-    anyio.run(main)
+    return Runner(limit=limit, pause_on_shutdown=pause_on_shutdown, **options)

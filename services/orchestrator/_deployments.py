@@ -8,14 +8,12 @@ Registering the same version again updates it in place (same id).
 from __future__ import annotations
 
 import uuid
-import zoneinfo
 from collections.abc import Iterable
 
 import msgspec
-from croniter import croniter
-from dateutil import rrule
 
 from shared.clock import Clock
+from shared.codec import decode_request
 from shared.errors import AmbiguousName, DeploymentNotFound, MalformedRequest
 from shared.messages import (
     Deleted,
@@ -24,7 +22,8 @@ from shared.messages import (
     ListDeployments,
     RegisterDeployment,
 )
-from shared.models import CronSchedule, Deployment, IntervalSchedule, RRuleSchedule
+from shared.models import Deployment
+from shared.schedules import check_schedule, with_schedule_types
 
 from . import _params
 from ._store import DeploymentStore, NameIndex, Stale
@@ -35,25 +34,26 @@ CAS_ATTEMPTS = 20
 def check_schedules(req: RegisterDeployment) -> None:
     """Refuse invalid cron, rrule or time zone text, naming the field."""
     for i, item in enumerate(req.schedules):
-        where = f"schedules[{i}].schedule"
-        sched = item.schedule
         try:
-            zoneinfo.ZoneInfo(sched.timezone)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            raise MalformedRequest(
-                f"{where}.timezone: unknown time zone {sched.timezone!r}"
-            ) from None
-        if isinstance(sched, CronSchedule) and not croniter.is_valid(sched.cron):
-            raise MalformedRequest(f"{where}.cron: invalid cron expression {sched.cron!r}")
-        if isinstance(sched, RRuleSchedule):
-            try:
-                rrule.rrulestr(sched.rrule)
-            except (ValueError, TypeError) as exc:
-                raise MalformedRequest(
-                    f"{where}.rrule: invalid rrule {sched.rrule!r}: {exc}"
-                ) from None
-        if isinstance(sched, IntervalSchedule) and sched.interval <= 0:
-            raise MalformedRequest(f"{where}.interval: must be positive")
+            check_schedule(item.schedule, f"schedules[{i}].schedule")
+        except ValueError as exc:
+            raise MalformedRequest(str(exc)) from None
+
+
+def decode_register(data: bytes, max_bytes: int) -> RegisterDeployment:
+    """Decode ``deployment.register``, accepting the seeds' dict form of a
+    schedule (``{"cron": "0 * * * *"}``, no ``type``) as well as the tagged one."""
+    try:
+        return decode_request(data, RegisterDeployment, max_bytes=max_bytes)
+    except MalformedRequest as first:
+        try:
+            raw = msgspec.json.decode(data)
+        except msgspec.DecodeError:
+            raise first from None
+        fixed = with_schedule_types(raw)
+        if fixed == raw:
+            raise
+        return decode_request(msgspec.json.encode(fixed), RegisterDeployment, max_bytes=max_bytes)
 
 
 def _is_uuid(text: str) -> bool:

@@ -210,6 +210,8 @@ def apply(ctx: Context, state: State) -> FlowRun:
             changes["runner"] = None  # back to the queue
         if ctx.proposal.retry:
             changes["end_time"] = None
+            if ctx.proposal.agentless:  # executed by whoever asked; never dispatched
+                changes["agentless"] = True
     if state.type in TERMINAL_TYPES:
         changes["end_time"] = ctx.now
     if ctx.proposal.transition_id:

@@ -46,7 +46,7 @@ from shared.messages import (
 from shared.models import FlowRun
 from shared.settings import Settings
 
-from ._deployments import Deployments
+from ._deployments import Deployments, decode_register
 from ._publish import Publisher
 from ._readmodel import ReadModel
 from ._recovery import recover
@@ -189,6 +189,8 @@ class Orchestrator(Service):
         limit = self.settings.max_request_bytes
 
         async def handle(msg: Msg) -> R:
+            if type_ is RegisterDeployment:  # takes the seeds' dict form of schedules too
+                return await fn(decode_register(msg.data, limit))
             return await fn(decode_request(msg.data, type_, max_bytes=limit))
 
         return handle

@@ -62,6 +62,14 @@ def options() -> argparse.ArgumentParser:
         help="processes kept started ahead, connected and waiting for the next run "
         "(default 1; 2 with --fork; 0: start each when its run comes)",
     )
+    p.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=float(env("SLUICE_RUNNER_DRAIN_SECONDS", "30")),
+        metavar="S",
+        help="on SIGTERM/SIGINT, let runs in progress finish for up to S seconds before "
+        "killing them (default 30; a second signal kills at once)",
+    )
     return p
 
 
@@ -80,6 +88,7 @@ def service(settings: Settings, args: argparse.Namespace) -> RunnerService:
         register=args.register,
         fork=args.fork,
         standby=None if args.standby < 0 else args.standby,
+        drain_seconds=args.drain_seconds,
     )
 
 

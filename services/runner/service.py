@@ -2,9 +2,11 @@
 
 It serves a queue (every deployment whose runs are dispatched there) and/or
 chosen deployments, runs each flow run in its own process, and on shutdown
-stops taking work and leaves no process behind. Flow code is found at each
-deployment's ``path``, or under ``code_path`` when the code lives elsewhere
-on this host (a container, another machine).
+stops taking work, lets the runs in progress finish for up to
+``drain_seconds`` (a second signal: not at all), and leaves no process
+behind. Flow code is found at each deployment's ``path``, or under
+``code_path`` when the code lives elsewhere on this host (a container,
+another machine).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import anyio
 from engine.deployments import load_specs
 from engine.runner import Runner
 from engine.runner._fork import ForkServerFlowRunner
+from engine.runner._runner import DEFAULT_DRAIN_SECONDS
 from engine.runner._subprocess import FlowRunner, SubprocessFlowRunner
 from services._service import Service
 from shared.settings import Settings
@@ -39,6 +42,7 @@ class RunnerService(Service):
         register: Sequence[str] = (),
         fork: bool = False,
         standby: int | None = None,
+        drain_seconds: float | None = None,
     ) -> None:
         super().__init__()
         # Processes started ahead of their runs (engine.runner._standby): standbys of
@@ -60,6 +64,7 @@ class RunnerService(Service):
             code_path=code_path,
             pause_on_shutdown=pause_on_shutdown,
             flow_runner=flow_runner,
+            drain_seconds=DEFAULT_DRAIN_SECONDS if drain_seconds is None else drain_seconds,
         )
         self._deployments = list(deployments)
         #: Deployment spec files to register (and serve) at start.
@@ -67,14 +72,15 @@ class RunnerService(Service):
 
     async def _start(self, stack: AsyncExitStack) -> None:
         for ref in self._deployments:
-            await self.runner.serve_deployment(ref)
+            await self.runner.aserve_deployment(ref)
         for spec_file in self._register:
             for deployment in load_specs(spec_file):
-                await self.runner.add_deployment(deployment)
+                await self.runner.aadd_deployment(deployment)
                 self._deployments.append(deployment.full_name)
         tg = await stack.enter_async_context(anyio.create_task_group())
-        await tg.start(self.runner.start)
-        stack.push_async_callback(self.runner.stop)
+        await tg.start(self.runner.astart)
+        # Leaving stops taking work and drains (``drain_seconds``) before killing.
+        stack.push_async_callback(self.runner.astop)
         log.info(
             "runner %s serving %s (limit %d)",
             self.runner.name,
@@ -83,3 +89,8 @@ class RunnerService(Service):
             ),
             self.runner.limit,
         )
+
+    async def hurry(self) -> None:
+        """A second stop signal: end the drain, kill the runs in progress now."""
+        if self.runner.started:
+            await self.runner.astop(now=True)

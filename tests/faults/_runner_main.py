@@ -24,14 +24,15 @@ async def main(name: str, deployment_id: str, limit: str) -> None:
         flow_runner=ScriptFlowRunner(script=FLOWPROC),
         query_seconds=1.0,
         kill_grace=1.0,
+        drain_seconds=0.0,  # a stop kills at once: these tests are about the kill paths
     )
-    await runner.serve_deployment(deployment_id)
+    await runner.aserve_deployment(deployment_id)
     async with anyio.create_task_group() as tg:
-        tg.start_soon(runner.start)
+        tg.start_soon(runner.astart)
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for _ in signals:
                 break  # a clean stop: the runner's own shutdown stops its processes
-        await runner.stop()
+        await runner.astop()
 
 
 if __name__ == "__main__":

@@ -90,7 +90,7 @@ def fuzz(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzz]:
                 nc = portal.call(nats.connect, server.url)
                 f = Fuzz(portal, nc, settings)
                 f.deployment_id = portal.call(
-                    runner.add_deployment,
+                    runner.aadd_deployment,
                     RunnerDeployment(
                         name="d",
                         flow_name="fuzzed",
@@ -99,7 +99,7 @@ def fuzz(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzz]:
                         concurrency_limit=2,
                     ),
                 )
-                portal.start_task_soon(runner.start)
+                portal.start_task_soon(runner.astart)
 
                 async def seed_runs() -> list[str]:
                     async with Client(settings) as c:
@@ -110,7 +110,7 @@ def fuzz(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzz]:
 
                 f.run_ids = portal.call(seed_runs)
                 yield f
-                portal.call(runner.stop)
+                portal.call(runner.astop)
                 portal.call(nc.close)
     finally:
         server.stop()

@@ -15,8 +15,8 @@ from tests.runner._script import ScriptFlowRunner
 
 async def main(name: str, deployment_id: str) -> None:
     runner = Runner(name=name, flow_runner=ScriptFlowRunner(), query_seconds=1.0)
-    await runner.serve_deployment(deployment_id)
-    await runner.start()
+    await runner.aserve_deployment(deployment_id)
+    await runner.astart()
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ def deployment(flow: str, **kw: object) -> RunnerDeployment:
 def runner(settings: Settings, **kw: object) -> Runner:
     kw.setdefault("flow_runner", ScriptFlowRunner())
     kw.setdefault("kill_grace", 2.0)
+    kw.setdefault("drain_seconds", 0.0)  # a stop kills at once (the drain: test_seeds_runner)
     return Runner(settings=settings, query_seconds=1.0, **kw)  # type: ignore[arg-type]
 
 
@@ -44,10 +45,10 @@ def runner(settings: Settings, **kw: object) -> Runner:
 async def running(*runners: Runner) -> AsyncIterator[None]:
     async with anyio.create_task_group() as tg:
         for r in runners:
-            tg.start_soon(r.start)
+            tg.start_soon(r.astart)
         yield
         for r in runners:
-            await r.stop()
+            await r.astop()
 
 
 async def until_running(client: Client, run_id: str) -> None:
@@ -78,7 +79,7 @@ async def test_two_runners_share_work_within_their_limits(
         runner(settings, name=f"big-{unique}", limit=3),
     )
     for r in (small, big):
-        await r.add_deployment(deployment(f"f{unique}"))
+        await r.aadd_deployment(deployment(f"f{unique}"))
     async with running(small, big):
         runs = [
             await client.create_flow_run(f"f{unique}/d", parameters={"sleep": 0.2})
@@ -117,7 +118,7 @@ async def test_an_unreported_exit_is_crashed_with_an_explanation(
     expected: str,
 ) -> None:
     r = runner(settings, name=f"r-{unique}")
-    await r.add_deployment(deployment(f"f{unique}"))
+    await r.aadd_deployment(deployment(f"f{unique}"))
     async with running(r):
         run = await client.create_flow_run(f"f{unique}/d", parameters=params)
         final = await client.wait_for_flow_run(run.id)
@@ -130,7 +131,7 @@ async def test_a_start_failure_crashes_the_run(
 ) -> None:
     broken = SubprocessFlowRunner(virtualenv="/nonexistent/venv")
     r = runner(settings, name=f"r-{unique}", flow_runner=broken)
-    await r.add_deployment(deployment(f"f{unique}"))
+    await r.aadd_deployment(deployment(f"f{unique}"))
     async with running(r):
         run = await client.create_flow_run(f"f{unique}/d")
         final = await client.wait_for_flow_run(run.id)
@@ -146,7 +147,7 @@ async def test_a_dispatch_delivered_twice_runs_once(
         runner(settings, name=f"a-{unique}"),
         runner(settings, name=f"b-{unique}", queue=queue),
     )
-    dep_id = await a.add_deployment(deployment(f"f{unique}", queue=queue))
+    dep_id = await a.aadd_deployment(deployment(f"f{unique}", queue=queue))
     async with running(a, b):
         run = await client.create_flow_run(f"f{unique}/d", parameters={"sleep": 0.3})
         # the same item again, as a redelivery or a second publisher would send it
@@ -168,9 +169,9 @@ async def test_run_once_runs_what_is_waiting_and_returns(
     orchestrator: Orchestrator, client: Client, settings: Settings, unique: str
 ) -> None:
     r = runner(settings, name=f"r-{unique}", limit=4)
-    await r.add_deployment(deployment(f"f{unique}"))
+    await r.aadd_deployment(deployment(f"f{unique}"))
     runs = [await client.create_flow_run(f"f{unique}/d") for _ in range(3)]
-    await r.start(run_once=True)
+    await r.astart(run_once=True)
     for run in runs:
         assert (await client.read_flow_run(run.id)).state.type is StateType.COMPLETED
 
@@ -179,16 +180,16 @@ async def test_execute_flow_run(
     orchestrator: Orchestrator, client: Client, settings: Settings, unique: str
 ) -> None:
     r = runner(settings, name=f"r-{unique}")
-    await r.add_deployment(deployment(f"f{unique}"))
+    await r.aadd_deployment(deployment(f"f{unique}"))
     run = await client.create_flow_run(f"f{unique}/d", parameters={"result": 42})
-    final = await r.execute_flow_run(run.id)
+    final = await r.aexecute_flow_run(run.id)
     assert final.state.type is StateType.COMPLETED
     assert final.state.data == 42
 
 
 async def test_stop_before_start_and_bad_names(settings: Settings) -> None:
-    with pytest.raises(RuntimeError, match="never started"):
-        await Runner(settings=settings).stop()
+    with pytest.raises(RuntimeError, match="not started"):
+        await Runner(settings=settings).astop()
     for bad in ("a/b", "50%"):
         with pytest.raises(ValueError, match="cannot contain"):
             Runner(name=bad, settings=settings)
@@ -198,7 +199,7 @@ async def test_shutdown_pauses_and_leaves_no_process(
     orchestrator: Orchestrator, client: Client, settings: Settings, unique: str
 ) -> None:
     r = runner(settings, name=f"r-{unique}", pause_on_shutdown=True)
-    await r.add_deployment(deployment(f"f{unique}"))
+    await r.aadd_deployment(deployment(f"f{unique}"))
     async with running(r):
         run = await client.create_flow_run(
             f"f{unique}/d", parameters={"sleep": 60, "ignore_term": True}
@@ -219,7 +220,7 @@ async def test_a_deployment_limit_holds_across_runners(
         runner(settings, name=f"b-{unique}", limit=3),
     )
     for r in (a, b):
-        await r.add_deployment(deployment(f"f{unique}", concurrency_limit=1))
+        await r.aadd_deployment(deployment(f"f{unique}", concurrency_limit=1))
     async with running(a, b):
         runs = [
             await client.create_flow_run(f"f{unique}/d", parameters={"sleep": 0.1})
@@ -240,7 +241,7 @@ async def test_runners_heartbeat(
     orchestrator: Orchestrator, client: Client, settings: Settings, unique: str
 ) -> None:
     r = runner(settings, name=f"r-{unique}", heartbeat_seconds=0.2)
-    await r.add_deployment(deployment(f"f{unique}"))
+    await r.aadd_deployment(deployment(f"f{unique}"))
     beats = await client.nc.jetstream().key_value(names.HEARTBEATS_BUCKET)
     async with running(r):
         run = await client.create_flow_run(f"f{unique}/d", parameters={"sleep": 1.0})
@@ -268,7 +269,7 @@ async def test_a_runner_serving_a_queue_and_a_deployment_starts_each_run_once(
     script = ScriptFlowRunner()
     queue = f"q{unique}"  # our own queue: leftovers of other tests stay out
     r = runner(settings, name=f"r-{unique}", queue=queue, flow_runner=script, limit=4)
-    await r.add_deployment(deployment(f"f{unique}", queue=queue))
+    await r.aadd_deployment(deployment(f"f{unique}", queue=queue))
     async with running(r):
         runs = [
             await client.create_flow_run(f"f{unique}/d", parameters={"sleep": 0.2})
@@ -307,7 +308,7 @@ async def test_a_run_that_ends_while_the_orchestrator_is_away_is_still_settled(
             gone.set()
 
         await tg.start(first_orchestrator)
-        await r.add_deployment(deployment(f"f{unique}"))
+        await r.aadd_deployment(deployment(f"f{unique}"))
         async with running(r):
             run = await client.create_flow_run(f"f{unique}/d", parameters={"sleep": 600})
             await until_running(client, run.id)

@@ -55,7 +55,7 @@ async def _serving(
     await deploy_flows(client, tmp_path, FLOW.format(name=unique), {unique: "pid"})
     monkeypatch.setenv("SLUICE_NATS_URL", settings.nats_url)
     r = Runner(name=f"sb-{unique}", settings=settings, flow_runner=flow_runner)
-    await r.serve_deployment(f"{unique}/d")
+    await r.aserve_deployment(f"{unique}/d")
     return r
 
 

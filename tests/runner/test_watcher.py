@@ -72,7 +72,7 @@ async def test_cancel_a_running_run(
     watcher: CancellationWatcher, client: Client, fast: Settings, unique: str, ignore_term: bool
 ) -> None:
     r = runner(fast, name=f"r-{unique}", kill_grace=0.5, heartbeat_seconds=0.5)
-    await r.add_deployment(deployment(f"f{unique}"))
+    await r.aadd_deployment(deployment(f"f{unique}"))
     async with running(r):
         run = await client.create_flow_run(
             f"f{unique}/d", parameters={"sleep": 120, "ignore_term": ignore_term}
@@ -90,7 +90,7 @@ async def test_many_cancels_at_once(
     watcher: CancellationWatcher, client: Client, fast: Settings, unique: str
 ) -> None:
     r = runner(fast, name=f"r-{unique}", limit=6, heartbeat_seconds=0.5)
-    await r.add_deployment(deployment(f"f{unique}"))
+    await r.aadd_deployment(deployment(f"f{unique}"))
     async with running(r):
         runs = [
             await client.create_flow_run(f"f{unique}/d", parameters={"sleep": 120})
@@ -113,7 +113,7 @@ async def test_a_cancelling_run_without_a_process(
     from shared.messages import ProposedState
 
     dep = Runner(settings=fast)
-    await dep.add_deployment(deployment(f"f{unique}"))
+    await dep.aadd_deployment(deployment(f"f{unique}"))
     run = await client.create_flow_run(f"f{unique}/d")
     await client.propose_state(run.id, ProposedState(type=StateType.RUNNING))
     await client.cancel_flow_run(run.id)
@@ -124,7 +124,7 @@ async def test_a_cancelling_run_without_a_process(
 async def test_a_killed_runner_has_its_runs_crashed(
     watcher: CancellationWatcher, client: Client, fast: Settings, unique: str, tmp_path: Path
 ) -> None:
-    dep_id = await Runner(settings=fast).add_deployment(deployment(f"f{unique}"))
+    dep_id = await Runner(settings=fast).aadd_deployment(deployment(f"f{unique}"))
     env = service_env(fast) | {"PYTHONPATH": str(ROOT), "SLUICE_HEARTBEAT_INTERVAL": "0.5"}
     name = f"doomed-{unique}"
     proc = await runner_process(name, dep_id, env)
@@ -150,7 +150,7 @@ async def test_a_dead_runners_slot_comes_back_and_the_next_run_starts_elsewhere(
 ) -> None:
     """Limit 1: the runner holding the slot is SIGKILLed; the waiting run starts on the other."""
     survivor = runner(fast, name=f"survivor-{unique}", heartbeat_seconds=0.5)
-    dep_id = await survivor.add_deployment(deployment(f"f{unique}", concurrency_limit=1))
+    dep_id = await survivor.aadd_deployment(deployment(f"f{unique}", concurrency_limit=1))
     env = service_env(fast) | {"PYTHONPATH": str(ROOT), "SLUICE_HEARTBEAT_INTERVAL": "0.5"}
     doomed = f"doomed-{unique}"
     proc = await runner_process(doomed, dep_id, env)
@@ -178,7 +178,7 @@ async def test_a_restarted_runner_kills_and_reports_what_it_left_behind(
     orchestrator: Orchestrator, client: Client, fast: Settings, unique: str
 ) -> None:
     name = f"phoenix-{unique}"
-    dep_id = await Runner(settings=fast).add_deployment(deployment(f"f{unique}"))
+    dep_id = await Runner(settings=fast).aadd_deployment(deployment(f"f{unique}"))
     env = service_env(fast) | {
         "PYTHONPATH": str(ROOT),
         "SLUICE_HEARTBEAT_INTERVAL": "0.5",
@@ -193,7 +193,7 @@ async def test_a_restarted_runner_kills_and_reports_what_it_left_behind(
         await proc.wait()
         assert alive(flow_pid)  # left behind, still running
         again = runner(fast, name=name, heartbeat_seconds=0.5)  # the same runner, restarted
-        await again.serve_deployment(dep_id)
+        await again.aserve_deployment(dep_id)
         async with running(again):
             final = await until(client, run.id, StateType.CRASHED)
     finally:
