@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 from engine._core.flow_engine import FlowRunResult, run_flow_async, run_flow_sync
 from engine._core.params import FnSignature
 from engine._core.retry import RetryPolicy
+from engine._core.start import StartTasks
 from engine.executors import Executor, LocalExecutor
 
 if TYPE_CHECKING:
@@ -175,17 +176,28 @@ class Flow(Generic[P, R]):
         return result.state if return_state else result.result()
 
     def run(
-        self, parameters: dict[str, Any] | None = None, *, return_tasks: Iterable[Any] = ()
+        self,
+        parameters: dict[str, Any] | None = None,
+        *,
+        return_tasks: Iterable[Any] = (),
+        start_tasks: Iterable[Any] = (),
+        from_run: str | None = None,
+        start_inputs: dict[Any, dict[str, Any]] | None = None,
     ) -> FlowRunResult[R]:
         """Run a sync flow with ``parameters`` by name; never raises for a failed run.
 
         ``return_tasks`` lists tasks (or task names) whose runs the result
-        keeps. Raises TypeError for an async flow (use :meth:`run_async`) and
-        Abort if the orchestrator aborts the run.
+        keeps. ``start_tasks`` runs only the part of the flow from those
+        tasks on, with the results ``from_run`` (an earlier run of this flow)
+        kept for the tasks before them, and ``start_inputs`` ({task: {arg:
+        value}}) over a start task's arguments; see :mod:`engine._core.start`.
+        Raises TypeError for an async flow (use :meth:`run_async`), ValueError
+        for bad start options, and Abort if the orchestrator aborts the run.
         """
         if self.is_async:
             raise TypeError(f"flow {self.name!r} is async: use `await flow.run_async(...)`")
-        return run_flow_sync(self, (), dict(parameters or {}), return_tasks)
+        start = _start_tasks(start_tasks, from_run, start_inputs)
+        return run_flow_sync(self, (), dict(parameters or {}), return_tasks, start=start)
 
     @overload
     async def run_async(
@@ -193,6 +205,9 @@ class Flow(Generic[P, R]):
         parameters: dict[str, Any] | None = None,
         *,
         return_tasks: Iterable[Any] = (),
+        start_tasks: Iterable[Any] = (),
+        from_run: str | None = None,
+        start_inputs: dict[Any, dict[str, Any]] | None = None,
     ) -> FlowRunResult[T]: ...
 
     @overload
@@ -201,15 +216,36 @@ class Flow(Generic[P, R]):
         parameters: dict[str, Any] | None = None,
         *,
         return_tasks: Iterable[Any] = (),
+        start_tasks: Iterable[Any] = (),
+        from_run: str | None = None,
+        start_inputs: dict[Any, dict[str, Any]] | None = None,
     ) -> FlowRunResult[T]: ...
 
     async def run_async(
-        self, parameters: dict[str, Any] | None = None, *, return_tasks: Iterable[Any] = ()
+        self,
+        parameters: dict[str, Any] | None = None,
+        *,
+        return_tasks: Iterable[Any] = (),
+        start_tasks: Iterable[Any] = (),
+        from_run: str | None = None,
+        start_inputs: dict[Any, dict[str, Any]] | None = None,
     ) -> FlowRunResult[Any]:
         """:meth:`run` for an async flow. Raises TypeError for a sync flow."""
         if not self.is_async:
             raise TypeError(f"flow {self.name!r} is not async: use flow.run(...)")
-        return await run_flow_async(self, (), dict(parameters or {}), return_tasks)
+        start = _start_tasks(start_tasks, from_run, start_inputs)
+        return await run_flow_async(self, (), dict(parameters or {}), return_tasks, start=start)
+
+
+def _start_tasks(
+    tasks: Iterable[Any], from_run: str | None, inputs: dict[Any, dict[str, Any]] | None
+) -> StartTasks | None:
+    tasks = list(tasks)
+    if not tasks:
+        if from_run is not None or inputs:
+            raise ValueError("from_run and start_inputs go with start_tasks")
+        return None
+    return StartTasks(tasks, from_run=from_run, inputs=inputs)
 
 
 @overload

@@ -44,6 +44,7 @@ from shared.states import State
 
 if TYPE_CHECKING:
     from engine._core.resume import ResumePlan
+    from engine._core.start import StartTasks
     from engine.executors import Executor
     from engine.flows import Flow
     from engine.futures import TaskFuture
@@ -155,6 +156,8 @@ class FlowRunContext:
         self._key_counters: dict[str, Iterator[int]] = {}
         #: Results of an earlier attempt that task runs of this one may reuse.
         self.resume: ResumePlan | None = None
+        #: The tasks this run starts from (``flow.run(start_tasks=...)``), if any.
+        self.start: StartTasks | None = None
         #: Futures submitted in this run; the engine waits for all before finishing.
         self.futures: list[TaskFuture[Any]] = []
         #: (run name, final state, exception if known) of failed task runs and subflows.

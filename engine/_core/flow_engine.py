@@ -64,6 +64,7 @@ from shared import telemetry
 from shared.states import StateType
 
 if TYPE_CHECKING:
+    from engine._core.start import StartTasks
     from engine.flows import Flow
 
 __all__ = ["ExistingRun", "FlowRunResult", "run_flow_async", "run_flow_sync"]
@@ -93,9 +94,18 @@ def _start(
     kwargs: dict[str, Any],
     return_tasks: Iterable[Any],
     existing: ExistingRun | None = None,
+    start: StartTasks | None = None,
 ) -> tuple[FlowRunContext, ParameterError | None]:
     parent = current_flow_run()
     runtime, close_runtime = _runtime_for(parent)
+    earlier = None
+    if start is not None:  # before the run exists: a bad from_run creates nothing
+        try:
+            earlier = start.load(runtime.reporter, flow.name)
+        except BaseException:
+            if close_runtime is not None:
+                close_runtime()
+            raise
     error: ParameterError | None = None
     if existing is not None:
         args, kwargs = (), dict(existing.run.parameters)
@@ -138,6 +148,9 @@ def _start(
     )
     if existing is not None:
         fctx.resume = existing.resume
+    if start is not None:
+        fctx.start = start
+        fctx.resume = earlier or fctx.resume
     if close_runtime is not None:
         fctx.on_close(close_runtime)  # registered first, so closed after the executor
     return fctx, error
@@ -199,15 +212,16 @@ def run_flow_sync(
     kwargs: dict[str, Any],
     return_tasks: Iterable[Any],
     existing: ExistingRun | None = None,
+    start: StartTasks | None = None,
 ) -> FlowRunResult[Any]:
     """Run a sync flow in this thread (``existing``: that stored run, with its
     parameters). Raises Abort if the orchestrator aborts it."""
     if telemetry.enabled():
         with _flow_span(flow) as span:
-            result = _run_flow_sync(flow, args, kwargs, return_tasks, existing)
+            result = _run_flow_sync(flow, args, kwargs, return_tasks, existing, start)
             _record(span, result)
             return result
-    return _run_flow_sync(flow, args, kwargs, return_tasks, existing)
+    return _run_flow_sync(flow, args, kwargs, return_tasks, existing, start)
 
 
 def _run_flow_sync(
@@ -216,8 +230,9 @@ def _run_flow_sync(
     kwargs: dict[str, Any],
     return_tasks: Iterable[Any],
     existing: ExistingRun | None,
+    start: StartTasks | None = None,
 ) -> FlowRunResult[Any]:
-    fctx, param_error = _start(flow, args, kwargs, return_tasks, existing)
+    fctx, param_error = _start(flow, args, kwargs, return_tasks, existing, start)
 
     def wait_all() -> None:
         for future in list(fctx.futures):
@@ -274,6 +289,7 @@ async def run_flow_async(
     kwargs: dict[str, Any],
     return_tasks: Iterable[Any],
     existing: ExistingRun | None = None,
+    start: StartTasks | None = None,
 ) -> FlowRunResult[Any]:
     """Run an async flow on the running loop. Raises Abort if the orchestrator aborts it.
 
@@ -282,10 +298,10 @@ async def run_flow_async(
     """
     if telemetry.enabled():
         with _flow_span(flow) as span:
-            result = await _run_flow_async(flow, args, kwargs, return_tasks, existing)
+            result = await _run_flow_async(flow, args, kwargs, return_tasks, existing, start)
             _record(span, result)
             return result
-    return await _run_flow_async(flow, args, kwargs, return_tasks, existing)
+    return await _run_flow_async(flow, args, kwargs, return_tasks, existing, start)
 
 
 async def _run_flow_async(
@@ -294,8 +310,9 @@ async def _run_flow_async(
     kwargs: dict[str, Any],
     return_tasks: Iterable[Any],
     existing: ExistingRun | None,
+    start: StartTasks | None = None,
 ) -> FlowRunResult[Any]:
-    fctx, param_error = _start(flow, args, kwargs, return_tasks, existing)
+    fctx, param_error = _start(flow, args, kwargs, return_tasks, existing, start)
 
     async def invoke(effect: Invoke) -> Any:
         try:

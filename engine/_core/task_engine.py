@@ -127,6 +127,8 @@ def prepare(
     if flow_ctx is not None:
         if flow_ctx.abandoned.is_set():
             raise RunTimeout(f"flow run {flow_ctx.run.name!r} timed out; {run.name} not started")
+        if flow_ctx.start is not None:  # roles follow call order (engine._core.start)
+            flow_ctx.start.assign(run)
         runtime.reporter.task_run_created(run)
         flow_ctx.record_task_run(task, run)
     return Prepared(run, params, upstream, n_data)
@@ -240,6 +242,11 @@ def _steps(
 ) -> Steps[TaskOutcome]:
     clock = runtime.clock
     reporter = runtime.reporter if flow_ctx is not None else None
+    start = flow_ctx.start if flow_ctx is not None else None
+    role = start.role(run.id) if start is not None else None
+    missing = ""
+    if start is not None and role == "start":
+        params, missing = start.inputs_for(run, params)
     ctx = TaskRunContext(task=task, run=run, parameters=params, flow_run=flow_ctx, runtime=runtime)
 
     def move(state: State) -> None:
@@ -279,7 +286,11 @@ def _steps(
             return state
         return keep_result(state, value, runtime.results, f"{run.flow_run_id}.{run.id}")
 
-    if flow_ctx is not None and flow_ctx.resume is not None:
+    if missing:
+        return finish(states.Failed(message=missing, timestamp=clock.now()))
+
+    # With start tasks, only the calls before them reuse the earlier run's results.
+    if flow_ctx is not None and flow_ctx.resume is not None and role in (None, "before"):
         earlier = flow_ctx.resume.reusable(run.task_key)
         if earlier is not None:
             try:
@@ -289,7 +300,7 @@ def _steps(
             else:
                 return finish(_resumed(earlier, clock.now()), value)
 
-    if upstream and not task.trigger(upstream):
+    if upstream and role != "start" and not task.trigger(upstream):  # a start task is a root
         return finish(trigger_state(task.trigger, upstream, clock.now()))
 
     key: str | None = None

@@ -203,6 +203,14 @@ class StackReporter:
         return self._portal.call(fn, *args)
 
     # --- claims and proposals ---------------------------------------------------------
+    def task_records(self, flow_run_id: str) -> tuple[str, list[TaskRunRecord]]:
+        """An earlier run's flow name and task-run records (for start tasks'
+        ``from_run``). Raises FlowRunNotFound, StackUnavailable."""
+        from engine._core.resume import read_task_records
+
+        run = self.call(self.client.read_flow_run, flow_run_id)
+        return run.flow_name, self.call(read_task_records, self.client.nc, run.id)
+
     def adopt(self, run_id: str, attempt: int) -> None:
         """Send ``attempt`` with every later proposal for ``run_id`` (a runner's claim)."""
         self._attempts[run_id] = attempt

@@ -83,9 +83,18 @@ def _ended(name: str, run_id: str, state: State) -> None:
 
 
 def run_local(
-    target: str, *, module: bool, parameters: dict[str, Any] | None, as_json: bool
+    target: str,
+    *,
+    module: bool,
+    parameters: dict[str, Any] | None,
+    as_json: bool,
+    start_tasks: list[str] | None = None,
+    from_run: str | None = None,
 ) -> None:
-    """``sluice run --path/--module``: see the module docstring. Raises typer.Exit."""
+    """``sluice run --path/--module``: see the module docstring. Raises typer.Exit.
+
+    ``start_tasks``/``from_run``: run from those tasks on (``flow.run(start_tasks=...)``).
+    """
     settings = _settings()
     try:
         flow = load_target(target, module=module)
@@ -106,13 +115,16 @@ def run_local(
             runtime = Runtime(results=FolderResultStore(settings.home / "results"))
         stack.enter_context(use_runtime(runtime))
         stack.enter_context(_echo_run_logs())
+        start: dict[str, Any] = {"start_tasks": start_tasks or [], "from_run": from_run}
         try:
             if flow.is_async:
-                result = asyncio.run(flow.run_async(parameters))
+                result = asyncio.run(flow.run_async(parameters, **start))
             else:
-                result = flow.run(parameters)
+                result = flow.run(parameters, **start)
         except (Abort, SluiceError) as exc:
             fail(exc)
+        except ValueError as exc:  # bad start options: nothing ran
+            fail(SluiceError(str(exc)))
         except KeyboardInterrupt:
             _render.err().print("interrupted")
             raise typer.Exit(EXIT_INTERRUPTED) from None

@@ -137,6 +137,23 @@ def run(
             "--module", "-m", metavar="MODULE[:FLOW]", help="Run a flow from a module here."
         ),
     ] = None,
+    start_task: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--start-task",
+            metavar="TASK",
+            help="With --path/--module: run the flow from this task on (repeatable); "
+            "earlier tasks reuse the results of --from-run.",
+        ),
+    ] = None,
+    from_run: Annotated[
+        str | None,
+        typer.Option(
+            "--from-run",
+            metavar="RUN_ID",
+            help="With --start-task: the earlier run of the flow whose results feed it.",
+        ),
+    ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the run as JSON (the final run with --watch).")
     ] = False,
@@ -168,8 +185,21 @@ def run(
         )
         target = path if path is not None else module
         assert target is not None
-        run_local(target, module=module is not None, parameters=parameters, as_json=as_json)
+        run_local(
+            target,
+            module=module is not None,
+            parameters=parameters,
+            as_json=as_json,
+            start_tasks=start_task or [],
+            from_run=from_run,
+        )
         return
+    if start_task or from_run:
+        raise typer.BadParameter(
+            "--start-task and --from-run apply to --path/--module runs; to run a "
+            "deployment's finished run again from a task, use: sluice flow-run retry "
+            "RUN --from-task TASK"
+        )
     deployment, dep_id = _options.deployment_ref(
         name, deployment_id, how="with --name FLOW/DEPLOYMENT"
     )
