@@ -12,6 +12,7 @@ Every error is a ValueError whose message starts with the field's path.
 
 from __future__ import annotations
 
+import re
 import zoneinfo
 from collections.abc import Mapping
 from datetime import timedelta
@@ -78,8 +79,12 @@ def schedule_from_dict(value: Mapping[str, Any], where: str = "schedule") -> Sch
     try:
         schedule = msgspec.convert(fields, _TYPES[kind], strict=False)
     except msgspec.ValidationError as exc:
-        # msgspec names the path as ``$.field``; say it from the schedule's place.
-        raise ValueError(f"{where}: {str(exc).replace('$.', f'{where}.')}") from None
+        # msgspec ends with "- at `$.field`"; lead with the field, from the schedule's place.
+        text = str(exc)
+        at = re.search(r" - at `\$\.([^`]*)`$", text)
+        if at is None:
+            raise ValueError(f"{where}: {text}") from None
+        raise ValueError(f"{where}.{at[1]}: {text[: at.start()]}") from None
     check_schedule(schedule, where)
     return schedule
 

@@ -32,7 +32,6 @@ from typing import Any, Literal
 
 from engine._core.reporting import TaskRunInfo
 from engine._core.resume import ResumePlan, plan_resume
-from engine.exceptions import TriggerFailedError, UpstreamFailed
 
 __all__ = ["StartTasks"]
 
@@ -109,9 +108,9 @@ class StartTasks:
                 f"which it does not take (it takes {', '.join(params) or 'nothing'})"
             )
         merged = params | given
-        missing = [
-            k for k, v in merged.items() if isinstance(v, UpstreamFailed | TriggerFailedError)
-        ]
+        # An upstream that did not complete hands on its exception (or an
+        # UpstreamFailed/TriggerFailedError) in place of a value.
+        missing = [k for k, v in merged.items() if isinstance(v, BaseException)]
         if not missing:
             return merged, ""
         source = f"run {self.from_run} kept no result" if self.from_run else "there is no from_run"
