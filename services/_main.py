@@ -91,18 +91,27 @@ async def _keep_alive(path: Path) -> None:
 async def serve_until_signal(
     service: AbstractAsyncContextManager[Any], name: str, alive: Path | None = None
 ) -> None:
+    failed: Exception | None = None
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        # ``later`` outlives the service, so a second signal can hurry its shutdown.
         async with anyio.create_task_group() as later:
-            async with service, anyio.create_task_group() as tg:
-                if alive is not None:
-                    tg.start_soon(_keep_alive, alive)
-                log.info("%s ready", name)
-                async for signum in signals:
-                    log.info("%s: received %s; shutting down", name, signal.Signals(signum).name)
-                    break
-                later.start_soon(_hurry_on_signal, service, name, signals)
-                tg.cancel_scope.cancel()
+            try:
+                async with service, anyio.create_task_group() as tg:
+                    if alive is not None:
+                        tg.start_soon(_keep_alive, alive)
+                    log.info("%s ready", name)
+                    async for signum in signals:
+                        log.info(
+                            "%s: received %s; shutting down", name, signal.Signals(signum).name
+                        )
+                        break
+                    later.start_soon(_hurry_on_signal, service, name, signals)
+                    tg.cancel_scope.cancel()
+            except Exception as exc:  # raised below as it is, not in the group's wrapping
+                failed = exc
             later.cancel_scope.cancel()
+    if failed is not None:
+        raise failed
 
 
 async def _hurry_on_signal(service: Any, name: str, signals: Any) -> None:

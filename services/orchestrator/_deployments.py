@@ -48,7 +48,7 @@ def decode_register(data: bytes, max_bytes: int) -> RegisterDeployment:
     except MalformedRequest as first:
         try:
             raw = msgspec.json.decode(data)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):  # not JSON, or absurdly deep
             raise first from None
         fixed = with_schedule_types(raw)
         if fixed == raw:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from anyio.abc import Process
 
 from engine import flow
 from engine.client import Client
@@ -209,10 +210,9 @@ def nap(seconds: float) -> str:
 """
 
 
-async def test_the_runner_service_drains_on_sigterm(
-    orchestrator: object, client: Client, settings: Settings, unique: str, tmp_path: Path
-) -> None:
-    """python -m services.runner: SIGTERM lets the run finish, then the process exits."""
+async def _runner_service(
+    client: Client, settings: Settings, unique: str, tmp_path: Path
+) -> tuple[Process, str]:
     (tmp_path / "nap.py").write_text(textwrap.dedent(NAP.format(name=f"f{unique}")))
     dep_id = await Runner(settings=settings).aadd_deployment(
         RunnerDeployment(
@@ -222,16 +222,33 @@ async def test_the_runner_service_drains_on_sigterm(
     env = service_env(settings) | {"PYTHONPATH": str(ROOT)}
     args = ["--name", f"svc-{unique}", "--queue", "", "--deployment", dep_id]
     proc = await anyio.open_process(
-        [sys.executable, "-m", "services.runner", *args, "--drain-seconds", "120"],
+        [sys.executable, "-m", "services.runner", *args, "--drain-seconds", "600"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    return proc, f"f{unique}/d"
+
+
+@pytest.mark.parametrize("signals", [1, 2])
+async def test_the_runner_service_drains_on_sigterm_and_a_second_one_kills(
+    orchestrator: object,
+    client: Client,
+    settings: Settings,
+    unique: str,
+    tmp_path: Path,
+    signals: int,
+) -> None:
+    """python -m services.runner: SIGTERM lets the run finish, then the process exits;
+    a second SIGTERM kills the run at once."""
+    proc, name = await _runner_service(client, settings, unique, tmp_path)
     try:
-        run = await client.create_flow_run(f"f{unique}/d", parameters={"seconds": 3})
+        run = await client.create_flow_run(name, parameters={"seconds": 3 if signals == 1 else 600})
         await until(client, run.id, StateType.RUNNING)
-        proc.send_signal(signal.SIGTERM)
+        for _ in range(signals):
+            proc.send_signal(signal.SIGTERM)
+            await anyio.sleep(0.5)  # two separate signals, not one merged delivery
         with anyio.fail_after(120):
             code = await proc.wait()
     finally:
@@ -240,8 +257,12 @@ async def test_the_runner_service_drains_on_sigterm(
             await proc.wait()
     assert code == 0
     final = await client.read_flow_run(run.id)
-    assert final.state.type is StateType.COMPLETED, final.state.message
-    assert final.state.data == "rested"
+    if signals == 1:
+        assert final.state.type is StateType.COMPLETED, final.state.message
+        assert final.state.data == "rested"
+    else:
+        assert final.state.type is StateType.CRASHED
+        assert f"runner svc-{unique} shut down" in (final.state.message or "")
 
 
 async def test_a_served_deployment_runs_only_where_it_is_served(
