@@ -69,6 +69,7 @@ class BackgroundRun:
         self._runner = runner
         self._future: concurrent.futures.Future[FlowRun] = concurrent.futures.Future()
         self._token: Any = None
+        self.on_runner_loop = False
         self._ready = threading.Event()
         self._thread = threading.Thread(
             target=self._main, name=f"sluice-run-{flow_run_id[:8]}", daemon=True
@@ -77,13 +78,26 @@ class BackgroundRun:
         self._ready.wait()
 
     def _main(self) -> None:
+        runner = self._runner
+        #: A started runner's own loop runs it: its processes, kills and
+        #: cancellations then all live on that one loop.
+        self.on_runner_loop = runner.started and runner._token is not None
+
         async def execute() -> FlowRun:
             self._token = anyio.lowlevel.current_token()
             self._ready.set()
-            return await self._runner.aexecute_flow_run(self.flow_run_id)
+            return await runner.aexecute_flow_run(self.flow_run_id)
 
         try:
-            self._future.set_result(anyio.run(execute))
+            if self.on_runner_loop:
+                self._token = runner._token
+                self._ready.set()
+                result = anyio.from_thread.run(
+                    runner.aexecute_flow_run, self.flow_run_id, token=runner._token
+                )
+            else:
+                result = anyio.run(execute)
+            self._future.set_result(result)
         except BaseException as exc:  # handed to whoever waits
             self._future.set_exception(exc)
         finally:
@@ -133,7 +147,9 @@ class _Facade:
         return _blocking("add_flow", add)
 
     def execute_flow_run(self, flow_run_id: str) -> FlowRun:
-        """Blocking :meth:`aexecute_flow_run`."""
+        """Blocking :meth:`aexecute_flow_run` (on the runner's loop if it is started)."""
+        if self._started and self._token is not None and not _in_event_loop():
+            return anyio.from_thread.run(self._me.aexecute_flow_run, flow_run_id, token=self._token)
         return _blocking("execute_flow_run", self._me.aexecute_flow_run, flow_run_id)
 
     def execute_in_background(self, flow_run_id: str) -> BackgroundRun:
@@ -201,6 +217,7 @@ class _Facade:
             )
         if self._started and self._token is not None:
             anyio.from_thread.run(self._me.acancel_all, token=self._token)
-        # Runs in background threads: each is cancelled on its own thread's loop.
+        # Runs on background threads' own loops: each is cancelled on its loop.
         for handle in list(self._background):
-            handle.cancel()
+            if not handle.on_runner_loop:
+                handle.cancel()

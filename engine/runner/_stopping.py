@@ -20,7 +20,7 @@ import anyio.abc
 
 from engine.client import Client
 from engine.runner._upkeep import _Active
-from shared.errors import SluiceError
+from shared.errors import Conflict, SluiceError
 from shared.models import FlowRun
 
 if TYPE_CHECKING:
@@ -87,7 +87,8 @@ class _Stopping:
         Raises FlowRunNotFound for an unknown id."""
         why = reason or f"cancelled by runner {self.name}"
         async with cast("Runner", self)._session() as client:
-            await client.cancel_flow_run(flow_run_id, reason=why)
+            with contextlib.suppress(Conflict):  # it ended meanwhile: nothing to cancel
+                await client.cancel_flow_run(flow_run_id, reason=why)
         active = self._active.get(flow_run_id)
         if active is not None:
             await active.process.kill(self.kill_grace)

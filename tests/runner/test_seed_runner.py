@@ -167,6 +167,26 @@ async def test_background_runs_wait_cancel_and_cancel_all(
     assert (await anyio.to_thread.run_sync(two.wait, 60.0)).state.type is StateType.CANCELLED
 
 
+async def test_background_runs_of_a_started_runner_run_on_its_loop(
+    orchestrator: object, client: Client, settings: Settings, unique: str
+) -> None:
+    r = runner(settings, name=f"bgs-{unique}", kill_grace=0.5, queue=f"none-{unique}")
+    await r.aadd_deployment(deployment(f"f{unique}"))
+    # Not dispatched to it (another queue, and the runner serves only its own).
+    dep = deployment(f"g{unique}", queue=f"other-{unique}")
+    await Runner(settings=settings).aadd_deployment(dep)
+    run = await client.create_flow_run(f"g{unique}/d", parameters={"sleep": 600})
+    async with anyio.create_task_group() as tg:
+        await tg.start(r.astart)
+        handle = await anyio.to_thread.run_sync(r.execute_in_background, run.id)
+        await until(client, run.id, StateType.RUNNING)
+        assert handle.on_runner_loop and r.in_progress == 1
+        await anyio.to_thread.run_sync(r.cancel_all)
+        ended = await anyio.to_thread.run_sync(handle.wait, 60.0)
+        await r.astop()
+    assert ended.state.type is StateType.CANCELLED
+
+
 async def test_stop_drains_runs_in_progress_and_takes_no_new_work(
     orchestrator: object, client: Client, settings: Settings, unique: str
 ) -> None:
