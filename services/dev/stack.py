@@ -80,6 +80,12 @@ class DevStack(Service):
         self.ui_port = ui_port
         self.ui_explicit = ui_explicit
         self.ui: UIService | None = None
+        self._runner: RunnerService | None = None
+
+    async def hurry(self) -> None:
+        """A second Ctrl-C: the runner kills its runs instead of letting them finish."""
+        if self._runner is not None:
+            await self._runner.hurry()
 
     async def _start(self, stack: AsyncExitStack) -> None:
         await anyio.to_thread.run_sync(self.server.start)
@@ -89,7 +95,7 @@ class DevStack(Service):
         await stack.enter_async_context(CancellationWatcher(self.settings))
         await stack.enter_async_context(Scheduler(self.settings))
         examples = examples_file()
-        await stack.enter_async_context(
+        self._runner = await stack.enter_async_context(
             RunnerService(
                 self.settings,
                 name="dev",
