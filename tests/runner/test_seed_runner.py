@@ -285,6 +285,42 @@ async def test_the_runner_service_drains_on_sigterm_and_a_second_one_kills(
         assert f"runner svc-{unique} shut down" in (final.state.message or "")
 
 
+SERVED_NAP = (
+    NAP
+    + """
+if __name__ == "__main__":
+    from engine import serve
+
+    serve(nap.to_deployment("served"), drain_seconds=120)
+"""
+)
+
+
+async def test_serve_drains_on_ctrl_c(
+    client: Client, settings: Settings, unique: str, tmp_path: Path
+) -> None:
+    (tmp_path / "nap.py").write_text(textwrap.dedent(SERVED_NAP.format(name=f"f{unique}")))
+    env = service_env(settings) | {"PYTHONPATH": str(ROOT)}
+    proc = await anyio.open_process(
+        [sys.executable, "nap.py"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL
+    )
+    try:
+        with anyio.fail_after(60):
+            await _deployment_appears(client, f"f{unique}/served")
+        run = await client.create_flow_run(f"f{unique}/served", parameters={"seconds": 3})
+        await until(client, run.id, StateType.RUNNING)
+        proc.send_signal(signal.SIGINT)
+        with anyio.fail_after(120):
+            code = await proc.wait()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert code == 0
+    final = await client.read_flow_run(run.id)
+    assert final.state.type is StateType.COMPLETED, final.state.message
+
+
 async def test_a_served_deployment_runs_only_where_it_is_served(
     orchestrator: object, client: Client, settings: Settings, unique: str
 ) -> None:
