@@ -1,7 +1,8 @@
 """Start tasks: run only the part of a flow from some tasks on.
 
 ``flow.run(params, start_tasks=[...], from_run=RUN_ID, start_inputs={...})``
-(and ``sluice run --path FILE --start-task NAME --from-run RUN_ID``). The
+(and ``sluice run --start-task NAME --from-run RUN_ID`` with ``--path``,
+``--module`` or ``--execute``). The
 flow's body runs as always, and each task call gets a role, in call order:
 
 * **before** — a call made before the first call of a start task. With

@@ -41,6 +41,7 @@ from engine._core.context import use_runtime
 from engine._core.flow_engine import ExistingRun, run_flow_async, run_flow_sync
 from engine._core.reporting import FlowRunInfo
 from engine._core.resume import load_plan
+from engine._core.start import StartTasks
 from engine._stack.entrypoint import load_entrypoint
 from engine._stack.reporter import StackReporter
 from engine.exceptions import Abort, EntrypointError
@@ -146,8 +147,11 @@ def execute_flow_run(
     attempt: int | None = None,
     run: FlowRun | None = None,
     deployment: Deployment | None = None,
+    start: StartTasks | None = None,
 ) -> Execution:
     """Execute the stored run ``run_id`` here (module docstring); ``reporter`` is open.
+
+    ``start``: run it from those tasks on (``sluice run --execute --start-task``).
 
     A runner that has just claimed the run may hand over what it read — the
     run as its claim left it, and its deployment — to save this process two
@@ -168,7 +172,9 @@ def execute_flow_run(
         if not accepted:
             return Execution(EXIT_NOT_REPORTED, run.id, current, f"not executed: {reason}")
     try:
-        return _execute_claimed(reporter, run, info, deployment, own_env=attempt is None)
+        return _execute_claimed(
+            reporter, run, info, deployment, own_env=attempt is None, start=start
+        )
     except Abort as exc:
         return Execution(EXIT_NOT_REPORTED, run.id, info.state, f"stopped: {exc}")
     except BaseException as exc:
@@ -191,6 +197,7 @@ def _execute_claimed(
     deployment: Deployment | None,
     *,
     own_env: bool,
+    start: StartTasks | None = None,
 ) -> Execution:
     where = f" (claim attempt {reporter.attempt_of(run.id)})" if reporter.attempt_of(run.id) else ""
     reporter.log_line(run.id, logging.INFO, f"executing flow run {run.name!r}{where}")
@@ -204,11 +211,15 @@ def _execute_claimed(
     # executed where it was claimed (--execute) gets it here, for its duration.
     env = dict(deployment.infrastructure.env) if own_env else {}
     with _environment(env):
-        return _load_and_run(reporter, run, info, deployment)
+        return _load_and_run(reporter, run, info, deployment, start)
 
 
 def _load_and_run(
-    reporter: StackReporter, run: FlowRun, info: FlowRunInfo, deployment: Deployment
+    reporter: StackReporter,
+    run: FlowRun,
+    info: FlowRunInfo,
+    deployment: Deployment,
+    start: StartTasks | None,
 ) -> Execution:
     try:
         flow = _load_flow(deployment)
@@ -230,8 +241,8 @@ def _load_and_run(
     existing = ExistingRun(info, plan)
     with use_runtime(reporter.runtime()):
         if flow.is_async:
-            result = asyncio.run(run_flow_async(flow, (), {}, (), existing))
+            result = asyncio.run(run_flow_async(flow, (), {}, (), existing, start))
         else:
-            result = run_flow_sync(flow, (), {}, (), existing)
+            result = run_flow_sync(flow, (), {}, (), existing, start)
     code = EXIT_REPORTED if result.state.is_terminal else EXIT_NOT_REPORTED
     return Execution(code, run.id, result.state, result.state.message, result.value)

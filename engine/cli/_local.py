@@ -29,6 +29,7 @@ import typer
 from rich.markup import escape
 
 from engine._core.context import Runtime, stack_configured, use_runtime
+from engine._core.start import StartTasks
 from engine._stack.entrypoint import load_target
 from engine.client import Client
 from engine.exceptions import Abort, EntrypointError
@@ -145,6 +146,7 @@ def execute_here(
     *,
     as_json: bool,
     announce: Callable[[FlowRun], None] | None = None,
+    start: StartTasks | None = None,
 ) -> None:
     """Execute a stored run in this process and exit with its outcome.
 
@@ -165,7 +167,7 @@ def execute_here(
                     announce(created)
                 run_id = created.id
             with _echo_run_logs():
-                outcome = execute_flow_run(reporter, run_id)
+                outcome = execute_flow_run(reporter, run_id, start=start)
             final: FlowRun = reporter.call(reporter.client.read_flow_run, run_id)
     except SluiceError as exc:
         fail(exc)

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
+from engine._core.start import StartTasks
 from engine.client import Client
 from shared.models import FlowRun
 from shared.states import StateType
@@ -142,8 +143,8 @@ def run(
         typer.Option(
             "--start-task",
             metavar="TASK",
-            help="With --path/--module: run the flow from this task on (repeatable); "
-            "earlier tasks reuse the results of --from-run.",
+            help="With --execute, --path or --module: run the flow from this task on "
+            "(repeatable); earlier tasks reuse the results of --from-run.",
         ),
     ] = None,
     from_run: Annotated[
@@ -194,12 +195,18 @@ def run(
             from_run=from_run,
         )
         return
+    start_from = None
     if start_task or from_run:
-        raise typer.BadParameter(
-            "--start-task and --from-run apply to --path/--module runs; to run a "
-            "deployment's finished run again from a task, use: sluice flow-run retry "
-            "RUN --from-task TASK"
-        )
+        if not execute:
+            raise typer.BadParameter(
+                "--start-task and --from-run apply to runs executed here (--execute, "
+                "--path, --module); to run a deployment's finished run again from a task, "
+                "use: sluice flow-run retry RUN --from-task TASK"
+            )
+        try:
+            start_from = StartTasks(start_task or [], from_run=from_run)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
     deployment, dep_id = _options.deployment_ref(
         name, deployment_id, how="with --name FLOW/DEPLOYMENT"
     )
@@ -221,7 +228,7 @@ def run(
             )
 
         announce = None if as_json else _print_executing
-        execute_here(create_agentless, None, as_json=as_json, announce=announce)
+        execute_here(create_agentless, None, as_json=as_json, announce=announce, start=start_from)
         return
 
     async def create(client: Client) -> FlowRun:

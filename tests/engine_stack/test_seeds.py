@@ -237,6 +237,21 @@ def test_start_tasks_reuse_an_earlier_runs_results(
     assert records["transform:0"].state.name == "Completed"
 
 
+def test_start_tasks_on_an_executed_deployment_run(
+    stack: Stack, client: SyncClient, deploy, tmp_path: Path
+) -> None:
+    deployment = deploy("five-steps", "pipeline.py:five_steps")
+    args = ["run", "--id", deployment.id, "-p", f"workdir={tmp_path}", "--execute", "--json"]
+    first = sluice(stack.env, *args)
+    assert first.exit_code == 0, first.output
+    again = sluice(
+        stack.env, *args, "--start-task", "enrich", "--from-run", json.loads(first.stdout)["id"]
+    )
+    assert again.exit_code == 0, again.output
+    assert executions(tmp_path)[5:] == ["enrich", "load"]
+    assert json.loads(again.stdout)["state"]["data"] == 63
+
+
 def test_a_start_tasks_missing_input_fails_it_with_a_clear_message(
     stack: Stack, client: SyncClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -289,7 +304,7 @@ def test_bad_start_options_are_refused_before_anything_runs(tmp_path: Path) -> N
         pipeline.five_steps.run(params, start_tasks=["enrich"], from_run="x")
     assert not (tmp_path / "executions").exists()
     refused = sluice({"SLUICE_NATS_URL": None}, "run", "--name", "a/b", "--start-task", "x")
-    assert refused.exit_code == 2 and "--path/--module" in refused.output
+    assert refused.exit_code == 2 and "--execute" in refused.output
 
 
 # --- seed 004: the SynchronousExecutor ------------------------------------------------------
