@@ -38,7 +38,7 @@ import contextlib
 import hashlib
 import logging
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -49,7 +49,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from engine.client import Client
-from engine.runner._facade import _Facade
+from engine.runner._facade import BackgroundRun, _Facade
 from engine.runner._serving import _Serving, private_queue
 from engine.runner._stopping import _Stopping
 from engine.runner._subprocess import FlowRunner, SubprocessFlowRunner
@@ -63,9 +63,6 @@ from shared.messages import Decision, Dispatch, ProposedState
 from shared.models import Deployment, FlowRun
 from shared.settings import Settings
 from shared.states import StateType
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = ["Runner", "private_queue"]
 
@@ -157,10 +154,9 @@ class Runner(_Facade, _Serving, _Stopping, _Supervise, _Upkeep):
         self._shutting_down = False
         #: Dispatch items being taken (claimed, prefetched or run), for the drain.
         self._taking = 0
-        #: The started runner's event loop and task group for its runs.
+        #: The started runner's event loop, for calls from other threads.
         self._token: Any = None
-        self._runs: anyio.abc.TaskGroup | None = None
-        self._background: list[Any] = []
+        self._background: list[BackgroundRun] = []
 
     # --- running --------------------------------------------------------------------
     async def astart(
@@ -195,7 +191,6 @@ class Runner(_Facade, _Serving, _Stopping, _Supervise, _Upkeep):
                     beats.start_soon(self._heartbeats, client)
                     await beats.start(self._serve_kills, client)
                     async with anyio.create_task_group() as runs:
-                        self._runs = runs
                         await self._reconcile(client)
                         subs = [
                             await self._subscribe_when_ready(client, f) for f in self._consumers()
@@ -213,7 +208,6 @@ class Runner(_Facade, _Serving, _Stopping, _Supervise, _Upkeep):
                             await self._shutdown(runs)
                     beats.cancel_scope.cancel()
         finally:
-            self._runs = None
             self._started = False
             with anyio.CancelScope(shield=True):
                 await self._close()
