@@ -21,7 +21,7 @@ from .errors import (
     SluiceError,
     error_from_body,
 )
-from .messages import Event, FlowRunCreated, FlowRunStateChanged
+from .messages import Event, FlowRunCreated, FlowRunDeleted, FlowRunStateChanged
 
 T = TypeVar("T")
 
@@ -54,9 +54,9 @@ def decode(data: bytes, type_: type[T]) -> T:
     return decoder(type_).decode(data)
 
 
-def decode_event(data: bytes) -> FlowRunCreated | FlowRunStateChanged:
+def decode_event(data: bytes) -> FlowRunCreated | FlowRunStateChanged | FlowRunDeleted:
     """Decode one message of the run event stream (the tagged ``Event`` union)."""
-    result: FlowRunCreated | FlowRunStateChanged = decoder(Event).decode(data)  # type: ignore[arg-type]
+    result: FlowRunCreated | FlowRunStateChanged | FlowRunDeleted = decoder(Event).decode(data)  # type: ignore[arg-type]
     return result
 
 

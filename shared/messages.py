@@ -115,6 +115,21 @@ class CancelFlowRun(Request, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     """Also cancel the run's unfinished child runs (subflows and runs it started)."""
 
 
+class DeleteFlowRun(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``flowrun.delete``: remove a run that has not started or has finished.
+
+    A Scheduled run not yet claimed, or a run in a terminal state, may be
+    deleted; any other is refused (cancel it first). ``scheduled_only`` also
+    refuses a finished run: the scheduler removes only upcoming runs, so a
+    run that started meanwhile is left alone. Deleting frees the run's
+    idempotency key, so a create with that key makes the run again.
+    """
+
+    id: Uuid
+    reason: str | None = None
+    scheduled_only: bool = False
+
+
 class ListFlowRuns(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
     states: list[str] = msgspec.field(default_factory=list)
     """State types (``FAILED``) or names (``Late``); a run matching any is kept."""
@@ -286,7 +301,19 @@ class FlowRunStateChanged(
     transition_id: str | None = None
 
 
-Event = FlowRunCreated | FlowRunStateChanged
+class FlowRunDeleted(
+    msgspec.Struct, frozen=True, kw_only=True, tag="flowrun.deleted", tag_field="kind"
+):
+    """The run was removed from ``flow_runs``; ``flow_run`` is how it was before."""
+
+    flow_run: FlowRun
+    revision: int
+    """The KV revision of the delete marker: after every other write of the run."""
+    occurred: datetime
+    reason: str | None = None
+
+
+Event = FlowRunCreated | FlowRunStateChanged | FlowRunDeleted
 
 
 # --- work items and logs ---------------------------------------------------------

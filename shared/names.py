@@ -13,6 +13,7 @@ FLOWRUN_PROPOSE = "flowrun.state.propose"
 FLOWRUN_CANCEL = "flowrun.cancel"
 FLOWRUN_READ = "flowrun.read"
 FLOWRUN_LIST = "flowrun.list"
+FLOWRUN_DELETE = "flowrun.delete"
 
 DEPLOYMENT_REGISTER = "deployment.register"
 DEPLOYMENT_READ = "deployment.read"

@@ -39,6 +39,7 @@ from shared.messages import (
     CreateFlowRun,
     Decision,
     Deleted,
+    DeleteFlowRun,
     DeploymentPage,
     DeploymentRef,
     FlowRunPage,
@@ -274,6 +275,18 @@ class Client:
             CancelFlowRun(id=run_id, reason=reason, cascade=cascade),
             FlowRun,
         )
+
+    async def delete_flow_run(
+        self, run_id: str, *, reason: str | None = None, scheduled_only: bool = False
+    ) -> Deleted:
+        """Delete a run that has not started or has finished; its idempotency
+        key is freed. ``scheduled_only`` refuses a finished run too.
+
+        Raises FlowRunNotFound for an unknown id and Conflict for a run that
+        is claimed or under way (cancel it first).
+        """
+        req = DeleteFlowRun(id=run_id, reason=reason, scheduled_only=scheduled_only)
+        return await self._request(names.FLOWRUN_DELETE, req, Deleted)
 
     async def propose_state(
         self,

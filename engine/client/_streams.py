@@ -18,7 +18,8 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from shared import names
 from shared.codec import decode, decode_event
-from shared.messages import LogRecord
+from shared.errors import FlowRunNotFound
+from shared.messages import FlowRunDeleted, LogRecord
 from shared.models import FlowRun
 
 __all__ = ["ReadRun", "read_logs", "watch_run"]
@@ -58,6 +59,8 @@ async def watch_run(
                     event = decode_event(msg.data)
                 except msgspec.DecodeError:
                     continue
+                if isinstance(event, FlowRunDeleted):
+                    raise FlowRunNotFound(f"flow run {run_id} was deleted")
                 if event.revision > last:
                     last = event.revision
                     yield event.flow_run

@@ -40,7 +40,7 @@ from shared.clock import Clock, SystemClock
 from shared.codec import decode, decode_event, decode_reply, encode
 from shared.connection import connect
 from shared.errors import SluiceError, StackUnavailable
-from shared.messages import KillReply, KillRun, ProposedState, RunnerStatus
+from shared.messages import FlowRunDeleted, KillReply, KillRun, ProposedState, RunnerStatus
 from shared.models import FlowRun
 from shared.settings import Settings
 from shared.states import StateType
@@ -108,9 +108,12 @@ class CancellationWatcher(Service):
                         except nats.errors.TimeoutError:
                             continue
                         try:
-                            run = decode_event(msg.data).flow_run
+                            event = decode_event(msg.data)
                         except msgspec.DecodeError:
                             continue
+                        run = event.flow_run
+                        if isinstance(event, FlowRunDeleted):
+                            continue  # only runs not under way are deleted
                         if run.state.type is StateType.CANCELLING:
                             work.start_soon(self._cancel, run)
                 finally:

@@ -25,7 +25,7 @@ from nats.js.api import PubAck
 from shared import names, telemetry
 from shared.codec import decode_event, encode
 from shared.dispatch import MSG_ID, dispatch_item, dispatch_message
-from shared.messages import FlowRunCreated, FlowRunStateChanged, RunnerStatus
+from shared.messages import FlowRunCreated, FlowRunDeleted, FlowRunStateChanged, RunnerStatus
 from shared.models import FlowRun
 from shared.states import State, StateType
 
@@ -92,6 +92,20 @@ class Publisher:
             for future in pending:
                 await future
 
+    async def announce_deleted(
+        self, run: FlowRun, revision: int, *, now: datetime, reason: str | None = None
+    ) -> None:
+        """Publish the event of a stored delete marker at ``revision``; ``run`` is
+        the run as it was. Raises as :meth:`announce` does."""
+        event = FlowRunDeleted(flow_run=run, revision=revision, occurred=now, reason=reason)
+        with anyio.fail_after(ACK_TIMEOUT):
+            await self._js.publish(
+                names.events_subject(run.id),
+                encode(event),
+                stream=names.EVENTS_STREAM,
+                headers={MSG_ID: f"{run.id}:{revision}"},
+            )
+
     async def _send_dispatch(self, run: FlowRun) -> asyncio.Future[PubAck]:
         subject, payload, headers = dispatch_message(dispatch_item(run))
         if not telemetry.enabled():
@@ -123,6 +137,23 @@ class Publisher:
         except nats.js.errors.NotFoundError:
             return 0
         return decode_event(msg.data or b"").revision
+
+    async def ensure_deleted_announced(self, run_id: str, revision: int, now: datetime) -> bool:
+        """Publish the deletion event of a delete marker at ``revision`` if it is missing.
+
+        The run as it was comes from its newest event; a run with no event at
+        all was never announced, so there is nothing to take back. Returns
+        True if an event had to be published.
+        """
+        try:
+            msg = await self._js.get_last_msg(names.EVENTS_STREAM, names.events_subject(run_id))
+        except nats.js.errors.NotFoundError:
+            return False
+        last = decode_event(msg.data or b"")
+        if last.revision >= revision:
+            return False
+        await self.announce_deleted(last.flow_run, revision, now=now)
+        return True
 
     async def ensure_announced(self, run: FlowRun, revision: int, now: datetime) -> bool:
         """Publish the event (and dispatch) of a stored write if they are missing.

@@ -25,6 +25,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from shared import names
 from shared.codec import decode, decode_event, encode
 from shared.messages import (
+    FlowRunDeleted,
     FlowRunPage,
     ListFlowRuns,
 )
@@ -58,12 +59,13 @@ CREATE TABLE IF NOT EXISTS run_tags (
     run_id TEXT NOT NULL,
     PRIMARY KEY (tag, run_id)
 );
+CREATE TABLE IF NOT EXISTS deleted_runs (id TEXT PRIMARY KEY, revision INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 BATCH = 500
 #: Bump when SCHEMA changes: an index built by an older version is rebuilt.
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 
 
 def _ts(dt: datetime) -> float:
@@ -89,7 +91,8 @@ class ReadModel:
         if await self._meta("schema") != SCHEMA_VERSION:
             # Cheaper to rebuild from the stream than to migrate a cache.
             await self._db.executescript(
-                "DROP TABLE IF EXISTS runs; DROP TABLE IF EXISTS run_tags; DELETE FROM meta;"
+                "DROP TABLE IF EXISTS runs; DROP TABLE IF EXISTS run_tags; "
+                "DROP TABLE IF EXISTS deleted_runs; DELETE FROM meta;"
             )
             await self._db.executescript(SCHEMA)
             await self._db.execute(
@@ -116,7 +119,8 @@ class ReadModel:
     async def _reset(self) -> None:
         log.warning("read model is ahead of the event stream (stream recreated?); rebuilding")
         await self.db.executescript(
-            "DELETE FROM runs; DELETE FROM run_tags; DELETE FROM meta WHERE key='seq';"
+            "DELETE FROM runs; DELETE FROM run_tags; DELETE FROM deleted_runs; "
+            "DELETE FROM meta WHERE key='seq';"
         )
         await self.db.commit()
         self.applied_seq = 0
@@ -187,7 +191,10 @@ class ReadModel:
             except msgspec.DecodeError as exc:
                 log.error("skipping undecodable event at seq %d: %s", seq, exc)
                 continue
-            await self._upsert(event.flow_run, event.revision)
+            if isinstance(event, FlowRunDeleted):
+                await self._delete(event.flow_run.id, event.revision)
+            else:
+                await self._upsert(event.flow_run, event.revision)
         last = batch[-1][0]
         await db.execute(
             "INSERT INTO meta(key, value) VALUES('seq', ?) "
@@ -199,8 +206,28 @@ class ReadModel:
         self._progress.set()
         self._progress = anyio.Event()
 
+    async def _delete(self, run_id: str, revision: int) -> None:
+        """Drop the run, and keep a tombstone so an older event replayed later
+        (a duplicate published by recovery) does not bring it back."""
+        db = self.db
+        await db.execute("DELETE FROM runs WHERE id=? AND revision < ?", (run_id, revision))
+        await db.execute(
+            "DELETE FROM run_tags WHERE run_id=? AND run_id NOT IN (SELECT id FROM runs)",
+            (run_id,),
+        )
+        await db.execute(
+            "INSERT INTO deleted_runs(id, revision) VALUES (?, ?) "
+            "ON CONFLICT(id) DO UPDATE SET revision=MAX(revision, excluded.revision)",
+            (run_id, revision),
+        )
+
     async def _upsert(self, run: FlowRun, revision: int) -> None:
         db = self.db
+        async with db.execute(
+            "SELECT 1 FROM deleted_runs WHERE id=? AND revision > ?", (run.id, revision)
+        ) as found:
+            if await found.fetchone() is not None:
+                return  # deleted after this write
         cur = await db.execute(
             """INSERT INTO runs (id, revision, name, flow_name, deployment_id, deployment_name,
                    parent_flow_run_id, runner, state_type, state_name, expected_start, body)

@@ -1,7 +1,7 @@
 """Finish what a crashed orchestrator left half done, at start-up.
 
-An orchestrator can die after writing a run to KV and before publishing its
-event or dispatch item. The KV write is the truth, so at start-up we replay
+An orchestrator can die after writing a run to KV (or deleting it) and before
+publishing its event or dispatch item. The KV write is the truth, so at start-up we replay
 the tail of the ``flow_runs`` stream (from a little before the newest event's
 revision) and, for each run whose newest event is older than its KV revision,
 publish the missing event; a due Scheduled run is offered to runners again
@@ -66,7 +66,9 @@ async def recover(js: JetStreamContext, publisher: Publisher, clock: Clock) -> i
                 break  # nothing left at or after `start`
             meta = msg.metadata
             if msg.headers and msg.headers.get("KV-Operation") in ("DEL", "PURGE"):
-                pass
+                run_id = msg.subject.rsplit(".", 1)[-1]
+                if await publisher.ensure_deleted_announced(run_id, meta.sequence.stream, now):
+                    published += 1
             elif msg.data:
                 run = decode(msg.data, FlowRun)
                 if await publisher.ensure_announced(run, meta.sequence.stream, now):

@@ -18,6 +18,8 @@ from shared.messages import (
     CancelFlowRun,
     CreateFlowRun,
     Decision,
+    Deleted,
+    DeleteFlowRun,
     DeploymentRef,
     FlowRunRef,
     Heartbeat,
@@ -300,3 +302,36 @@ class Runs:
                 return await self.read(FlowRunRef(id=req.id))
             # the run moved under us (e.g. it just finished); look again
         raise Conflict(f"flow run {req.id} is changing too fast; cancel again")
+
+    # --- delete -------------------------------------------------------------------
+    async def delete(self, req: DeleteFlowRun) -> Deleted:
+        """Remove a run that has not started (Scheduled, unclaimed) or has finished.
+
+        The delete marker is a compare-and-set on the revision judged, then the
+        event is published and the run's idempotency key is freed, in that
+        order: a crash before the key is freed leaves it naming a deleted run,
+        which the next create with that key stores again under the same id,
+        so one key still never makes two runs.
+        """
+        for _ in range(CAS_ATTEMPTS):
+            found = await self._runs.get(req.id)
+            if found is None:
+                raise FlowRunNotFound(f"no flow run with id {req.id}")
+            run, revision = found
+            refusal = rules.why_not_deletable(run, scheduled_only=req.scheduled_only)
+            if refusal is not None:
+                raise Conflict(refusal, details={"state": run.state.type.value})
+            try:
+                marker = await self._runs.delete(run.id, revision)
+            except Stale:
+                continue  # it moved meanwhile; judge it again
+            self._recent.forget(run.id)
+            await self._publisher.announce_deleted(
+                run, marker, now=self._clock.now(), reason=req.reason
+            )
+            if run.idempotency_key is not None:
+                scope = run.deployment_name if run.deployment_id else f"flow:{run.flow_name}"
+                key = IdempotencyStore.key(scope or "", run.idempotency_key)
+                await self._idempotency.release(key, run.id)
+            return Deleted(id=run.id)
+        raise Conflict(f"flow run {req.id} is changing too fast; delete again")

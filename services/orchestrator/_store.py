@@ -18,7 +18,7 @@ from nats.js.kv import KeyValue
 
 from shared.codec import decode, encode
 from shared.models import Deployment, FlowRun
-from shared.names import DEPLOYMENTS_BUCKET, kv_stream
+from shared.names import DEPLOYMENTS_BUCKET, FLOW_RUNS_BUCKET, kv_stream
 from shared.states import TERMINAL_TYPES
 
 
@@ -35,9 +35,14 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:40]
 
 
+#: JetStream's error codes for a failed expected-last-sequence check.
+_WRONG_LAST_SEQUENCE = (10071, 10164)
+
+
 class RunStore:
-    def __init__(self, kv: KeyValue) -> None:
+    def __init__(self, kv: KeyValue, js: JetStreamContext | None = None) -> None:
         self._kv = kv
+        self._js = js
 
     async def get(self, run_id: str) -> tuple[FlowRun, int] | None:
         try:
@@ -62,6 +67,26 @@ class RunStore:
         except nats.js.errors.KeyWrongLastSequenceError:
             raise Stale(run.id) from None
 
+    async def delete(self, run_id: str, last_revision: int) -> int:
+        """Put a delete marker on the run if it is still at ``last_revision``.
+
+        Returns the marker's revision, which the deletion event carries (nats-py's
+        ``KeyValue.delete`` does not return it). Raises Stale if the run changed.
+        """
+        assert self._js is not None, "RunStore needs a JetStream context to delete"
+        headers = {"KV-Operation": "DEL", "Nats-Expected-Last-Subject-Sequence": str(last_revision)}
+        try:
+            ack = await self._js.publish(
+                f"$KV.{FLOW_RUNS_BUCKET}.{run_id}",
+                headers=headers,
+                stream=kv_stream(FLOW_RUNS_BUCKET),
+            )
+        except nats.js.errors.APIError as exc:
+            if exc.err_code in _WRONG_LAST_SEQUENCE:
+                raise Stale(run_id) from None
+            raise
+        return ack.seq
+
 
 class RecentRuns:
     """The last written or read copy of recently active runs, with its revision.
@@ -79,6 +104,9 @@ class RecentRuns:
 
     def get(self, run_id: str) -> tuple[FlowRun, int] | None:
         return self._runs.get(run_id)
+
+    def forget(self, run_id: str) -> None:
+        self._runs.pop(run_id, None)
 
     def remember(self, run: FlowRun, revision: int) -> None:
         if run.state.type in TERMINAL_TYPES:
@@ -108,6 +136,21 @@ class IdempotencyStore:
         except nats.js.errors.KeyWrongLastSequenceError:
             entry = await self._kv.get(key, validate_keys=False)
             return (entry.value or b"").decode()
+
+    async def release(self, key: str, run_id: str) -> None:
+        """Unbind ``key`` if it still names ``run_id`` (its run was deleted)."""
+        try:
+            entry = await self._kv.get(key, validate_keys=False)
+        except nats.js.errors.NotFoundError:
+            return
+        if (entry.value or b"").decode() != run_id:
+            return
+        # Guarded by revision: a key bound again meanwhile is left alone.
+        try:
+            await self._kv.delete(key, last=entry.revision, validate_keys=False)
+        except nats.js.errors.APIError as exc:
+            if exc.err_code not in _WRONG_LAST_SEQUENCE:
+                raise
 
 
 class NameIndex(msgspec.Struct, frozen=True, kw_only=True):

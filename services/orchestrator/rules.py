@@ -218,3 +218,24 @@ def apply(ctx: Context, state: State) -> FlowRun:
         recent = [*run.recent_transitions, ctx.proposal.transition_id]
         changes["recent_transitions"] = recent[-RECENT_TRANSITIONS:]
     return msgspec.structs.replace(run, **changes)
+
+
+def why_not_deletable(run: FlowRun, *, scheduled_only: bool) -> str | None:
+    """None when ``run`` may be deleted, else why not.
+
+    A run that has not started (Scheduled and unclaimed) may go; so may a
+    finished one, unless ``scheduled_only`` (the scheduler's removals). A run
+    that is claimed or under way must be cancelled first, so no process is
+    left executing a run that no longer exists.
+    """
+    state = run.state
+    if state.type is StateType.SCHEDULED and run.runner is None:
+        return None
+    if state.type in TERMINAL_TYPES and not scheduled_only:
+        return None
+    if scheduled_only:
+        return f"flow run {run.id} is {state.describe()}; only an upcoming run is removed"
+    return (
+        f"flow run {run.id} is {state.describe()}; only a run that has not started or has "
+        "finished can be deleted (cancel it first)"
+    )

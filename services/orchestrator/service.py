@@ -34,6 +34,7 @@ from shared.errors import Conflict, FlowRunNotFound
 from shared.messages import (
     CancelFlowRun,
     CreateFlowRun,
+    DeleteFlowRun,
     DeploymentRef,
     FlowRunPage,
     FlowRunRef,
@@ -101,7 +102,7 @@ class Orchestrator(Service):
             DeploymentStore(await js.key_value(names.DEPLOYMENTS_BUCKET), js), self.clock
         )
         runs = Runs(
-            RunStore(await js.key_value(names.FLOW_RUNS_BUCKET)),
+            RunStore(await js.key_value(names.FLOW_RUNS_BUCKET), js),
             IdempotencyStore(await js.key_value(names.IDEMPOTENCY_BUCKET)),
             deployments,
             publisher,
@@ -163,6 +164,7 @@ class Orchestrator(Service):
             (names.FLOWRUN_CANCEL, CancelFlowRun, cancel),
             (names.FLOWRUN_READ, FlowRunRef, runs.read),
             (names.FLOWRUN_LIST, ListFlowRuns, list_runs),
+            (names.FLOWRUN_DELETE, DeleteFlowRun, runs.delete),
             (names.RUNNER_HEARTBEAT, Heartbeat, runs.heartbeat),
             (names.DEPLOYMENT_REGISTER, RegisterDeployment, deployments.register),
             (names.DEPLOYMENT_READ, DeploymentRef, deployments.resolve),

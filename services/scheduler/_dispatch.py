@@ -172,6 +172,22 @@ class Dispatcher:
             if not entry.created and entry.slot_id not in self.book.slots:
                 self.book.add(entry)
 
+    def deleted(self, run: FlowRun) -> None:
+        """A run was deleted: stop tracking it, and make its slot again if a
+        schedule still wants it (a sweep that raced a resume removed it)."""
+        entry = self.book.runs.get(run.id)
+        if entry is not None:
+            self._forget(entry)
+        key = key_of(run)
+        if (
+            key is not None
+            and self.schedules is not None
+            and key.slot > self.clock.now()
+            and (key.deployment_id, key.digest) in self.schedules.states
+        ):
+            schedules = self.schedules
+            self.work.spawn(lambda: schedules.refill(key), f"refilling {run.deployment_name}")
+
     def _forget(self, entry: Entry) -> None:
         self.book.drop(entry)
         if entry.created:

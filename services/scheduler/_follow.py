@@ -34,6 +34,7 @@ from engine.client import Client
 from shared import names
 from shared.codec import decode, decode_event
 from shared.errors import SluiceError
+from shared.messages import FlowRunDeleted
 from shared.models import Deployment, FlowRun
 from shared.states import ACTIVE_TYPES
 
@@ -116,6 +117,9 @@ class RunFeed:
                     try:
                         event = decode_event(msg.data)
                     except msgspec.DecodeError:
+                        continue
+                    if isinstance(event, FlowRunDeleted):
+                        self.dispatcher.deleted(event.flow_run)
                         continue
                     self.dispatcher.observe(event.flow_run, event.revision)
                     if self.on_event is not None:

@@ -8,11 +8,13 @@ due, not what is registered.
 
 Idempotency: a slot's run has the key ``schedule:<deployment id>:<schedule
 digest>:<slot UTC>``, so any number of schedulers, restarted any number of
-times, create it once. A run the scheduler removed (schedule paused,
-changed, deleted) is Cancelled with a message starting ``Removed by the
-scheduler:``; when its slot is wanted again (resumed) the next generation of
-the key (``…:r1``, ``…:r2``) is used — every scheduler walks the same chain,
-so they still agree.
+times, create it once. A run the scheduler removes (schedule paused,
+changed, deleted) is deleted through ``flowrun.delete``, which frees its key:
+when the slot is wanted again (resumed) the same key makes its run again, so
+a pause leaves no trace in the run list. Runs that older versions removed by
+cancelling them (message ``Removed by the scheduler:``) are still walked
+past with the next generation of the key (``…:r1``, ``…:r2``) — every
+scheduler walks the same chain, so they still agree.
 
 Catch-up: when the scheduler starts, a schedule's slots since ``now -
 catch-up window`` (but not before the deployment was last changed) are
@@ -23,12 +25,13 @@ orchestrator offers it at once). Slots older than the window are not created.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from datetime import datetime, timedelta
 
 from engine.client import Client
 from shared.clock import Clock
-from shared.errors import DeploymentNotFound, SluiceError
+from shared.errors import Conflict, DeploymentNotFound, FlowRunNotFound, SluiceError
 from shared.messages import FlowRunPage
 from shared.models import DeploymentSchedule, FlowRun
 from shared.settings import Settings
@@ -285,7 +288,7 @@ class Schedules:
 
     # --- removing runs -------------------------------------------------------------------
     async def sweep(self, deployment_id: str, digests: set[str], why: str) -> None:
-        """Cancel the not-yet-started runs of schedules that left force.
+        """Delete the not-yet-started runs of schedules that left force.
 
         Reads the deployment again first: a resume that came meanwhile keeps
         its runs. Runs already offered (their time came) are left to run.
@@ -315,14 +318,15 @@ class Schedules:
             runs.extend(page.flow_runs)
             offset = page.next_offset
         removed = 0
-        for run in runs:  # listed first: cancelling shifts the pages
+        for run in runs:  # listed first: deleting shifts the pages
             key = key_of(run)
             if key is None or key.digest not in doomed:
                 continue
             known = self.book.runs.get(run.id)
             if run.expected_start_time <= now and (known is None or known.dispatched):
                 continue  # already offered: it runs
-            await self.dispatcher.cancel(run.id, f"{REMOVED} {why}")
-            removed += 1
+            with contextlib.suppress(Conflict, FlowRunNotFound):  # it started meanwhile
+                await self.client.delete_flow_run(run.id, reason=why, scheduled_only=True)
+                removed += 1
         if removed:
             log.info("removed %d upcoming run(s) of deployment %s: %s", removed, deployment_id, why)

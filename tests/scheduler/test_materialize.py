@@ -11,7 +11,7 @@ import pytest
 
 from services.dev import NatsServer
 from services.scheduler._slots import parse_key
-from shared.errors import MalformedRequest
+from shared.errors import FlowRunNotFound, MalformedRequest
 from shared.messages import RegisterDeployment
 from shared.models import (
     CronSchedule,
@@ -126,27 +126,41 @@ async def test_pause_removes_upcoming_runs_and_resume_creates_them_again(stack: 
     await stack.start_scheduler()
     await stack.deploy("pause", EVERY_MINUTE)
     before = await stack.runs("flow/pause")
+    assert before
+    # A run someone created by hand, due within the horizon: never the scheduler's.
+    manual = await stack.client.create_flow_run(
+        "flow/pause", scheduled_start_time=START + timedelta(minutes=5, seconds=30)
+    )
     await stack.client.pause_deployment("flow/pause")
     await stack.settle()
-    paused = await stack.runs("flow/pause")
-    assert {r.state.type for r in paused} == {StateType.CANCELLED}
-    assert all(r.state.message and "deployment paused" in r.state.message for r in paused)
+    assert [r.id for r in await stack.runs("flow/pause")] == [manual.id]  # no Cancelled rows
+    for gone in before:
+        with pytest.raises(FlowRunNotFound):
+            await stack.client.read_flow_run(gone.id)
 
     await stack.advance(120)  # nothing is created while paused
-    assert len(await stack.runs("flow/pause")) == len(before)
+    assert [r.id for r in await stack.runs("flow/pause")] == [manual.id]
 
     await stack.client.resume_deployment("flow/pause")
     await stack.settle()
-    live = await stack.runs("flow/pause", states=["SCHEDULED"])
+    live = [r for r in await stack.runs("flow/pause", states=["SCHEDULED"]) if r.id != manual.id]
     assert slots_of(live) == minutes(*range(3, 13))  # from now on, not the paused past
-    assert all(r.idempotency_key and r.idempotency_key.endswith(":r1") for r in live[:8])
+    # The same slot keys as before the pause: deleting freed them.
+    assert {parse_key(r.idempotency_key) for r in live} >= {
+        parse_key(r.idempotency_key) for r in before if r.expected_start_time >= minutes(3)[0]
+    }
+    assert all(r.idempotency_key and not r.idempotency_key.endswith(":r1") for r in live)
 
     await stack.client.pause_deployment("flow/pause")
     await stack.settle()
     await stack.client.resume_deployment("flow/pause")
     await stack.settle()
-    live = await stack.runs("flow/pause", states=["SCHEDULED"])
+    every = await stack.runs("flow/pause")
+    assert not [r for r in every if r.state.type is StateType.CANCELLED]
+    live = [r for r in every if r.id != manual.id]
     assert Counter(slots_of(live)) == Counter(minutes(*range(3, 13)))
+    kept = await stack.client.read_flow_run(manual.id)
+    assert kept.state.type is StateType.SCHEDULED
 
 
 async def test_changing_a_schedule_replaces_its_runs(stack: Stack) -> None:
@@ -158,8 +172,7 @@ async def test_changing_a_schedule_replaces_its_runs(stack: Stack) -> None:
     assert slots_of(interval) == minutes(2, 4, 6, 8, 10)
     hourly = [r for r in live if r.expected_start_time.minute == 0]
     assert len(hourly) == 3  # untouched by the change: same runs as before
-    removed = await stack.runs("flow/change", states=["CANCELLED"])
-    assert removed and all("schedule changed" in (r.state.message or "") for r in removed)
+    assert not await stack.runs("flow/change", states=["CANCELLED"])  # removed, not cancelled
 
 
 async def test_a_new_version_takes_over_the_schedules(stack: Stack) -> None:
@@ -169,8 +182,7 @@ async def test_a_new_version_takes_over_the_schedules(stack: Stack) -> None:
     new = await stack.deploy("versions", EVERY_MINUTE, version="2")
     live = await stack.runs("flow/versions", states=["SCHEDULED"])
     assert {r.deployment_id for r in live} == {new.id}
-    gone = [r for r in await stack.runs("flow/versions") if r.deployment_id == old.id]
-    assert gone and {r.state.type for r in gone} == {StateType.CANCELLED}
+    assert not [r for r in await stack.runs("flow/versions") if r.deployment_id == old.id]
 
 
 async def test_deleting_a_deployment_removes_its_upcoming_runs(stack: Stack) -> None:
