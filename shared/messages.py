@@ -51,6 +51,10 @@ class CreateFlowRun(Request, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     agentless: bool = False
     """Executed by the creating process itself (``sluice run --execute``):
     never offered to runners."""
+    request_id: Key | None = None
+    """The caller's id for this request. A run it creates records it as
+    ``created_by_request``; a run an idempotency key returned carries another
+    (or none), so the caller can tell the two apart."""
 
 
 class ProposedState(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -144,6 +148,10 @@ class ListFlowRuns(Request, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     since: datetime | None = None
     """Expected start time at or after this instant."""
     until: datetime | None = None
+    name: str | None = None
+    """Runs with exactly this name."""
+    id_prefix: Annotated[str, msgspec.Meta(max_length=36)] | None = None
+    """Runs whose id starts with this (lower-case hex and hyphens)."""
     limit: PageLimit = 50
     offset: Offset = 0
 

@@ -148,3 +148,5 @@ class FlowRun(msgspec.Struct, frozen=True, kw_only=True):
     """Executed by the process that created it; no runner takes it."""
     recent_transitions: list[str] = msgspec.field(default_factory=list)
     """Ids of the last accepted transitions, so a repeated proposal is harmless."""
+    created_by_request: str | None = None
+    """The ``request_id`` of the create request that made the run, if it gave one."""

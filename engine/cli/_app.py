@@ -10,12 +10,14 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from importlib import metadata
 from typing import Annotated
 
 import typer
 
 from ._deployments import deployments
 from ._run import run
+from ._runner import runners
 from ._runs import flow_runs
 
 __all__ = ["app", "main"]
@@ -30,12 +32,38 @@ app = typer.Typer(
 app.command("run")(run)
 app.add_typer(flow_runs)
 app.add_typer(deployments)
+app.add_typer(runners)
+
+
+def version_text() -> str:
+    """``sluice <version>`` of the installed distribution (``unknown`` when run from
+    a source tree that was never installed)."""
+    try:
+        return f"sluice {metadata.version('sluice')}"
+    except metadata.PackageNotFoundError:
+        return "sluice (version unknown: not installed)"
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        sys.stdout.write(version_text() + "\n")
+        raise typer.Exit()
 
 
 @app.callback()
 def _options(
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Show the client's log messages.")
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            "-V",
+            help="Print the version and exit.",
+            callback=_show_version,
+            is_eager=True,
+        ),
     ] = False,
 ) -> None:
     if verbose:

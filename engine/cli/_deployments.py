@@ -24,6 +24,7 @@ from shared.models import Deployment
 from . import _options, _render
 from ._backfill import backfill
 from ._invoke import fail, with_client
+from ._resolve import complete_deployment
 from ._run import run as run_command
 
 __all__ = ["deployments"]
@@ -41,6 +42,7 @@ Name = Annotated[
         metavar="FLOW/DEPLOYMENT",
         help="The deployment; a bare FLOW works when that flow has one deployment.",
         show_default=False,
+        autocompletion=complete_deployment,
     ),
 ]
 Id = Annotated[
@@ -224,25 +226,30 @@ def _change(
 
 @deployments.command("pause")
 def pause(name: Name = None, deployment_id: Id = None, as_json: JsonFlag = False) -> None:
-    """Pause a deployment's schedules; runs already created are not touched."""
+    """Pause a deployment's schedules and remove the upcoming runs they created.
+
+    Runs created by hand (sluice run, the UI, the API) are never touched, and
+    runs already started go on. Resume creates the schedules' upcoming runs
+    again.
+    """
     _change(
         name,
         deployment_id,
         as_json,
         lambda c, n, i: c.pause_deployment(n, id=i),
-        "paused: its schedules create no runs until resumed",
+        "paused: its schedules' upcoming runs are removed and none are created until resumed",
     )
 
 
 @deployments.command("resume")
 def resume(name: Name = None, deployment_id: Id = None, as_json: JsonFlag = False) -> None:
-    """Resume a paused deployment's schedules."""
+    """Resume a paused deployment's schedules: their upcoming runs are created again."""
     _change(
         name,
         deployment_id,
         as_json,
         lambda c, n, i: c.resume_deployment(n, id=i),
-        "resumed",
+        "resumed: its schedules' upcoming runs are created again",
     )
 
 

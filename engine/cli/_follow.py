@@ -28,8 +28,9 @@ async def follow_run(
     on_log: Callable[[LogRecord], None],
     on_state: Callable[[FlowRun], None] | None = None,
 ) -> FlowRun:
-    """Call ``on_state`` for each new state and ``on_log`` for each log record
-    until the run is finished; return the finished run.
+    """Call ``on_state`` for each state the run went through, from its first,
+    and ``on_log`` for each log record, until the run is finished; return the
+    finished run.
 
     Raises FlowRunNotFound for an unknown id and StackUnavailable when the
     stack goes away. Cancellation (Ctrl-C) stops following; the run goes on.
@@ -47,9 +48,14 @@ async def follow_run(
             async for record in records:
                 show(record)
 
+    # A retried run's history holds earlier terminal states: only one written
+    # at or after the run as it is now ends the watch.
+    current = await client.read_flow_run(run_id)
     async with anyio.create_task_group() as tg:
         last_state: tuple[str, str, object] | None = None
-        async with contextlib.aclosing(client.watch_flow_run(run_id)) as runs:
+        # From the run's history: states it passed before the watch began are
+        # shown too (a quick run is often Running by the time we look).
+        async with contextlib.aclosing(client.watch_flow_run(run_id, history=True)) as runs:
             async for run in runs:
                 if last_state is None:
                     # The run exists: only now is it worth tailing its logs.
@@ -59,7 +65,7 @@ async def follow_run(
                     last_state = state_key
                     if on_state is not None:
                         on_state(run)
-                if run.state.is_terminal:
+                if run.state.is_terminal and run.updated >= current.updated:
                     final = run
                     break
         tg.cancel_scope.cancel()

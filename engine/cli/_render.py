@@ -142,7 +142,14 @@ def _details(rows: list[tuple[str, RenderableType | str | None]]) -> Table:
 
 
 # --- flow runs ------------------------------------------------------------------------
-def flow_run_panel(run: FlowRun, waiting: str | None = None) -> Panel:
+def compact_json(data: Any) -> str:
+    """One line of JSON for a value from the stack (anything else as its text)."""
+    return json.dumps(data, default=str, ensure_ascii=False)
+
+
+def flow_run_panel(
+    run: FlowRun, waiting: str | None = None, *, result: RenderableType | None = None
+) -> Panel:
     state = state_text(run.state)
     if run.state.message:
         state.append(f" - {run.state.message}", style="")
@@ -160,6 +167,7 @@ def flow_run_panel(run: FlowRun, waiting: str | None = None) -> Panel:
         ("ended", when(run.end_time) if run.end_time else None),
         ("duration", elapsed),
         ("parameters", _json(run.parameters)),
+        ("result", result),
         ("tags", _tags(run.tags)),
         ("queue", run.queue),
         ("runner", run.runner),
@@ -183,6 +191,9 @@ def _table(*headers: str) -> Table:
     for header in headers:
         table.add_column(header)
     return table
+
+
+table = _table
 
 
 def _fit(table: Table, index: int, values: list[str], *, at_most: int = 24) -> None:

@@ -3,6 +3,7 @@ execute it here (``--execute``), or run a flow from local code (``--path``/``--m
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -18,6 +19,7 @@ from . import _options, _parse, _render
 from ._follow import follow_run
 from ._invoke import EXIT_FAILURE, with_client
 from ._local import execute_here, run_local
+from ._resolve import complete_deployment
 
 __all__ = ["run"]
 
@@ -82,6 +84,17 @@ def _print_created(run: FlowRun) -> None:
     _render.hint(f"Inspect it with: sluice flow-run inspect {run.id}")
 
 
+def _print_existing(run: FlowRun, *, as_json: bool) -> None:
+    """A repeated idempotency key: the stack returned the run the key already names."""
+    _render.err().print(
+        f"flow run {escape(run.name)} ({run.id}) already exists for this key; "
+        "the new parameters and start time were not applied",
+        soft_wrap=True,
+    )
+    if not as_json:
+        _render.hint(f"Inspect it with: sluice flow-run inspect {run.id}")
+
+
 def _print_executing(run: FlowRun) -> None:
     console = _render.out()
     target = run.deployment_name or run.flow_name
@@ -100,6 +113,7 @@ def run(
             "-n",
             metavar="FLOW/DEPLOYMENT",
             help="The deployment; a bare FLOW works when that flow has one deployment.",
+            autocompletion=complete_deployment,
         ),
     ] = None,
     deployment_id: Annotated[
@@ -231,6 +245,8 @@ def run(
         execute_here(create_agentless, None, as_json=as_json, announce=announce, start=start_from)
         return
 
+    request_id = str(uuid.uuid4())
+
     async def create(client: Client) -> FlowRun:
         created = await client.create_flow_run(
             deployment,
@@ -240,10 +256,14 @@ def run(
             scheduled_start_time=start,
             idempotency_key=idempotency_key,
             tags=tag or [],
+            request_id=request_id,
         )
+        existing = created.created_by_request != request_id
+        if existing:
+            _print_existing(created, as_json=as_json)
         if as_json and not watch:
             _render.print_json(created)
-        if not as_json:
+        if not as_json and not existing:
             _print_created(created)
         if not watch:
             return created

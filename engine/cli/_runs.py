@@ -1,38 +1,65 @@
-"""``sluice flow-run ls|inspect|cancel|logs|retry``."""
+"""``sluice flow-run ls|inspect|watch|logs|cancel|retry|delete``.
+
+Every command that takes a run takes its id, a unique prefix of its id, or
+its name (``_resolve``).
+"""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
 from rich.markup import escape
 
-from engine._stack.diagnose import why_not_started
 from engine.client import Client
-from shared.messages import LogRecord
+from shared.errors import SluiceError
 from shared.models import FlowRun
 
 from . import _parse, _render
-from ._follow import follow_run
-from ._invoke import with_client
+from ._inspect import inspect
+from ._invoke import fail, with_client
 from ._local import execute_here
+from ._logs import logs, watch
+from ._resolve import check_states, complete_deployment, complete_state, resolve_run
 
 __all__ = ["flow_runs"]
 
 flow_runs = typer.Typer(
     name="flow-run",
-    help="List, inspect, cancel, retry and read the logs of flow runs.",
+    help="List, inspect, watch, cancel, retry and delete flow runs, and read their logs.",
     no_args_is_help=True,
 )
+flow_runs.command("inspect")(inspect)
+flow_runs.command("watch")(watch)
+flow_runs.command("logs")(logs)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
-def _run_id(text: str) -> str:
+def _when(text: str | None, option: str) -> datetime | None:
+    """``--since``/``--until``: an ISO 8601 time, or a duration meaning that long ago."""
+    if text is None:
+        return None
     try:
-        return _parse.parse_run_id(text)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="'ID'") from None
+        return datetime.now(UTC) - _parse.parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        return _parse.parse_start_at(text)
+    except ValueError:
+        raise typer.BadParameter(
+            f"{text!r} is neither an ISO 8601 time (2026-11-20T08:00) nor a duration "
+            "ago (30m, 2h, 1d)",
+            param_hint=f"'{option}'",
+        ) from None
+
+
+def _states(given: list[str] | None) -> list[str]:
+    try:
+        return check_states(given or [])
+    except SluiceError as exc:
+        fail(exc)
 
 
 def _deployment_filter(value: str | None) -> str | None:
@@ -50,7 +77,10 @@ def _deployment_filter(value: str | None) -> str | None:
         ) from None
 
 
-RunId = Annotated[str, typer.Argument(metavar="ID", help="The flow run's id.")]
+RunRef = Annotated[
+    str,
+    typer.Argument(metavar="RUN", help="The flow run: its id, a unique prefix of it, or its name."),
+]
 
 
 @flow_runs.command("ls")
@@ -62,12 +92,17 @@ def ls(
             "-s",
             metavar="STATE",
             help="A state type (FAILED) or name (Late); any matches. Repeatable.",
+            autocompletion=complete_state,
         ),
     ] = None,
     deployment: Annotated[
         str | None,
         typer.Option(
-            "--deployment", "-d", metavar="FLOW/DEPLOYMENT", help="Runs of this deployment (or id)."
+            "--deployment",
+            "-d",
+            metavar="FLOW/DEPLOYMENT",
+            help="Runs of this deployment (or id).",
+            autocompletion=complete_deployment,
         ),
     ] = None,
     flow: Annotated[
@@ -79,19 +114,41 @@ def ls(
             "--tag", "-t", metavar="TAG", help="Runs carrying this tag (all given). Repeatable."
         ),
     ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            "--since",
+            metavar="TIME",
+            help="Runs expected to start at or after TIME: ISO 8601, or a duration ago (2h).",
+        ),
+    ] = None,
+    until: Annotated[
+        str | None,
+        typer.Option(
+            "--until",
+            metavar="TIME",
+            help="Runs expected to start before TIME: ISO 8601, or a duration ago (30m).",
+        ),
+    ] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, max=1000, help="At most this many.")] = 20,
     offset: Annotated[int, typer.Option("--offset", min=0, help="Skip this many.")] = 0,
     as_json: JsonFlag = False,
 ) -> None:
     """List flow runs, newest first (by expected start time)."""
     deployment = _deployment_filter(deployment)
+    states = _states(state)
+    start, end = _when(since, "--since"), _when(until, "--until")
+    if start is not None and end is not None and start >= end:
+        raise typer.BadParameter("--since must be before --until")
 
     async def command(client: Client) -> None:
         page = await client.list_flow_runs(
-            states=state or [],
+            states=states,
             deployment=deployment,
             flow_name=flow,
             tags=tag or [],
+            since=start,
+            until=end,
             limit=limit,
             offset=offset,
         )
@@ -108,25 +165,9 @@ def ls(
     with_client(command)
 
 
-@flow_runs.command("inspect")
-def inspect(run_id: RunId, as_json: JsonFlag = False) -> None:
-    """Show one flow run in full."""
-    canonical = _run_id(run_id)
-
-    async def command(client: Client) -> None:
-        run = await client.read_flow_run(canonical)
-        if as_json:
-            _render.print_json(run)
-        else:
-            waiting = await why_not_started(client, run)
-            _render.out().print(_render.flow_run_panel(run, waiting))
-
-    with_client(command)
-
-
 @flow_runs.command("cancel")
 def cancel(
-    run_id: RunId,
+    run_ref: RunRef,
     reason: Annotated[
         str | None,
         typer.Option("--reason", metavar="TEXT", help="Recorded as the state's message."),
@@ -138,10 +179,9 @@ def cancel(
     Cancelling a run that is already cancelled (or being cancelled) is harmless;
     a run that already finished otherwise is an error.
     """
-    canonical = _run_id(run_id)
 
     async def command(client: Client) -> None:
-        run = await client.cancel_flow_run(canonical, reason=reason)
+        run = await client.cancel_flow_run(await resolve_run(client, run_ref), reason=reason)
         if as_json:
             _render.print_json(run)
             return
@@ -156,47 +196,9 @@ def cancel(
     with_client(command)
 
 
-@flow_runs.command("logs")
-def logs(
-    run_id: RunId,
-    follow: Annotated[
-        bool,
-        typer.Option("--follow", "-f", help="Keep printing new lines until the run ends."),
-    ] = False,
-    as_json: Annotated[
-        bool,
-        typer.Option("--json", help="Print JSON: an array, or one object per line with --follow."),
-    ] = False,
-) -> None:
-    """Print a flow run's log lines, oldest first."""
-    canonical = _run_id(run_id)
-
-    def show(record: LogRecord) -> None:
-        if as_json:
-            _render.print_json(record)
-        else:
-            _render.out().print(_render.log_line(record))
-
-    async def command(client: Client) -> None:
-        await client.read_flow_run(canonical)  # an unknown id is an error, not silence
-        if follow:
-            await follow_run(client, canonical, on_log=show)
-            return
-        records = [record async for record in client.logs(canonical)]
-        if as_json:
-            _render.print_json(records)
-        else:
-            for record in records:
-                show(record)
-            if not records:
-                _render.err().print("No log lines yet.")
-
-    with_client(command)
-
-
 @flow_runs.command("retry")
 def retry(
-    run_id: RunId,
+    run_ref: RunRef,
     from_task: Annotated[
         str | None,
         typer.Option(
@@ -218,17 +220,45 @@ def retry(
     --execute runs it here. Tasks whose results an earlier attempt kept are not
     run again (they end Resumed), except from --from-task on.
     """
-    canonical = _run_id(run_id)
 
     async def command(client: Client) -> FlowRun:
+        run_id = await resolve_run(client, run_ref)
         # --execute: marked agentless, so no runner serving the queue takes it first.
-        return await client.retry_flow_run(canonical, from_task=from_task, agentless=execute)
+        return await client.retry_flow_run(run_id, from_task=from_task, agentless=execute)
 
     retried = with_client(command)
     if not as_json or not execute:
         _print_retried(retried, as_json=as_json, execute=execute)
     if execute:
         execute_here(None, retried.id, as_json=as_json)
+
+
+@flow_runs.command("delete")
+def delete(
+    run_ref: RunRef,
+    reason: Annotated[
+        str | None,
+        typer.Option("--reason", metavar="TEXT", help="Recorded in the run's deletion event."),
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Delete a flow run that has not started yet or has finished.
+
+    The run leaves the run list and can no longer be read; a run that is
+    under way must be cancelled first. Its idempotency key is freed, so a
+    create with that key makes a new run.
+    """
+
+    async def command(client: Client) -> FlowRun:
+        run = await client.read_flow_run(await resolve_run(client, run_ref))
+        await client.delete_flow_run(run.id, reason=reason)
+        return run
+
+    run = with_client(command)
+    if as_json:
+        _render.print_json({"id": run.id, "deleted": True})
+        return
+    _render.out().print(f"Deleted flow run [bold]{escape(run.name)}[/] ({run.id}).", soft_wrap=True)
 
 
 def _print_retried(run: FlowRun, *, as_json: bool, execute: bool) -> None:

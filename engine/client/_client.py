@@ -150,6 +150,7 @@ class Client:
         tags: Iterable[str] = (),
         parent_flow_run_id: str | None = None,
         agentless: bool = False,
+        request_id: str | None = None,
     ) -> FlowRun:
         """Create a run of a deployment (``flow/deployment``, or by id), or with
         ``flow_name`` a run with no deployment.
@@ -157,7 +158,8 @@ class Client:
         Returns once the run is durably stored. With an ``idempotency_key``,
         calling again returns the first run instead of creating another, so it
         is safe to retry after a StackUnavailable. ``agentless``: the caller
-        executes the run itself; no runner is offered it.
+        executes the run itself; no runner is offered it. ``request_id``:
+        the new run records it as ``created_by_request`` (see CreateFlowRun).
         """
         req = CreateFlowRun(
             deployment=deployment,
@@ -170,6 +172,7 @@ class Client:
             tags=list(tags),
             parent_flow_run_id=parent_flow_run_id,
             agentless=agentless,
+            request_id=request_id,
         )
         return await self._request(names.FLOWRUN_CREATE, req, FlowRun)
 
@@ -199,6 +202,8 @@ class Client:
         runner: str | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
+        name: str | None = None,
+        id_prefix: str | None = None,
         limit: int = 50,
         offset: int = 0,
     ) -> FlowRunPage:
@@ -212,6 +217,8 @@ class Client:
             runner=runner,
             since=since,
             until=until,
+            name=name,
+            id_prefix=id_prefix,
             limit=limit,
             offset=offset,
         )
@@ -312,16 +319,21 @@ class Client:
         )
         return await self._request(names.FLOWRUN_PROPOSE, req, ProposeReply)
 
-    def watch_flow_run(self, run_id: str, *, resync: float = 5.0) -> AsyncGenerator[FlowRun, None]:
+    def watch_flow_run(
+        self, run_id: str, *, resync: float = 5.0, history: bool = False
+    ) -> AsyncGenerator[FlowRun, None]:
         """Yield the run now, then after every accepted transition, in order.
 
         Transitions come from the run's event stream, so quick ones are not
-        merged. Every ``resync`` seconds without news the run is read again
+        merged. With ``history``, the run is yielded as each of its past
+        transitions left it too, from its creation on, instead of only as it
+        is now. Every ``resync`` seconds without news the run is read again
         from KV (a write whose event is still being recovered is shown too),
         and the subscription is rebuilt if the connection was re-established
-        meanwhile. Close the generator (``contextlib.aclosing``) to stop.
+        meanwhile. Raises FlowRunNotFound for an unknown run, or once the run
+        is deleted. Close the generator (``contextlib.aclosing``) to stop.
         """
-        return watch_run(self.nc, self._read_with_revision, run_id, resync)
+        return watch_run(self.nc, self._read_with_revision, run_id, resync, history=history)
 
     async def wait_for_flow_run(self, run_id: str) -> FlowRun:
         """Return the run once it reaches a terminal state. Cancellation stops waiting."""

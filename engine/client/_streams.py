@@ -29,11 +29,14 @@ ReadRun = Callable[[str], Awaitable[tuple[FlowRun, int]]]
 
 
 async def watch_run(
-    nc: NATS, read: ReadRun, run_id: str, resync: float
+    nc: NATS, read: ReadRun, run_id: str, resync: float, *, history: bool = False
 ) -> AsyncGenerator[FlowRun, None]:
     """See :meth:`Client.watch_flow_run`."""
-    run, last = await read(run_id)
-    yield run
+    run, last = await read(run_id)  # an unknown run fails here, before any subscription
+    if history:
+        last = 0  # every event from the first; a resync still yields the stored run
+    else:
+        yield run
     js = nc.jetstream()
     while True:
         reconnects = nc.stats["reconnects"]

@@ -7,6 +7,7 @@ Registering the same version again updates it in place (same id).
 
 from __future__ import annotations
 
+import difflib
 import uuid
 from collections.abc import Iterable
 
@@ -73,6 +74,14 @@ def _newest_per_name(deployments: Iterable[Deployment]) -> dict[str, Deployment]
     return newest
 
 
+def _did_you_mean(given: str, known: Iterable[str]) -> str:
+    """``; did you mean 'x'?`` for the closest of ``known`` to a misspelled name, or ''."""
+    close = difflib.get_close_matches(given, sorted(set(known)), n=3, cutoff=0.6)
+    if not close:
+        return ""
+    return "; did you mean " + " or ".join(repr(c) for c in close) + "?"
+
+
 class Deployments:
     def __init__(self, store: DeploymentStore, clock: Clock) -> None:
         self._store = store
@@ -132,17 +141,22 @@ class Deployments:
             if deployment is not None:
                 return deployment
         flow_name = full_name.split("/", 1)[0]
-        choices = sorted(_newest_per_name(await self._of_flow(flow_name)))
-        hint = f"; deployments of flow {flow_name!r}: {', '.join(choices)}" if choices else ""
+        every = await self._store.all()
+        choices = sorted(_newest_per_name(d for d in every if d.flow_name == flow_name))
+        hint = _did_you_mean(full_name, (d.full_name for d in every))
+        if choices and not hint:
+            hint = f"; deployments of flow {flow_name!r}: {', '.join(choices)}"
         raise DeploymentNotFound(
             f"no deployment named {full_name!r}{hint}", details={"choices": choices}
         )
 
     async def _by_flow_name(self, flow_name: str) -> Deployment:
-        newest = _newest_per_name(await self._of_flow(flow_name))
+        every = await self._store.all()
+        newest = _newest_per_name(d for d in every if d.flow_name == flow_name)
         if not newest:
+            hint = _did_you_mean(flow_name, (d.flow_name for d in every))
             raise DeploymentNotFound(
-                f"no deployment of flow {flow_name!r}; name one as FLOW/DEPLOYMENT"
+                f"no deployment of flow {flow_name!r}{hint or '; name one as FLOW/DEPLOYMENT'}"
             )
         if len(newest) > 1:
             choices = sorted(newest)

@@ -315,6 +315,13 @@ class ReadModel:
         if req.until:
             where.append("expected_start < ?")
             args.append(_ts(req.until))
+        if req.name is not None:
+            where.append("name = ?")
+            args.append(req.name)
+        if req.id_prefix:
+            # A range on the primary key, so a prefix look-up stays an index seek.
+            where.append("id >= ? AND id < ?")
+            args.extend([req.id_prefix, req.id_prefix + "\uffff"])
         for tag in req.tags:
             where.append("id IN (SELECT run_id FROM run_tags WHERE tag = ?)")
             args.append(tag)

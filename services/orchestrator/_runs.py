@@ -118,6 +118,7 @@ class Runs:
             updated=now,
             expected_start_time=start,
             agentless=req.agentless,
+            created_by_request=req.request_id,
         )
         try:
             revision = await self._runs.create(run)
