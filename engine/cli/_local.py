@@ -60,9 +60,12 @@ def _echo_run_logs() -> Iterator[None]:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S"))
     logger = logging.getLogger("sluice.runs")
     logger.addHandler(handler)
+    # The CLI's root handler (main()'s basicConfig) would print each line again.
+    propagate, logger.propagate = logger.propagate, False
     try:
         yield
     finally:
+        logger.propagate = propagate
         logger.removeHandler(handler)
 
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -135,3 +138,31 @@ def test_a_configured_but_unreachable_stack_fails_the_call(
     monkeypatch.setenv("SLUICE_HOME", str(tmp_path))
     with pytest.raises(StackUnavailable, match="SLUICE_NATS_URL is set"):
         pipeline.child(1)
+
+
+def _sluice_process(env: dict[str, str | None], *args: str) -> subprocess.CompletedProcess[str]:
+    """The real console program: its root log handler is what printed lines twice."""
+    full = {k: v for k, v in {**os.environ, **env}.items() if v is not None}
+    return subprocess.run(
+        [sys.executable, "-m", "engine.cli", *args],
+        env=full,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_path_prints_each_log_line_once(no_stack: dict[str, str | None]) -> None:
+    done = _sluice_process(no_stack, "run", "--path", f"{FLOWS}/pipeline.py:hello", "-p", "name=z")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("starting for z") == 1, done.stderr
+
+
+def test_execute_prints_each_log_line_once(stack: Stack, deploy) -> None:
+    deployment = deploy("hello-once", "pipeline.py:hello")
+    done = _sluice_process(
+        stack.env, "run", "--name", deployment.full_name, "-p", "name=y", "--execute"
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stderr.count("starting for y") == 1, done.stderr
