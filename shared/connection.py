@@ -8,7 +8,9 @@ exceptions become :class:`StackUnavailable` for callers.
 
 from __future__ import annotations
 
+import inspect
 import logging
+import random
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -29,6 +31,23 @@ T = TypeVar("T")
 DEFAULT_INBOX = "_INBOX"
 PING_INTERVAL = 5  # seconds; two missed pings mark the connection dead
 RECONNECT_WAIT = 0.5
+#: The longest wait between two reconnect attempts: a process whose stack is
+#: gone keeps trying, and logs one line per try, without flooding its log.
+RECONNECT_MAX_WAIT = 5.0
+
+
+#: nats-py 2.15 added the hook that lets a client choose its reconnect wait.
+_HAS_RECONNECT_HOOK = "reconnect_to_server_handler" in inspect.signature(NATS.connect).parameters
+
+
+def reconnect_delay(failed: int, rng: random.Random | None = None) -> float:
+    """Seconds to wait before the next reconnect attempt after ``failed`` failed ones.
+
+    Doubles from RECONNECT_WAIT up to RECONNECT_MAX_WAIT, with ±20 % jitter so
+    many clients of one restarted server do not knock at the same instant.
+    """
+    base = min(RECONNECT_MAX_WAIT, RECONNECT_WAIT * 2 ** min(failed, 16))
+    return base * (rng or random).uniform(0.8, 1.2)
 
 
 def _tls_context(settings: Settings) -> ssl.SSLContext | None:
@@ -89,6 +108,8 @@ async def connect(
         text = str(exc) or type(exc).__name__
         denied = "permissions violation" in text.lower()
         level = logging.WARNING if connected or denied else logging.DEBUG
+        if connected and nc.is_reconnecting and isinstance(exc, OSError | TimeoutError):
+            level = logging.DEBUG  # a failed attempt: choose_server already said so
         log.log(level, "nats (%s): %s", name, text)
         if not connected and "authorization" in text.lower():
             refused[:] = [text]
@@ -101,6 +122,27 @@ async def connect(
         log.info("nats (%s): reconnected", name)
         if on_reconnect is not None:
             await on_reconnect()
+
+    def choose_server(servers: list[Any], info: dict[str, Any]) -> tuple[Any, float]:
+        """nats-py's reconnect hook: the least-tried server, after a growing wait.
+
+        One log line per attempt, saying when it comes: the wait doubles, so a
+        process whose stack is gone logs every few seconds, not several times
+        a second.
+        """
+        server = min(servers, key=lambda s: s.reconnects)
+        delay = reconnect_delay(server.reconnects)
+        if server.reconnects:
+            why = nc.last_error or "no answer"
+            log.warning(
+                "nats (%s): cannot reach %s (%s); attempt %d in %.1fs",
+                name,
+                server.uri.netloc,
+                why,
+                server.reconnects + 1,
+                delay,
+            )
+        return server, delay
 
     options: dict[str, Any] = {
         "servers": _servers(settings),
@@ -122,6 +164,8 @@ async def connect(
         # A client buffers this much while reconnecting instead of failing.
         "pending_size": 64 * 1024 * 1024,
     }
+    if _HAS_RECONNECT_HOOK:
+        options["reconnect_to_server_handler"] = choose_server
     nc = NATS()
     if wait is None:
         await nc.connect(**options)
