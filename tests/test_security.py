@@ -34,7 +34,7 @@ from services.dev import NatsServer
 from shared import names
 from shared.bootstrap import bootstrap
 from shared.connection import connect, inbox_prefix, request
-from shared.errors import StackUnavailable
+from shared.errors import FlowRunNotFound, StackUnavailable
 from shared.messages import ProposedState, ProposeReply, ProposeState
 from shared.models import FlowRun
 from shared.settings import Settings
@@ -418,3 +418,20 @@ async def test_a_creds_file_authenticates(tmp_path: Path) -> None:
             await _connects_quickly(Settings(nats_url=server.url, nats_creds=str(bad)))
     finally:
         server.stop()
+
+
+async def test_only_operators_and_the_scheduler_delete_runs(
+    stack: LocalStack, unique: str, run: FlowRun
+) -> None:
+    async with Client(stack.settings("client", request_timeout=REFUSED_WAIT)) as c:
+        with pytest.raises(StackUnavailable):
+            await c.delete_flow_run(run.id)
+        await refused(stack, "client", names.FLOWRUN_DELETE)
+        assert (await c.read_flow_run(run.id)).id == run.id
+    async with Client(stack.settings("operator")) as c:
+        assert (await c.delete_flow_run(run.id)).id == run.id
+        with pytest.raises(FlowRunNotFound):
+            await c.read_flow_run(run.id)
+        upcoming = await c.create_flow_run(flow_name=f"secure-{unique}", agentless=True)
+    async with Client(stack.settings("scheduler")) as c:
+        assert (await c.delete_flow_run(upcoming.id, scheduled_only=True)).id == upcoming.id
