@@ -11,6 +11,11 @@ from nats.aio.client import Client as NATS
 
 from engine.client import Client
 from services.orchestrator import Orchestrator
+from services.orchestrator._publish import Publisher
+from services.orchestrator._recovery import recover
+from services.orchestrator._store import RunStore
+from shared import names
+from shared.clock import SystemClock
 from shared.errors import Conflict, FlowRunNotFound, MalformedRequest
 from shared.messages import ProposedState, RegisterDeployment
 from shared.states import StateType
@@ -131,3 +136,27 @@ async def test_watching_a_run_that_gets_deleted_ends_with_not_found(
     with pytest.raises(FlowRunNotFound, match="deleted"):
         await anext(watch)
     await watch.aclose()
+
+
+async def test_a_delete_whose_event_was_lost_is_announced_by_recovery(
+    client: Client, nc: NATS, unique: str
+) -> None:
+    """An orchestrator that died between the delete marker and its event: the
+    next recovery publishes the event, and the run leaves the run list."""
+    await client.register_deployment(RegisterDeployment(name="d", flow_name=f"f-{unique}"))
+    run = await client.create_flow_run(
+        f"f-{unique}/d", scheduled_start_time=datetime.now(UTC) + timedelta(hours=1)
+    )
+    js = nc.jetstream()
+    kv = await js.key_value(names.FLOW_RUNS_BUCKET)
+    entry = await kv.get(run.id)
+    await RunStore(kv, js).delete(run.id, entry.revision or 0)  # the marker, and no event
+    assert [r.id for r in (await client.list_flow_runs(flow_name=f"f-{unique}")).flow_runs] == [
+        run.id
+    ]
+    assert await recover(js, Publisher(js), SystemClock()) >= 1
+    events = await _events(nc, run.id)
+    assert events[-1]["kind"] == "flowrun.deleted"
+    assert events[-1]["flow_run"]["id"] == run.id
+    assert (await client.list_flow_runs(flow_name=f"f-{unique}")).flow_runs == []
+    assert await recover(js, Publisher(js), SystemClock()) == 0  # published once
