@@ -353,6 +353,10 @@ def test_a_misspelled_deployment_or_flow_gets_a_suggestion(stack: Stack, flow: s
     assert_fails(
         sluice(stack, "deployment", "inspect", flow[:-1] + "Z"), 1, f"did you mean '{flow}'"
     )
+    listed = sluice(stack, "flow-run", "ls", "--flow", flow[:-1] + "Z")
+    assert listed.exit_code == 0, listed.output
+    assert "No flow runs match." in listed.stdout
+    assert "Did you mean --flow " in listed.stdout and f"--flow {flow}" in listed.stdout
 
 
 # --- shell completion ------------------------------------------------------------------------

@@ -6,6 +6,7 @@ its name (``_resolve``).
 
 from __future__ import annotations
 
+import difflib
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -53,6 +54,17 @@ def _when(text: str | None, option: str) -> datetime | None:
             "ago (30m, 2h, 1d)",
             param_hint=f"'{option}'",
         ) from None
+
+
+async def _suggest_flow(client: Client, flow: str) -> None:
+    """A hint when ``--flow`` names no flow a deployment knows but one is close."""
+    page = await client.list_deployments(limit=1000)
+    known = sorted({d.flow_name for d in page.deployments})
+    if flow in known:
+        return
+    close = difflib.get_close_matches(flow, known, n=3, cutoff=0.6)
+    if close:
+        _render.hint("Did you mean " + " or ".join(f"--flow {c}" for c in close) + "?")
 
 
 def _states(given: list[str] | None) -> list[str]:
@@ -157,6 +169,8 @@ def ls(
             return
         if not page.flow_runs:
             _render.out().print("No flow runs match.")
+            if flow is not None:
+                await _suggest_flow(client, flow)
             return
         _render.out().print(_render.flow_runs_table(page.flow_runs))
         if page.next_offset is not None:
