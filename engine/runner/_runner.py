@@ -58,7 +58,7 @@ from engine.runner._upkeep import _Active, _Upkeep
 from shared import names, telemetry
 from shared.clock import Clock, SystemClock
 from shared.codec import decode
-from shared.errors import SluiceError
+from shared.errors import FlowRunNotFound, SluiceError
 from shared.messages import Decision, Dispatch, ProposedState
 from shared.models import Deployment, FlowRun
 from shared.settings import Settings
@@ -334,13 +334,21 @@ class Runner(_Facade, _Serving, _Stopping, _Supervise, _Upkeep):
     ) -> tuple[FlowRun, Deployment | None] | None:
         """Propose PENDING; None if the run is not ours, else the run as our claim
         left it and the deployment the orchestrator sent with it (if it did)."""
-        reply = await client.propose_state(
-            run_id,
-            ProposedState(type=StateType.PENDING, message=f"claimed by runner {self.name}"),
-            runner=self.name,
-            attempt=attempt,
-            transition_id=f"claim:{self.name}:{run_id}:{attempt}",
-        )
+        try:
+            reply = await client.propose_state(
+                run_id,
+                ProposedState(type=StateType.PENDING, message=f"claimed by runner {self.name}"),
+                runner=self.name,
+                attempt=attempt,
+                transition_id=f"claim:{self.name}:{run_id}:{attempt}",
+            )
+        except FlowRunNotFound:
+            # Deleted after it was offered (flowrun.delete): the item can never
+            # be run, so it is settled rather than offered again forever.
+            if msg is not None:
+                await msg.ack()
+            log.info("runner %s: run %s was deleted; dropping its offer", self.name, run_id)
+            return None
         if reply.status is Decision.WAIT and msg is not None:
             await msg.nak(delay=max(reply.delay_seconds or 1.0, 0.05))
             return None

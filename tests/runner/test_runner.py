@@ -6,7 +6,7 @@ import contextlib
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import anyio
 import anyio.abc
@@ -324,3 +324,42 @@ async def test_a_run_that_ends_while_the_orchestrator_is_away_is_still_settled(
             back.set()
     assert final.state.type is StateType.CRASHED
     assert final.state.message == explain_exit(-signal.SIGTERM)
+
+
+async def test_the_offer_of_a_deleted_run_is_dropped_not_retried(
+    orchestrator: Orchestrator, client: Client, settings: Settings, unique: str
+) -> None:
+    """A run deleted after it was offered: the runner settles the item, then runs the next."""
+    queue = f"q{unique}"
+    r = runner(settings, name=f"r-{unique}", queue=queue)
+    dep_id = await r.add_deployment(deployment(f"f{unique}", queue=queue))
+    doomed = await client.create_flow_run(
+        f"f{unique}/d", scheduled_start_time=datetime.now(UTC) + timedelta(hours=1)
+    )
+    await client.delete_flow_run(doomed.id)
+    js = client.nc.jetstream()
+    async with running(r):
+        item = Dispatch(
+            flow_run_id=doomed.id,
+            deployment_id=dep_id,
+            queue=queue,
+            attempt=0,
+            scheduled_time=datetime.now(UTC),
+        )
+        await js.publish(names.dispatch_subject(queue, dep_id), encode(item))
+        run = await client.create_flow_run(f"f{unique}/d")
+        final = await client.wait_for_flow_run(run.id)
+        assert final.state.type is StateType.COMPLETED
+
+        async def settled() -> bool:
+            for info in await js.consumers_info(names.DISPATCH_STREAM):
+                filters = [info.config.filter_subject, *(info.config.filter_subjects or [])]
+                if any(f and queue in f for f in filters):
+                    return info.num_ack_pending == 0 and info.num_pending == 0
+            return False
+
+        with anyio.fail_after(60):
+            while True:  # the server's consumer state: asked again, not waited for
+                if await settled():
+                    break
+                await anyio.sleep(0.2)
