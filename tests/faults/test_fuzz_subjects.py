@@ -42,6 +42,7 @@ from ._stack import verify
 
 RUNNER = "fuzz-runner"
 KILL = names.runner_kill_subject(RUNNER)
+NO_RUN = "00000000-0000-4000-8000-00000000f022"
 KNOWN_CODES = set(_BY_CODE) - {"error", "internal"}
 
 
@@ -162,6 +163,8 @@ def valid_body(subject: str, run_id: str, deployment_id: str) -> dict[str, Any]:
         names.FLOWRUN_CANCEL: {"id": run_id},
         names.FLOWRUN_READ: {"id": run_id},
         names.FLOWRUN_LIST: {"states": ["COMPLETED"], "limit": 5},
+        # No such run: the fuzzed runs must stay for the invariants checked at the end.
+        names.FLOWRUN_DELETE: {"id": NO_RUN, "reason": "fuzz", "scheduled_only": True},
         names.DEPLOYMENT_REGISTER: {"name": "d2", "flow_name": "fuzzed2"},
         names.DEPLOYMENT_READ: {"id": deployment_id},
         names.DEPLOYMENT_LIST: {"limit": 5},
@@ -214,6 +217,7 @@ def test_subjects_cover_names_py() -> None:
         names.FLOWRUN_CANCEL,
         names.FLOWRUN_READ,
         names.FLOWRUN_LIST,
+        names.FLOWRUN_DELETE,
         names.DEPLOYMENT_REGISTER,
         names.DEPLOYMENT_READ,
         names.DEPLOYMENT_LIST,
