@@ -177,6 +177,16 @@ def test_delete_refuses_a_run_under_way(stack: Stack, client: SyncClient, flow: 
     assert client.read_flow_run(run.id).state.type is StateType.RUNNING
 
 
+def test_pause_and_resume_help_say_what_happens_to_upcoming_runs(stack: Stack) -> None:
+    paused = sluice(stack, "deployment", "pause", "--help")
+    text = " ".join(paused.stdout.split())
+    assert "remove the upcoming runs they created" in text
+    assert "Runs created by hand (sluice run, the UI, the API) are never touched" in text
+    assert "not touched" not in text.replace("never touched", "")
+    resumed = " ".join(sluice(stack, "deployment", "resume", "--help").stdout.split())
+    assert "their upcoming runs are created again" in resumed
+
+
 # --- flow-run ls --since/--until, unknown states ---------------------------------------------
 def test_ls_since_and_until(stack: Stack, client: SyncClient, flow: str, unique: str) -> None:
     tag = f"when-{unique}"

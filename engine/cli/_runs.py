@@ -31,9 +31,6 @@ flow_runs = typer.Typer(
     help="List, inspect, watch, cancel, retry and delete flow runs, and read their logs.",
     no_args_is_help=True,
 )
-flow_runs.command("inspect")(inspect)
-flow_runs.command("watch")(watch)
-flow_runs.command("logs")(logs)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
@@ -177,6 +174,11 @@ def ls(
             _render.hint(f"More: add --offset {page.next_offset}")
 
     with_client(command)
+
+
+flow_runs.command("inspect")(inspect)
+flow_runs.command("watch")(watch)
+flow_runs.command("logs")(logs)
 
 
 @flow_runs.command("cancel")
