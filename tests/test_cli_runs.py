@@ -24,7 +24,8 @@ from services.dev import free_port
 from shared import names
 from shared.codec import encode
 from shared.errors import FlowRunNotFound
-from shared.messages import Decision, LogRecord, ProposedState, TaskRunRecord
+from shared.messages import Decision, LogRecord, ProposedState, RegisterDeployment, TaskRunRecord
+from shared.models import DeploymentSchedule, IntervalSchedule
 from shared.settings import Settings
 from shared.states import State, StateDetails, StateType
 
@@ -407,3 +408,49 @@ def test_completion_without_a_stack_offers_nothing(tmp_path: Path) -> None:
     assert done.returncode == 0
     assert done.stdout.strip() == ""
     assert "Traceback" not in done.stderr
+
+
+# --- pause and resume through the CLI, with a real scheduler ----------------------------------
+def test_pause_removes_upcoming_runs_and_resume_makes_them_again(
+    stack: Stack, client: SyncClient, unique: str
+) -> None:
+    name = f"hourly-{unique}/main"
+    client.register_deployment(
+        RegisterDeployment(
+            name="main",
+            flow_name=f"hourly-{unique}",
+            queue=f"nobody-{unique}",
+            schedules=[DeploymentSchedule(schedule=IntervalSchedule(interval=3600))],
+        )
+    )
+    manual = sluice_json(stack, "run", "--name", name, "--start-in", "90m")
+
+    def runs() -> list[dict]:
+        return sluice_json(stack, "flow-run", "ls", "--deployment", name)["flow_runs"]
+
+    def scheduled_keys() -> set[str] | None:
+        listed = runs()
+        keys = {r["idempotency_key"] for r in listed if r["id"] != manual["id"]}
+        return keys if len(keys) >= 3 and manual["id"] in {r["id"] for r in listed} else None
+
+    env = {**stack.process_env(), "SLUICE_LOG_LEVEL": "INFO"}
+    with ServiceProcess(["-m", "services.scheduler"], env, "scheduler ready") as scheduler:
+        scheduler.wait_ready()
+        before = eventually(scheduled_keys, "the schedule's upcoming runs", timeout=60)
+
+        paused = sluice(stack, "deployment", "pause", name)
+        assert paused.exit_code == 0, paused.output
+        eventually(
+            lambda: [r["id"] for r in runs()] == [manual["id"]] or None,
+            "the upcoming runs to be removed",
+            timeout=60,
+        )
+        cancelled = sluice_json(stack, "flow-run", "ls", "--deployment", name, "-s", "Cancelled")
+        assert cancelled["flow_runs"] == []  # removed, not left Cancelled
+
+        resumed = sluice(stack, "deployment", "resume", name)
+        assert resumed.exit_code == 0, resumed.output
+        after = eventually(scheduled_keys, "the upcoming runs made again", timeout=60)
+        assert after & before  # the same slots, under the same keys
+        assert not any(key.endswith(":r1") for key in after)
+    assert client.read_flow_run(manual["id"]).state.type is StateType.SCHEDULED
