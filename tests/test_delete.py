@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from nats.aio.client import Client as NATS
@@ -12,13 +13,23 @@ from nats.aio.client import Client as NATS
 from engine.client import Client
 from services.orchestrator import Orchestrator
 from services.orchestrator._publish import Publisher
+from services.orchestrator._readmodel import ReadModel
 from services.orchestrator._recovery import recover
 from services.orchestrator._store import RunStore
 from shared import names
 from shared.clock import SystemClock
+from shared.codec import encode
 from shared.errors import Conflict, FlowRunNotFound, MalformedRequest
-from shared.messages import ProposedState, RegisterDeployment
-from shared.states import StateType
+from shared.messages import (
+    FlowRunCreated,
+    FlowRunDeleted,
+    FlowRunStateChanged,
+    ListFlowRuns,
+    ProposedState,
+    RegisterDeployment,
+)
+from shared.models import FlowRun
+from shared.states import State, StateType
 
 from .test_contract import call, register
 
@@ -160,3 +171,36 @@ async def test_a_delete_whose_event_was_lost_is_announced_by_recovery(
     assert events[-1]["flow_run"]["id"] == run.id
     assert (await client.list_flow_runs(flow_name=f"f-{unique}")).flow_runs == []
     assert await recover(js, Publisher(js), SystemClock()) == 0  # published once
+
+
+async def test_the_read_model_keeps_a_deleted_run_out_against_replayed_events(
+    nc: NATS, tmp_path: Path
+) -> None:
+    """A duplicate of an older event, applied after the deletion, does not bring
+    the run back; the same id stored again later (a freed key's run) does come back."""
+    now = datetime.now(UTC)
+    run = FlowRun(
+        id=str(uuid.uuid4()),
+        name="gone",
+        flow_name="f",
+        state=State(type=StateType.SCHEDULED, name="Scheduled", timestamp=now),
+        created=now,
+        updated=now,
+        expected_start_time=now,
+        tags=["t"],
+    )
+    created = FlowRunCreated(flow_run=run, revision=1, occurred=now)
+    late = FlowRunStateChanged(flow_run=run, revision=2, occurred=now)
+    deleted = FlowRunDeleted(flow_run=run, revision=3, occurred=now)
+    again = FlowRunCreated(flow_run=run, revision=5, occurred=now)
+    model = ReadModel(tmp_path / "runs.sqlite", nc)
+    await model.open()
+    try:
+        everything = ListFlowRuns(flow_name="f")
+        await model._apply([(1, encode(created)), (2, encode(deleted)), (3, encode(late))])
+        assert (await model.query(everything, None)).flow_runs == []
+        assert (await model.query(ListFlowRuns(tags=["t"]), None)).flow_runs == []
+        await model._apply([(4, encode(again))])
+        assert [r.id for r in (await model.query(everything, None)).flow_runs] == [run.id]
+    finally:
+        await model.close()

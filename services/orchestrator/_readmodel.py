@@ -223,15 +223,13 @@ class ReadModel:
 
     async def _upsert(self, run: FlowRun, revision: int) -> None:
         db = self.db
-        async with db.execute(
-            "SELECT 1 FROM deleted_runs WHERE id=? AND revision > ?", (run.id, revision)
-        ) as found:
-            if await found.fetchone() is not None:
-                return  # deleted after this write
+        # One statement, so the tombstone check costs no extra round trip to
+        # aiosqlite's thread: a write older than the run's deletion is skipped.
         cur = await db.execute(
             """INSERT INTO runs (id, revision, name, flow_name, deployment_id, deployment_name,
                    parent_flow_run_id, runner, state_type, state_name, expected_start, body)
-               VALUES (?,?,?,?,?,?,?,?,?,?,?,?)
+               SELECT ?,?,?,?,?,?,?,?,?,?,?,?
+               WHERE NOT EXISTS (SELECT 1 FROM deleted_runs d WHERE d.id=? AND d.revision > ?)
                ON CONFLICT(id) DO UPDATE SET
                    revision=excluded.revision, name=excluded.name, runner=excluded.runner,
                    state_type=excluded.state_type, state_name=excluded.state_name,
@@ -250,6 +248,8 @@ class ReadModel:
                 run.state.name,
                 _ts(run.expected_start_time),
                 encode(run),
+                run.id,
+                revision,
             ),
         )
         if cur.rowcount:
