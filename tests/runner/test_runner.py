@@ -332,7 +332,7 @@ async def test_the_offer_of_a_deleted_run_is_dropped_not_retried(
     """A run deleted after it was offered: the runner settles the item, then runs the next."""
     queue = f"q{unique}"
     r = runner(settings, name=f"r-{unique}", queue=queue)
-    dep_id = await r.add_deployment(deployment(f"f{unique}", queue=queue))
+    dep_id = await r.aadd_deployment(deployment(f"f{unique}", queue=queue))
     doomed = await client.create_flow_run(
         f"f{unique}/d", scheduled_start_time=datetime.now(UTC) + timedelta(hours=1)
     )
