@@ -28,9 +28,12 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from shared.messages import RegisterDeployment
 from shared.models import (
     CronSchedule,
+    Deployment,
     DeploymentSchedule,
     FlowRunTrigger,
     IntervalSchedule,
@@ -39,6 +42,7 @@ from shared.models import (
 from shared.schedules import check_schedule, schedule_from_dict
 
 if TYPE_CHECKING:
+    from engine.client import Client
     from engine.flows import Flow
     from engine.runner._subprocess import FlowRunner
 
@@ -155,6 +159,9 @@ class RunnerDeployment:
     own); registered without a runner, ``default``."""
     triggers: list[FlowRunTrigger] = field(default_factory=list)
     """Start a run when runs of other deployments reach given states."""
+    bundle: bool = False
+    """Ship ``path`` (the project folder) in the stack's bundle store when
+    registered, so runners on any host run this code without a copy of it."""
 
     def __post_init__(self) -> None:
         _declared(self)
@@ -186,10 +193,16 @@ class RunnerDeployment:
         paused: bool = False,
         queue: str | None = None,
         triggers: Iterable[FlowRunTrigger] = (),
+        bundle: bool = False,
     ) -> RunnerDeployment:
         if not name or "/" in name or "%" in name:
             raise ValueError(f"a deployment name must be non-empty without '/' or '%': {name!r}")
-        base = Path(path) if path is not None else Path.cwd()
+        if path is not None:
+            base = Path(path)
+        elif bundle and (source := inspect.getsourcefile(flow.fn)) is not None:
+            base = Path(source).resolve().parent  # a bundle holds the flow file's folder
+        else:
+            base = Path.cwd()
         return cls(
             name=name,
             flow_name=flow.name,
@@ -209,7 +222,26 @@ class RunnerDeployment:
             paused=paused,
             queue=queue,
             triggers=list(triggers),
+            bundle=bundle,
         )
+
+    async def register(self, client: Client) -> Deployment:
+        """Store this deployment with the stack and return it as stored.
+
+        With ``bundle``, the project folder (``path``) is packed and stored
+        first (unchanged code is not stored twice), and the deployment names
+        its digest. Raises :class:`~engine.exceptions.BundleError` when the
+        folder cannot be bundled (too large, a link out of it).
+        """
+        request = self.to_request()
+        if self.bundle:
+            from engine._stack.bundles import upload
+            from shared.settings import Settings
+
+            limit = int(Settings.from_env().bundle_limit_mb * 1024 * 1024)
+            stored = await upload(client.nc.jetstream(), Path(self.path), limit=limit)
+            request = msgspec.structs.replace(request, bundle=stored)
+        return await client.register_deployment(request)
 
     def to_request(self) -> RegisterDeployment:
         return RegisterDeployment(
@@ -251,6 +283,8 @@ class DeploymentSpec:
     description: str | None = None
     version: str | None = None
     concurrency_limit: int | None = None
+    bundle: bool = False
+    """Ship the spec file's folder to runners through the stack's bundle store."""
 
     def __post_init__(self) -> None:
         _declared(self)
@@ -268,6 +302,7 @@ class DeploymentSpec:
             concurrency_limit=self.concurrency_limit,
             flow_runner=self.flow_runner,
             path=base,
+            bundle=self.bundle,
         )
 
 

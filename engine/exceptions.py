@@ -16,7 +16,9 @@ catch :class:`~shared.errors.SluiceError` for anything Sluice raised.
         ├── MissingContextError             no_run_context    also a RuntimeError
         ├── NotJSONable                     not_jsonable      a value that must cross as JSON
         ├── MissingResult                   missing_result    a state without a retrievable value
-        └── EntrypointError                 bad_entrypoint    a flow cannot be loaded from code
+        ├── EntrypointError                 bad_entrypoint    a flow cannot be loaded from code
+        └── BundleError                     bad_bundle        a project folder cannot be bundled,
+                                                              or a bundle fetched or unpacked
 
 A task or flow that raises keeps its own exception: the engine re-raises the
 original object from ``future.result()`` or the flow call, never a wrapper.
@@ -94,3 +96,10 @@ class EntrypointError(EngineError):
     that raised, a missing attribute, or something that is not a flow."""
 
     code = "bad_entrypoint"
+
+
+class BundleError(EngineError):
+    """A deployment bundle cannot be made (too large, a link out of the folder) or
+    used (missing from the store, corrupt, not unpackable). The message says which."""
+
+    code = "bad_bundle"

@@ -135,7 +135,9 @@ class Flow(Generic[P, R]):
         default this flow's file relative to the working directory), ``paused``,
         ``queue`` (the dispatch queue runners serve; default ``default``),
         ``triggers`` (``shared.models.FlowRunTrigger``: run when runs of another
-        deployment or flow reach given states).
+        deployment or flow reach given states), ``bundle`` (ship the project
+        folder, ``path`` or else this flow's folder, to runners through the
+        stack's bundle store, so runners on other hosts need no copy of it).
         """
         from engine.deployments import RunnerDeployment
 

@@ -154,6 +154,11 @@ def _items(js: JetStreamContext, settings: Settings) -> list[_Item]:
         storage=StorageType.FILE,
         replicas=settings.replicas,
     )
+    bundles_config = ObjectStoreConfig(
+        description="Deployment bundles: project folders as tar.gz, named by digest",
+        storage=StorageType.FILE,
+        replicas=settings.replicas,
+    )
     return [
         *(
             _Item(
@@ -178,6 +183,12 @@ def _items(js: JetStreamContext, settings: Settings) -> list[_Item]:
             names.RESULTS_BUCKET,
             partial(store_exists, names.RESULTS_BUCKET),
             partial(js.create_object_store, names.RESULTS_BUCKET, config=store_config),
+        ),
+        _Item(
+            "object store",
+            names.BUNDLES_BUCKET,
+            partial(store_exists, names.BUNDLES_BUCKET),
+            partial(js.create_object_store, names.BUNDLES_BUCKET, config=bundles_config),
         ),
     ]
 

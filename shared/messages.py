@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import msgspec
 
 from .models import (
+    Bundle,
     Deployment,
     DeploymentSchedule,
     FlowRun,
@@ -180,6 +181,7 @@ class RegisterDeployment(Request, frozen=True, kw_only=True, forbid_unknown_fiel
     infrastructure: Infrastructure = Infrastructure()
     queue: Name = "default"
     triggers: list[Trigger] = msgspec.field(default_factory=list)
+    bundle: Bundle | None = None
 
 
 class DeploymentRef(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -195,6 +197,8 @@ class ListDeployments(Request, frozen=True, kw_only=True, forbid_unknown_fields=
     tags: list[str] = msgspec.field(default_factory=list)
     limit: PageLimit = 100
     offset: Offset = 0
+    all_versions: bool = False
+    """Every stored version of each name, oldest first, not only the newest."""
 
 
 class DeploymentPage(msgspec.Struct, frozen=True, kw_only=True):

@@ -90,6 +90,16 @@ class Infrastructure(msgspec.Struct, frozen=True, kw_only=True):
 
 
 # --- deployments ----------------------------------------------------------------
+class Bundle(msgspec.Struct, frozen=True, kw_only=True):
+    """A deployment's code as stored in the ``sluice_bundles`` object store."""
+
+    digest: Annotated[str, msgspec.Meta(pattern=r"^sha256:[0-9a-f]{64}$")]
+    """``sha256:<hex>`` of the archive; also its object's name."""
+    size: Annotated[int, msgspec.Meta(ge=0, le=2**40)] = 0
+    """Bytes of the archive (compressed)."""
+    files: Annotated[int, msgspec.Meta(ge=0, le=2**31)] = 0
+
+
 class Deployment(msgspec.Struct, frozen=True, kw_only=True):
     id: str
     name: str
@@ -110,6 +120,9 @@ class Deployment(msgspec.Struct, frozen=True, kw_only=True):
     infrastructure: Infrastructure = Infrastructure()
     queue: str = "default"
     triggers: list[Trigger] = msgspec.field(default_factory=list)
+    bundle: Bundle | None = None
+    """The code to run, from the object store; when set, runners run the
+    entrypoint inside the unpacked bundle instead of at ``path``."""
     created: datetime
     updated: datetime
 

@@ -49,6 +49,9 @@ HEARTBEATS_BUCKET = "runner_heartbeats"
 SLOTS_BUCKET = "concurrency_slots"
 """``<deployment_id>.<n>`` -> the run holding slot n; a lease that expires unless renewed."""
 RESULTS_BUCKET = "sluice_results"
+#: Object store of deployment bundles: a project folder packed as a tar.gz,
+#: named by its digest (``sha256:<hex>``). Clients write, runners read.
+BUNDLES_BUCKET = "sluice_bundles"
 """JetStream object store for results too large or not JSON enough for a state."""
 
 DEFAULT_QUEUE = "default"

@@ -56,6 +56,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     an early offer and starts the run on time (its prefetch window), so a burst
     of runs due together is stored ahead instead of at the due instant."""
     log_level: str = "INFO"
+    bundle_limit_mb: float = 50.0
+    """Largest project folder (files, before compression) a bundle may hold."""
+    bundle_cache_mb: float = 1024.0
+    """Unpacked bundles a runner keeps on its host before removing the least recently used."""
 
     @property
     def data_dir(self) -> Path:
@@ -100,6 +104,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ("schedule_catchup_seconds", "SCHEDULE_CATCHUP_SECONDS", float),
             ("late_after_seconds", "LATE_AFTER_SECONDS", float),
             ("dispatch_lead_seconds", "DISPATCH_LEAD_SECONDS", float),
+            ("bundle_limit_mb", "BUNDLE_LIMIT_MB", float),
+            ("bundle_cache_mb", "BUNDLE_CACHE_MB", float),
         ]:
             if (value := get(var)) is not None:
                 try:

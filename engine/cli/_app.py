@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 
+from ._bundles import bundles
 from ._deployments import deployments
 from ._run import run
 from ._runner import runners
@@ -33,6 +34,7 @@ app.command("run")(run)
 app.add_typer(flow_runs)
 app.add_typer(deployments)
 app.add_typer(runners)
+app.add_typer(bundles)
 
 
 def version_text() -> str:

@@ -81,6 +81,14 @@ def create(
             show_default=False,
         ),
     ],
+    bundle: Annotated[
+        bool,
+        typer.Option(
+            "--bundle",
+            help="Ship the file's folder to runners through the stack's bundle store "
+            "(.gitignore and .sluiceignore apply), so runners need no copy of the code.",
+        ),
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Register every deployment a spec file declares.
@@ -88,14 +96,19 @@ def create(
     The file runs here, in this process, to find its deployments; entrypoints
     are recorded relative to the file's folder. Registering the same name and
     version again updates that deployment; a new version is kept beside it.
+    With --bundle (or bundle=True in a spec), the folder is packed and stored
+    once per content: unchanged code makes no new bundle.
     """
     specs = _load(file)
+    if bundle:
+        for spec in specs:
+            spec.bundle = True
 
     async def command(client: Client) -> list[Deployment]:
         registered = []
         for spec in specs:
             try:
-                registered.append(await client.register_deployment(spec.to_request()))
+                registered.append(await spec.register(client))
             except SluiceError as exc:
                 done = ", ".join(d.full_name for d in registered) or "none"
                 message = f"could not register {spec.full_name}: {exc.message} (registered: {done})"

@@ -274,6 +274,7 @@ def deployment_panel(deployment: Deployment) -> Panel:
         ("description", deployment.description),
         ("entrypoint", deployment.entrypoint),
         ("path", deployment.path),
+        ("bundle", _bundle(deployment)),
         ("status", _status(deployment)),
         ("schedules", schedules),
         ("parameters", _json(deployment.parameters)),
@@ -288,6 +289,21 @@ def deployment_panel(deployment: Deployment) -> Panel:
     return Panel(
         _details(rows), title=escape(deployment.full_name), title_align="left", expand=False
     )
+
+
+def _bundle(deployment: Deployment) -> str | None:
+    b = deployment.bundle
+    if b is None:
+        return None
+    return f"{b.digest} ({size_text(b.size)}, {b.files} file{'s' if b.files != 1 else ''})"
+
+
+def size_text(size: int) -> str:
+    if size < 1024:
+        return f"{size} B"
+    if size < 1024 * 1024:
+        return f"{size / 1024:.1f} KiB"
+    return f"{size / (1024 * 1024):.1f} MiB"
 
 
 def deployments_table(deployments: list[Deployment]) -> Table:

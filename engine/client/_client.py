@@ -383,8 +383,15 @@ class Client:
         tags: Iterable[str] = (),
         limit: int = 100,
         offset: int = 0,
+        all_versions: bool = False,
     ) -> DeploymentPage:
-        req = ListDeployments(flow_name=flow_name, tags=list(tags), limit=limit, offset=offset)
+        req = ListDeployments(
+            flow_name=flow_name,
+            tags=list(tags),
+            limit=limit,
+            offset=offset,
+            all_versions=all_versions,
+        )
         return await self._request(names.DEPLOYMENT_LIST, req, DeploymentPage)
 
     async def pause_deployment(

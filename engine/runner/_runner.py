@@ -48,6 +48,7 @@ import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from engine._stack.bundles import BundleCache
 from engine.client import Client
 from engine.runner._facade import BackgroundRun, _Facade
 from engine.runner._serving import _Serving, private_queue
@@ -146,6 +147,11 @@ class Runner(_Facade, _Serving, _Stopping, _Supervise, _Upkeep):
         self._active: dict[str, _Active] = {}
         #: Runs claimed and not yet finished (id -> claim attempt), for heartbeats.
         self._held: dict[str, int] = {}
+        #: Unpacked deployment bundles on this host (``<home>/bundles``).
+        self._bundles = BundleCache(
+            self.settings.home / "bundles",
+            max_bytes=int(self.settings.bundle_cache_mb * 1024 * 1024),
+        )
         self._stop = anyio.Event()
         self._hurry = anyio.Event()
         self._idle = anyio.Event()

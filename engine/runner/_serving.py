@@ -75,7 +75,7 @@ class _Serving:
         if deployment.queue is None:
             deployment = dataclasses.replace(deployment, queue=private_queue(self.name))
         async with self._session() as client:
-            stored = await client.register_deployment(deployment.to_request())
+            stored = await deployment.register(client)
         self._deployments[stored.id] = stored
         if stored.id not in self._served:
             self._served.append(stored.id)

@@ -18,7 +18,9 @@ from collections.abc import Awaitable, Callable
 import anyio
 import msgspec
 
+from engine._stack.bundles import BundleCache
 from engine.client import Client
+from engine.exceptions import BundleError
 from engine.runner._subprocess import FlowRunner, StartFailed, explain_exit, from_infrastructure
 from engine.runner._upkeep import _Active
 from shared import telemetry
@@ -47,6 +49,7 @@ class _Supervise:
     _held: dict[str, int]
     kill_grace: float
     _shutting_down: bool
+    _bundles: BundleCache
 
     async def _deployment(
         self, client: Client, deployment_id: str | None, claimed: Deployment | None
@@ -62,7 +65,15 @@ class _Supervise:
         else:
             deployment = await client.read_deployment(id=deployment_id)
         self._deployments[deployment_id] = deployment
-        if self.code_path:
+        if deployment.bundle is not None:
+            # A bundled deployment runs its bundle, whatever --path says: the
+            # bundle is the code it was registered with.
+            try:
+                folder = await self._bundles.fetch(client.nc.jetstream(), deployment.bundle)
+            except BundleError as exc:
+                raise StartFailed(exc.message) from None
+            deployment = msgspec.structs.replace(deployment, path=str(folder))
+        elif self.code_path:
             deployment = msgspec.structs.replace(deployment, path=self.code_path)
         return deployment
 
@@ -98,6 +109,12 @@ class _Supervise:
                 del self._held[run_id]
 
     async def _run_held(self, client: Client, run: FlowRun, claimed: Deployment | None) -> None:
+        with self._bundles.holding(claimed.bundle if claimed else None):
+            await self._start_and_watch(client, run, claimed)
+
+    async def _start_and_watch(
+        self, client: Client, run: FlowRun, claimed: Deployment | None
+    ) -> None:
         run_id, attempt = run.id, run.attempt
         try:
             deployment = await self._deployment(client, run.deployment_id, claimed)

@@ -171,13 +171,14 @@ class Deployments:
         return [d for d in await self._store.all() if d.flow_name == flow_name]
 
     async def page(self, req: ListDeployments) -> DeploymentPage:
+        stored = await self._store.all()
         found = [
             d
-            for d in _newest_per_name(await self._store.all()).values()
+            for d in (stored if req.all_versions else _newest_per_name(stored).values())
             if (req.flow_name is None or d.flow_name == req.flow_name)
             and all(t in d.tags for t in req.tags)
         ]
-        found.sort(key=lambda d: d.full_name)
+        found.sort(key=lambda d: (d.full_name, d.created, d.id))
         page = found[req.offset : req.offset + req.limit]
         more = req.offset + req.limit < len(found)
         return DeploymentPage(
