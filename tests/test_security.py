@@ -435,3 +435,28 @@ async def test_only_operators_and_the_scheduler_delete_runs(
         upcoming = await c.create_flow_run(flow_name=f"secure-{unique}", agentless=True)
     async with Client(stack.settings("scheduler")) as c:
         assert (await c.delete_flow_run(upcoming.id, scheduled_only=True)).id == upcoming.id
+async def test_clients_store_bundles_that_runners_may_read_but_not_write(
+    stack: LocalStack, as_runner: NATS, tmp_path: Path
+) -> None:
+    from engine._stack.bundles import BundleCache, upload
+
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "flows.py").write_text("x = 1\n")
+    nc = await connect(stack.settings("client"), name="test-client", wait=10)
+    try:
+        bundle = await upload(nc.jetstream(), project)
+        # A client may not purge the store (only an operator's gc may).
+        with pytest.raises((nats.errors.TimeoutError, TimeoutError, nats.js.errors.Error)):
+            await nc.jetstream(timeout=REFUSED_WAIT).purge_stream(f"OBJ_{names.BUNDLES_BUCKET}")
+    finally:
+        await nc.close()
+    await refused(stack, "client", f"$JS.API.STREAM.PURGE.OBJ_{names.BUNDLES_BUCKET}")
+
+    # A runner fetches and unpacks it, and may not write one of its own.
+    folder = await BundleCache(tmp_path / "runner-home").fetch(as_runner.jetstream(), bundle)
+    assert (folder / "flows.py").read_text() == "x = 1\n"
+    store = await as_runner.jetstream(timeout=REFUSED_WAIT).object_store(names.BUNDLES_BUCKET)
+    with pytest.raises((nats.errors.TimeoutError, TimeoutError)):
+        await store.put(bundle.digest, b"forged")
+    await refused(stack, "runner", f"$O.{names.BUNDLES_BUCKET}.C.", prefix=True)
