@@ -25,6 +25,7 @@ from engine.flows import flow
 from engine.runner import Runner
 from engine.runner._subprocess import SubprocessFlowRunner
 from services.orchestrator import Orchestrator
+from shared.models import FlowRun
 from shared.settings import Settings
 from shared.states import StateType
 
@@ -210,3 +211,111 @@ def test_a_flow_defined_here_bundles_its_own_folder() -> None:
     deployment = RunnerDeployment.from_flow(here, "d", bundle=True)
     assert deployment.path == str(Path(__file__).resolve().parent)
     assert deployment.entrypoint == f"{Path(__file__).name}:here"
+
+
+# --- requirements ---------------------------------------------------------------------------
+DEP_FLOW = """
+from engine import flow
+
+
+@flow(name="{name}")
+def uses_dep() -> str:
+    import tinydep
+
+    return tinydep.VALUE
+"""
+
+
+def _wheel(folder: Path) -> str:
+    """A tiny pure-Python wheel, built by hand, so pip installs it with no index."""
+    import zipfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    name = "tinydep-0.1-py3-none-any.whl"
+    files = {
+        "tinydep/__init__.py": "VALUE = 'from the bundle requirements'\n",
+        "tinydep-0.1.dist-info/METADATA": "Metadata-Version: 2.1\nName: tinydep\nVersion: 0.1\n",
+        "tinydep-0.1.dist-info/WHEEL": (
+            "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        ),
+    }
+    record = "tinydep-0.1.dist-info/RECORD"
+    files[record] = "".join(f"{path},,\n" for path in [*files, record])
+    with zipfile.ZipFile(folder / name, "w") as wheel:
+        for path, text in files.items():
+            wheel.writestr(path, text)
+    return name
+
+
+async def _bundled_run(
+    client: Client, settings: Settings, tmp_path: Path, unique: str, requirements: str, **kw: bool
+) -> tuple[str, FlowRun]:
+    project = tmp_path / f"dep-{len(requirements)}"
+    project.mkdir()
+    (project / "flows.py").write_text(DEP_FLOW.format(name=f"dep-{unique}"))
+    (project / "requirements.txt").write_text(requirements.format(wheel=_wheel(project / "wheels")))
+    deployment = RunnerDeployment(
+        name="d",
+        flow_name=f"dep-{unique}",
+        entrypoint="flows.py:uses_dep",
+        path=str(project),
+        bundle=True,
+    )
+    await deployment.register(client)
+    home = tmp_path / f"runner-{len(requirements)}"
+    r = Runner(
+        name=f"dep-{unique}-{len(requirements)}",
+        settings=Settings(nats_url=settings.nats_url, home=home),
+        flow_runner=SubprocessFlowRunner(),
+        **kw,
+    )
+    await r.serve_deployment(deployment.full_name)
+    async with running(r):
+        run = await client.create_flow_run(deployment.full_name)
+        done = await client.wait_for_flow_run(run.id)
+    return run.id, done
+
+
+@pytest.mark.anyio
+async def test_a_bundles_requirements_are_installed_in_an_environment_of_its_own(
+    orchestrator: Orchestrator,
+    client: Client,
+    settings: Settings,
+    unique: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SLUICE_NATS_URL", settings.nats_url)
+    good = "--no-index\n./wheels/{wheel}\n"
+    _, done = await _bundled_run(
+        client, settings, tmp_path, unique, good, install_requirements=True
+    )
+    assert done.state.type is StateType.COMPLETED, done.state.message
+    assert done.state.data == "from the bundle requirements"
+
+    broken = "--no-index\nno-such-package-sluice-test==9.9\n"
+    _, done = await _bundled_run(
+        client, settings, tmp_path, unique, broken, install_requirements=True
+    )
+    assert done.state.type is StateType.CRASHED
+    message = done.state.message or ""
+    assert "installing the bundle's requirements failed" in message, message
+    assert "no-such-package-sluice-test" in message, message
+
+
+@pytest.mark.anyio
+async def test_a_runner_that_did_not_opt_in_says_so_in_the_runs_log(
+    orchestrator: Orchestrator,
+    client: Client,
+    settings: Settings,
+    unique: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SLUICE_NATS_URL", settings.nats_url)
+    run_id, done = await _bundled_run(
+        client, settings, tmp_path, unique, "--no-index\n./wheels/{wheel}\n  \n"
+    )
+    assert done.state.type is StateType.FAILED  # tinydep is not installed
+    lines = [r.message async for r in client.logs(run_id)]
+    assert any("does not install bundle requirements" in line for line in lines), lines

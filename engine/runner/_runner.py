@@ -48,7 +48,6 @@ import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from engine._stack.bundles import BundleCache
 from engine.client import Client
 from engine.runner._facade import BackgroundRun, _Facade
 from engine.runner._serving import _Serving, private_queue
@@ -94,6 +93,9 @@ class Runner(_Facade, _Serving, _Stopping, _Supervise, _Upkeep):
     progress. ``pause_on_shutdown`` pauses the schedules of the deployments
     this runner added when it stops. ``drain_seconds``: how long a stopping
     runner lets its runs in progress finish before it kills them.
+    ``code_path`` is where flow code lives on this host (bundled and git-sourced
+    deployments run their own code instead); ``install_requirements`` builds an
+    environment for such code's requirements.
 
     Every method comes twice: a blocking one with the plain name
     (``add_flow``, ``start``, ``stop``, ``execute_flow_run`` …) for plain
@@ -120,6 +122,7 @@ class Runner(_Facade, _Serving, _Stopping, _Supervise, _Upkeep):
         flow_runner: FlowRunner | None = None,
         kill_grace: float = 10.0,
         code_path: str | None = None,
+        install_requirements: bool = False,
         heartbeat_seconds: float | None = None,
         clock: Clock | None = None,
         drain_seconds: float = DEFAULT_DRAIN_SECONDS,
@@ -147,11 +150,7 @@ class Runner(_Facade, _Serving, _Stopping, _Supervise, _Upkeep):
         self._active: dict[str, _Active] = {}
         #: Runs claimed and not yet finished (id -> claim attempt), for heartbeats.
         self._held: dict[str, int] = {}
-        #: Unpacked deployment bundles on this host (``<home>/bundles``).
-        self._bundles = BundleCache(
-            self.settings.home / "bundles",
-            max_bytes=int(self.settings.bundle_cache_mb * 1024 * 1024),
-        )
+        self._init_code(install_requirements)
         self._stop = anyio.Event()
         self._hurry = anyio.Event()
         self._idle = anyio.Event()

@@ -11,9 +11,11 @@ runner shutting down); a run that was being cancelled ends Cancelled.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 
 import anyio
 import msgspec
@@ -21,16 +23,32 @@ import msgspec
 from engine._stack.bundles import BundleCache
 from engine.client import Client
 from engine.exceptions import BundleError
+from engine.runner._envs import RequirementEnvs, requirements_of
 from engine.runner._subprocess import FlowRunner, StartFailed, explain_exit, from_infrastructure
 from engine.runner._upkeep import _Active
-from shared import telemetry
+from shared import names, telemetry
+from shared.codec import encode
 from shared.errors import SluiceError, StackUnavailable
-from shared.messages import ProposedState
+from shared.messages import LogRecord, ProposedState
 from shared.models import Deployment, FlowRun
 from shared.settings import Settings
 from shared.states import StateType
 
 log = logging.getLogger("sluice.runner")
+
+
+async def _run_log(client: Client, run_id: str, message: str) -> None:
+    """A line in the run's own log, from its runner."""
+    record = LogRecord(
+        flow_run_id=run_id,
+        timestamp=datetime.now(UTC),
+        level=logging.WARNING,
+        message=message,
+        logger="sluice.runner",
+    )
+    with contextlib.suppress(Exception):  # a lost notice must not stop the run
+        await client.nc.jetstream().publish(names.logs_subject(run_id), encode(record))
+
 
 #: Seconds a runner keeps trying to report what became of a run it holds
 #: while the stack cannot be reached (see ``_Supervise._settling``).
@@ -50,9 +68,20 @@ class _Supervise:
     kill_grace: float
     _shutting_down: bool
     _bundles: BundleCache
+    _envs: RequirementEnvs
+    install_requirements: bool
+
+    def _init_code(self, install_requirements: bool) -> None:
+        """Where this runner unpacks bundles and builds their environments (its home)."""
+        self.install_requirements = install_requirements
+        self._envs = RequirementEnvs(self.settings.home / "envs")
+        self._bundles = BundleCache(
+            self.settings.home / "bundles",
+            max_bytes=int(self.settings.bundle_cache_mb * 1024 * 1024),
+        )
 
     async def _deployment(
-        self, client: Client, deployment_id: str | None, claimed: Deployment | None
+        self, client: Client, deployment_id: str | None, claimed: Deployment | None, run_id: str
     ) -> Deployment | None:
         if deployment_id is None:
             return None
@@ -69,13 +98,37 @@ class _Supervise:
             # A bundled deployment runs its bundle, whatever --path says: the
             # bundle is the code it was registered with.
             try:
-                folder = await self._bundles.fetch(client.nc.jetstream(), deployment.bundle)
+                deployment = await self._from_bundle(client, deployment, run_id)
             except BundleError as exc:
                 raise StartFailed(exc.message) from None
-            deployment = msgspec.structs.replace(deployment, path=str(folder))
         elif self.code_path:
             deployment = msgspec.structs.replace(deployment, path=self.code_path)
         return deployment
+
+    async def _from_bundle(self, client: Client, deployment: Deployment, run_id: str) -> Deployment:
+        """``deployment`` set to run in its unpacked bundle (and its requirements' environment)."""
+        assert deployment.bundle is not None
+        folder = await self._bundles.fetch(client.nc.jetstream(), deployment.bundle)
+        deployment = msgspec.structs.replace(deployment, path=str(folder))
+        if requirements_of(folder) is None:
+            return deployment
+        if not self.install_requirements:
+            await _run_log(
+                client,
+                run_id,
+                f"runner {self.name} does not install bundle requirements (start it with "
+                "--install-requirements): this run uses the runner's own interpreter",
+            )
+            return deployment
+        env = await self._envs.environment(folder)
+        infra = deployment.infrastructure
+        if infra.type not in ("universal", "", "process", "subprocess"):
+            return deployment  # a container brings its own environment
+        options = {**infra.options, "virtualenv": str(env)}
+        return msgspec.structs.replace(
+            deployment,
+            infrastructure=msgspec.structs.replace(infra, type="process", options=options),
+        )
 
     def _env(self, run_id: str, attempt: int) -> dict[str, str]:
         env = {
@@ -117,7 +170,7 @@ class _Supervise:
     ) -> None:
         run_id, attempt = run.id, run.attempt
         try:
-            deployment = await self._deployment(client, run.deployment_id, claimed)
+            deployment = await self._deployment(client, run.deployment_id, claimed, run.id)
             runner = (
                 from_infrastructure(deployment.infrastructure, self.flow_runner)
                 if deployment

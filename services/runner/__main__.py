@@ -70,6 +70,13 @@ def options() -> argparse.ArgumentParser:
         help="on SIGTERM/SIGINT, let runs in progress finish for up to S seconds before "
         "killing them (default 30; a second signal kills at once)",
     )
+    p.add_argument(
+        "--install-requirements",
+        action="store_true",
+        default=env("SLUICE_RUNNER_INSTALL_REQUIREMENTS", "") not in ("", "0", "false"),
+        help="run a bundle that declares requirements (requirements.txt or pyproject.toml) "
+        "in a virtualenv built for them once, under SLUICE_HOME/envs",
+    )
     return p
 
 
@@ -89,6 +96,7 @@ def service(settings: Settings, args: argparse.Namespace) -> RunnerService:
         fork=args.fork,
         standby=None if args.standby < 0 else args.standby,
         drain_seconds=args.drain_seconds,
+        install_requirements=args.install_requirements,
     )
 
 

@@ -43,6 +43,7 @@ class RunnerService(Service):
         fork: bool = False,
         standby: int | None = None,
         drain_seconds: float | None = None,
+        install_requirements: bool = False,
     ) -> None:
         super().__init__()
         # Processes started ahead of their runs (engine.runner._standby): standbys of
@@ -62,6 +63,7 @@ class RunnerService(Service):
             queue=queue,
             settings=settings,
             code_path=code_path,
+            install_requirements=install_requirements,
             pause_on_shutdown=pause_on_shutdown,
             flow_runner=flow_runner,
             drain_seconds=DEFAULT_DRAIN_SECONDS if drain_seconds is None else drain_seconds,
