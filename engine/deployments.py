@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -46,7 +47,14 @@ if TYPE_CHECKING:
     from engine.flows import Flow
     from engine.runner._subprocess import FlowRunner
 
-__all__ = ["DeploymentSpec", "RunnerDeployment", "build_schedules", "entrypoint_of", "load_specs"]
+__all__ = [
+    "DeploymentSpec",
+    "RunnerDeployment",
+    "build_schedules",
+    "entrypoint_of",
+    "load_specs",
+    "parse_source",
+]
 
 
 def _universal() -> FlowRunner:
@@ -117,6 +125,30 @@ def build_schedules(
     return out
 
 
+def parse_source(source: str) -> tuple[str, str]:
+    """``git+URL@REF`` → ``(URL, REF)``; REF defaults to ``HEAD``.
+
+    Raises ValueError for another scheme, or a URL that carries a password.
+    """
+    if not source.startswith("git+"):
+        raise ValueError(f"a source must look like git+URL@REF, not {source!r}")
+    rest = source.removeprefix("git+")
+    url, ref = rest, "HEAD"
+    at = rest.rfind("@")
+    # An @ after the last / separates the ref (user@host comes before the path).
+    if at > rest.rfind("/"):
+        url, ref = rest[:at], rest[at + 1 :]
+    if not url or not ref:
+        raise ValueError(f"a source must look like git+URL@REF, not {source!r}")
+    if urlsplit(url).password:
+        raise ValueError(
+            "the source URL carries a password; deployments are readable by every client, so "
+            "give credentials to git on the runner instead (a credential helper, an SSH key, "
+            "or GIT_ASKPASS in its environment)"
+        )
+    return url, ref
+
+
 def entrypoint_of(flow: Flow[Any, Any], base: Path) -> str:
     """``file.py:function`` relative to ``base``, or ``module:function`` when the
     flow's file is not under ``base``."""
@@ -162,6 +194,9 @@ class RunnerDeployment:
     bundle: bool = False
     """Ship ``path`` (the project folder) in the stack's bundle store when
     registered, so runners on any host run this code without a copy of it."""
+    source: str | None = None
+    """``git+URL@REF``: runners fetch the code from git at each run; the
+    entrypoint is relative to the repository's top."""
 
     def __post_init__(self) -> None:
         _declared(self)
@@ -194,9 +229,14 @@ class RunnerDeployment:
         queue: str | None = None,
         triggers: Iterable[FlowRunTrigger] = (),
         bundle: bool = False,
+        source: str | None = None,
     ) -> RunnerDeployment:
         if not name or "/" in name or "%" in name:
             raise ValueError(f"a deployment name must be non-empty without '/' or '%': {name!r}")
+        if source is not None:
+            parse_source(source)  # a bad form or a password in the URL fails here
+            if bundle:
+                raise ValueError("give a deployment bundle=True or a git source, not both")
         if path is not None:
             base = Path(path)
         elif bundle and (source := inspect.getsourcefile(flow.fn)) is not None:
@@ -223,6 +263,7 @@ class RunnerDeployment:
             queue=queue,
             triggers=list(triggers),
             bundle=bundle,
+            source=source,
         )
 
     async def register(self, client: Client) -> Deployment:
@@ -261,6 +302,7 @@ class RunnerDeployment:
             infrastructure=self.flow_runner.to_infrastructure(),
             queue=self.queue or "default",
             triggers=self.triggers,
+            source=self.source,
         )
 
 

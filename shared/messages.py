@@ -19,6 +19,7 @@ from .models import (
     Deployment,
     DeploymentSchedule,
     FlowRun,
+    GitSource,
     Infrastructure,
     Name,
     Tag,
@@ -182,6 +183,7 @@ class RegisterDeployment(Request, frozen=True, kw_only=True, forbid_unknown_fiel
     queue: Name = "default"
     triggers: list[Trigger] = msgspec.field(default_factory=list)
     bundle: Bundle | None = None
+    source: GitSource | None = None
 
 
 class DeploymentRef(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -90,6 +90,9 @@ class Infrastructure(msgspec.Struct, frozen=True, kw_only=True):
 
 
 # --- deployments ----------------------------------------------------------------
+GitSource = Annotated[str, msgspec.Meta(pattern=r"^git\+\S+$", max_length=2048)]
+
+
 class Bundle(msgspec.Struct, frozen=True, kw_only=True):
     """A deployment's code as stored in the ``sluice_bundles`` object store."""
 
@@ -123,6 +126,8 @@ class Deployment(msgspec.Struct, frozen=True, kw_only=True):
     bundle: Bundle | None = None
     """The code to run, from the object store; when set, runners run the
     entrypoint inside the unpacked bundle instead of at ``path``."""
+    source: GitSource | None = None
+    """``git+URL@REF``: runners run the entrypoint in that commit's tree."""
     created: datetime
     updated: datetime
 

@@ -318,4 +318,4 @@ async def test_a_runner_that_did_not_opt_in_says_so_in_the_runs_log(
     )
     assert done.state.type is StateType.FAILED  # tinydep is not installed
     lines = [r.message async for r in client.logs(run_id)]
-    assert any("does not install bundle requirements" in line for line in lines), lines
+    assert any("does not install a flow's requirements" in line for line in lines), lines

@@ -24,6 +24,7 @@ from engine._stack.bundles import BundleCache
 from engine.client import Client
 from engine.exceptions import BundleError
 from engine.runner._envs import RequirementEnvs, requirements_of
+from engine.runner._git import GitSources
 from engine.runner._subprocess import FlowRunner, StartFailed, explain_exit, from_infrastructure
 from engine.runner._upkeep import _Active
 from shared import names, telemetry
@@ -69,12 +70,14 @@ class _Supervise:
     _shutting_down: bool
     _bundles: BundleCache
     _envs: RequirementEnvs
+    _git: GitSources
     install_requirements: bool
 
     def _init_code(self, install_requirements: bool) -> None:
         """Where this runner unpacks bundles and builds their environments (its home)."""
         self.install_requirements = install_requirements
         self._envs = RequirementEnvs(self.settings.home / "envs")
+        self._git = GitSources(self.settings.home / "git")
         self._bundles = BundleCache(
             self.settings.home / "bundles",
             max_bytes=int(self.settings.bundle_cache_mb * 1024 * 1024),
@@ -94,21 +97,27 @@ class _Supervise:
         else:
             deployment = await client.read_deployment(id=deployment_id)
         self._deployments[deployment_id] = deployment
-        if deployment.bundle is not None:
-            # A bundled deployment runs its bundle, whatever --path says: the
-            # bundle is the code it was registered with.
+        if deployment.bundle is not None or deployment.source is not None:
+            # A bundled or git-sourced deployment runs that code, whatever --path
+            # says: it is the code the deployment was registered with.
             try:
-                deployment = await self._from_bundle(client, deployment, run_id)
+                deployment = await self._shipped_code(client, deployment, run_id)
             except BundleError as exc:
                 raise StartFailed(exc.message) from None
         elif self.code_path:
             deployment = msgspec.structs.replace(deployment, path=self.code_path)
         return deployment
 
-    async def _from_bundle(self, client: Client, deployment: Deployment, run_id: str) -> Deployment:
-        """``deployment`` set to run in its unpacked bundle (and its requirements' environment)."""
-        assert deployment.bundle is not None
-        folder = await self._bundles.fetch(client.nc.jetstream(), deployment.bundle)
+    async def _shipped_code(
+        self, client: Client, deployment: Deployment, run_id: str
+    ) -> Deployment:
+        """``deployment`` set to run in its unpacked bundle or git tree, and in the
+        environment of its requirements when it declares some."""
+        if deployment.bundle is not None:
+            folder = await self._bundles.fetch(client.nc.jetstream(), deployment.bundle)
+        else:
+            assert deployment.source is not None
+            folder = await self._git.checkout(deployment.source)
         deployment = msgspec.structs.replace(deployment, path=str(folder))
         if requirements_of(folder) is None:
             return deployment
@@ -116,7 +125,7 @@ class _Supervise:
             await _run_log(
                 client,
                 run_id,
-                f"runner {self.name} does not install bundle requirements (start it with "
+                f"runner {self.name} does not install a flow's requirements (start it with "
                 "--install-requirements): this run uses the runner's own interpreter",
             )
             return deployment
