@@ -239,8 +239,8 @@ class RunnerDeployment:
                 raise ValueError("give a deployment bundle=True or a git source, not both")
         if path is not None:
             base = Path(path)
-        elif bundle and (source := inspect.getsourcefile(flow.fn)) is not None:
-            base = Path(source).resolve().parent  # a bundle holds the flow file's folder
+        elif bundle and (flow_file := inspect.getsourcefile(flow.fn)) is not None:
+            base = Path(flow_file).resolve().parent  # a bundle holds the flow file's folder
         else:
             base = Path.cwd()
         return cls(
