@@ -26,6 +26,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
+from nats.js.kv import KeyValue
 
 from . import names
 from .settings import Settings
@@ -225,3 +226,18 @@ async def bootstrap(js: JetStreamContext, settings: Settings, *, poll: float = 0
                     item.kind,
                     item.name,
                 )
+
+
+async def leader_kv(js: JetStreamContext, bucket: str) -> KeyValue:
+    """``bucket`` read through its stream's leader, so a writer sees its own writes.
+
+    Buckets allow direct gets (any replica answers, which spreads readers'
+    load), but on a cluster a replica may answer before it has applied the
+    newest write: the orchestrator, which writes and then reads again (a
+    deployment just registered, a run it just moved), would read the past.
+    Its reads go to the leader instead. Raises BucketNotFoundError.
+    """
+    await js.key_value(bucket)  # checks that the bucket exists, as nats-py does
+    return KeyValue(
+        name=bucket, stream=names.kv_stream(bucket), pre=f"$KV.{bucket}.", js=js, direct=False
+    )

@@ -331,7 +331,8 @@ class Client:
         from KV (a write whose event is still being recovered is shown too),
         and the subscription is rebuilt if the connection was re-established
         meanwhile. Raises FlowRunNotFound for an unknown run, or once the run
-        is deleted. Close the generator (``contextlib.aclosing``) to stop.
+        is deleted, and StackUnavailable when JetStream does not answer. Close
+        the generator (``contextlib.aclosing``) to stop.
         """
         return watch_run(self.nc, self._read_with_revision, run_id, resync, history=history)
 

@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import Any
 
 import msgspec
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from shared import names
 from shared.codec import decode, decode_event
-from shared.errors import FlowRunNotFound
+from shared.errors import FlowRunNotFound, StackUnavailable
 from shared.messages import FlowRunDeleted, LogRecord
 from shared.models import FlowRun
 
@@ -40,12 +42,7 @@ async def watch_run(
     js = nc.jetstream()
     while True:
         reconnects = nc.stats["reconnects"]
-        sub = await js.subscribe(
-            names.events_subject(run_id),
-            stream=names.EVENTS_STREAM,
-            ordered_consumer=True,
-            config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
-        )
+        sub = await _follow(js, names.events_subject(run_id), names.EVENTS_STREAM)
         try:
             while True:
                 try:
@@ -82,12 +79,7 @@ async def read_logs(nc: NATS, run_id: str, follow: bool) -> AsyncGenerator[LogRe
             last = (await js.get_last_msg(names.LOGS_STREAM, subject)).seq or 0
         except nats.js.errors.NotFoundError:
             return
-    sub = await js.subscribe(
-        subject,
-        stream=names.LOGS_STREAM,
-        ordered_consumer=True,
-        config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
-    )
+    sub = await _follow(js, subject, names.LOGS_STREAM)
     try:
         while True:
             try:
@@ -105,3 +97,17 @@ async def read_logs(nc: NATS, run_id: str, follow: bool) -> AsyncGenerator[LogRe
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
+
+
+async def _follow(js: JetStreamContext, subject: str, stream: str) -> Any:
+    """An ordered consumer of ``subject`` from the start; StackUnavailable if JetStream
+    does not answer (a stream whose leader is moving, a lost connection)."""
+    try:
+        return await js.subscribe(
+            subject,
+            stream=stream,
+            ordered_consumer=True,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
+        )
+    except (nats.errors.TimeoutError, TimeoutError, nats.errors.ConnectionClosedError) as exc:
+        raise StackUnavailable(f"cannot follow {subject} in {stream}: {exc!r}") from None

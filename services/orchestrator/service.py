@@ -26,7 +26,7 @@ from nats.js import JetStreamContext
 from services._rpc import RequestServer
 from services._service import Service
 from shared import names, telemetry
-from shared.bootstrap import bootstrap
+from shared.bootstrap import bootstrap, leader_kv
 from shared.clock import Clock, SystemClock, utc
 from shared.codec import decode_request
 from shared.connection import connect
@@ -99,11 +99,11 @@ class Orchestrator(Service):
 
         publisher = Publisher(js)
         deployments = Deployments(
-            DeploymentStore(await js.key_value(names.DEPLOYMENTS_BUCKET), js), self.clock
+            DeploymentStore(await leader_kv(js, names.DEPLOYMENTS_BUCKET), js), self.clock
         )
         runs = Runs(
-            RunStore(await js.key_value(names.FLOW_RUNS_BUCKET), js),
-            IdempotencyStore(await js.key_value(names.IDEMPOTENCY_BUCKET)),
+            RunStore(await leader_kv(js, names.FLOW_RUNS_BUCKET), js),
+            IdempotencyStore(await leader_kv(js, names.IDEMPOTENCY_BUCKET)),
             deployments,
             publisher,
             self.clock,
