@@ -172,7 +172,7 @@ async def test_a_runner_with_no_copy_of_the_code_runs_the_bundle_and_its_new_ver
     monkeypatch.chdir(tmp_path)
     project.rename(tmp_path / "moved-away")
     r = Runner(name=f"b-{unique}", settings=runner_settings, flow_runner=SubprocessFlowRunner())
-    await r.serve_deployment(f"bundled/{unique}")
+    await r.aserve_deployment(f"bundled/{unique}")
     async with running(r):
         run = await client.create_flow_run(f"bundled/{unique}")
         done = await client.wait_for_flow_run(run.id)
@@ -269,7 +269,7 @@ async def _bundled_run(
         flow_runner=SubprocessFlowRunner(),
         **kw,
     )
-    await r.serve_deployment(deployment.full_name)
+    await r.aserve_deployment(deployment.full_name)
     async with running(r):
         run = await client.create_flow_run(deployment.full_name)
         done = await client.wait_for_flow_run(run.id)

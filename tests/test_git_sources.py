@@ -96,7 +96,7 @@ async def test_a_runner_runs_the_refs_newest_commit_and_a_tag_stays_put(
         flow_runner=SubprocessFlowRunner(),
     )
     for d in (branch, tag, missing):
-        await r.serve_deployment(d.full_name)
+        await r.aserve_deployment(d.full_name)
 
     async def result(d: RunnerDeployment) -> tuple[StateType, object]:
         done = await client.wait_for_flow_run((await client.create_flow_run(d.full_name)).id)
