@@ -435,6 +435,8 @@ async def test_only_operators_and_the_scheduler_delete_runs(
         upcoming = await c.create_flow_run(flow_name=f"secure-{unique}", agentless=True)
     async with Client(stack.settings("scheduler")) as c:
         assert (await c.delete_flow_run(upcoming.id, scheduled_only=True)).id == upcoming.id
+
+
 async def test_clients_store_bundles_that_runners_may_read_but_not_write(
     stack: LocalStack, as_runner: NATS, tmp_path: Path
 ) -> None:
