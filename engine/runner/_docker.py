@@ -1,62 +1,66 @@
 """``DockerFlowRunner``: start each flow run in a new Docker container.
 
-The runner asks the Docker engine (``docker_host``, else ``$DOCKER_HOST``,
-else ``/var/run/docker.sock``) to pull the image if its policy says so,
-create a container running ``python -m engine`` with the run's environment,
-connect it to any extra networks, and start it. The handle it returns waits
-on the container's exit code and stops it (``docker stop``: SIGTERM, the
-grace period, SIGKILL). The HTTP/1.1 wire lives in :mod:`engine.runner._docker_api`.
+The runner pulls the image if its policy says so, creates a container running
+``python -m engine`` with the run's environment, connects it to any extra
+networks, and starts it; the handle it returns waits for the container's exit
+code and stops it (``docker stop``: SIGTERM, the grace period, SIGKILL). The
+Engine API conversation is the ``docker`` SDK's (the ``sluice[docker]`` extra),
+in :mod:`engine.runner._docker_engine`; this module holds the options and the
+pure pieces.
 
 Choices a user should know about:
 
-* **Image.** The default is ``sluice:<installed Sluice version>``: an image of
-  this project that you build and tag yourself. A stock ``python`` image
-  would not do, since ``python -m engine`` needs Sluice and its dependencies
-  inside the container. Pass ``image=`` for anything else.
+* **Which engine.** ``docker_host``, else ``$DOCKER_HOST`` (with
+  ``DOCKER_TLS_VERIFY`` / ``DOCKER_CERT_PATH`` for TLS), else the Docker
+  context named by ``$DOCKER_CONTEXT`` or current in ``~/.docker/config.json``,
+  else the local socket. ``ssh://`` hosts go through the ``ssh`` command, as
+  the Docker CLI's do. Registry credentials come from ``~/.docker/config.json``
+  and its credential helpers, as ``docker pull`` finds them.
+* **Image.** The default is :func:`default_image`, ``sluice:<installed
+  version>``: the tag ``docker compose build`` gives the project's image, and
+  the one docs/docker.md tells you to build. A stock ``python`` image would not
+  do, since ``python -m engine`` needs Sluice inside the container.
 * **Code.** With ``mount_code`` (the default), a deployment's folder that
   exists on the runner's host is bind-mounted read-only at the same path and
   used as the working directory, so the entrypoint resolves as it does for a
   subprocess. Turn it off when the image carries the code at that path.
 * **Reaching NATS.** Inside a container 127.0.0.1 is the container itself.
-  A ``SLUICE_NATS_URL`` naming a loopback host (127.0.0.0/8, ``localhost``,
-  ``::1``, ``0.0.0.0``) is rewritten to ``host.docker.internal``, and the
-  container gets ``ExtraHosts: host.docker.internal:host-gateway`` (Docker
-  20.10+ on Linux; Docker Desktop has the name already). On Linux the host
-  is then reached through the bridge address, so nats-server must listen
-  there too (for example ``nats://0.0.0.0:4222``). With ``networks=["host"]``
-  nothing is rewritten: the container shares the host's network.
-* **Signals.** Containers run with Docker's init (``HostConfig.Init``), so
-  ``docker stop``'s SIGTERM reaches Python instead of being ignored by PID 1.
+  A ``SLUICE_NATS_URL`` naming a loopback host is rewritten to
+  ``host.docker.internal``, which the container maps to the host's gateway
+  (Docker 20.10+); nats-server must then listen on that address too. With
+  ``networks=["host"]`` nothing is rewritten.
+* **Lifetime.** The container is not tied to the runner's pid (that lifeline is
+  for local processes, and a pid means nothing in another pid namespace). The
+  runner stops its containers when it shuts down or its lease lapses, and a
+  restarted runner stops and removes what its previous instance left, found by
+  the ``sluice.runner-name`` label. ``auto_remove`` (the default) removes a
+  container once its exit code is read.
+* **Signals.** Containers run with Docker's init, so ``docker stop``'s SIGTERM
+  reaches Python instead of being ignored by PID 1.
 
-Not supported: TLS or SSH to the engine, registry credentials (pull
-private images beforehand), and file paths in the environment (NATS
-credentials, TLS files, ``SLUICE_HOME``) are passed as they are: mount them
-with ``volumes`` at the same path when the run needs them.
+File paths in the environment (NATS credentials, TLS files, ``SLUICE_HOME``)
+are passed as they are: mount them with ``volumes`` when the run needs them.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
-import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import quote, urlsplit, urlunsplit
 
-import anyio
 import msgspec
 
-from engine.runner._docker_api import DockerAPI, DockerError, DockerUnreachable, Response
-from engine.runner._docker_container import Container
+from engine.runner._lifeline import LIFELINE_ENV
 from engine.runner._subprocess import FlowRunProcess, StartFailed
 from shared.models import Deployment, FlowRun, Infrastructure
 
 __all__ = [
     "HOST_GATEWAY",
+    "RUNNER_LABEL",
     "DockerFlowRunner",
     "DockerOptions",
     "container_name",
@@ -67,11 +71,14 @@ __all__ = [
     "split_image",
 ]
 
-log = logging.getLogger(__name__)
-
 PullPolicy = Literal["IF_NOT_PRESENT", "ALWAYS", "NEVER"]
 HOST_GATEWAY = "host.docker.internal"
+#: The label naming the runner that started a container; how a restarted
+#: runner finds what its previous instance left running.
+RUNNER_LABEL = "sluice.runner-name"
+RUN_LABEL = "sluice.flow-run-id"
 _LOOPBACK_NAMES = {"localhost", "ip6-localhost", "ip6-loopback"}
+_MEMORY = re.compile(r"^\d+[bkmg]?$", re.IGNORECASE)
 
 
 class DockerOptions(msgspec.Struct, frozen=True, kw_only=True):
@@ -84,25 +91,28 @@ class DockerOptions(msgspec.Struct, frozen=True, kw_only=True):
     volumes: list[str] = []
     networks: list[str] = []
     labels: dict[str, str] = {}
-    auto_remove: bool = False
+    auto_remove: bool = True
     image_pull_policy: PullPolicy = "IF_NOT_PRESENT"
     stream_output: bool = True
     docker_host: str | None = None
     mount_code: bool = True
+    mem_limit: str | None = None
+    cpus: float | None = None
 
 
 @dataclass
 class DockerFlowRunner:
     """Run each flow run in a new container of ``image`` (see the module docstring).
 
-    ``image`` defaults to ``sluice:<installed version>``, which you build; the
-    pull policy decides whether to pull it first (``IF_NOT_PRESENT``: only
-    when the engine does not have it; ``ALWAYS``; ``NEVER``: fail if absent).
-
-    ``volumes`` are Docker bind specs (``/host/path:/container/path[:ro]``
-    or ``volume-name:/path``); the first of ``networks`` is the container's
-    network mode and the rest are connected before it starts. Raises
-    ValueError for an unknown pull policy or a volume without a target.
+    ``image`` defaults to :func:`default_image`; the pull policy decides whether
+    to pull it first (``IF_NOT_PRESENT``: only when the engine does not have
+    it; ``ALWAYS``; ``NEVER``: fail if absent). ``volumes`` are Docker bind
+    specs (``/host/path:/container/path[:ro]`` or ``volume-name:/path``); the
+    first of ``networks`` is the container's network mode and the rest are
+    connected before it starts. ``mem_limit`` (``"512m"``, ``"2g"``) and
+    ``cpus`` (``1.5``) cap the container; a run over its memory limit ends
+    Crashed with exit code 137. Raises ValueError for an unknown pull policy,
+    a volume without a target, or a malformed limit.
     """
 
     image: str | None = None
@@ -110,11 +120,13 @@ class DockerFlowRunner:
     volumes: list[str] = field(default_factory=list)
     networks: list[str] = field(default_factory=list)
     labels: dict[str, str] = field(default_factory=dict)
-    auto_remove: bool = False
+    auto_remove: bool = True
     image_pull_policy: PullPolicy = "IF_NOT_PRESENT"
     stream_output: bool = True
     docker_host: str | None = None
     mount_code: bool = True
+    mem_limit: str | None = None
+    cpus: float | None = None
     type: str = "docker"
 
     def __post_init__(self) -> None:
@@ -127,6 +139,10 @@ class DockerFlowRunner:
             source, _, target = volume.partition(":")
             if not source or not target:
                 raise ValueError(f"a volume is SOURCE:TARGET[:MODE], not {volume!r}")
+        if self.mem_limit is not None and not _MEMORY.match(str(self.mem_limit)):
+            raise ValueError(f"mem_limit is a size such as '512m' or '2g', not {self.mem_limit!r}")
+        if self.cpus is not None and not self.cpus > 0:
+            raise ValueError(f"cpus must be more than 0, not {self.cpus!r}")
 
     @classmethod
     def from_infrastructure(cls, infra: Infrastructure) -> DockerFlowRunner:
@@ -149,72 +165,34 @@ class DockerFlowRunner:
     ) -> FlowRunProcess:
         """Pull (per policy), create and start the run's container.
 
-        Raises StartFailed with the engine's reason. A container created but
-        not started (an error, or cancellation) is removed again.
+        Raises StartFailed with the engine's reason (or a missing ``docker``
+        package). A container created but not started is removed again.
         """
-        try:
-            api = DockerAPI(self.docker_host)
-        except ValueError as exc:
-            raise StartFailed(str(exc)) from exc
+        engine = _engine_module()
         request = container_request(run, deployment, env, self)
-        try:
-            await self._ensure_image(api, request["Image"])
-            return await self._create_and_start(api, request, container_name(run, env))
-        except DockerError as exc:
-            raise StartFailed(exc.message) from exc
+        return await engine.start_container(self, request, default=self.image is None)
 
-    async def _ensure_image(self, api: DockerAPI, image: str) -> None:
-        present = await api.image_exists(image)
-        if not needs_pull(self.image_pull_policy, present):
-            if not present:
-                raise DockerError(
-                    f"image {image!r} is not on the Docker engine at {api.url} "
-                    "and image_pull_policy is NEVER"
-                )
-            return
-        log.info("pulling image %s from %s", image, api.url)
+    async def stop_leftovers(self, runner_name: str) -> dict[str, list[str]]:
+        """Stop and remove the containers a previous ``runner_name`` left on this
+        runner's engine: ``{run id: [container idents]}``. Never raises; an
+        engine that cannot be reached is logged and yields nothing."""
         try:
-            await api.pull(*split_image(image))
-        except DockerError as exc:
-            if isinstance(exc, DockerUnreachable):
-                raise
-            hint = ""
-            if self.image is None:
-                hint = (
-                    f"; build an image with Sluice installed and tag it {image}, "
-                    "or give DockerFlowRunner(image=...)"
-                )
-            raise DockerError(f"could not pull image {image!r}: {exc.message}{hint}") from exc
+            engine = _engine_module()
+        except StartFailed:
+            return {}
+        return await engine.stop_leftovers(self.docker_host, runner_name)
 
-    async def _create_and_start(
-        self, api: DockerAPI, request: dict[str, Any], name: str
-    ) -> Container:
-        created = await api.call("POST", "/containers/create", query={"name": name}, body=request)
-        container_id = str(created["Id"])
-        waiter: Response | None = None
-        try:
-            for network in self.networks[1:]:
-                try:
-                    path = f"/networks/{quote(network, safe='')}/connect"
-                    await api.call("POST", path, body={"Container": container_id})
-                except DockerError as exc:
-                    message = f"could not connect to network {network!r}: {exc.message}"
-                    raise DockerError(message, exc.status) from exc
-            # Ask for the exit before starting, as `docker run` does: with auto_remove
-            # a quick container could otherwise be gone before anyone waits on it.
-            waiter = await api.open(
-                "POST", f"/containers/{container_id}/wait", query={"condition": "next-exit"}
-            )
-            await waiter.raise_for_status()
-            await api.call("POST", f"/containers/{container_id}/start")
-        except BaseException:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(10):
-                if waiter is not None:
-                    await waiter.aclose()
-                with contextlib.suppress(DockerError):
-                    await api.call("DELETE", f"/containers/{container_id}", query={"force": "1"})
-            raise
-        return Container(api, container_id, name, waiter, self.stream_output)
+
+def _engine_module() -> Any:
+    import importlib
+
+    try:
+        return importlib.import_module("engine.runner._docker_engine")
+    except ImportError as exc:
+        raise StartFailed(
+            f"DockerFlowRunner needs the docker package ({exc}); "
+            "install it with: pip install 'sluice[docker]'"
+        ) from exc
 
 
 # --- pure pieces ------------------------------------------------------------------------
@@ -255,6 +233,8 @@ def _is_loopback(host: str) -> bool:
 
 def rewrite_loopback(urls: str) -> str:
     """Each URL of a comma-separated list with a loopback host moved to ``host.docker.internal``."""
+    from urllib.parse import urlsplit, urlunsplit
+
     out = []
     for url in urls.split(","):
         parts = urlsplit(url.strip())
@@ -277,60 +257,64 @@ def container_name(run: FlowRun, env: Mapping[str, str]) -> str:
 def container_request(
     run: FlowRun, deployment: Deployment | None, env: Mapping[str, str], runner: DockerFlowRunner
 ) -> dict[str, Any]:
-    """The body of ``POST /containers/create`` for ``run``.
+    """The keyword arguments of the SDK's ``containers.create`` for ``run``.
 
     Environment: the runner's, then the deployment's, then the run's (``env``,
-    which wins). Pure apart from asking whether the deployment's folder exists
-    here (``mount_code``).
+    which wins), without the lifeline's runner pid: a pid of the runner's
+    namespace means nothing inside the container. Pure apart from asking
+    whether the deployment's folder exists here (``mount_code``).
     """
     environment = {**runner.env}
     if deployment is not None:
         environment.update(deployment.infrastructure.env)
     environment.update(env)
+    for name in LIFELINE_ENV:
+        environment.pop(name, None)
     network_mode = runner.networks[0] if runner.networks else None
-    host_config: dict[str, Any] = {
-        "Binds": list(runner.volumes),
-        "AutoRemove": runner.auto_remove,
-        "Init": True,
+    request: dict[str, Any] = {
+        "image": runner.image or default_image(),
+        "command": ["python", "-m", "engine"],
+        "name": container_name(run, env),
+        "labels": _labels(run, deployment, runner, env),
+        "volumes": list(runner.volumes),
+        "init": True,
+        "detach": True,
+        "tty": False,
+        "stdin_open": False,
     }
     nats_url = environment.get("SLUICE_NATS_URL")
     if nats_url and network_mode != "host":
         rewritten = rewrite_loopback(nats_url)
         if rewritten != nats_url:
             environment["SLUICE_NATS_URL"] = rewritten
-            host_config["ExtraHosts"] = [f"{HOST_GATEWAY}:host-gateway"]
+            request["extra_hosts"] = {HOST_GATEWAY: "host-gateway"}
     if network_mode:
-        host_config["NetworkMode"] = network_mode
-    request: dict[str, Any] = {
-        "Image": runner.image or default_image(),
-        "Cmd": ["python", "-m", "engine"],
-        "Env": [f"{key}={value}" for key, value in environment.items()],
-        "Labels": _labels(run, deployment, runner),
-        "Tty": False,
-        "OpenStdin": False,
-        "AttachStdout": True,
-        "AttachStderr": True,
-        "HostConfig": host_config,
-    }
+        request["network_mode"] = network_mode
+    if runner.mem_limit is not None:
+        request["mem_limit"] = runner.mem_limit
+    if runner.cpus is not None:
+        request["nano_cpus"] = round(runner.cpus * 1e9)
+    request["environment"] = environment
     code = deployment.path if deployment is not None else None
     if runner.mount_code and code and Path(code).is_dir():
-        host_config["Binds"].append(f"{code}:{code}:ro")
-        request["WorkingDir"] = code
+        request["volumes"].append(f"{code}:{code}:ro")
+        request["working_dir"] = code
     return request
 
 
 def _labels(
-    run: FlowRun, deployment: Deployment | None, runner: DockerFlowRunner
+    run: FlowRun,
+    deployment: Deployment | None,
+    runner: DockerFlowRunner,
+    env: Mapping[str, str],
 ) -> dict[str, str]:
-    labels = {
-        **runner.labels,
-        "sluice.flow-run-id": run.id,
-        "sluice.flow-run-name": run.name,
-        "sluice.flow-name": run.flow_name,
-    }
+    labels = {**runner.labels, RUN_LABEL: run.id, "sluice.flow-run-name": run.name}
+    labels["sluice.flow-name"] = run.flow_name
     deployment_id = deployment.id if deployment is not None else run.deployment_id
     if deployment_id:
         labels["sluice.deployment-id"] = deployment_id
     if deployment is not None:
         labels["sluice.deployment-name"] = deployment.full_name
+    if runner_name := env.get("SLUICE_RUNNER_NAME"):
+        labels[RUNNER_LABEL] = runner_name
     return labels

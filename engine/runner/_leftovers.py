@@ -1,8 +1,9 @@
-"""Finding flow-run processes a previous instance of a runner left behind.
+"""Finding flow-run processes and containers a previous instance of a runner left behind.
 
-Linux only (it reads ``/proc``): a process whose environment names the run
-(``SLUICE_FLOW_RUN_ID``) and this runner's name belongs to that run. Other
-systems find nothing, and the run is still reported.
+Processes: Linux only (it reads ``/proc``): a process whose environment names
+the run (``SLUICE_FLOW_RUN_ID``) and this runner's name belongs to that run.
+Other systems find nothing, and the run is still reported. Containers: by the
+runner-name label their flow runner gave them (:func:`containers_left`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+from collections.abc import Iterable
 from pathlib import Path
 
 
@@ -64,3 +66,25 @@ def kill_tree(pid: int) -> None:
             os.killpg(pid, signal.SIGKILL)
         else:
             os.kill(pid, signal.SIGKILL)
+
+
+async def containers_left(runner: str, flow_runners: Iterable[object]) -> dict[str, list[str]]:
+    """Stop and remove the containers a previous instance of ``runner`` left.
+
+    ``flow_runners`` are the runner's default and those of the deployments it
+    knows; each container flow runner among them (one per engine) looks for
+    containers labelled with ``runner``'s name. Returns ``{run id: [idents]}``.
+    Containers have no parent to die with, so this sweep is what stops them
+    after a runner was killed without a chance to.
+    """
+    found: dict[str, list[str]] = {}
+    seen: set[object] = set()
+    for flow_runner in flow_runners:
+        sweep = getattr(flow_runner, "stop_leftovers", None)
+        where = getattr(flow_runner, "docker_host", None)
+        if sweep is None or where in seen:
+            continue
+        seen.add(where)
+        for run_id, idents in (await sweep(runner)).items():
+            found.setdefault(run_id, []).extend(idents)
+    return found

@@ -25,6 +25,7 @@ from engine.client import Client
 from engine.exceptions import BundleError
 from engine.runner._envs import RequirementEnvs, requirements_of
 from engine.runner._git import GitSources
+from engine.runner._lifeline import lifeline_env
 from engine.runner._subprocess import FlowRunner, StartFailed, explain_exit, from_infrastructure
 from engine.runner._upkeep import _Active
 from shared import names, telemetry
@@ -145,9 +146,10 @@ class _Supervise:
             "SLUICE_FLOW_RUN_ATTEMPT": str(attempt),
             "SLUICE_NATS_URL": self.settings.nats_url,
             "SLUICE_HOME": str(self.settings.home),
-            # The child ends with us (engine.runner._lifeline): no run outlives its runner.
-            "SLUICE_RUNNER_PID": str(os.getpid()),
             "SLUICE_RUNNER_NAME": self.name,
+            # A local child ends with us (engine.runner._lifeline): no run outlives its
+            # runner. Container flow runners drop these; the runner stops its containers.
+            **lifeline_env(),
         }
         # The flow-run process must not inherit a runner's own identity.
         env = {k: v for k, v in env.items() if v} | {

@@ -18,12 +18,13 @@ import anyio.abc
 from nats.aio.msg import Msg
 
 from engine.client import Client
-from engine.runner._leftovers import kill_tree, orphans_of, processes_of
-from engine.runner._subprocess import FlowRunProcess
+from engine.runner._leftovers import containers_left, kill_tree, orphans_of, processes_of
+from engine.runner._subprocess import FlowRunner, FlowRunProcess, StartFailed, from_infrastructure
 from shared import names
 from shared.codec import decode_request, encode, encode_error
 from shared.errors import SluiceError
 from shared.messages import KillReply, KillRun, ProposedState
+from shared.models import Deployment, FlowRun
 from shared.states import StateType
 
 log = logging.getLogger("sluice.runner")
@@ -45,6 +46,8 @@ class _Upkeep:
     heartbeat_seconds: float
     _active: dict[str, _Active]
     _held: dict[str, int]
+    flow_runner: FlowRunner
+    _deployments: dict[str, Deployment]
 
     async def _reconcile(self, client: Client) -> None:
         """Settle runs a previous instance of this runner (same name) left claimed.
@@ -61,15 +64,23 @@ class _Upkeep:
         except SluiceError as exc:
             log.warning("runner %s: could not look for runs left behind: %s", self.name, exc)
             return
+        # Every container of ours goes, whatever its run's state now: no
+        # lifeline ends a container with its runner.
+        containers = await containers_left(
+            self.name, await self._flow_runners(client, page.flow_runs)
+        )
         for run in page.flow_runs:
             if run.id in self._held or run.runner != self.name:
                 continue
             killed = processes_of(run.id, self.name)
             for pid in killed:
                 kill_tree(pid)
+            stopped = containers.get(run.id, [])
             gone = (
                 f"killed its process {', '.join(map(str, killed))}"
                 if killed
+                else f"stopped its {', '.join(stopped)}"
+                if stopped
                 else "found no process"
             )
             note = f"runner {self.name} restarted and {gone} from its previous instance"
@@ -94,6 +105,22 @@ class _Upkeep:
             log.warning(
                 "runner %s: killed process %d, left running by a previous instance", self.name, pid
             )
+
+    async def _flow_runners(self, client: Client, runs: list[FlowRun]) -> list[object]:
+        """The flow runners whose leftovers to look for: the default, and those of
+        the deployments served here or of the runs left behind."""
+        deployments = dict(self._deployments)
+        for run in runs:
+            if run.deployment_id and run.deployment_id not in deployments:
+                with contextlib.suppress(SluiceError):
+                    deployments[run.deployment_id] = await client.read_deployment(
+                        id=run.deployment_id
+                    )
+        found: list[object] = [self.flow_runner]
+        for deployment in deployments.values():
+            with contextlib.suppress(StartFailed):
+                found.append(from_infrastructure(deployment.infrastructure, self.flow_runner))
+        return found
 
     async def _heartbeats(self, client: Client) -> None:
         """Say we are alive every ``heartbeat_seconds``; this renews our runs' slot leases.
