@@ -64,6 +64,23 @@ up *args:
 down *args:
     docker compose down {{args}}
 
+# The real-Docker stage: tests/docker/ (compose, DockerFlowRunner) against a Docker engine,
+# started first when none answers and this runs as root (deploy/ci/docker-engine.sh; a
+# dockerd it started is stopped again). Skips, saying why, only when no engine can be had.
+test-docker *args:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if ! deploy/ci/docker-engine.sh can; then
+        echo "SKIPPED the Docker stage: no Docker engine answers and none can be started here (that needs root and apt-get)"
+        exit 0
+    fi
+    started=$(deploy/ci/docker-engine.sh ensure)
+    if [ "$started" = started ]; then trap 'deploy/ci/docker-engine.sh stop' EXIT; fi
+    tag=$({{py}} -c 'from engine.docker_runner import default_image; print(default_image())')
+    echo "docker build -t $tag (deploy/Dockerfile, --network host)"
+    DOCKER_BUILDKIT=0 docker build -q --network host -f deploy/Dockerfile -t "$tag" . >/dev/null
+    SLUICE_REQUIRE_DOCKER=1 {{py}} -m pytest tests/docker -m docker {{args}}
+
 # The compose smoke test and the NATS permission tests (no Docker needed).
 test-deploy *args:
     {{py}} -m pytest tests/test_compose.py tests/test_security.py {{args}}

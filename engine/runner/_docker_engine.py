@@ -48,6 +48,7 @@ T = TypeVar("T")
 #: The exit code :meth:`Container.wait` reports when the engine lost track of the
 #: container (the code ``docker run`` uses for its own errors).
 LOST_EXIT_CODE = 125
+DEFAULT_SOCKET = "unix:///var/run/docker.sock"
 #: Seconds to let the output catch up once the container has exited.
 OUTPUT_DRAIN = 2.0
 #: Seconds one wait request may block a worker thread: how soon a cancelled
@@ -87,8 +88,14 @@ def connect(docker_host: str | None) -> docker.DockerClient:
             if context is not None and context.Host and context.name != "default":
                 kwargs = {"base_url": context.Host, "tls": context.TLSConfig or False}
                 where = f"{context.Host} (the Docker context {context.name!r})"
-    base_url = kwargs.get("base_url") or environment.get("DOCKER_HOST") or ""
+    base_url = kwargs.get("base_url") or environment.get("DOCKER_HOST") or DEFAULT_SOCKET
     ssh = base_url.startswith("ssh://")  # through the ssh command, as the Docker CLI does
+    if base_url.startswith("unix://") and not os.path.exists(base_url.removeprefix("unix://")):
+        # Said here: the SDK would also leak the socket of its failed connect.
+        raise StartFailed(
+            f"cannot reach the Docker engine at {where}: {base_url} does not exist "
+            "(No such file or directory); is Docker running?"
+        )
     try:
         if kwargs:
             return docker.DockerClient(version="auto", use_ssh_client=ssh, **kwargs)
