@@ -79,6 +79,7 @@ test-docker *args:
     tag=$({{py}} -c 'from engine.docker_runner import default_image; print(default_image())')
     echo "docker build -t $tag (deploy/Dockerfile, --network host)"
     DOCKER_BUILDKIT=0 docker build -q --network host -f deploy/Dockerfile -t "$tag" . >/dev/null
+    docker image prune -f --filter label=io.sluice.image=sluice >/dev/null  # builds it replaced
     SLUICE_REQUIRE_DOCKER=1 {{py}} -m pytest tests/docker -m docker {{args}}
 
 # The compose smoke test and the NATS permission tests (no Docker needed).

@@ -10,6 +10,7 @@ the session's nats-server on loopback.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 import subprocess
@@ -28,6 +29,7 @@ from engine.docker_runner import DockerFlowRunner
 from engine.flow_runners import explain_exit
 from engine.runner import Runner
 from services.cancellation_watcher import CancellationWatcher
+from services.dev import NatsServer
 from services.orchestrator import Orchestrator
 from shared.models import FlowRun
 from shared.settings import Settings
@@ -53,6 +55,19 @@ def sleepy(seconds: float = 300) -> None:
     get_run_logger().info("sleeping")
     time.sleep(seconds)
 """
+
+
+def bridge_gateway() -> str:
+    """The host's address on Docker's default bridge (a private one)."""
+    bridge = docker(
+        "network", "inspect", "bridge", "-f", '{{index .Options "com.docker.network.bridge.name"}}'
+    ).strip()
+    shown = subprocess.run(
+        ["ip", "-4", "-o", "addr", "show", "dev", bridge], capture_output=True, text=True
+    ).stdout.split()
+    gateway = shown[shown.index("inet") + 1].split("/")[0]
+    assert ipaddress.ip_address(gateway).is_private, gateway  # never a public address
+    return gateway
 
 
 def write_flows(tmp_path: Path, name: str) -> Path:
@@ -265,3 +280,64 @@ async def test_the_issues_reproduction_runs_to_completion(
             assert final.state.type is StateType.COMPLETED
         else:  # the run is over: a second execution is refused, but not killed
             assert done.returncode == 1, done.stderr.decode()
+
+
+async def test_a_stopping_runner_stops_its_containers(
+    sluice_image: str,
+    orchestrator: Orchestrator,
+    client: Client,
+    settings: Settings,
+    unique: str,
+    tmp_path: Path,
+) -> None:
+    name = f"s{unique}"
+    folder = write_flows(tmp_path, name)
+    async with serving(settings, name, folder, sluice_image):
+        run = await client.create_flow_run(f"{name}-sleepy/d")
+        await until(client, run.id, StateType.RUNNING)
+        container = await container_of(run.id)
+    final = await until(client, run.id, StateType.CRASHED, StateType.COMPLETED)
+    assert final.state.type is StateType.CRASHED
+    assert f"The runner {name} shut down before the run finished" in (final.state.message or "")
+    assert docker("ps", "-aq", "--filter", f"id={container}").strip() == ""
+
+
+async def test_a_run_on_the_default_bridge_network(
+    sluice_image: str, unique: str, tmp_path: Path
+) -> None:
+    """No ``networks``: the container is on Docker's default bridge and reaches a
+    nats-server listening on the bridge's gateway address (not off this machine)."""
+    gateway = bridge_gateway()
+    server = NatsServer(tmp_path / "nats", host=gateway)
+    server.start()
+    try:
+        settings = Settings(nats_url=server.url, home=tmp_path / "home", request_timeout=10.0)
+        name = f"b{unique}"
+        folder = write_flows(tmp_path, name)
+        data = shared_folder(tmp_path, "data")
+        (data / "word.txt").write_text("bridged\n")
+        (data / "word.txt").chmod(0o644)
+        flow_runner = DockerFlowRunner(
+            image=sluice_image, env={"GREETING": "hi"}, volumes=[f"{data}:/data:ro"]
+        )
+        runner = Runner(name=name, settings=settings, query_seconds=1.0, kill_grace=2.0)
+        async with Orchestrator(settings, grace=2.0), Client(settings) as client:
+            await runner.add_deployment(
+                RunnerDeployment(
+                    name="d",
+                    flow_name=f"{name}-greet",
+                    entrypoint="flows.py:greet",
+                    path=str(folder),
+                    flow_runner=flow_runner,
+                )
+            )
+            async with anyio.create_task_group() as tg:
+                await tg.start(runner.start)
+                run = await client.create_flow_run(f"{name}-greet/d")
+                final = await until(client, run.id, StateType.COMPLETED, StateType.CRASHED)
+                await runner.stop()
+            assert final.state.type is StateType.COMPLETED, final.state
+            lines = [record.message async for record in client.logs(run.id)]
+            assert any(line.startswith("hi bridged") for line in lines), lines
+    finally:
+        server.stop()
