@@ -172,15 +172,17 @@ class DockerFlowRunner:
         request = container_request(run, deployment, env, self)
         return await engine.start_container(self, request, default=self.image is None)
 
-    async def stop_leftovers(self, runner_name: str) -> dict[str, list[str]]:
+    async def stop_leftovers(
+        self, runner_name: str, *, quiet: bool = False
+    ) -> dict[str, list[str]]:
         """Stop and remove the containers a previous ``runner_name`` left on this
         runner's engine: ``{run id: [container idents]}``. Never raises; an
-        engine that cannot be reached is logged and yields nothing."""
+        engine that cannot be reached yields nothing (and a warning unless ``quiet``)."""
         try:
             engine = _engine_module()
         except StartFailed:
             return {}
-        return await engine.stop_leftovers(self.docker_host, runner_name)
+        return await engine.stop_leftovers(self.docker_host, runner_name, quiet=quiet)
 
 
 def _engine_module() -> Any:

@@ -307,7 +307,9 @@ def _is_timeout(exc: BaseException) -> bool:
     return "timed out" in str(exc).lower()
 
 
-async def stop_leftovers(docker_host: str | None, runner_name: str) -> dict[str, list[str]]:
+async def stop_leftovers(
+    docker_host: str | None, runner_name: str, *, quiet: bool = False
+) -> dict[str, list[str]]:
     """Remove (SIGKILL first if running) every container labelled as ``runner_name``'s.
 
     Returns ``{run id: [container idents]}``. Never raises: an engine that cannot
@@ -339,7 +341,8 @@ async def stop_leftovers(docker_host: str | None, runner_name: str) -> dict[str,
         docker.errors.DockerException,
         requests.exceptions.RequestException,
     ) as exc:
-        log.warning(
+        log.log(
+            logging.DEBUG if quiet else logging.WARNING,
             "runner %s: could not look for containers left at %s: %s",
             runner_name,
             describe_host(docker_host),

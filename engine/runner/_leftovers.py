@@ -9,6 +9,7 @@ runner-name label their flow runner gave them (:func:`containers_left`).
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import signal
 from collections.abc import Iterable
@@ -73,12 +74,21 @@ async def containers_left(runner: str, flow_runners: Iterable[object]) -> dict[s
 
     ``flow_runners`` are the runner's default and those of the deployments it
     knows; each container flow runner among them (one per engine) looks for
-    containers labelled with ``runner``'s name. Returns ``{run id: [idents]}``.
-    Containers have no parent to die with, so this sweep is what stops them
-    after a runner was killed without a chance to.
+    containers labelled with ``runner``'s name, and so does the default engine
+    when the ``docker`` package is installed (a run the watcher already marked
+    Crashed names no deployment here, but its container may still run).
+    Returns ``{run id: [idents]}``. Containers have no parent to die with, so
+    this sweep is what stops them after a runner was killed without a chance to.
     """
     found: dict[str, list[str]] = {}
     seen: set[object] = set()
+    if importlib.util.find_spec("docker") is not None:
+        from engine.runner._docker import DockerFlowRunner
+
+        # Quietly: most machines with the package installed run no Docker deployments.
+        for run_id, idents in (await DockerFlowRunner().stop_leftovers(runner, quiet=True)).items():
+            found.setdefault(run_id, []).extend(idents)
+        seen.add(None)
     for flow_runner in flow_runners:
         sweep = getattr(flow_runner, "stop_leftovers", None)
         where = getattr(flow_runner, "docker_host", None)
