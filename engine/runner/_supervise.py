@@ -196,6 +196,12 @@ class _Supervise:
         log.info("runner %s: started run %s (%s) in %s", self.name, run_id, run.name, process.ident)
         try:
             code = await process.wait()
+        except anyio.get_cancelled_exc_class():
+            # The runner is going away without a graceful stop: what it started must
+            # not outlive it, and a container has no lifeline to end it.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(self.kill_grace + 10):
+                await process.kill(self.kill_grace)
+            raise
         finally:
             if self._active.get(run_id) is active:
                 del self._active[run_id]

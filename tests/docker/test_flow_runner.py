@@ -341,3 +341,51 @@ async def test_a_run_on_the_default_bridge_network(
             assert any(line.startswith("hi bridged") for line in lines), lines
     finally:
         server.stop()
+
+
+async def test_a_runner_that_loses_its_lease_stops_its_containers(
+    sluice_image: str, unique: str, tmp_path: Path
+) -> None:
+    """NATS gone: the runner cannot renew its lease, so it stops its containers
+    before the rest of the stack may hand the run on."""
+    server = NatsServer(tmp_path / "nats")
+    server.start()
+    settings = Settings(nats_url=server.url, home=tmp_path / "home", request_timeout=5.0)
+    name = f"l{unique}"
+    folder = write_flows(tmp_path, name)
+    flow_runner = DockerFlowRunner(image=sluice_image, networks=["host"], stream_output=False)
+    runner = Runner(
+        name=name, settings=settings, query_seconds=1.0, kill_grace=2.0, heartbeat_seconds=1.0
+    )
+    container = ""
+    try:
+        async with Orchestrator(settings, grace=2.0), Client(settings) as client:
+            await runner.add_deployment(
+                RunnerDeployment(
+                    name="d",
+                    flow_name=f"{name}-sleepy",
+                    entrypoint="flows.py:sleepy",
+                    path=str(folder),
+                    flow_runner=flow_runner,
+                )
+            )
+            async with anyio.create_task_group() as tg:
+                await tg.start(runner.start)
+                run = await client.create_flow_run(f"{name}-sleepy/d")
+                await until(client, run.id, StateType.RUNNING)
+                container = await container_of(run.id)
+                server.stop()
+                with anyio.fail_after(90):
+                    while True:
+                        label = f"sluice.flow-run-id={run.id}"
+                        if not await anyio.to_thread.run_sync(labelled, label):
+                            break
+                        await anyio.sleep(0.2)
+                server.start()  # the same port: everything reconnects and shuts down cleanly
+                final = await until(client, run.id, StateType.CRASHED, StateType.CANCELLED)
+                await runner.stop()
+        assert final.state.type is StateType.CRASHED, final.state
+    finally:
+        server.stop()
+        if container:
+            docker("rm", "-f", container, check=False)
