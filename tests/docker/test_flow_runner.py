@@ -97,10 +97,11 @@ async def container_of(run_id: str, timeout: float = 60) -> str:
 
 @asynccontextmanager
 async def serving(
-    settings: Settings, name: str, folder: Path, image: str, **options: object
+    settings: Settings, name: str, folder: Path, image: str | None = None, **options: object
 ) -> AsyncIterator[Runner]:
     """A runner named ``name`` serving ``<name>-greet/d`` and ``<name>-sleepy/d`` in Docker."""
-    flow_runner = DockerFlowRunner(image=image, networks=["host"], **options)  # type: ignore[arg-type]
+    options = {"image": image, "networks": ["host"], **options}
+    flow_runner = DockerFlowRunner(**options)  # type: ignore[arg-type]
     runner = Runner(name=name, settings=settings, query_seconds=1.0, kill_grace=2.0)
     for function in ("greet", "sleepy"):
         await runner.add_deployment(
@@ -125,6 +126,7 @@ async def test_a_deployment_completes_in_a_container_with_its_env_and_volumes(
     settings: Settings,
     unique: str,
     tmp_path: Path,
+    capfd: pytest.CaptureFixture[str],
 ) -> None:
     folder = write_flows(tmp_path, f"d{unique}")
     data = shared_folder(tmp_path, "data")
@@ -142,6 +144,8 @@ async def test_a_deployment_completes_in_a_container_with_its_env_and_volumes(
     assert final.state.type is StateType.COMPLETED, final.state
     lines = [record.message async for record in client.logs(run.id)]
     assert any(line.startswith("hello otters from pid") for line in lines), lines
+    # stream_output: the container's output reached the runner's.
+    assert "hello otters from pid" in capfd.readouterr().err
     print(f"create -> Completed through a container: {elapsed:.2f} s")
     assert labelled(f"sluice.runner-name={name}") == []  # auto_remove: nothing left
 
@@ -389,3 +393,35 @@ async def test_a_runner_that_loses_its_lease_stops_its_containers(
         server.stop()
         if container:
             docker("rm", "-f", container, check=False)
+
+
+@pytest.mark.parametrize(
+    ("options", "reason"),
+    [
+        ({"image": "sluice-absent:1", "image_pull_policy": "NEVER"}, "is not on the Docker engine"),
+        # A registry on a loopback port nobody listens on: the pull fails here, on this machine.
+        ({"image": "localhost:1/absent:1"}, "could not pull image 'localhost:1/absent:1'"),
+        ({"networks": ["host", "sluice-no-such-network"]}, "could not connect to network"),
+    ],
+)
+async def test_a_run_that_cannot_start_crashes_saying_why(
+    sluice_image: str,
+    orchestrator: Orchestrator,
+    client: Client,
+    settings: Settings,
+    unique: str,
+    tmp_path: Path,
+    options: dict[str, object],
+    reason: str,
+) -> None:
+    name = f"f{unique}"
+    folder = write_flows(tmp_path, name)
+    options = {"image": sluice_image, **options}
+    async with serving(settings, name, folder, **options):  # type: ignore[arg-type]
+        run = await client.create_flow_run(f"{name}-greet/d")
+        final = await until(client, run.id, StateType.CRASHED, StateType.COMPLETED)
+    assert final.state.type is StateType.CRASHED
+    assert final.state.message is not None
+    assert final.state.message.startswith("The flow run could not be started:")
+    assert reason in final.state.message
+    assert labelled(f"sluice.runner-name={name}") == []  # a container made but not started goes
