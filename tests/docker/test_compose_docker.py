@@ -159,7 +159,7 @@ async def test_a_nats_restart_keeps_the_run_in_flight(stack: Stack) -> None:
     await until(stack, run.id, StateType.RUNNING)
     stack.compose("restart", "nats")
     final = await until(stack, run.id, *FINAL, timeout=180)
-    assert final.state.type is StateType.COMPLETED, (final.state, stack.logs())
+    assert final.state.type is StateType.COMPLETED, f"{final.state.message}\n{stack.logs()}"
 
 
 async def test_stop_settles_the_runs_with_the_reason(stack: Stack) -> None:
