@@ -22,7 +22,7 @@ from engine.runner import Runner
 async def main(name: str, folder: str, image: str) -> None:
     flow_runner = DockerFlowRunner(image=image, networks=["host"], stream_output=False)
     runner = Runner(name=name, query_seconds=1.0, kill_grace=2.0, heartbeat_seconds=1.0)
-    await runner.add_deployment(
+    await runner.aadd_deployment(
         RunnerDeployment(
             name="docker",
             flow_name=f"{name}-sleepy",
@@ -32,7 +32,7 @@ async def main(name: str, folder: str, image: str) -> None:
         )
     )
     print("serving", flush=True)
-    await runner.start()
+    await runner.astart()
 
 
 if __name__ == "__main__":

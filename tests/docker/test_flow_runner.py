@@ -104,7 +104,7 @@ async def serving(
     flow_runner = DockerFlowRunner(**options)  # type: ignore[arg-type]
     runner = Runner(name=name, settings=settings, query_seconds=1.0, kill_grace=2.0)
     for function in ("greet", "sleepy"):
-        await runner.add_deployment(
+        await runner.aadd_deployment(
             RunnerDeployment(
                 name="d",
                 flow_name=f"{name}-{function}",
@@ -114,9 +114,9 @@ async def serving(
             )
         )
     async with anyio.create_task_group() as tg:
-        await tg.start(runner.start)
+        await tg.start(runner.astart)
         yield runner
-        await runner.stop()
+        await runner.astop(now=True)
 
 
 async def test_a_deployment_completes_in_a_container_with_its_env_and_volumes(
@@ -326,7 +326,7 @@ async def test_a_run_on_the_default_bridge_network(
         )
         runner = Runner(name=name, settings=settings, query_seconds=1.0, kill_grace=2.0)
         async with Orchestrator(settings, grace=2.0), Client(settings) as client:
-            await runner.add_deployment(
+            await runner.aadd_deployment(
                 RunnerDeployment(
                     name="d",
                     flow_name=f"{name}-greet",
@@ -336,10 +336,10 @@ async def test_a_run_on_the_default_bridge_network(
                 )
             )
             async with anyio.create_task_group() as tg:
-                await tg.start(runner.start)
+                await tg.start(runner.astart)
                 run = await client.create_flow_run(f"{name}-greet/d")
                 final = await until(client, run.id, StateType.COMPLETED, StateType.CRASHED)
-                await runner.stop()
+                await runner.astop(now=True)
             assert final.state.type is StateType.COMPLETED, final.state
             lines = [record.message async for record in client.logs(run.id)]
             assert any(line.startswith("hi bridged") for line in lines), lines
@@ -364,7 +364,7 @@ async def test_a_runner_that_loses_its_lease_stops_its_containers(
     container = ""
     try:
         async with Orchestrator(settings, grace=2.0), Client(settings) as client:
-            await runner.add_deployment(
+            await runner.aadd_deployment(
                 RunnerDeployment(
                     name="d",
                     flow_name=f"{name}-sleepy",
@@ -374,7 +374,7 @@ async def test_a_runner_that_loses_its_lease_stops_its_containers(
                 )
             )
             async with anyio.create_task_group() as tg:
-                await tg.start(runner.start)
+                await tg.start(runner.astart)
                 run = await client.create_flow_run(f"{name}-sleepy/d")
                 await until(client, run.id, StateType.RUNNING)
                 container = await container_of(run.id)
@@ -387,7 +387,7 @@ async def test_a_runner_that_loses_its_lease_stops_its_containers(
                         await anyio.sleep(0.2)
                 server.start()  # the same port: everything reconnects and shuts down cleanly
                 final = await until(client, run.id, StateType.CRASHED, StateType.CANCELLED)
-                await runner.stop()
+                await runner.astop(now=True)
         assert final.state.type is StateType.CRASHED, final.state
     finally:
         server.stop()
