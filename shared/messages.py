@@ -156,12 +156,16 @@ class ListFlowRuns(Request, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     """Runs whose id starts with this (lower-case hex and hyphens)."""
     limit: PageLimit = 50
     offset: Offset = 0
+    count: bool = False
+    """Also count every match (``FlowRunPage.total``); costs one more query."""
 
 
 class FlowRunPage(msgspec.Struct, frozen=True, kw_only=True):
     flow_runs: list[FlowRun]
     offset: int
     next_offset: int | None = None
+    total: int | None = None
+    """Every run matching the filters, when the request asked for ``count``."""
 
 
 # --- deployments -----------------------------------------------------------------
@@ -255,6 +259,10 @@ class Heartbeat(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
     interval: Annotated[float, msgspec.Meta(gt=0, le=3600)]
     limit: int = 0
     runs: list[HeldRun] = msgspec.field(default_factory=list)
+    queues: list[Name] = msgspec.field(default_factory=list)
+    """The work queues the runner pulls from (all of each queue's deployments)."""
+    deployments: list[str] = msgspec.field(default_factory=list)
+    """``flow/deployment`` names the runner serves one by one."""
 
 
 class HeartbeatReply(msgspec.Struct, frozen=True, kw_only=True):
@@ -284,6 +292,8 @@ class RunnerStatus(msgspec.Struct, frozen=True, kw_only=True):
     interval: float
     limit: int = 0
     runs: list[HeldRun] = msgspec.field(default_factory=list)
+    queues: list[str] = msgspec.field(default_factory=list)
+    deployments: list[str] = msgspec.field(default_factory=list)
 
 
 class SlotLease(msgspec.Struct, frozen=True, kw_only=True):

@@ -206,8 +206,9 @@ class Client:
         id_prefix: str | None = None,
         limit: int = 50,
         offset: int = 0,
+        count: bool = False,
     ) -> FlowRunPage:
-        """Newest first (by expected start time), ``limit`` at a time."""
+        """Newest first (by expected start time), ``limit`` at a time; ``count``: with a total."""
         req = ListFlowRuns(
             states=list(states),
             deployment=deployment,
@@ -221,6 +222,7 @@ class Client:
             id_prefix=id_prefix,
             limit=limit,
             offset=offset,
+            count=count,
         )
         return await self._request(names.FLOWRUN_LIST, req, FlowRunPage)
 
@@ -354,14 +356,24 @@ class Client:
         return read_logs(self.nc, run_id, follow)
 
     async def heartbeat(
-        self, runner: str, *, interval: float, limit: int, runs: dict[str, int]
+        self,
+        runner: str,
+        *,
+        interval: float,
+        limit: int,
+        runs: dict[str, int],
+        queues: Iterable[str] = (),
+        deployments: Iterable[str] = (),
     ) -> HeartbeatReply:
-        """Tell the stack a runner is alive and holds ``runs`` (id -> claim attempt)."""
+        """Tell the stack a runner is alive, holds ``runs`` (id -> claim attempt) and serves
+        ``queues`` and ``deployments`` (``flow/deployment`` names)."""
         req = Heartbeat(
             runner=runner,
             interval=interval,
             limit=limit,
             runs=[HeldRun(id=i, attempt=a) for i, a in runs.items()],
+            queues=list(queues),
+            deployments=list(deployments),
         )
         return await self._request(names.RUNNER_HEARTBEAT, req, HeartbeatReply)
 

@@ -47,7 +47,18 @@ class _Upkeep:
     _active: dict[str, _Active]
     _held: dict[str, int]
     flow_runner: FlowRunner
+    queue: str | None
+    _served: list[str]
     _deployments: dict[str, Deployment]
+
+    def _serving(self) -> dict[str, list[str]]:
+        """What the heartbeat says this runner serves (the UI's runners page shows it)."""
+        return {
+            "queues": [self.queue] if self.queue is not None else [],
+            "deployments": [
+                self._deployments[i].full_name for i in self._served if i in self._deployments
+            ],
+        }
 
     async def _reconcile(self, client: Client) -> None:
         """Settle runs a previous instance of this runner (same name) left claimed.
@@ -134,7 +145,11 @@ class _Upkeep:
         while True:
             try:
                 await client.heartbeat(
-                    self.name, interval=self.heartbeat_seconds, limit=self.limit, runs=self._held
+                    self.name,
+                    interval=self.heartbeat_seconds,
+                    limit=self.limit,
+                    runs=self._held,
+                    **self._serving(),
                 )
                 last_ok = anyio.current_time()
             except SluiceError as exc:

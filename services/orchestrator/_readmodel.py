@@ -328,6 +328,10 @@ class ReadModel:
         sql = "SELECT body FROM runs"
         if where:
             sql += " WHERE " + " AND ".join(where)
+        total = None
+        if req.count:
+            async with self.db.execute(sql.replace("body", "COUNT(*)", 1), args) as cur:
+                total = int((await cur.fetchone() or (0,))[0])
         sql += " ORDER BY expected_start DESC, id DESC LIMIT ? OFFSET ?"
         args.extend([req.limit + 1, req.offset])
         async with self.db.execute(sql, args) as cur:
@@ -338,4 +342,5 @@ class ReadModel:
             flow_runs=runs,
             offset=req.offset,
             next_offset=req.offset + req.limit if more else None,
+            total=total,
         )

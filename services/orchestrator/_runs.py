@@ -259,6 +259,8 @@ class Runs:
             interval=req.interval,
             limit=req.limit,
             runs=req.runs,
+            queues=req.queues,
+            deployments=req.deployments,
         )
         await self._publisher.heartbeat(status, lease)
         for held in req.runs:
