@@ -31,10 +31,31 @@ def options() -> argparse.ArgumentParser:
         default=int(env("SLUICE_UI_PORT", str(DEFAULT_PORT))),
         help=f"port to listen on (default {DEFAULT_PORT}; 0 for any free one)",
     )
+    p.add_argument(
+        "--hash-password",
+        action="store_true",
+        help="read a password (prompted, or from stdin) and print its hash for SLUICE_UI_USERS",
+    )
     return p
 
 
+def _hash_password() -> None:
+    import getpass
+
+    from ._auth import hash_password
+
+    password = getpass.getpass("Password: ") if sys.stdin.isatty() else sys.stdin.readline()
+    password = password.rstrip("\n")
+    if not password:
+        print("error: an empty password", file=sys.stderr)
+        sys.exit(2)
+    print(hash_password(password))
+
+
 if __name__ == "__main__":
+    if "--hash-password" in sys.argv[1:]:
+        _hash_password()
+        sys.exit(0)
     try:
         main(
             "ui",

@@ -7,15 +7,16 @@ action comes back to the page it was made from with the orchestrator's
 message; a Run form with bad input comes back with each problem beside its
 field.
 
-Forms are only taken from pages of this server: a request whose Origin (or
-Sec-Fetch-Site) says another site sent it is refused, so a page elsewhere
+Every form goes through :func:`services.ui._auth.guard` first: refused in
+read-only mode, refused when Origin (or Sec-Fetch-Site) says another site
+sent it, and refused without the page's CSRF token, so a page elsewhere
 cannot press these buttons in a user's browser.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
@@ -25,19 +26,15 @@ from starlette.responses import RedirectResponse, Response
 from engine.client import Client
 from shared.errors import SluiceError
 
-from ._context import ui_of
-from ._pages import deployment_id_of, run_id_of
+from ._auth import guard
+from ._context import deployment_id_of, run_id_of, ui_of
 from ._params import field_errors, fields_for, read_form
 
 __all__ = ["cancel", "pause", "resume", "retry", "run_deployment"]
 
 
-def _same_origin(request: Request) -> None:
-    if request.headers.get("sec-fetch-site") == "cross-site":
-        raise HTTPException(403, "forms are only accepted from this server's pages")
-    origin = request.headers.get("origin")
-    if origin and origin != "null" and urlsplit(origin).netloc != request.headers.get("host"):
-        raise HTTPException(403, "forms are only accepted from this server's pages")
+async def _same_origin(request: Request) -> None:
+    await guard(request, ui_of(request).access)
 
 
 def _back(form: FormData, default: str, error: str | None = None) -> RedirectResponse:
@@ -52,7 +49,7 @@ def _back(form: FormData, default: str, error: str | None = None) -> RedirectRes
 
 async def _on_run(request: Request, act: Callable[[Client, str], Awaitable[object]]) -> Response:
     """A run's button: do ``act``, then back to where the form came from (with any error)."""
-    _same_origin(request)
+    await _same_origin(request)
     ui = ui_of(request)
     run_id = run_id_of(request)
     form = await request.form()
@@ -82,7 +79,7 @@ async def retry(request: Request) -> Response:
 
 
 async def run_deployment(request: Request) -> Response:
-    _same_origin(request)
+    await _same_origin(request)
     ui = ui_of(request)
     deployment = await ui.client.read_deployment(id=deployment_id_of(request))
     form = await request.form()
@@ -116,7 +113,7 @@ async def run_deployment(request: Request) -> Response:
 
 
 async def _pause_or_resume(request: Request, *, pause: bool) -> Response:
-    _same_origin(request)
+    await _same_origin(request)
     ui = ui_of(request)
     form = await request.form()
     name = form.get("name")

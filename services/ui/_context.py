@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 import jinja2
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
 from engine.client import Client
+from shared.messages import RunnerStatus
 
+from ._auth import Access
 from ._feed import RunFeed
 
-__all__ = ["UI", "ui_of"]
+__all__ = ["UI", "deployment_id_of", "run_id_of", "ui_of"]
 
 
 @dataclass
@@ -23,9 +27,12 @@ class UI:
     feed: RunFeed
     env: jinja2.Environment
     nats_url: str
+    access: Access = field(default_factory=Access)
     closing: anyio.Event = field(default_factory=anyio.Event)
     """Set when the server shuts down: every event stream ends."""
     page_size: int = 25
+    runners_seen: dict[str, RunnerStatus] = field(default_factory=dict)
+    """The last heartbeat of each runner this UI saw (lost ones stay shown a while)."""
 
     def render(self, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
         html = self.env.get_template(name).render(nats_url=self.nats_url, **context)
@@ -38,3 +45,19 @@ class UI:
 def ui_of(request: Request) -> UI:
     ui: UI = request.app.state.ui
     return ui
+
+
+def run_id_of(request: Request) -> str:
+    text = request.path_params["run_id"]
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        raise HTTPException(404, f"{text!r} is not a flow run id") from None
+
+
+def deployment_id_of(request: Request) -> str:
+    text = request.path_params["deployment_id"]
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        raise HTTPException(404, f"{text!r} is not a deployment id") from None

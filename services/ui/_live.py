@@ -6,8 +6,8 @@ browser swaps rows in place and shows new runs on the first page.
 
 ``/runs/<id>/live``: for one run, ``changed`` whenever its state or one of its
 task runs changes (the browser then fetches the run's panel again), and each
-log line as it arrives. On (re)connect it starts with ``reset`` and sends
-every log line from the first, so a reconnected page is whole again.
+log line after the newest the page shows (``after``, a stream sequence),
+with the page's level and task filters.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncGenerator
+from datetime import datetime
+from typing import Any
 
 import anyio
 import nats.errors
@@ -29,7 +31,10 @@ from shared import names
 from shared.errors import SluiceError
 from shared.models import FlowRun
 
-from ._context import ui_of
+from . import _format
+from ._context import UI, ui_of
+from ._logs import LogFilter, follow_logs
+from ._runlist import RunQuery, attempt_seconds, held_back
 from ._sse import EventStream, event
 
 __all__ = ["RunFilter", "run_events", "runs_events"]
@@ -38,45 +43,54 @@ __all__ = ["RunFilter", "run_events", "runs_events"]
 class RunFilter:
     """The runs page's filters, applied to a run that changed."""
 
-    def __init__(self, states: list[str], deployment: str | None, tags: list[str]) -> None:
+    def __init__(
+        self,
+        states: list[str],
+        deployment: str | None,
+        tags: list[str],
+        query: RunQuery | None = None,
+    ) -> None:
         self.types = {s.upper() for s in states}
         self.names = {s.lower() for s in states}
         self.deployment = deployment
         self.tags = tags
+        self.query = query
 
-    def matches(self, run: FlowRun) -> bool:
+    def matches(self, run: FlowRun, now: datetime | None = None) -> bool:
         if self.types and not (
             run.state.type.value in self.types or run.state.name.lower() in self.names
         ):
             return False
         if self.deployment and self.deployment not in (run.deployment_name, run.deployment_id):
             return False
+        if self.query is not None and not self.query.matches_time(run, now or _format.now()):
+            return False
         return all(tag in run.tags for tag in self.tags)
 
 
 def filters_of(request: Request) -> tuple[list[str], str | None, list[str]]:
-    q = request.query_params
-    states = [s for s in q.getlist("state") if s]
-    deployment = q.get("deployment") or None
-    tags = [t.strip() for t in (q.get("tag") or "").split(",") if t.strip()]
-    return states, deployment, tags
+    q = RunQuery.of(request)
+    return q.states, q.deployment, q.tags
+
+
+async def row_context(ui: UI, runs: list[FlowRun]) -> dict[str, Any]:
+    """What a run's row shows beyond the run: the slot label, durations per attempt."""
+    now = _format.now()
+    return {
+        "held": await held_back(ui.client, runs, now),
+        "attempts": await attempt_seconds(ui.client, runs, now),
+    }
 
 
 async def runs_events(request: Request) -> Response:
     ui = ui_of(request)
-    states, deployment, tags = filters_of(request)
-    wanted = RunFilter(states, deployment, tags)
-    first_page = request.query_params.get("offset", "0") in ("", "0")
+    query = RunQuery.of(request)
+    wanted = RunFilter(query.states, query.deployment, query.tags, query)
+    first_page = query.offset == 0
+    back = query.url()  # where a row's buttons come back to
 
-    try:
-        offset = max(0, int(request.query_params.get("offset") or 0))
-    except ValueError:
-        offset = 0
-    query = request.url.query
-    back = f"/runs?{query}" if query else "/runs"  # where a row's buttons come back to
-
-    def row(run: FlowRun, insert: bool) -> bytes:
-        html = ui.fragment("_run_row.html", run=run, back=back)
+    async def row(run: FlowRun, insert: bool) -> bytes:
+        html = ui.fragment("_run_row.html", run=run, back=back, **await row_context(ui, [run]))
         return event("run", {"id": run.id, "html": html, "insert": insert})
 
     async def produce(out: MemoryObjectSendStream[bytes]) -> None:
@@ -89,13 +103,11 @@ async def runs_events(request: Request) -> Response:
         async with ui.feed.subscribe() as changes:
             # The page was rendered before this stream began: send its runs
             # once more as they are now, so no change in between is missed.
-            page = await ui.client.list_flow_runs(
-                states=states, deployment=deployment, tags=tags, limit=ui.page_size, offset=offset
-            )
+            page = await query.page(ui.client, _format.now(), ui.page_size)
             for run in page.flow_runs:
-                await out.send(row(run, insert=False))
+                await out.send(await row(run, insert=False))
             async for run in changes:
-                await out.send(row(run, insert=first_page and wanted.matches(run)))
+                await out.send(await row(run, insert=first_page and wanted.matches(run)))
 
     return EventStream(produce, ui.closing)
 
@@ -143,12 +155,20 @@ async def run_events(request: Request) -> Response:
             async for _ in msgs:
                 await out.send(event("changed", {"tasks": True}))
 
+    try:
+        after = max(0, int(request.query_params.get("after") or 0))
+    except ValueError:
+        after = 0
+    wanted = LogFilter.of(request)
+
     async def logs(out: MemoryObjectSendStream[bytes]) -> None:
-        await out.send(event("reset", {}))
-        async with contextlib.aclosing(client.logs(run_id, follow=True)) as records:
-            async for record in records:
-                html = ui.fragment("_log_line.html", record=record)
-                await out.send(event("log", {"html": html}))
+        # The page shows lines up to ``after``; the browser moves ``after``
+        # on as lines arrive, so a reconnect continues where it stopped.
+        lines = follow_logs(client.nc, run_id, wanted, after)
+        async with contextlib.aclosing(lines) as found:
+            async for line in found:
+                html = ui.fragment("_log_line.html", line=line)
+                await out.send(event("log", {"html": html, "seq": line.seq}))
 
     async def produce(out: MemoryObjectSendStream[bytes]) -> None:
         try:

@@ -9,7 +9,7 @@ service's private storage. Reads never write.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import msgspec
@@ -24,7 +24,9 @@ from shared.messages import FlowRunStateChanged, RunnerStatus, SlotLease
 from shared.models import Deployment, FlowRun
 from shared.slots import STREAM as SLOTS_STREAM
 from shared.slots import lease_from, slot_subject
-from shared.states import State, StateType
+from shared.states import State
+
+from ._gantt import TaskRunView, fold_task_runs
 
 __all__ = [
     "RunnerView",
@@ -47,9 +49,40 @@ class RunnerView:
     alive: bool
     """Heartbeat renewed within two intervals (the stack's own rule for "lost")."""
 
+    gone: bool = False
+    """Its heartbeat entry has expired: the stack has given up on it."""
+
     @property
     def used(self) -> int:
         return len(self.status.runs)
+
+
+#: How long a runner whose heartbeat expired stays on the runners page, as lost.
+LOST_FOR = timedelta(minutes=15)
+
+
+def with_lost(
+    views: list[RunnerView], seen: dict[str, RunnerStatus], now: datetime
+) -> list[RunnerView]:
+    """``views`` plus the runners seen before whose entries expired less than ``LOST_FOR`` ago.
+
+    The stack forgets a lost runner when its heartbeat entry expires, so
+    the UI remembers what it saw (``seen`` is updated in place): a runner
+    that vanished is shown as lost for a while rather than disappearing.
+    Only runners this UI process saw alive are remembered.
+    """
+    present = {v.status.runner for v in views}
+    for view in views:
+        seen[view.status.runner] = view.status
+    out = list(views)
+    for name, status in list(seen.items()):
+        if name in present:
+            continue
+        if status.at + LOST_FOR < now:
+            del seen[name]
+            continue
+        out.append(RunnerView(status=status, alive=False, gone=True))
+    return sorted(out, key=lambda v: v.status.runner)
 
 
 async def read_runners(client: Client, now: datetime) -> list[RunnerView]:
@@ -133,37 +166,6 @@ async def timeline(client: Client, run: FlowRun) -> list[TimelineEntry]:
     return out
 
 
-@dataclass
-class TaskRunView:
-    task_run_id: str
-    name: str
-    task_key: str
-    attempt: int
-    state: State
-    started: datetime | None = None
-    ended: datetime | None = None
-    upstream: list[str] = field(default_factory=list)
-
-
 async def task_runs(client: Client, run: FlowRun) -> list[TaskRunView]:
-    """Each task run's newest state, in the order the tasks were called."""
-    views: dict[str, TaskRunView] = {}
-    for record in await read_task_records(client.nc, run.id):
-        view = views.get(record.task_run_id)
-        if view is None:
-            view = views[record.task_run_id] = TaskRunView(
-                task_run_id=record.task_run_id,
-                name=record.name,
-                task_key=record.task_key,
-                attempt=record.flow_run_attempt,
-                state=record.state,
-                upstream=list(record.upstream_ids),
-            )
-        elif record.state.timestamp >= view.state.timestamp:
-            view.state = record.state
-        if view.started is None and record.state.type is not StateType.PENDING:
-            # Running, or a later state when quick ones were coalesced away.
-            view.started = record.state.timestamp
-        if record.state.is_terminal:
-            view.ended = record.state.timestamp
-    return list(views.values())
+    """Each task run with its states (so its own attempts), in the order the tasks were called."""
+    return fold_task_runs(await read_task_records(client.nc, run.id))

@@ -23,6 +23,8 @@ def environment() -> jinja2.Environment:
     )
     env.filters.update(
         when=_format.when,
+        local=_format.when_html,
+        clock=_format.clock,
         ago=_format.ago,
         duration=_format.duration,
         state_class=_format.state_class,

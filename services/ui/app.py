@@ -9,14 +9,16 @@ from __future__ import annotations
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from shared.errors import Conflict, NotFound, RequestError, SluiceError, StackUnavailable
 
-from . import _actions, _live, _pages
+from . import _actions, _live, _login, _logs, _pages
+from ._auth import AccessMiddleware, csrf_field, current_user
 from ._context import UI, ui_of
 from ._templates import HERE
 
@@ -53,6 +55,12 @@ async def _home(request: Request) -> Response:
     return RedirectResponse("/runs", status_code=307)
 
 
+async def _stack_status(request: Request) -> Response:
+    """Whether this server reaches the stack now; pages poll it to mark themselves stale."""
+    up = ui_of(request).client.nc.is_connected
+    return JSONResponse({"up": up}, status_code=200 if up else 503)
+
+
 def build_app(ui: UI) -> Starlette:
     routes = [
         Route("/", _home),
@@ -60,19 +68,32 @@ def build_app(ui: UI) -> Starlette:
         Route("/runs/live", _live.runs_events),
         Route("/runs/{run_id}", _pages.flow_run),
         Route("/runs/{run_id}/live", _live.run_events),
+        Route("/runs/{run_id}/logs", _logs.logs_part),
         Route("/runs/{run_id}/cancel", _actions.cancel, methods=["POST"]),
         Route("/runs/{run_id}/retry", _actions.retry, methods=["POST"]),
         Route("/deployments", _pages.deployments),
         Route("/deployments/pause", _actions.pause, methods=["POST"]),
         Route("/deployments/resume", _actions.resume, methods=["POST"]),
+        Route("/deployments/{deployment_id}", _pages.deployment),
         Route("/deployments/{deployment_id}/run", _pages.deployment_form),
         Route("/deployments/{deployment_id}/run", _actions.run_deployment, methods=["POST"]),
         Route("/runners", _pages.runners),
+        Route("/login", _login.login_form),
+        Route("/login", _login.login, methods=["POST"]),
+        Route("/logout", _login.logout, methods=["POST"]),
+        Route("/stack", _stack_status),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
+    ui.env.globals.update(
+        csrf_field=csrf_field,
+        current_user=current_user,
+        read_only=ui.access.read_only,
+        login=ui.access.login,
+    )
     app = Starlette(
         routes=routes,
         exception_handlers={SluiceError: _sluice_error, HTTPException: _http_error},
+        middleware=[Middleware(AccessMiddleware, access=ui.access)],
     )
     app.state.ui = ui
     return app

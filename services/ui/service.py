@@ -22,9 +22,10 @@ import uvicorn
 from engine.client import Client
 from services._service import Service
 from shared.connection import connect
-from shared.errors import StackUnavailable
+from shared.errors import RequestError, StackUnavailable
 from shared.settings import Settings
 
+from ._auth import Access
 from ._context import UI
 from ._feed import RunFeed
 from ._templates import environment
@@ -63,9 +64,12 @@ class UIService(Service):
         host: str = DEFAULT_HOST,
         port: int = DEFAULT_PORT,
         grace: float = 3.0,
+        access: Access | None = None,
     ) -> None:
+        """``access``: login, read-only mode; by default from ``SLUICE_UI_*`` (see ``_auth``)."""
         super().__init__()
         self.settings = settings
+        self.access = access
         self.host = host
         self.port = port
         self.grace = grace
@@ -77,6 +81,11 @@ class UIService(Service):
         return f"http://{shown}:{self.port}"
 
     async def _start(self, stack: AsyncExitStack) -> None:
+        if self.access is None:
+            try:
+                self.access = Access.from_env()
+            except ValueError as exc:
+                raise RequestError(str(exc)) from None
         sock = _listen(self.host, self.port)
         stack.callback(sock.close)
         self.port = sock.getsockname()[1]  # the real one when 0 was asked for
@@ -88,6 +97,7 @@ class UIService(Service):
             feed=feed,
             env=environment(),
             nats_url=self.settings.nats_url,
+            access=self.access,
         )
         config = uvicorn.Config(
             build_app(ui),
@@ -122,4 +132,9 @@ class UIService(Service):
         stack.push_async_callback(stop)
         # The socket already listens: a browser that connects before uvicorn
         # is up waits in the backlog, so there is nothing to wait for here.
-        log.info("web UI on %s", self.url)
+        log.info(
+            "web UI on %s%s%s",
+            self.url,
+            " (login required)" if self.access.login else "",
+            " (read-only)" if self.access.read_only else "",
+        )

@@ -11,26 +11,84 @@
     el.classList.toggle("on", !!on);
   }
 
-  function listen(url, handlers) {
-    var source = new EventSource(url);
-    source.onopen = function () { status("live", true); };
-    source.onerror = function () { status("reconnecting…", false); };
-    Object.keys(handlers).forEach(function (name) {
-      source.addEventListener(name, function (e) { handlers[name](JSON.parse(e.data)); });
-    });
-    return source;
-  }
-
   function fromHTML(html) {
     var t = document.createElement("template");
     t.innerHTML = html.trim();
     return t.content.firstElementChild;
   }
 
-  // Confirm before a destructive form is sent.
+  // Times come as UTC <time> elements; show them in the browser's zone, UTC on hover.
+  function pad(n, w) { n = String(n); while (n.length < (w || 2)) n = "0" + n; return n; }
+  function localTimes(root) {
+    (root || document).querySelectorAll("time[datetime]:not([data-local])").forEach(function (el) {
+      var d = new Date(el.getAttribute("datetime"));
+      if (isNaN(d.getTime())) return;
+      var clock = pad(d.getHours()) + ":" + pad(d.getMinutes()) + ":" + pad(d.getSeconds());
+      if (el.hasAttribute("data-precise")) clock += "." + pad(d.getMilliseconds(), 3);
+      el.textContent = el.hasAttribute("data-clock") ? clock
+        : d.getFullYear() + "-" + pad(d.getMonth() + 1) + "-" + pad(d.getDate()) + " " + clock;
+      el.setAttribute("data-local", "1");
+    });
+  }
+  localTimes();
+  new MutationObserver(function () { localTimes(); })
+    .observe(document.body, { childList: true, subtree: true });
+
+  // Stale: while the stack (or this server) cannot be reached, say so and turn buttons off.
+  var staleBanner = document.getElementById("stale");
+  var stale = false;
+  function setStale(on) {
+    if (on === stale) return;
+    stale = on;
+    staleBanner.hidden = !on;
+    document.body.classList.toggle("stale", on);
+    document.querySelectorAll("form[method=post] button, a.button.primary").forEach(function (b) {
+      if (b.closest("form.logout")) return;
+      if (b.tagName === "BUTTON") b.disabled = on;
+      else b.setAttribute("aria-disabled", on ? "true" : "false");
+    });
+    if (on) status("stack unreachable", false);
+  }
+  function checkStack() {
+    fetch("/stack", { cache: "no-store" })
+      .then(function (r) { setStale(!r.ok); })
+      .catch(function () { setStale(true); });
+  }
+  setInterval(checkStack, 4000);
+  new MutationObserver(function () { if (stale) { stale = false; setStale(true); } })
+    .observe(document.querySelector("main"), { childList: true, subtree: true });
+
+  // An event stream that reopens itself (with a fresh URL) after an error.
+  function listen(url, handlers) {
+    var source = null;
+    function open() {
+      source = new EventSource(typeof url === "function" ? url() : url);
+      source.onopen = function () { status("live", true); checkStack(); };
+      source.onerror = function () {
+        status("reconnecting…", false);
+        checkStack();
+        source.close();
+        setTimeout(open, 2000);
+      };
+      Object.keys(handlers).forEach(function (name) {
+        source.addEventListener(name, function (e) { handlers[name](JSON.parse(e.data)); });
+      });
+    }
+    open();
+  }
+
+  // Confirm before a destructive form is sent; nothing is sent while stale.
   document.addEventListener("submit", function (e) {
+    if (stale && !e.target.classList.contains("logout") && e.target.method === "post") {
+      e.preventDefault();
+      return;
+    }
     var msg = e.target.getAttribute("data-confirm");
     if (msg && !window.confirm(msg)) e.preventDefault();
+  });
+  document.addEventListener("click", function (e) {
+    var a = e.target.closest && e.target.closest("a[aria-disabled=true]");
+    if (a) e.preventDefault();
   });
 
   // The runs table: rows change in place; new matching runs appear on top.
@@ -55,47 +113,80 @@
     });
   }
 
-  // One run: its panel is fetched again when it changes; log lines stream in.
+  // One run: its panel is fetched again when it changes; new log lines stream in.
   var detail = document.getElementById("run-detail");
   if (detail) {
     var logs = document.getElementById("logs");
-    var count = document.getElementById("log-count");
-    var lines = 0;
+    var live = new URL(detail.getAttribute("data-live"), location.href);
+    var lastSeq = Number(live.searchParams.get("after") || 0);
     var timer = null;
     var refresh = function () {
       timer = null;
       fetch(detail.getAttribute("data-part"), { headers: { "Accept": "text/html" } })
         .then(function (r) { return r.ok ? r.text() : null; })
-        .then(function (html) { if (html !== null) detail.innerHTML = html; });
+        .then(function (html) { if (html !== null) { detail.innerHTML = html; hoverEdges(); } });
     };
-    listen(detail.getAttribute("data-live"), {
+    listen(function () { live.searchParams.set("after", String(lastSeq)); return live.toString(); }, {
       changed: function () { if (!timer) timer = setTimeout(refresh, 150); },
-      reset: function () {
-        lines = 0;
-        logs.innerHTML = '<div class="log-empty muted">No log lines yet.</div>';
-        count.textContent = "";
-      },
       log: function (d) {
+        if (d.seq <= lastSeq) return;
+        lastSeq = d.seq;
         var atBottom = logs.scrollHeight - logs.scrollTop - logs.clientHeight < 40;
         var empty = logs.querySelector(".log-empty");
         if (empty) empty.remove();
         logs.appendChild(fromHTML(d.html));
-        lines += 1;
-        count.textContent = lines + (lines === 1 ? " line" : " lines");
         if (atBottom) logs.scrollTop = logs.scrollHeight;
       },
       failed: function (d) { status("live view stopped: " + d.message, false); }
     });
+    logs.scrollTop = logs.scrollHeight;
+
+    // "Show earlier lines": the page before the oldest line shown, same filters.
+    var earlier = document.getElementById("log-earlier");
+    if (earlier) {
+      earlier.addEventListener("click", function () {
+        fetch(earlier.getAttribute("data-url") + earlier.getAttribute("data-before"))
+          .then(function (r) {
+            if (!r.ok) throw new Error(r.statusText);
+            var next = r.headers.get("X-Earlier");
+            return r.text().then(function (html) { return { html: html, next: next }; });
+          })
+          .then(function (page) {
+            var t = document.createElement("template");
+            t.innerHTML = page.html;
+            logs.insertBefore(t.content, logs.firstChild);
+            if (page.next) earlier.setAttribute("data-before", page.next);
+            else earlier.remove();
+          })
+          .catch(function () { setStale(true); });
+      });
+    }
   }
+
+  // The task-run Gantt: hovering a task lights up its edges to and from other tasks.
+  function hoverEdges() {
+    var gantt = document.getElementById("gantt");
+    if (!gantt) return;
+    gantt.querySelectorAll(".g-row").forEach(function (row) {
+      var id = row.getAttribute("data-task-run");
+      var edges = gantt.querySelectorAll('.g-edge[data-from="' + id + '"], .g-edge[data-to="' + id + '"]');
+      row.addEventListener("mouseenter", function () { edges.forEach(function (e) { e.classList.add("hot"); }); });
+      row.addEventListener("mouseleave", function () { edges.forEach(function (e) { e.classList.remove("hot"); }); });
+    });
+  }
+  hoverEdges();
 
   // Tables that are simply read again every few seconds (runners, deployments).
   document.querySelectorAll("[data-refresh]").forEach(function (el) {
     status("refreshing every 5s", true);
     setInterval(function () {
       fetch(el.getAttribute("data-refresh"))
-        .then(function (r) { return r.ok ? r.text() : null; })
-        .then(function (html) { if (html !== null) el.innerHTML = html; })
-        .catch(function () { status("stack unreachable", false); });
+        .then(function (r) {
+          if (!r.ok) { setStale(true); return null; }
+          return r.text();
+        })
+        .then(function (html) { if (html !== null) { el.innerHTML = html; setStale(false); status("refreshing every 5s", true); } })
+        .catch(function () { setStale(true); });
     }, 5000);
   });
 })();
