@@ -32,6 +32,7 @@ from typing import Any
 import yaml
 
 from services.dev._natsserver import free_port, server_binary
+from services.ui._auth import ENV_VARS as UI_ACCESS_VARS
 from shared.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -211,6 +212,8 @@ def variable_known(var: str, service_name: str, module: str | None) -> bool:
         return False
     if _settings_read(var):
         return True
+    if module == "services.ui" and var in UI_ACCESS_VARS:
+        return True  # the UI's login and read-only mode (services.ui._auth.Access.from_env)
     return module is not None and _options_read(module, var)
 
 

@@ -32,6 +32,7 @@ from .deploy_support import (
     problems,
     replicas,
 )
+from .ui.login import logged_in
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -155,8 +156,18 @@ async def test_the_web_ui_serves_every_page_as_the_operator(stack: LocalStack) -
     (ui,) = stack.services["ui"]
     base = f"http://127.0.0.1:{ui.env['SLUICE_UI_PORT']}"
 
+    # The compose file turns the UI's login on: a page asks for it first.
+    def landing() -> str:
+        with urllib.request.urlopen(base + "/runs", timeout=30) as response:
+            return str(response.url)
+
+    assert "/login" in await anyio.to_thread.run_sync(landing)
+    opener = await anyio.to_thread.run_sync(
+        logged_in, base, ui.env["SLUICE_UI_USER"], ui.env["SLUICE_UI_PASSWORD"]
+    )
+
     def get(page: str) -> tuple[int, str]:
-        with urllib.request.urlopen(base + page, timeout=30) as response:
+        with opener.open(base + page, timeout=30) as response:
             return response.status, response.read().decode()
 
     for page in ("/", "/deployments", "/runners", f"/runs/{run.id}"):

@@ -41,6 +41,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = [
+    "ENV_VARS",
     "Access",
     "AccessMiddleware",
     "csrf_field",
@@ -49,6 +50,16 @@ __all__ = [
     "verify_password",
 ]
 
+#: The variables :meth:`Access.from_env` reads.
+ENV_VARS = frozenset(
+    {
+        "SLUICE_UI_USER",
+        "SLUICE_UI_PASSWORD",
+        "SLUICE_UI_USERS",
+        "SLUICE_UI_SECRET",
+        "SLUICE_UI_READ_ONLY",
+    }
+)
 SESSION_COOKIE = "sluice_session"
 CSRF_COOKIE = "sluice_csrf"
 SESSION_SECONDS = 12 * 3600
