@@ -31,11 +31,31 @@ from shared.messages import LogRecord
 
 from ._context import run_id_of, ui_of
 
-__all__ = ["LEVELS", "LogFilter", "LogLine", "LogPage", "follow_logs", "log_page", "logs_part"]
+__all__ = [
+    "LEVELS",
+    "LogFilter",
+    "LogLine",
+    "LogPage",
+    "follow_logs",
+    "lines_of",
+    "log_page",
+    "logs_part",
+]
 
 LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING}
 LEVELS["ERROR"] = logging.ERROR
 DEFAULT_LINES = 200
+MAX_LINES = 2000
+
+
+def lines_of(request: Request) -> int:
+    """How many lines a page of logs holds (``?lines=N``, 1 to ``MAX_LINES``)."""
+    try:
+        return min(MAX_LINES, max(1, int(request.query_params.get("lines") or DEFAULT_LINES)))
+    except ValueError:
+        return DEFAULT_LINES
+
+
 _decode = decoder(LogRecord).decode
 
 
@@ -182,7 +202,9 @@ async def logs_part(request: Request) -> Response:
         before = int(request.query_params.get("before") or 0) or None
     except ValueError:
         before = None
-    page = await log_page(ui.client.nc, run_id, LogFilter.of(request), before=before)
+    page = await log_page(
+        ui.client.nc, run_id, LogFilter.of(request), before=before, limit=lines_of(request)
+    )
     html = "".join(ui.fragment("_log_line.html", line=line) for line in page.lines)
     headers = {"X-Earlier": str(page.earlier)} if page.earlier else {}
     return HTMLResponse(html, headers=headers)

@@ -28,7 +28,7 @@ from ._context import UI, deployment_id_of, run_id_of, ui_of
 from ._format import AWAITING_SLOT
 from ._gantt import attempts_of, layout
 from ._live import row_context
-from ._logs import LEVELS, LogFilter, log_page
+from ._logs import DEFAULT_LINES, LEVELS, LogFilter, lines_of, log_page
 from ._params import fields_for
 from ._runlist import RANGE_LABELS, RunQuery, activity, held_back
 
@@ -134,8 +134,10 @@ async def flow_run(request: Request) -> Response:
     if _part(request):
         return ui.render("_run_detail.html", **context)
     wanted = LogFilter.of(request)
-    logs = await log_page(client.nc, run.id, wanted)
+    lines = lines_of(request)
+    logs = await log_page(client.nc, run.id, wanted, limit=lines)
     live = {"after": logs.last_seq, **wanted.query()}
+    paging = {**wanted.query(), **({"lines": str(lines)} if lines != DEFAULT_LINES else {})}
     return ui.render(
         "run.html",
         error=request.query_params.get("error"),
@@ -144,6 +146,8 @@ async def flow_run(request: Request) -> Response:
         log_filter=wanted,
         log_levels=list(LEVELS),
         log_query=urlencode(wanted.query()),
+        earlier_query=urlencode(paging),
+        log_lines=lines if lines != DEFAULT_LINES else None,
         live_url=f"/runs/{run.id}/live?" + urlencode(live),
         **context,
     )
