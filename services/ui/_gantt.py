@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from shared.messages import TaskRunRecord
-from shared.states import State, StateType
+from shared.states import AWAITING_RETRY, State, StateType
 
 __all__ = [
     "Attempt",
@@ -54,6 +54,7 @@ def attempts_of(states: Iterable[State]) -> list[Attempt]:
     out: list[Attempt] = []
     began: datetime | None = None  # a RUNNING state seen
     due: datetime | None = None  # where the attempt starts if no RUNNING state comes
+    before: State | None = None
     for state in states:
         kind = state.type
         if kind is StateType.RUNNING:
@@ -63,16 +64,25 @@ def attempts_of(states: Iterable[State]) -> list[Attempt]:
         elif state.is_terminal or (kind is StateType.SCHEDULED and (began or due)):
             start = began or due
             if start is not None:
-                out.append(
-                    Attempt(
-                        started=min(start, state.timestamp), ended=state.timestamp, outcome=state
-                    )
-                )
+                out.append(Attempt(min(start, state.timestamp), state.timestamp, state))
             began = None
-            due = state.details.scheduled_time if not state.is_terminal else None
+            due = None if state.is_terminal else state.details.scheduled_time
+        elif _is_retry_wait(state) and not (before is not None and before.is_terminal):
+            # A try that failed so fast that even its Pending record was left
+            # out: it ran at most since the record before (or only now).
+            start = before.timestamp if before is not None else state.timestamp
+            out.append(Attempt(min(start, state.timestamp), state.timestamp, state))
+            due = state.details.scheduled_time
+        before = state
     if began is not None:
         out.append(Attempt(started=began, ended=None, outcome=None))
     return out
+
+
+def _is_retry_wait(state: State) -> bool:
+    return state.type is StateType.SCHEDULED and (
+        state.name == AWAITING_RETRY or state.details.retry_count is not None
+    )
 
 
 @dataclass

@@ -87,6 +87,19 @@ def test_a_flow_run_retried_after_it_ended_counts_only_the_time_it_ran() -> None
     assert duration(run) == "3m"  # without its history: start to end
 
 
+def test_a_try_that_failed_before_its_pending_record_still_counts() -> None:
+    states = [
+        _state(StateType.SCHEDULED, "AwaitingRetry", 0.1, due=0.2),
+        _state(StateType.SCHEDULED, "AwaitingRetry", 0.3, due=0.5),
+        _state(StateType.FAILED, "Failed", 0.6),
+    ]
+    assert [(a.started, a.ended) for a in attempts_of(states)] == [
+        (_at(0.1), _at(0.1)),
+        (_at(0.2), _at(0.3)),
+        (_at(0.5), _at(0.6)),
+    ]
+
+
 def test_a_running_attempt_is_open_ended() -> None:
     (only,) = attempts_of([_state(StateType.RUNNING, "Running", 5)])
     assert only.ended is None and only.seconds(_at(7)) == 2
