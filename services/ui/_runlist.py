@@ -249,8 +249,12 @@ def chart(runs: list[FlowRun], start: datetime, end: datetime, *, buckets: int =
 
 
 async def activity(client: Client, query: RunQuery, now: datetime) -> Activity:
-    """The recent runs matching the filters, over the chosen range (a day without one)."""
-    span = RANGES.get(query.range) or RANGES["24h"]
+    """The recent runs matching the filters over the chosen range.
+
+    Without a range, the shortest of the ranges on offer that holds every
+    run counted (so a young stack's runs are not one column at the edge).
+    """
+    span = RANGES.get(query.range) or RANGES["30d"]
     page = await client.list_flow_runs(
         states=query.states,
         deployment=query.deployment,
@@ -259,4 +263,7 @@ async def activity(client: Client, query: RunQuery, now: datetime) -> Activity:
         until=now,
         limit=CHART_LIMIT,
     )
+    if not query.range and page.flow_runs:
+        oldest = min(r.expected_start_time for r in page.flow_runs)
+        span = next((s for s in RANGES.values() if now - s <= oldest), span)
     return chart(page.flow_runs, now - span, now)
