@@ -124,7 +124,25 @@
       timer = null;
       fetch(detail.getAttribute("data-part"), { headers: { "Accept": "text/html" } })
         .then(function (r) { return r.ok ? r.text() : null; })
-        .then(function (html) { if (html !== null) { detail.innerHTML = html; hoverEdges(); } });
+        .then(function (html) {
+          if (html === null) return;
+          detail.innerHTML = html;
+          hoverEdges();
+          taskChoices();
+        });
+    };
+    // The log filter offers every task run, also those that started after the page loaded.
+    var taskChoices = function () {
+      var select = document.querySelector('#log-filters select[name="task"]');
+      if (!select) return;
+      detail.querySelectorAll("#task-runs tr[data-task-run]").forEach(function (tr) {
+        var id = tr.getAttribute("data-task-run");
+        if (select.querySelector('option[value="' + id + '"]')) return;
+        var option = document.createElement("option");
+        option.value = id;
+        option.textContent = tr.getAttribute("data-name");
+        select.appendChild(option);
+      });
     };
     listen(function () { live.searchParams.set("after", String(lastSeq)); return live.toString(); }, {
       changed: function () { if (!timer) timer = setTimeout(refresh, 150); },
