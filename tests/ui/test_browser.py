@@ -557,6 +557,7 @@ def test_a_runner_that_stops_is_shown_as_lost(page: Page, stack: Stack) -> None:
     page.reload()
     expect(row).to_contain_text("Lost")
     expect(page.locator('tr[data-runner="dev"]')).to_contain_text("Alive")
+    screenshot(page, "runners-lost")
 
 
 def test_times_are_shown_in_the_browsers_zone_with_utc_on_hover(
