@@ -325,14 +325,12 @@ class ReadModel:
         for tag in req.tags:
             where.append("id IN (SELECT run_id FROM run_tags WHERE tag = ?)")
             args.append(tag)
-        sql = "SELECT body FROM runs"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
+        matching = " FROM runs" + (" WHERE " + " AND ".join(where) if where else "")
         total = None
         if req.count:
-            async with self.db.execute(sql.replace("body", "COUNT(*)", 1), args) as cur:
+            async with self.db.execute("SELECT COUNT(*)" + matching, args) as cur:
                 total = int((await cur.fetchone() or (0,))[0])
-        sql += " ORDER BY expected_start DESC, id DESC LIMIT ? OFFSET ?"
+        sql = "SELECT body" + matching + " ORDER BY expected_start DESC, id DESC LIMIT ? OFFSET ?"
         args.extend([req.limit + 1, req.offset])
         async with self.db.execute(sql, args) as cur:
             rows = list(await cur.fetchall())
