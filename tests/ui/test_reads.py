@@ -121,3 +121,31 @@ async def test_logs_a_page_at_a_time_with_filters(
 
     nothing = await log_page(client.nc, "00000000-0000-0000-0000-00000000dead", LogFilter())
     assert nothing.lines == [] and nothing.earlier is None and nothing.last_seq == 0
+
+
+async def test_a_long_log_pages_back_to_its_first_line(
+    orchestrator: Orchestrator, client: Client, unique: str
+) -> None:
+    # More lines than the first window of sequences read back from the end.
+    run = await client.create_flow_run(flow_name="ui-long-log", tags=[unique])
+    js = client.nc.jetstream()
+    at = datetime.now(UTC)
+    for n in range(1300):
+        record = LogRecord(
+            flow_run_id=run.id,
+            timestamp=at + timedelta(milliseconds=n),
+            level=40 if n == 0 else 20,
+            message=f"line {n}",
+        )
+        await js.publish(names.logs_subject(run.id), encode(record))
+
+    seen: list[str] = []
+    page = await log_page(client.nc, run.id, LogFilter(), limit=500)
+    seen[:0] = [line.record.message for line in page.lines]
+    while page.earlier is not None:
+        page = await log_page(client.nc, run.id, LogFilter(), before=page.earlier, limit=500)
+        seen[:0] = [line.record.message for line in page.lines]
+    assert seen == [f"line {n}" for n in range(1300)]
+    # A filter matching only the first line reads back as far as it takes.
+    errors = await log_page(client.nc, run.id, LogFilter(level=40), limit=10)
+    assert [line.record.message for line in errors.lines] == ["line 0"]
