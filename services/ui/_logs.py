@@ -120,8 +120,7 @@ async def _subscribe(nc: NATS, run_id: str, start: int) -> JetStreamContext.Push
 async def _scan(nc: NATS, run_id: str, wanted: LogFilter, start: int, stop: int) -> list[LogLine]:
     """The matching lines of the run with stream sequence in ``[start, stop]``.
 
-    ``stop`` must be the sequence of one of the run's lines or come before
-    one, so the read always ends.
+    The run must have a line at ``stop`` or after it, so the read always ends.
     """
     found: list[LogLine] = []
     sub = await _subscribe(nc, run_id, start)
@@ -156,9 +155,10 @@ async def log_page(
 ) -> LogPage:
     """The newest ``limit`` matching lines (before sequence ``before``, if given).
 
-    Reads back from the end in growing windows of stream sequences rather
-    than the whole log: a long run's newest lines cost about as much as a
-    short run's. A filter that matches little reads further back.
+    Reads back from the end in growing windows of stream sequences, each
+    read once, rather than the whole log: a long run's newest lines cost
+    about as much as a short run's. A filter that matches little reads
+    further back.
     """
     js = nc.jetstream()
     try:
@@ -167,14 +167,15 @@ async def log_page(
         return LogPage(lines=[], earlier=None, last_seq=0)
     except (nats.errors.Error, TimeoutError) as exc:
         raise StackUnavailable(f"cannot read the logs of {run_id}: {exc}") from None
-    stop = min(last, before - 1) if before else last
+    high = min(last, before - 1) if before else last
     window = max(1000, 4 * limit)
-    while True:
-        start = max(1, stop - window + 1)
-        found = await _scan(nc, run_id, wanted, start, stop) if stop >= 1 else []
-        if len(found) > limit or start == 1:
+    found: list[LogLine] = []
+    while high >= 1:
+        low = max(1, high - window + 1)
+        found[:0] = await _scan(nc, run_id, wanted, low, high)
+        if len(found) > limit or low == 1:
             break
-        window *= 4
+        high, window = low - 1, window * 4
     page = found[-limit:]
     earlier = page[0].seq if len(found) > len(page) else None
     return LogPage(lines=page, earlier=earlier, last_seq=last)
