@@ -13,12 +13,15 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
 from engine.client import Client
+from shared.errors import NotFound, SluiceError
 from shared.messages import RunnerStatus
 
 from ._auth import Access
 from ._feed import RunFeed
 
 __all__ = ["UI", "deployment_id_of", "run_id_of", "ui_of"]
+
+_NOBODY = "00000000-0000-0000-0000-000000000000"
 
 
 @dataclass
@@ -33,6 +36,8 @@ class UI:
     page_size: int = 25
     runners_seen: dict[str, RunnerStatus] = field(default_factory=dict)
     """The last heartbeat of each runner this UI saw (lost ones stay shown a while)."""
+    _probe: tuple[float, str | None] = (-1e9, None)
+    _probing: anyio.Lock = field(default_factory=anyio.Lock)
 
     def render(self, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
         html = self.env.get_template(name).render(nats_url=self.nats_url, **context)
@@ -40,6 +45,30 @@ class UI:
 
     def fragment(self, name: str, **context: Any) -> str:
         return self.env.get_template(name).render(**context)
+
+    async def stack_problem(self, fresh_for: float = 3.0) -> str | None:
+        """Why the stack cannot be reached now (None: it answers).
+
+        Asks the orchestrator for a deployment that does not exist: "not
+        found" is an answer. One probe at a time, and its result is reused
+        for ``fresh_for`` seconds, however many pages ask.
+        """
+        async with self._probing:
+            at, problem = self._probe
+            if anyio.current_time() - at < fresh_for:
+                return problem
+            if not self.client.nc.is_connected:
+                problem = "NATS is not connected"
+            else:
+                try:
+                    await self.client.read_deployment(id=_NOBODY)
+                    problem = None
+                except NotFound:
+                    problem = None
+                except SluiceError as exc:
+                    problem = exc.message
+            self._probe = (anyio.current_time(), problem)
+            return problem
 
 
 def ui_of(request: Request) -> UI:

@@ -57,8 +57,10 @@ async def _home(request: Request) -> Response:
 
 async def _stack_status(request: Request) -> Response:
     """Whether this server reaches the stack now; pages poll it to mark themselves stale."""
-    up = ui_of(request).client.nc.is_connected
-    return JSONResponse({"up": up}, status_code=200 if up else 503)
+    problem = await ui_of(request).stack_problem()
+    return JSONResponse(
+        {"up": problem is None, "problem": problem}, status_code=200 if problem is None else 503
+    )
 
 
 def build_app(ui: UI) -> Starlette:

@@ -84,3 +84,26 @@ def test_a_busy_port_is_a_clear_error(settings: Settings) -> None:
     assert done.returncode == 1
     assert f"127.0.0.1:{port}" in done.stderr and "--port" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+async def test_the_stack_status_says_when_the_orchestrator_does_not_answer(
+    settings: Settings, unique: str
+) -> None:
+    import json
+    import urllib.error
+
+    def status(url: str) -> tuple[int, dict[str, object]]:
+        try:
+            with urllib.request.urlopen(url, timeout=30) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            with exc:
+                return exc.code, json.loads(exc.read())
+
+    # NATS is there, the orchestrator is not: pages would be stale.
+    async with UIService(settings, port=0, grace=1.0) as ui:
+        code, body = await anyio.to_thread.run_sync(status, f"{ui.url}/stack")
+        assert code == 503 and body["up"] is False and body["problem"]
+    async with Orchestrator(settings), UIService(settings, port=0, grace=1.0) as ui:
+        code, body = await anyio.to_thread.run_sync(status, f"{ui.url}/stack")
+        assert code == 200 and body == {"up": True, "problem": None}

@@ -51,8 +51,13 @@
   }
   function checkStack() {
     fetch("/stack", { cache: "no-store" })
-      .then(function (r) { setStale(!r.ok); })
-      .catch(function () { setStale(true); });
+      .then(function (r) {
+        return r.json().catch(function () { return {}; }).then(function (d) {
+          staleBanner.title = d.problem || "";
+          setStale(!r.ok);
+        });
+      })
+      .catch(function () { staleBanner.title = "this server does not answer"; setStale(true); });
   }
   setInterval(checkStack, 4000);
   new MutationObserver(function () { if (stale) { stale = false; setStale(true); } })
