@@ -23,7 +23,6 @@ AWAITING_SLOT = "AwaitingConcurrencySlot"
 __all__ = [
     "AWAITING_SLOT",
     "ago",
-    "attempt_durations",
     "clock",
     "describe_schedule",
     "duration",
@@ -108,10 +107,6 @@ def duration(run: FlowRun, attempts: list[float] | None = None) -> str:
         return "—"
     end = run.end_time or now()
     return human_seconds((end - run.start_time).total_seconds())
-
-
-def attempt_durations(seconds: list[float]) -> str:
-    return " + ".join(human_seconds(s) for s in seconds) if seconds else "—"
 
 
 def state_class(state: State, label: str | None = None) -> str:

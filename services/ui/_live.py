@@ -37,7 +37,7 @@ from ._logs import LogFilter, follow_logs
 from ._runlist import RunQuery, attempt_seconds, held_back
 from ._sse import EventStream, event
 
-__all__ = ["RunFilter", "run_events", "runs_events"]
+__all__ = ["RunFilter", "row_context", "run_events", "runs_events"]
 
 
 class RunFilter:
@@ -66,11 +66,6 @@ class RunFilter:
         if self.query is not None and not self.query.matches_time(run, now or _format.now()):
             return False
         return all(tag in run.tags for tag in self.tags)
-
-
-def filters_of(request: Request) -> tuple[list[str], str | None, list[str]]:
-    q = RunQuery.of(request)
-    return q.states, q.deployment, q.tags
 
 
 async def row_context(ui: UI, runs: list[FlowRun]) -> dict[str, Any]:
