@@ -90,6 +90,7 @@ def test_runs_page_shows_new_runs_and_their_states_live(
     expect(row).to_be_visible(timeout=WAIT_MS)
     expect(row.locator(".state")).to_have_text("Completed", timeout=WAIT_MS)
     expect(page.locator("tr.empty")).to_be_hidden()
+    expect(page.locator("#run-total")).to_have_text("1 run")  # counted as it came
     _assert_not_reloaded(page)
 
     # Filters: by state and by deployment, as the form sends them.

@@ -96,6 +96,24 @@
     if (a) e.preventDefault();
   });
 
+  // A new matching run: one more in the heading and in the current tab.
+  function countOneMore() {
+    var total = document.getElementById("run-total");
+    if (total) {
+      var n = parseInt(total.textContent, 10) + 1;
+      total.textContent = n + (n === 1 ? " run" : " runs");
+    }
+    var tab = document.querySelector("#run-tabs a.current .count");
+    if (tab) tab.textContent = String(parseInt(tab.textContent, 10) + 1);
+  }
+
+  // The state filter's menu closes when the user clicks elsewhere.
+  document.addEventListener("click", function (e) {
+    document.querySelectorAll("details.multi[open]").forEach(function (d) {
+      if (!d.contains(e.target)) d.open = false;
+    });
+  });
+
   // The runs table: rows change in place; new matching runs appear on top.
   var runs = document.getElementById("runs");
   if (runs) {
@@ -112,6 +130,7 @@
           body.insertBefore(row, body.firstElementChild);
           var empty = body.querySelector("tr.empty");
           if (empty) empty.hidden = true;
+          countOneMore();
         }
       },
       failed: function (d) { status("live view stopped: " + d.message, false); }
