@@ -214,7 +214,8 @@ class AccessMiddleware:
         async def with_cookie(message: Message) -> None:
             if message["type"] == "http.response.start" and fresh:
                 headers = list(message.get("headers", []))
-                headers.append((b"set-cookie", _set_cookie(CSRF_COOKIE, browser).encode()))
+                cookie = _set_cookie(CSRF_COOKIE, browser, secure=scope.get("scheme") == "https")
+                headers.append((b"set-cookie", cookie.encode()))
                 message = {**message, "headers": headers}
             await send(message)
 
@@ -226,7 +227,8 @@ class AccessMiddleware:
         wants_page = scope["method"] == "GET" and not scope["path"].endswith("/live")
         headers = [(b"cache-control", b"no-store")]
         if fresh:
-            headers.append((b"set-cookie", _set_cookie(CSRF_COOKIE, browser).encode()))
+            cookie = _set_cookie(CSRF_COOKIE, browser, secure=scope.get("scheme") == "https")
+            headers.append((b"set-cookie", cookie.encode()))
         if wants_page:
             location = "/login?next=" + quote(target, safe="")
             headers.append((b"location", location.encode()))
@@ -238,18 +240,22 @@ class AccessMiddleware:
         await send({"type": "http.response.body", "body": body})
 
 
-def _set_cookie(name: str, value: str, max_age: int | None = None) -> str:
+def _set_cookie(name: str, value: str, *, secure: bool, max_age: int | None = None) -> str:
     text = f"{name}={value}; Path=/; HttpOnly; SameSite=Lax"
+    if secure:  # served over HTTPS (or behind a proxy that says so): never send it in clear
+        text += "; Secure"
     if max_age is not None:
         text += f"; Max-Age={max_age}"
     return text
 
 
-def session_cookie(access: Access, user: str | None) -> str:
+def session_cookie(access: Access, user: str | None, *, secure: bool = False) -> str:
     """The Set-Cookie value that logs ``user`` in (None: logs out)."""
     if user is None:
-        return _set_cookie(SESSION_COOKIE, "", max_age=0)
-    return _set_cookie(SESSION_COOKIE, access.session_for(user), max_age=SESSION_SECONDS)
+        return _set_cookie(SESSION_COOKIE, "", secure=secure, max_age=0)
+    return _set_cookie(
+        SESSION_COOKIE, access.session_for(user), secure=secure, max_age=SESSION_SECONDS
+    )
 
 
 async def guard(request: Request, access: Access, *, action: bool = True) -> FormData:

@@ -43,7 +43,8 @@ async def login(request: Request) -> Response:
             "login.html", status_code=401, target=target, user=user, failed=True, section=""
         )
     response = RedirectResponse(target, status_code=303)
-    response.headers.append("set-cookie", session_cookie(ui.access, user))
+    secure = request.url.scheme == "https"
+    response.headers.append("set-cookie", session_cookie(ui.access, user, secure=secure))
     return response
 
 
@@ -51,5 +52,6 @@ async def logout(request: Request) -> Response:
     ui = ui_of(request)
     await guard(request, ui.access, action=False)
     response = RedirectResponse("/login" if ui.access.login else "/runs", status_code=303)
-    response.headers.append("set-cookie", session_cookie(ui.access, None))
+    secure = request.url.scheme == "https"
+    response.headers.append("set-cookie", session_cookie(ui.access, None, secure=secure))
     return response

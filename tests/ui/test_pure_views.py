@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from services.ui._auth import Access, hash_password, verify_password
+from services.ui._auth import Access, hash_password, session_cookie, verify_password
 from services.ui._format import AWAITING_SLOT, duration, state_class, when_html
 from services.ui._gantt import attempts_of, fold_task_runs, layout
 from services.ui._reads import LOST_FOR, RunnerView, with_lost
@@ -233,3 +233,11 @@ def test_sessions_are_signed_and_expire() -> None:
     other = Access.from_env({"SLUICE_UI_PASSWORD": "pw", "SLUICE_UI_SECRET": "other"})
     assert other.user_of(cookie, now) is None  # another server's secret
     assert access.csrf_for("browser-1") != access.csrf_for("browser-2")
+
+
+def test_session_cookies_are_http_only_and_secure_over_https() -> None:
+    access = Access.from_env({"SLUICE_UI_PASSWORD": "pw"})
+    plain = session_cookie(access, "admin")
+    assert "HttpOnly" in plain and "SameSite=Lax" in plain and "Secure" not in plain
+    assert "; Secure" in session_cookie(access, "admin", secure=True)
+    assert "Max-Age=0" in session_cookie(access, None)  # logging out
