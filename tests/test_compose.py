@@ -158,7 +158,8 @@ async def test_the_web_ui_serves_every_page_as_the_operator(stack: LocalStack) -
 
     # The compose file turns the UI's login on: a page asks for it first.
     def landing() -> str:
-        with urllib.request.urlopen(base + "/runs", timeout=30) as response:
+        asked = urllib.request.Request(base + "/runs", headers={"Accept": "text/html"})
+        with urllib.request.urlopen(asked, timeout=30) as response:
             return str(response.url)
 
     assert "/login" in await anyio.to_thread.run_sync(landing)

@@ -224,7 +224,15 @@ class AccessMiddleware:
     async def _to_login(self, scope: Scope, send: Send, fresh: bool, browser: str) -> None:
         query = scope.get("query_string", b"").decode("latin-1")
         target = scope["path"] + (f"?{query}" if query else "")
-        wants_page = scope["method"] == "GET" and not scope["path"].endswith("/live")
+        # A page the browser navigates to goes to the login page; what a
+        # page's script fetches (parts, logs, streams) gets 401, and the script
+        # reloads the page, which then goes to the login page.
+        accept = dict(scope.get("headers", [])).get(b"accept", b"")
+        wants_page = (
+            scope["method"] == "GET"
+            and b"text/html" in accept
+            and not scope["path"].endswith("/live")
+        )
         headers = [(b"cache-control", b"no-store")]
         if fresh:
             cookie = _set_cookie(CSRF_COOKIE, browser, secure=scope.get("scheme") == "https")

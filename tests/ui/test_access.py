@@ -41,8 +41,11 @@ def _status(opener: urllib.request.OpenerDirector, url: str, form: dict[str, str
 
 
 def _browser() -> urllib.request.OpenerDirector:
+    """Cookies kept, redirects not followed, and asking for pages as a browser does."""
     jar = http.cookiejar.CookieJar()
-    return urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar), _NoRedirect())
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar), _NoRedirect())
+    opener.addheaders = [("Accept", "text/html,*/*;q=0.8")]
+    return opener
 
 
 async def _run_waiting(client: Client, unique: str) -> str:
@@ -66,6 +69,9 @@ async def test_a_login_guards_every_page_stream_and_form(
             status, _, location = _status(stranger, f"{base}/runs/{run_id}")
             assert status == 303 and location == f"/login?next=%2Fruns%2F{run_id}"
             assert _status(stranger, f"{base}/runs/live")[0] == 401
+            # What a page's script fetches gets 401 too (the script then reloads the page).
+            fetcher = urllib.request.build_opener(_NoRedirect())
+            assert _status(fetcher, f"{base}/runs/{run_id}?part=1")[0] == 401
             assert _status(stranger, f"{base}/runs/{run_id}/cancel", {"csrf": "x"})[0] == 401
             # The stack's status and the static files stay open (the login page needs them).
             assert _status(stranger, f"{base}/stack")[0] == 200

@@ -11,6 +11,13 @@
     el.classList.toggle("on", !!on);
   }
 
+  // A session that ended while the page was open: reloading leads to the login page.
+  function loggedOut(response) {
+    if (response.status !== 401) return false;
+    location.reload();
+    return true;
+  }
+
   function fromHTML(html) {
     var t = document.createElement("template");
     t.innerHTML = html.trim();
@@ -146,8 +153,8 @@
     var timer = null;
     var refresh = function () {
       timer = null;
-      fetch(detail.getAttribute("data-part"), { headers: { "Accept": "text/html" } })
-        .then(function (r) { return r.ok ? r.text() : null; })
+      fetch(detail.getAttribute("data-part"))
+        .then(function (r) { return loggedOut(r) || !r.ok ? null : r.text(); })
         .then(function (html) {
           if (html === null) return;
           detail.innerHTML = html;
@@ -189,7 +196,7 @@
       earlier.addEventListener("click", function () {
         fetch(earlier.getAttribute("data-url") + earlier.getAttribute("data-before"))
           .then(function (r) {
-            if (!r.ok) throw new Error(r.statusText);
+            if (loggedOut(r) || !r.ok) throw new Error(r.statusText);
             var next = r.headers.get("X-Earlier");
             return r.text().then(function (html) { return { html: html, next: next }; });
           })
@@ -224,6 +231,7 @@
     setInterval(function () {
       fetch(el.getAttribute("data-refresh"))
         .then(function (r) {
+          if (loggedOut(r)) return null;
           if (!r.ok) { setStale(true); return null; }
           return r.text();
         })
