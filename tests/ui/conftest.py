@@ -88,6 +88,24 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        # Killed before it stopped its nats-server (a session of its own), the
+        # server would outlive the test run.
+        if (left := nats_server_of(settings.home)) is not None:
+            os.kill(left, signal.SIGKILL)
+
+
+def nats_server_of(home: Path) -> int | None:
+    """The pid of a nats-server ``sluice dev`` started under ``home``, if one runs."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"nats-server") and any(str(home).encode() in a for a in argv):
+            return int(entry.name)
+    return None
 
 
 @pytest.fixture(scope="module")

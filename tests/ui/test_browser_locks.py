@@ -15,7 +15,6 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from playwright.sync_api import Page, expect
@@ -24,7 +23,7 @@ from engine.sync import SyncClient
 from services.dev import free_port
 from tests._procs import service_env
 
-from .conftest import WAIT_MS, Stack, screenshot
+from .conftest import WAIT_MS, Stack, nats_server_of, screenshot
 
 pytestmark = pytest.mark.slow
 
@@ -81,21 +80,6 @@ def test_a_locked_ui_asks_for_a_login_first(
     expect(page).to_have_url(re.compile(r"/login\?next="))
 
 
-def _nats_server_of(stack: Stack) -> int:
-    """The pid of the nats-server ``sluice dev`` started under the stack's home folder."""
-    home = str(stack.settings.home)
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv and argv[0].endswith(b"nats-server") and any(home.encode() in a for a in argv):
-            return int(entry.name)
-    raise AssertionError(f"no nats-server under {home}")
-
-
 def test_a_page_says_the_stack_is_unreachable_and_disables_its_buttons(
     page: Page, stack: Stack, sync_client: SyncClient
 ) -> None:
@@ -106,7 +90,9 @@ def test_a_page_says_the_stack_is_unreachable_and_disables_its_buttons(
     expect(cancel).to_be_enabled()
     expect(page.locator("#stale")).to_be_hidden()
 
-    os.kill(_nats_server_of(stack), signal.SIGKILL)
+    server = nats_server_of(stack.settings.home)
+    assert server is not None, "no nats-server under the stack's home"
+    os.kill(server, signal.SIGKILL)
 
     expect(page.locator("#stale")).to_be_visible(timeout=WAIT_MS)
     expect(page.locator("#stale")).to_contain_text("Stack unreachable; data may be stale")
