@@ -365,8 +365,7 @@ class Client:
         queues: Iterable[str] = (),
         deployments: Iterable[str] = (),
     ) -> HeartbeatReply:
-        """Tell the stack a runner is alive, holds ``runs`` (id -> claim attempt) and serves
-        ``queues`` and ``deployments`` (``flow/deployment`` names)."""
+        """Say a runner is alive, holds ``runs`` (id -> attempt), serves queues and deployments."""
         req = Heartbeat(
             runner=runner,
             interval=interval,
