@@ -456,6 +456,15 @@ def _reload_until(page: Page, locator: Locator) -> None:
         page.reload()
 
 
+def _reload_while(page: Page, locator: Locator) -> None:
+    """Read the page again until ``locator`` finds nothing (the stack acts on its own time)."""
+    deadline = time.monotonic() + WAIT_MS / 1000
+    while locator.count():
+        assert time.monotonic() < deadline, "still there"
+        page.wait_for_timeout(1000)
+        page.reload()
+
+
 def test_upcoming_runs_are_apart_from_recent_ones(
     page: Page, stack: Stack, sync_client: SyncClient
 ) -> None:
@@ -522,11 +531,22 @@ def test_deployment_page(page: Page, stack: Stack, sync_client: SyncClient) -> N
     _reload_until(page, page.locator("#upcoming-runs tr[data-run-id]"))
     screenshot(page, "deployment")
 
+    # Pausing removes the schedule's upcoming runs (none is left Cancelled) and
+    # keeps the one made by hand; resuming makes the upcoming ones again.
     page.get_by_role("button", name="Pause").click()
     expect(page.locator("h1 .state")).to_have_text("Paused")
     assert sync_client.read_deployment(f"ui-test/{name}").paused
+    _reload_while(page, page.locator("#upcoming-runs tr[data-run-id]"))
+    expect(page.locator(f'#recent-runs tr[data-run-id="{manual.id}"]')).to_be_visible()
+    page.goto(f"{stack.url}/runs?deployment=ui-test/{name}&state=CANCELLED&tab=upcoming")
+    expect(page.locator("#runs tr[data-run-id]")).to_have_count(0)
+    page.goto(f"{stack.url}/runs?deployment=ui-test/{name}&state=CANCELLED")
+    expect(page.locator("#runs tr[data-run-id]")).to_have_count(0)
+    page.goto(f"{stack.url}/deployments/{sync_client.read_deployment(f'ui-test/{name}').id}")
     page.get_by_role("button", name="Resume").click()
     expect(page.locator("h1 .state")).to_have_text("Active")
+    _reload_until(page, page.locator("#upcoming-runs tr[data-run-id]"))
+    screenshot(page, "deployment-resumed")
     # Run… leads to the form of this deployment.
     page.get_by_role("link", name="Run…").click()
     expect(page.get_by_role("heading", name=f"Run ui-test/{name}")).to_be_visible()
