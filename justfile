@@ -4,12 +4,12 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 
 py := if path_exists(".venv/bin/python") == "true" { ".venv/bin/python" } else { "python3" }
 
-# Lint, format check, type check, then the whole test suite.
-check: lint typecheck test
+# Lint, format check, type check, the documentation site (strict), then the whole test suite.
+check: lint typecheck docs-build test
 
 lint:
-    {{py}} -m ruff check shared engine services tests bench examples
-    {{py}} -m ruff format --check shared engine services tests bench examples
+    {{py}} -m ruff check shared engine services tests bench examples docs/_hooks
+    {{py}} -m ruff format --check shared engine services tests bench examples docs/_hooks
 
 typecheck:
     {{py}} -m mypy
@@ -17,9 +17,17 @@ typecheck:
 test *args:
     {{py}} -m pytest {{args}}
 
+# Serve the documentation site with live reload on http://127.0.0.1:8000.
+docs *args:
+    NO_MKDOCS_2_WARNING=1 {{py}} -m mkdocs serve {{args}}
+
+# Build the documentation site into site/; any warning (a broken link, a missing reference) fails.
+docs-build *args:
+    NO_MKDOCS_2_WARNING=1 {{py}} -m mkdocs build --strict {{args}}
+
 fmt:
-    {{py}} -m ruff format shared engine services tests bench examples
-    {{py}} -m ruff check --fix shared engine services tests bench examples
+    {{py}} -m ruff format shared engine services tests bench examples docs/_hooks
+    {{py}} -m ruff check --fix shared engine services tests bench examples docs/_hooks
 
 # Start the embedded stack (nats-server + every service).
 dev:
