@@ -12,8 +12,10 @@ from engine.docker_runner import DockerFlowRunner
 
 HERE = Path(__file__).parent
 
+# --8<-- [start:remote]
 # Runners on several machines: offered only to runners of the queue "host-b".
 remote = greet.to_deployment("remote", queue="host-b", path=HERE)
+# --8<-- [end:remote]
 
 # The Docker flow runner: each run in a new container of the image sluice:<version>.
 in_docker = DeploymentSpec(
