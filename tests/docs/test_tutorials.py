@@ -141,9 +141,14 @@ def _no_stack_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
 
 
-def _python(script: str, cwd: Path, env: dict[str, str]) -> str:
+def _python(script: str, cwd: Path, env: dict[str, str], *args: str) -> str:
     done = subprocess.run(
-        [sys.executable, script], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, script, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
@@ -240,8 +245,26 @@ def test_a_runner_on_another_host_runs_code_it_holds(stack: Stack, tmp_path: Pat
 
 def test_the_migration_example_runs(stack: Stack) -> None:
     stack.start(sys.executable, "sluice_etl.py", cwd=MIGRATION)
-    stack.wait_for("etl/nightly", lambda: stack.deployment_exists("etl-report/nightly"))
+    stack.wait_for("etl-report/nightly", lambda: stack.deployment_exists("etl-report/nightly"))
     out = stack.sluice(
         "deployment", "run", "etl-report/nightly", "--param", "day=2026-11-20", "--watch"
     )
     assert "Completed" in out
+
+
+def test_the_nats_py_how_to_creates_and_follows_a_run(stack: Stack) -> None:
+    stack.start(sys.executable, "greet.py")
+    stack.wait_for("greet/loud", lambda: stack.deployment_exists("greet/loud"))
+    how_to = str(REPO / "examples" / "howto" / "create_run.py")
+    out = _python(how_to, TUTORIALS, stack.env, "greet/loud")
+    assert out.startswith("created ")
+    assert out.strip().endswith("Completed")
+    refused = subprocess.run(
+        [sys.executable, how_to, "no-such/flow"],
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert refused.returncode == 1
+    assert "refused: deployment_not_found" in refused.stderr
