@@ -250,6 +250,8 @@ def test_the_migration_example_runs(stack: Stack) -> None:
         "deployment", "run", "etl-report/nightly", "--param", "day=2026-11-20", "--watch"
     )
     assert "Completed" in out
+    # log_prints=True: the flow's print reached the run's logs, with `day` a date.
+    assert "2026-11-20: 9 orders, revenue 180" in out
 
 
 def test_the_nats_py_how_to_creates_and_follows_a_run(stack: Stack) -> None:
