@@ -173,7 +173,8 @@ def test_first_flow_to_first_deployment(stack: Stack) -> None:
     assert "HELLO, ADA!" in out
     assert "Completed" in out
     runs = stack.json("flow-run", "ls", "--deployment", "greet/loud")
-    assert [r["state"]["type"] for r in runs["flow_runs"]] == ["COMPLETED"]
+    assert runs["flow_runs"]
+    assert all(r["state"]["type"] == "COMPLETED" for r in runs["flow_runs"])
     # A parameter of the wrong type is refused before anything runs.
     refused = stack.sluice("deployment", "run", "greet/loud", "--param", "name=3", check=False)
     assert "name" in refused and "error" in refused.lower()
@@ -270,3 +271,25 @@ def test_the_nats_py_how_to_creates_and_follows_a_run(stack: Stack) -> None:
     )
     assert refused.returncode == 1
     assert "refused: deployment_not_found" in refused.stderr
+
+
+def test_the_concurrency_limit_how_to(stack: Stack) -> None:
+    # The runner of `sluice dev` serves the default queue; the limit of 1 holds
+    # the second run back while the first one runs.
+    stack.sluice("deployment", "create", "deployments.py")
+    ids = [
+        stack.json("deployment", "run", "slow-greet/one-at-a-time", "--param", "seconds=60")["id"]
+        for _ in range(2)
+    ]
+
+    def one_running() -> list[str]:
+        states = {i: stack.json("flow-run", "inspect", i)["state"]["type"] for i in ids}
+        return [i for i, s in states.items() if s == "RUNNING"]
+
+    running = stack.wait_for("one run to start", one_running)
+    assert len(running) == 1
+    (waiting,) = set(ids) - set(running)
+    assert stack.json("flow-run", "inspect", waiting)["state"]["type"] == "SCHEDULED"
+    assert "concurrency" in stack.sluice("flow-run", "inspect", waiting)
+    for run_id in ids:
+        stack.sluice("flow-run", "cancel", run_id)
