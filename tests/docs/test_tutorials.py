@@ -293,3 +293,15 @@ def test_the_concurrency_limit_how_to(stack: Stack) -> None:
     assert "concurrency" in stack.sluice("flow-run", "inspect", waiting)
     for run_id in ids:
         stack.sluice("flow-run", "cancel", run_id)
+
+
+def test_the_runs_from_python_how_to(stack: Stack) -> None:
+    stack.start(sys.executable, "greet.py")
+    stack.wait_for("greet/loud", lambda: stack.deployment_exists("greet/loud"))
+    how_to = str(REPO / "examples" / "howto" / "from_python.py")
+    first = _python(how_to, TUTORIALS, stack.env, "greet/loud").splitlines()
+    assert first[0].split()[1:] == ["Completed", "HELLO,", "LIN!"]
+    # The idempotency key: running the script again finds the same run.
+    again = _python(how_to, TUTORIALS, stack.env, "greet/loud").splitlines()
+    assert again[0] == first[0]
+    assert first[1].endswith("completed run(s) of greet/loud")
