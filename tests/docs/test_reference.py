@@ -146,3 +146,16 @@ def test_every_command_and_option_is_in_the_cli_reference(site: Path) -> None:
             for opt in [*param.opts, *param.secondary_opts]:
                 if opt.startswith("-"):
                     assert opt in page, f"{title}: option {opt} missing"
+
+
+def test_the_readme_is_a_short_front_door_whose_links_resolve() -> None:
+    readme = (REPO / "README.md").read_text()
+    assert len(readme.splitlines()) < 150
+    targets = re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", readme)
+    local = [t for t in targets if not t.startswith(("http://", "https://"))]
+    assert local, "the README links into the docs"
+    missing = [t for t in local if not (REPO / t).exists()]
+    assert not missing, f"README links to missing files: {missing}"
+    # The two commands CI and newcomers rely on, unchanged.
+    assert ".venv/bin/pip install -e . && .venv/bin/sluice dev" in readme
+    assert ".venv/bin/pip install -e '.[dev]' && .venv/bin/just check" in readme
