@@ -159,3 +159,13 @@ def test_the_readme_is_a_short_front_door_whose_links_resolve() -> None:
     # The two commands CI and newcomers rely on, unchanged.
     assert ".venv/bin/pip install -e . && .venv/bin/sluice dev" in readme
     assert ".venv/bin/pip install -e '.[dev]' && .venv/bin/just check" in readme
+
+
+def test_the_settings_page_states_the_program_defaults() -> None:
+    from engine.runner._runner import DEFAULT_LIMIT
+    from services.ui.service import DEFAULT_HOST, DEFAULT_PORT
+
+    documented = _documented()
+    assert documented["SLUICE_UI_HOST"] == f"`{DEFAULT_HOST}`"
+    assert documented["SLUICE_UI_PORT"] == f"`{DEFAULT_PORT}`"
+    assert documented["SLUICE_RUNNER_LIMIT"] == f"`{DEFAULT_LIMIT}`"
