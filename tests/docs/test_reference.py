@@ -143,6 +143,8 @@ def test_every_command_and_option_is_in_the_cli_reference(site: Path) -> None:
         title = " ".join(path)
         assert f"><code>{title}</code><a" in page, f"no section for {title}"
         for param in command.get_params(cmd_ctx):
+            if getattr(param, "hidden", False):
+                continue
             for opt in [*param.opts, *param.secondary_opts]:
                 if opt.startswith("-"):
                     assert opt in page, f"{title}: option {opt} missing"
