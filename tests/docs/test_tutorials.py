@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,9 @@ pytestmark = pytest.mark.slow
 @dataclass
 class Stack:
     env: dict[str, str]
-    background: list[subprocess.Popen[str]]
+    logs: Path
+    """Where background processes write their output (a pipe nobody reads would fill)."""
+    background: list[subprocess.Popen[str]] = field(default_factory=list)
 
     def sluice(self, *args: str, cwd: Path = TUTORIALS, check: bool = True) -> str:
         """``sluice ARGS`` in ``cwd``; its stdout. Fails the test on a non-zero exit."""
@@ -52,15 +54,17 @@ class Stack:
 
     def start(self, *argv: str, cwd: Path = TUTORIALS) -> subprocess.Popen[str]:
         """A process the page starts in another terminal (stopped with Ctrl-C at the end)."""
-        proc = subprocess.Popen(
-            list(argv),
-            cwd=cwd,
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+        log = self.logs / f"{len(list(self.logs.iterdir()))}-{Path(argv[-1]).name}.log"
+        with log.open("w") as out:
+            proc = subprocess.Popen(
+                list(argv),
+                cwd=cwd,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
         self.background.append(proc)
         return proc
 
@@ -69,12 +73,11 @@ class Stack:
         while time.monotonic() < deadline:
             for proc in self.background:
                 if proc.poll() is not None and proc.returncode not in (0, -signal.SIGINT):
-                    out = proc.stdout.read() if proc.stdout else ""
-                    pytest.fail(f"{proc.args} exited {proc.returncode} waiting for {what}:\n{out}")
+                    pytest.fail(f"{proc.args} exited {proc.returncode} ({self.logs})")
             if value := probe():
                 return value
             time.sleep(0.5)
-        pytest.fail(f"timed out waiting for {what}")
+        pytest.fail(f"timed out waiting for {what} (output in {self.logs})")
 
     def deployment_exists(self, name: str) -> bool:
         return "error" not in self.sluice("deployment", "inspect", name, check=False)
@@ -89,8 +92,6 @@ class Stack:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
-            if proc.stdout is not None:
-                proc.stdout.close()
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +113,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    stack = Stack(env=env, background=[])
+    logs = home / "logs"
+    logs.mkdir()
+    stack = Stack(env=env, logs=logs)
     try:
         deadline = time.monotonic() + DEADLINE
         while "error" in stack.sluice("deployment", "ls", check=False):

@@ -1,0 +1,143 @@
+"""The multi-host tutorial against a real three-node NATS cluster.
+
+Three nats-servers form one cluster (JetStream, ``sync_interval: always``),
+Sluice keeps three replicas of everything (``SLUICE_REPLICAS=3``), a
+deployment is registered from one folder that then disappears, and a runner
+holding its own copy of the code (``--path``) runs it. Then a node is
+killed, and the next run still completes on the two that remain (losing a
+node under load is tested in ``tests/faults/test_storage_faults.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import nats
+import pytest
+
+from services.dev import NatsServer, free_port
+from shared import names
+
+from .test_tutorials import DEADLINE, TUTORIALS, Stack
+
+pytestmark = pytest.mark.slow
+
+TERMINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+
+
+def _node(store: Path, name: str, cluster_port: int, routes: list[int]) -> NatsServer:
+    route_urls = ", ".join(f'"nats-route://127.0.0.1:{p}"' for p in routes)
+    return NatsServer(
+        store,
+        extra_config=(
+            f'server_name: "{name}"\n'
+            f'cluster {{\n  name: "sluice"\n  listen: "127.0.0.1:{cluster_port}"\n'
+            f"  routes: [{route_urls}]\n}}\n"
+        ),
+    )
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[list[NatsServer]]:
+    ports = [free_port() for _ in range(3)]
+    nodes = [_node(tmp_path / f"n{i}", f"n{i}", ports[i], ports) for i in range(3)]
+    started: list[NatsServer] = []
+    try:
+        for node in nodes:
+            node.start()
+            started.append(node)
+        yield nodes
+    finally:
+        for node in started:
+            node.stop()
+
+
+async def _replicas(url: str) -> int:
+    nc = await nats.connect(servers=url.split(","))
+    try:
+        info = await nc.jetstream().stream_info(names.kv_stream(names.FLOW_RUNS_BUCKET))
+        return info.config.num_replicas or 0
+    finally:
+        await nc.close()
+
+
+def test_runners_on_another_host_against_a_nats_cluster(
+    cluster: list[NatsServer], tmp_path: Path
+) -> None:
+    url = ",".join(node.url for node in cluster)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
+    env.update(
+        SLUICE_NATS_URL=url,
+        SLUICE_REPLICAS="3",
+        SLUICE_HOME=str(tmp_path / "home"),
+        SLUICE_LOG_LEVEL="WARNING",
+    )
+    (tmp_path / "logs").mkdir()
+    stack = Stack(env=env, logs=tmp_path / "logs")
+    try:
+        stack.start(sys.executable, "-m", "services.orchestrator", cwd=tmp_path)
+        deadline = time.monotonic() + DEADLINE
+        while "error" in stack.sluice("deployment", "ls", check=False):
+            assert time.monotonic() < deadline, "the orchestrator did not start on the cluster"
+            time.sleep(0.5)
+        assert anyio.run(_replicas, url) == 3
+
+        host_a, host_b = tmp_path / "a" / "flows", tmp_path / "b" / "srv" / "flows"
+        for copy in (host_a, host_b):
+            shutil.copytree(TUTORIALS, copy, ignore=shutil.ignore_patterns("__pycache__"))
+        stack.sluice("deployment", "create", "deployments.py", cwd=host_a)
+        shutil.rmtree(host_a)
+        stack.start(
+            sys.executable,
+            "-m",
+            "services.runner",
+            "--name",
+            "host-b",
+            "--queue",
+            "host-b",
+            "--path",
+            str(host_b),
+            cwd=tmp_path / "b",
+        )
+        out = stack.sluice("deployment", "run", "greet/remote", "--param", "name=Bob", "--watch")
+        assert "HELLO, BOB!" in out and "host-b" in out
+
+        # One node dies: the two left hold every replica. Requests during the
+        # leader election may fail with a retryable error; the same idempotency
+        # key makes retrying safe, as the error says.
+        cluster[0].kill()
+
+        def create() -> str | None:
+            out = stack.sluice(
+                "deployment", "run", "greet/remote", "--param", "name=Eve",
+                "--idempotency-key", "after-node-loss", "--json", check=False,
+            )  # fmt: skip
+            with contextlib.suppress(ValueError):
+                return str(json.loads(out)["id"])
+            return None
+
+        def state(run_id: str) -> str | None:
+            out = stack.sluice("flow-run", "inspect", run_id, "--json", check=False)
+            with contextlib.suppress(ValueError):
+                return str(json.loads(out)["state"]["type"])
+            return None
+
+        run_id = stack.wait_for("a create after the node loss", create)
+
+        def ended() -> str | None:
+            current = state(run_id)
+            return current if current in TERMINAL else None
+
+        assert stack.wait_for("the run to end", ended) == "COMPLETED"
+        assert run_id == create(), "the retried key found the same run"
+
+    finally:
+        stack.stop_background()
