@@ -60,6 +60,21 @@ def cluster(tmp_path: Path) -> Iterator[list[NatsServer]]:
             node.stop()
 
 
+async def _jetstream_ready(url: str) -> None:
+    """Return once the cluster's JetStream answers (its meta leader is elected)."""
+    with anyio.fail_after(DEADLINE):
+        while True:
+            try:
+                nc = await nats.connect(servers=url.split(","))
+                try:
+                    await nc.jetstream().account_info()
+                    return
+                finally:
+                    await nc.close()
+            except Exception:
+                await anyio.sleep(0.5)
+
+
 async def _replicas(url: str) -> int:
     nc = await nats.connect(servers=url.split(","))
     try:
@@ -83,9 +98,13 @@ def test_runners_on_another_host_against_a_nats_cluster(
     (tmp_path / "logs").mkdir()
     stack = Stack(env=env, logs=tmp_path / "logs")
     try:
-        stack.start(sys.executable, "-m", "services.orchestrator", cwd=tmp_path)
+        # As an operator would: the cluster first, then the orchestrator that
+        # creates the replicated buckets and streams on it.
+        anyio.run(_jetstream_ready, url)
+        orchestrator = stack.start(sys.executable, "-m", "services.orchestrator", cwd=tmp_path)
         deadline = time.monotonic() + DEADLINE
         while "error" in stack.sluice("deployment", "ls", check=False):
+            assert orchestrator.poll() is None, f"the orchestrator exited (see {stack.logs})"
             assert time.monotonic() < deadline, "the orchestrator did not start on the cluster"
             time.sleep(0.5)
         assert anyio.run(_replicas, url) == 3
