@@ -8,6 +8,7 @@ else is the command the page shows, in the folder the page says.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -30,7 +31,8 @@ MIGRATION = REPO / "examples" / "migration"
 SLUICE = str(Path(sys.executable).parent / "sluice")
 DEADLINE = 120.0  # a loaded machine: generous, and never a measure of speed
 
-pytestmark = pytest.mark.slow
+# Each waits up to DEADLINE for a step, on a shared machine: above the 120 s hang guard.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 @dataclass
@@ -40,17 +42,33 @@ class Stack:
     """Where background processes write their output (a pipe nobody reads would fill)."""
     background: list[subprocess.Popen[str]] = field(default_factory=list)
 
-    def sluice(self, *args: str, cwd: Path = TUTORIALS, check: bool = True) -> str:
-        """``sluice ARGS`` in ``cwd``; its stdout. Fails the test on a non-zero exit."""
-        done = subprocess.run(
+    def run(self, *args: str, cwd: Path = TUTORIALS) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
             [SLUICE, *args], cwd=cwd, env=self.env, capture_output=True, text=True, timeout=300
         )
+
+    def sluice(self, *args: str, cwd: Path = TUTORIALS, check: bool = True) -> str:
+        """``sluice ARGS`` in ``cwd``; what it printed (both streams, as a terminal shows).
+        Fails the test on a non-zero exit unless ``check`` is false."""
+        done = self.run(*args, cwd=cwd)
         if check:
             assert done.returncode == 0, f"sluice {' '.join(args)}:\n{done.stdout}{done.stderr}"
         return done.stdout + done.stderr
 
-    def json(self, *args: str) -> Any:
-        return json.loads(self.sluice(*args, "--json"))
+    def json(self, *args: str, cwd: Path = TUTORIALS) -> Any:
+        """``sluice ARGS --json``: the JSON document on stdout (notices go to stderr)."""
+        done = self.run(*args, "--json", cwd=cwd)
+        assert done.returncode == 0, f"sluice {' '.join(args)}:\n{done.stdout}{done.stderr}"
+        return json.loads(done.stdout)
+
+    def try_json(self, *args: str) -> Any:
+        """Like :meth:`json`, but None when the command fails (a stack still recovering)."""
+        done = self.run(*args, "--json")
+        if done.returncode != 0:
+            return None
+        with contextlib.suppress(ValueError):
+            return json.loads(done.stdout)
+        return None
 
     def start(self, *argv: str, cwd: Path = TUTORIALS) -> subprocess.Popen[str]:
         """A process the page starts in another terminal (stopped with Ctrl-C at the end)."""
