@@ -52,7 +52,9 @@ class RequestServer:
         self._idle.set()
 
     async def add(self, subject: str, handler: Handler) -> None:
-        """Subscribe ``handler`` to ``subject``; returns once subscribed."""
+        """Subscribe ``handler`` to ``subject``; returns once the server has the
+        subscription (a flush: nats-py sends SUB lazily, and a request sent the
+        moment a service says it is ready would otherwise find no responders)."""
 
         async def on_message(msg: Msg) -> None:
             token = object()
@@ -69,6 +71,7 @@ class RequestServer:
             pending_bytes_limit=256 * 1024 * 1024,
         )
         self._subs.append(sub)
+        await self._nc.flush()
 
     async def _run(self, handler: Handler, msg: Msg, token: object) -> None:
         try:
