@@ -190,6 +190,13 @@ async def connect(
     return nc
 
 
+#: A repeatable request with no reply after this long is sent again (see
+#: :func:`request`); later copies follow at the same pace.
+HEDGE_SECONDS = 0.25
+#: At most this many copies of one request are in flight.
+HEDGE_COPIES = 8
+
+
 async def request(
     nc: NATS,
     subject: str,
@@ -197,16 +204,28 @@ async def request(
     reply_type: type[T],
     *,
     timeout: float,
+    repeatable: bool = False,
 ) -> T:
     """Send a request and decode the reply; raise the SluiceError it carries.
 
+    ``repeatable`` says that the request may take effect twice without harm
+    (a read, a create with an idempotency key, a proposal with a transition
+    id). Then, while no reply has come, the same bytes are sent again every
+    :data:`HEDGE_SECONDS`, up to :data:`HEDGE_COPIES` copies, and the first
+    reply wins: a queue group hands each copy to any replica, so one paused
+    or dead replica costs a fraction of a second, not the whole ``timeout``.
+    Earlier copies keep waiting, so a slow but healthy replica still counts.
+
     Raises StackUnavailable when nobody serves the subject or no reply comes
-    in time; a raised error does not say whether the request took effect, so
-    callers that must not repeat work send an idempotency key.
+    within ``timeout``; a raised error does not say whether the request took
+    effect, so callers that must not repeat work send an idempotency key.
     """
     data = payload if isinstance(payload, bytes) else encode(payload)
     try:
-        msg = await nc.request(subject, data, timeout=timeout)
+        if repeatable:
+            msg = await _hedged(nc, subject, data, timeout)
+        else:
+            msg = await nc.request(subject, data, timeout=timeout)
     except nats.errors.NoRespondersError:
         raise StackUnavailable(
             f"no service answers {subject!r}; is the orchestrator running?"
@@ -216,3 +235,36 @@ async def request(
     except nats.errors.ConnectionClosedError:
         raise StackUnavailable("the NATS connection is closed") from None
     return decode_reply(msg.data, reply_type)
+
+
+async def _hedged(nc: Any, subject: str, data: bytes, timeout: float) -> Any:
+    """The first reply to up to HEDGE_COPIES copies of one request (see :func:`request`)."""
+    replies: list[Any] = []
+    failures: list[BaseException] = []
+    done = anyio.Event()
+
+    async def one_copy() -> None:
+        try:
+            replies.append(await nc.request(subject, data, timeout=timeout))
+        except (nats.errors.Error, TimeoutError) as exc:
+            failures.append(exc)
+            if isinstance(exc, nats.errors.NoRespondersError | nats.errors.ConnectionClosedError):
+                done.set()  # no copy can do better
+            return
+        done.set()
+
+    with anyio.move_on_after(timeout):
+        async with anyio.create_task_group() as tg:
+            for _ in range(HEDGE_COPIES):
+                tg.start_soon(one_copy)
+                with anyio.move_on_after(HEDGE_SECONDS):
+                    await done.wait()
+                if done.is_set():
+                    break
+            await done.wait()
+            tg.cancel_scope.cancel()
+    if replies:
+        return replies[0]
+    if failures and not isinstance(failures[-1], TimeoutError | nats.errors.TimeoutError):
+        raise failures[-1]
+    raise nats.errors.TimeoutError

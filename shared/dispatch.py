@@ -9,12 +9,43 @@ decides who runs it). Publishing itself is the caller's.
 
 from __future__ import annotations
 
+import hashlib
+
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
 from . import names
 from .codec import encode
 from .messages import Dispatch
 from .models import FlowRun
 
 MSG_ID = "Nats-Msg-Id"
+
+#: Seconds an item a runner fetched stays with it without an ack or an
+#: ``in_progress``: how soon the item of a runner that stopped or died goes to
+#: another. Short, because a runner claiming an item says ``in_progress``
+#: every :data:`PROGRESS_SECONDS` until it has acked it.
+ACK_WAIT = 2.0
+PROGRESS_SECONDS = 0.5
+
+
+def consumer_config(filters: list[str]) -> ConsumerConfig:
+    """The durable consumer that every runner pulling ``filters`` shares.
+
+    The orchestrator creates it (``runner.consumer``); runners may only pull
+    from it, so none can change what all of them depend on. Its name derives
+    from the filters, so asking twice gives the same consumer.
+    """
+    ordered = sorted(set(filters))
+    durable = "runner-" + hashlib.sha256("\n".join(ordered).encode()).hexdigest()[:20]
+    return ConsumerConfig(
+        durable_name=durable,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=ACK_WAIT,
+        deliver_policy=DeliverPolicy.ALL,
+        max_ack_pending=-1,
+        inactive_threshold=7 * 24 * 3600.0,
+        **({"filter_subject": ordered[0]} if len(ordered) == 1 else {"filter_subjects": ordered}),
+    )
 
 
 def dispatch_item(run: FlowRun) -> Dispatch:

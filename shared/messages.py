@@ -29,8 +29,14 @@ from .states import State, StateDetails, StateType
 
 Uuid = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-fA-F-]{32,36}$")]
 Key = Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
+# Every integer a request carries has a range (docs/contract.md lists them):
+# out of range is ``malformed`` naming the field, never an overflow deeper in.
 PageLimit = Annotated[int, msgspec.Meta(ge=1, le=1000)]
-Offset = Annotated[int, msgspec.Meta(ge=0)]
+Offset = Annotated[int, msgspec.Meta(ge=0, le=1_000_000_000)]
+Attempt = Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]
+"""A claim counter: far beyond any real run's count of claims, well inside int64."""
+ConcurrencyLimit = Annotated[int, msgspec.Meta(ge=1, le=100_000)]
+RunnerLimit = Annotated[int, msgspec.Meta(ge=0, le=100_000)]
 
 
 class Request(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -72,7 +78,7 @@ class ProposeState(Request, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     state: ProposedState
     transition_id: Key | None = None
     """Makes a repeated proposal harmless: the same id is accepted once."""
-    attempt: int | None = None
+    attempt: Attempt | None = None
     """The claim the proposer holds; a stale owner's report is refused."""
     runner: Name | None = None
     """Who claims the run, when proposing PENDING."""
@@ -182,7 +188,7 @@ class RegisterDeployment(Request, frozen=True, kw_only=True, forbid_unknown_fiel
     enforce_parameter_schema: bool = True
     schedules: list[DeploymentSchedule] = msgspec.field(default_factory=list)
     paused: bool = False
-    concurrency_limit: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    concurrency_limit: ConcurrencyLimit | None = None
     infrastructure: Infrastructure = Infrastructure()
     queue: Name = "default"
     triggers: list[Trigger] = msgspec.field(default_factory=list)
@@ -249,7 +255,7 @@ class BackfillReply(msgspec.Struct, frozen=True, kw_only=True):
 # --- runners ------------------------------------------------------------------------
 class HeldRun(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     id: Uuid
-    attempt: int
+    attempt: Attempt
 
 
 class Heartbeat(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -257,12 +263,31 @@ class Heartbeat(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
 
     runner: Name
     interval: Annotated[float, msgspec.Meta(gt=0, le=3600)]
-    limit: int = 0
+    limit: RunnerLimit = 0
     runs: list[HeldRun] = msgspec.field(default_factory=list)
     queues: list[Name] = msgspec.field(default_factory=list)
     """The work queues the runner pulls from (all of each queue's deployments)."""
     deployments: list[str] = msgspec.field(default_factory=list)
     """``flow/deployment`` names the runner serves one by one."""
+
+
+DispatchFilter = Annotated[
+    str,
+    msgspec.Meta(max_length=300, pattern=r"^flowrun\.dispatch\.(\*|[^.*> \t]+)\.(>|[^.*> \t]+)$"),
+]
+
+
+class DispatchConsumer(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``runner.consumer``: the dispatch consumer for what a runner serves
+    (``flowrun.dispatch.<queue>.>`` or ``flowrun.dispatch.*.<deployment_id>``)."""
+
+    filters: Annotated[list[DispatchFilter], msgspec.Meta(min_length=1, max_length=1000)]
+
+
+class DispatchConsumerReply(msgspec.Struct, frozen=True, kw_only=True):
+    stream: str
+    durable: str
+    """Pull from this durable consumer of ``stream``."""
 
 
 class HeartbeatReply(msgspec.Struct, frozen=True, kw_only=True):
@@ -274,7 +299,7 @@ class KillRun(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Ask the runner holding a run to stop its process tree."""
 
     id: Uuid
-    attempt: int
+    attempt: Attempt
     grace_seconds: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 10.0
 
 

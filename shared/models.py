@@ -20,8 +20,13 @@ Tag = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 
 
 # --- schedules ----------------------------------------------------------------
+#: Ten years: the longest interval or catch-up window a schedule may give (a
+#: bound, so no value overflows the date arithmetic it feeds).
+MAX_SCHEDULE_SECONDS = 10 * 366 * 24 * 3600.0
+
+
 class IntervalSchedule(msgspec.Struct, frozen=True, kw_only=True, tag="interval", tag_field="type"):
-    interval: Annotated[float, msgspec.Meta(gt=0)]
+    interval: Annotated[float, msgspec.Meta(gt=0, le=MAX_SCHEDULE_SECONDS)]
     """Seconds between runs."""
     anchor_date: datetime | None = None
     timezone: str = "UTC"
@@ -49,7 +54,9 @@ class DeploymentSchedule(msgspec.Struct, frozen=True, kw_only=True):
     active: bool = True
     #: Overrides merged over the deployment's default parameters.
     parameters: dict[str, Any] = msgspec.field(default_factory=dict)
-    catchup_window_seconds: Annotated[float, msgspec.Meta(ge=1)] | None = None
+    catchup_window_seconds: Annotated[float, msgspec.Meta(ge=1, le=MAX_SCHEDULE_SECONDS)] | None = (
+        None
+    )
     """A slot the scheduler meets later than this (it was down) is skipped;
     None: the scheduler's default (``SLUICE_SCHEDULE_CATCHUP_SECONDS``)."""
     overlap: Overlap = "allow_all"

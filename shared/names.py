@@ -14,6 +14,9 @@ FLOWRUN_CANCEL = "flowrun.cancel"
 FLOWRUN_READ = "flowrun.read"
 FLOWRUN_LIST = "flowrun.list"
 FLOWRUN_DELETE = "flowrun.delete"
+FLOWRUN_RETRY = "flowrun.retry"
+"""Reopen a finished run (a ProposeState with ``retry: true``): the operator's
+subject; ``flowrun.state.propose`` refuses retries, so runners cannot reopen runs."""
 
 DEPLOYMENT_REGISTER = "deployment.register"
 DEPLOYMENT_READ = "deployment.read"
@@ -26,6 +29,9 @@ DEPLOYMENT_BACKFILL = "deployment.backfill"
 
 RUNNER_HEARTBEAT = "runner.heartbeat"
 RUNNER_KILL_PREFIX = "runner.kill"
+RUNNER_CONSUMER = "runner.consumer"
+"""Runners ask the orchestrator for their dispatch consumer: they may pull
+from it, never create or change it."""
 
 ORCHESTRATOR_QUEUE = "sluice-orchestrator"
 SCHEDULER_QUEUE = "sluice-scheduler"

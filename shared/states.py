@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -61,7 +61,7 @@ class StateDetails(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
     """Facts that some states carry; every field is optional."""
 
     scheduled_time: datetime | None = None
-    retry_count: int | None = None
+    retry_count: Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)] | None = None
     cache_key: str | None = None
     cache_expiration: datetime | None = None
     result_ref: str | None = None

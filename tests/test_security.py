@@ -335,11 +335,12 @@ async def test_runners_store_results_that_clients_may_read_but_not_write(
     stack: LocalStack, as_runner: NATS, unique: str
 ) -> None:
     # Bootstrap made the store; a flow-run process (runner user) writes results
-    # larger than one chunk, and replaces them.
+    # larger than one chunk, each under a name of its own (replacing one would
+    # purge the stream, which a runner may not: test_permissions.py).
     store = await as_runner.jetstream().object_store(names.RESULTS_BUCKET)
     name = f"result-{unique}"
     data = bytes(range(256)) * 2048
-    await store.put(name, data)
+    await store.put(f"{name}-first", data)
     await store.put(name, data[::-1])
     nc = await connect(stack.settings("client"), name="test-client", wait=10)
     try:

@@ -24,6 +24,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
 
+import anyio
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
@@ -42,6 +43,8 @@ from shared.messages import (
     DeleteFlowRun,
     DeploymentPage,
     DeploymentRef,
+    DispatchConsumer,
+    DispatchConsumerReply,
     FlowRunPage,
     Heartbeat,
     HeartbeatReply,
@@ -74,6 +77,17 @@ class _WithHeaders:
         return await self._nc.request(subject, payload, timeout=timeout, headers=self._headers)
 
 
+def _repeatable(subject: str, payload: Any) -> bool:
+    """May this request be sent twice without a second effect?"""
+    if isinstance(payload, CreateFlowRun):
+        return payload.idempotency_key is not None  # without a key, a copy is a second run
+    if isinstance(payload, ProposeState):
+        return payload.transition_id is not None  # the same id is accepted once
+    # Reads, cancels, heartbeats, registering and pausing repeat harmlessly; a
+    # repeated delete could answer "not found" for a delete that worked.
+    return subject != names.DEPLOYMENT_DELETE
+
+
 class Client:
     """A connection to the stack. Use as ``async with Client(settings) as c``.
 
@@ -92,14 +106,29 @@ class Client:
         self._owns_nc = nc is None
         self._connect_timeout = connect_timeout
         self._runs_kv: KeyValue | None = None
+        self._reconnected = anyio.Event()
 
     async def __aenter__(self) -> Self:
         telemetry.setup("sluice-client")  # a no-op unless OTEL_TRACES_EXPORTER asks, or done
         if self._nc is None:
             self._nc = await connect(
-                self.settings, name="sluice-client", wait=self._connect_timeout
+                self.settings,
+                name="sluice-client",
+                wait=self._connect_timeout,
+                on_reconnect=self._on_reconnect,
             )
         return self
+
+    async def _on_reconnect(self) -> None:
+        done, self._reconnected = self._reconnected, anyio.Event()
+        done.set()
+
+    @property
+    def reconnected(self) -> anyio.Event:
+        """Set at the next reconnect of a connection this client opened (take it
+        before the wait it should interrupt): what a pull that the server
+        forgot with its restart waits for, to be asked again."""
+        return self._reconnected
 
     async def __aexit__(
         self,
@@ -118,13 +147,19 @@ class Client:
         return self._nc
 
     async def _request(self, subject: str, payload: Any, reply_type: type[Any]) -> Any:
+        # Policy (docs/reliability.md): a request that may take effect twice
+        # without harm is re-sent while unanswered (shared.connection.request),
+        # so a paused orchestrator replica costs a fraction of a second.
         timeout = self.settings.request_timeout
+        again = _repeatable(subject, payload)
         if not telemetry.enabled():
-            return await request(self.nc, subject, payload, reply_type, timeout=timeout)
+            return await request(
+                self.nc, subject, payload, reply_type, timeout=timeout, repeatable=again
+            )
         data = payload if isinstance(payload, bytes) else encode(payload)
         with telemetry.request_span(subject, len(data)) as headers:
             nc: Any = _WithHeaders(self.nc, headers or {})
-            return await request(nc, subject, data, reply_type, timeout=timeout)
+            return await request(nc, subject, data, reply_type, timeout=timeout, repeatable=again)
 
     async def _kv(self) -> KeyValue:
         if self._runs_kv is None:
@@ -296,6 +331,13 @@ class Client:
         """
         req = DeleteFlowRun(id=run_id, reason=reason, scheduled_only=scheduled_only)
         return await self._request(names.FLOWRUN_DELETE, req, Deleted)
+
+    async def dispatch_consumer(self, filters: list[str]) -> DispatchConsumerReply:
+        """Have the orchestrator make (or restore) the dispatch consumer that
+        runners serving ``filters`` share; runners may not configure one."""
+        return await self._request(
+            names.RUNNER_CONSUMER, DispatchConsumer(filters=filters), DispatchConsumerReply
+        )
 
     async def propose_state(
         self,

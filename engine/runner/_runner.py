@@ -35,7 +35,6 @@ are :mod:`engine.runner._facade`.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import uuid
 from typing import Any
@@ -46,10 +45,10 @@ import msgspec
 import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from engine.client import Client
 from engine.runner._facade import BackgroundRun, _Facade
+from engine.runner._pull import fetch_unless, keep_in_progress
 from engine.runner._serving import _Serving, private_queue
 from engine.runner._stopping import _Stopping
 from engine.runner._subprocess import FlowRunner, SubprocessFlowRunner
@@ -58,7 +57,8 @@ from engine.runner._upkeep import _Active, _Upkeep
 from shared import names, telemetry
 from shared.clock import Clock, SystemClock
 from shared.codec import decode
-from shared.errors import FlowRunNotFound, SluiceError
+from shared.dispatch import PROGRESS_SECONDS
+from shared.errors import FlowRunNotFound, SluiceError, StackUnavailable
 from shared.messages import Decision, Dispatch, ProposedState
 from shared.models import Deployment, FlowRun
 from shared.settings import Settings
@@ -69,9 +69,6 @@ __all__ = ["Runner", "private_queue"]
 log = logging.getLogger("sluice.runner")
 
 DEFAULT_LIMIT = 5
-#: Seconds an item a runner fetched but did not answer stays with it: how soon
-#: the work of a runner that died holding items goes to another one.
-ACK_WAIT = 5.0
 #: Seconds a stopping runner lets its runs in progress finish before killing them.
 #: Compose's ``stop_grace_period`` for a runner must exceed this plus ``kill_grace``.
 DEFAULT_DRAIN_SECONDS = 30.0
@@ -230,54 +227,49 @@ class Runner(_Facade, _Serving, _Stopping, _Supervise, _Upkeep):
         """Subscribe, waiting for the dispatch stream if the stack is still starting.
 
         Services may start in any order (compose starts them together); only
-        the orchestrator creates streams, so a runner that comes first waits.
+        the orchestrator creates streams and consumers, so a runner that comes
+        first waits.
         """
         warned = False
         while True:
             try:
                 return await self._subscribe(client, filters)
-            except nats.js.errors.NotFoundError:
+            except (nats.js.errors.NotFoundError, StackUnavailable) as exc:
                 if not warned:
-                    log.warning("runner %s: waiting for the stack to create its streams", self.name)
+                    log.warning(
+                        "runner %s: waiting for the stack to create its dispatch consumer (%s)",
+                        self.name,
+                        exc,
+                    )
                     warned = True
                 await anyio.sleep(0.5)
 
     async def _subscribe(self, client: Client, filters: list[str]) -> Any:
-        # Every runner serving the same thing shares one durable consumer.
-        durable = "runner-" + hashlib.sha256("\n".join(filters).encode()).hexdigest()[:20]
-        config = ConsumerConfig(
-            durable_name=durable,
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=ACK_WAIT,
-            deliver_policy=DeliverPolicy.ALL,
-            max_ack_pending=-1,
-            inactive_threshold=7 * 24 * 3600.0,
-            **(
-                {"filter_subject": filters[0]}
-                if len(filters) == 1
-                else {"filter_subjects": filters}
-            ),
-        )
+        # Every runner serving the same thing shares one durable consumer,
+        # which the orchestrator makes: runners may pull, not configure.
+        made = await client.dispatch_consumer(filters)
         js = client.nc.jetstream()
-        # Creating a durable with the same config again is a no-op, so every
-        # runner may do it; then all of them pull from the one consumer.
-        await js.add_consumer(names.DISPATCH_STREAM, config)
-        return await js.pull_subscribe_bind(durable=durable, stream=names.DISPATCH_STREAM)
+        return await js.pull_subscribe_bind(durable=made.durable, stream=made.stream)
 
     async def _pull(self, sub: Any, runs: anyio.abc.TaskGroup) -> None:
-        """Ask for one item per free slot, forever; a full runner asks for nothing."""
+        """Ask for one item per free slot, forever; a full runner asks for nothing.
+
+        A pull waiting on the server dies with the server, silently: after a
+        reconnect the pull is asked again at once instead of waiting out its
+        ``query_seconds``.
+        """
+        client = await self._connected()
         while True:
             token = object()
             await self._slots.acquire_on_behalf_of(token)
-            try:
-                msgs = await sub.fetch(1, timeout=self.query_seconds)
-            except nats.errors.TimeoutError:
+            reconnected = client.reconnected
+            msgs, failed = await fetch_unless(sub, self.query_seconds, reconnected)
+            if not msgs:
                 self._slots.release_on_behalf_of(token)
-                continue
-            except (nats.errors.Error, OSError) as exc:
-                self._slots.release_on_behalf_of(token)
-                log.warning("runner %s: fetching work failed (%s); retrying", self.name, exc)
-                await anyio.sleep(1.0)
+                if failed is not None:
+                    log.warning("runner %s: fetching work failed (%s); retrying", self.name, failed)
+                    with anyio.move_on_after(1.0):
+                        await reconnected.wait()  # back sooner if the connection is
                 continue
             runs.start_soon(self._take, msgs[0], token)
 
@@ -312,7 +304,7 @@ class Runner(_Facade, _Serving, _Stopping, _Supervise, _Upkeep):
                     await msg.nak()
                     return
                 await msg.in_progress()
-                with anyio.move_on_after(ACK_WAIT / 2):
+                with anyio.move_on_after(PROGRESS_SECONDS):
                     await self.clock.sleep_until(item.scheduled_time)
                 early = (item.scheduled_time - self.clock.now()).total_seconds()
             if item.flow_run_id in self._held:
@@ -322,7 +314,12 @@ class Runner(_Facade, _Serving, _Stopping, _Supervise, _Upkeep):
                 return
             parent = telemetry.context_from_headers(msg.headers)
             with telemetry.runner_span(msg.subject, item.flow_run_id, parent):
-                claimed = await self._claim(client, item.flow_run_id, item.attempt, msg)
+                # The ack wait is short (shared.dispatch.ACK_WAIT): keep the item
+                # while the claim is being made, so only a stopped runner loses it.
+                async with anyio.create_task_group() as keep:
+                    keep.start_soon(keep_in_progress, msg)
+                    claimed = await self._claim(client, item.flow_run_id, item.attempt, msg)
+                    keep.cancel_scope.cancel()
                 if claimed is not None:
                     await self._run(client, *claimed)
         except SluiceError as exc:

@@ -152,7 +152,28 @@ class Runs:
         return found[0]
 
     # --- transitions --------------------------------------------------------------
-    async def propose(self, req: ProposeState) -> ProposeReply:
+    async def retry(self, req: ProposeState) -> ProposeReply:
+        """``flowrun.retry``: a proposal that may reopen a finished run."""
+        if not req.retry:
+            raise MalformedRequest("flowrun.retry takes a proposal with retry: true")
+        return await self.propose(req, may_retry=True)
+
+    async def propose(self, req: ProposeState, *, may_retry: bool = False) -> ProposeReply:
+        if req.retry and not may_retry:
+            # Who asks is known only from the subject (NATS permissions): a
+            # retry on the proposers' subject could come from a runner that
+            # never held the run.
+            found = await self._runs.get(req.id)
+            if found is None:
+                raise FlowRunNotFound(f"no flow run with id {req.id}")
+            return ProposeReply(
+                status=Decision.REJECT,
+                state=found[0].state,
+                reason="a retry is asked on flowrun.retry (the operator role), "
+                "not on flowrun.state.propose",
+                attempt=found[0].attempt,
+                revision=found[1],
+            )
         # Judged first on the copy this orchestrator last wrote or read, if it
         # has one (RecentRuns says why that is safe), then on the stored run.
         remembered = self._recent.get(req.id)

@@ -36,6 +36,7 @@ from shared.messages import (
     CreateFlowRun,
     DeleteFlowRun,
     DeploymentRef,
+    DispatchConsumer,
     FlowRunPage,
     FlowRunRef,
     Heartbeat,
@@ -47,6 +48,7 @@ from shared.messages import (
 from shared.models import FlowRun
 from shared.settings import Settings
 
+from ._consumers import Consumers
 from ._deployments import Deployments, decode_register
 from ._publish import Publisher
 from ._readmodel import ReadModel
@@ -156,11 +158,17 @@ class Orchestrator(Service):
                                 id=child.id, reason=f"its parent run {run.name} was cancelled"
                             )
                         )
+                # The run may have moved on while its children were cancelled
+                # (its runner can report Cancelled within milliseconds): the
+                # reply carries the state as stored now, not as first written.
+                run = await runs.read(FlowRunRef(id=req.id))
             return run
 
         routes: list[tuple[str, type[Any], Callable[[Any], Awaitable[Any]]]] = [
             (names.FLOWRUN_CREATE, CreateFlowRun, runs.create),
             (names.FLOWRUN_PROPOSE, ProposeState, runs.propose),
+            (names.FLOWRUN_RETRY, ProposeState, runs.retry),
+            (names.RUNNER_CONSUMER, DispatchConsumer, Consumers(js).ensure),
             (names.FLOWRUN_CANCEL, CancelFlowRun, cancel),
             (names.FLOWRUN_READ, FlowRunRef, runs.read),
             (names.FLOWRUN_LIST, ListFlowRuns, list_runs),
