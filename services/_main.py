@@ -33,6 +33,7 @@ from typing import Any
 import anyio
 
 from shared import telemetry
+from shared.errors import SluiceError
 from shared.settings import Settings
 
 log = logging.getLogger("sluice")
@@ -91,25 +92,44 @@ async def _keep_alive(path: Path) -> None:
 async def serve_until_signal(
     service: AbstractAsyncContextManager[Any], name: str, alive: Path | None = None
 ) -> None:
+    """Run ``service`` until SIGINT or SIGTERM, answering them in every phase.
+
+    A signal while the service starts (waiting for NATS, say) abandons the
+    start: what was opened is closed, and the process exits. Once it runs, a
+    signal leaves its context, which is the orderly shutdown, and a second one
+    hurries that (a runner kills its runs instead of draining them). A failed
+    start raises its own exception, not a group around it.
+    """
     failed: Exception | None = None
+    stop = anyio.Event()
+    ready = False
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        # ``later`` outlives the service, so a second signal can hurry its shutdown.
-        async with anyio.create_task_group() as later:
+        # ``watch`` outlives the service, so a second signal can hurry its shutdown.
+        async with anyio.create_task_group() as watch:
+
+            async def until_signal() -> None:
+                async for signum in signals:
+                    log.info("%s: received %s; shutting down", name, signal.Signals(signum).name)
+                    stop.set()
+                    if not ready:
+                        # Starting: nothing to drain; the service closes what it opened.
+                        watch.cancel_scope.cancel()
+                        return
+                    break
+                await _hurry_on_signal(service, name, signals)
+
+            watch.start_soon(until_signal)
             try:
                 async with service, anyio.create_task_group() as tg:
+                    ready = True
                     if alive is not None:
                         tg.start_soon(_keep_alive, alive)
                     log.info("%s ready", name)
-                    async for signum in signals:
-                        log.info(
-                            "%s: received %s; shutting down", name, signal.Signals(signum).name
-                        )
-                        break
-                    later.start_soon(_hurry_on_signal, service, name, signals)
+                    await stop.wait()
                     tg.cancel_scope.cancel()
             except Exception as exc:  # raised below as it is, not in the group's wrapping
                 failed = exc
-            later.cancel_scope.cancel()
+            watch.cancel_scope.cancel()
     if failed is not None:
         raise failed
 
@@ -124,17 +144,47 @@ async def _hurry_on_signal(service: Any, name: str, signals: Any) -> None:
 
 
 def run_service(name: str, factory: Callable[[Settings], AbstractAsyncContextManager[Any]]) -> None:
+    """Run a service as this process. A SluiceError that ends it (a port in
+    use, credentials refused) is one line, ``error: <message>``, and exit
+    status 1, as the CLI prints it; not a traceback."""
     settings = Settings.from_env()
     setup_logging(settings.log_level)
     # A second Ctrl-C during shutdown interrupts it; exit quietly then too.
     with contextlib.suppress(KeyboardInterrupt):
-        anyio.run(
-            serve_until_signal,
-            factory(settings),
-            name,
-            health_file(settings, name),
-            backend_options=backend_options(),
-        )
+        try:
+            anyio.run(
+                serve_until_signal,
+                factory(settings),
+                name,
+                health_file(settings, name),
+                backend_options=backend_options(),
+            )
+        except SluiceError as exc:
+            print(f"error: {exc.message}", file=sys.stderr)
+            sys.exit(1)
+        except BaseExceptionGroup as group:
+            errors = _sluice_errors(group)
+            if errors is None:
+                raise
+            for error in errors:
+                print(f"error: {error.message}", file=sys.stderr)
+            sys.exit(1)
+
+
+def _sluice_errors(group: BaseExceptionGroup[BaseException]) -> list[SluiceError] | None:
+    """The leaves of ``group`` when all are SluiceErrors, else None (a bug: re-raise)."""
+    leaves: list[SluiceError] = []
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            inner = _sluice_errors(exc)
+            if inner is None:
+                return None
+            leaves += inner
+        elif isinstance(exc, SluiceError):
+            leaves.append(exc)
+        else:
+            return None
+    return leaves
 
 
 # --- the command line -------------------------------------------------------------------

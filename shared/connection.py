@@ -12,6 +12,7 @@ import inspect
 import logging
 import random
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -99,6 +100,7 @@ async def connect(
 
     connected = False
     refused: list[str] = []  # why the server turned the last attempt away, if it did
+    waiting = _WaitingLog(settings.nats_url, name) if wait is None else None
 
     async def on_error(exc: Exception) -> None:
         # Before the first connection every refused attempt lands here; the
@@ -107,6 +109,9 @@ async def connect(
         # subject): always worth a line, or a refused request only times out.
         text = str(exc) or type(exc).__name__
         denied = "permissions violation" in text.lower()
+        if waiting is not None and not connected and not denied:
+            waiting.failed(text)  # a service waiting for its server: say so, now and then
+            return
         level = logging.WARNING if connected or denied else logging.DEBUG
         if connected and nc.is_reconnecting and isinstance(exc, OSError | TimeoutError):
             level = logging.DEBUG  # a failed attempt: choose_server already said so
@@ -168,8 +173,17 @@ async def connect(
         options["reconnect_to_server_handler"] = choose_server
     nc = NATS()
     if wait is None:
-        await nc.connect(**options)
+        try:
+            await nc.connect(**options)
+        except BaseException:
+            # Cancelled while waiting (a service told to stop): leave no
+            # reconnect loop behind.
+            with anyio.CancelScope(shield=True):
+                await nc.close()
+            raise
         connected = True
+        if waiting is not None and waiting.attempts:
+            log.info("%s: connected to NATS at %s", name, settings.nats_url)
         return nc
     try:
         with anyio.fail_after(wait):
@@ -188,6 +202,45 @@ async def connect(
         ) from None
     connected = True
     return nc
+
+
+#: The longest pause between two "waiting for NATS" lines of one process.
+WAITING_LOG_MAX = 60.0
+
+
+class _WaitingLog:
+    """Says "waiting for NATS at …" at INFO on the first failed attempt, then
+    after 1, 2, 4 … seconds (at most WAITING_LOG_MAX): a service started before
+    its server is visible in the log without a line every half second."""
+
+    def __init__(self, url: str, name: str) -> None:
+        self.url = url
+        self.name = name
+        self.attempts = 0
+        self._next = 0.0
+        self._gap = 1.0
+
+    def failed(self, reason: str) -> None:
+        self.attempts += 1
+        now = time.monotonic()
+        if now < self._next:
+            return
+        log.info(
+            "%s: waiting for NATS at %s (%s); still trying (%d attempts)",
+            self.name,
+            self.url,
+            reason,
+            self.attempts,
+        )
+        self._next = now + self._gap
+        self._gap = min(self._gap * 2, WAITING_LOG_MAX)
+
+
+async def wait_for_server(settings: Settings, *, name: str) -> None:
+    """Return once NATS at ``settings.nats_url`` accepts this process, logging
+    "waiting for NATS at …" meanwhile (see :func:`connect`). Cancellable."""
+    nc = await connect(settings, name=name)
+    await nc.close()
 
 
 #: A repeatable request with no reply after this long is sent again (see

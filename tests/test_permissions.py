@@ -25,7 +25,7 @@ from engine.client import Client
 from shared import names
 from shared.connection import connect
 from shared.errors import StackUnavailable
-from shared.messages import ProposedState, ProposeState
+from shared.messages import ProposedState, ProposeReply, ProposeState
 from shared.states import StateType
 
 from .deploy_support import REPO, LocalStack
@@ -297,11 +297,15 @@ async def test_a_runner_cannot_retry_a_run_only_an_operator_can(
         assert done.status == "ACCEPT"
     async with Client(stack.settings("runner", request_timeout=WAIT)) as runner:
         # On the proposers' subject a retry is refused, and says where retries go...
-        reply = await runner.propose_state(
-            run.id,
-            ProposedState(type=StateType.SCHEDULED, name="AwaitingRetry"),
-            transition_id=f"retry-{unique}",
-            retry=True,
+        reply = await runner._request(
+            names.FLOWRUN_PROPOSE,
+            ProposeState(
+                id=run.id,
+                state=ProposedState(type=StateType.SCHEDULED, name="AwaitingRetry"),
+                transition_id=f"retry-{unique}",
+                retry=True,
+            ),
+            ProposeReply,
         )
         assert reply.status == "REJECT"
         assert reply.reason is not None and "flowrun.retry" in reply.reason

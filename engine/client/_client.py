@@ -361,7 +361,10 @@ class Client:
             release=release,
             agentless=agentless,
         )
-        return await self._request(names.FLOWRUN_PROPOSE, req, ProposeReply)
+        # Retries have their own subject, which only the operator role may use
+        # (deploy/nats/auth.conf): a runner moves the runs it holds, never reopens one.
+        subject = names.FLOWRUN_RETRY if retry else names.FLOWRUN_PROPOSE
+        return await self._request(subject, req, ProposeReply)
 
     def watch_flow_run(
         self, run_id: str, *, resync: float = 5.0, history: bool = False

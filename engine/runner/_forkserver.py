@@ -234,10 +234,23 @@ def prepare() -> None:
     gc.freeze()
 
 
-def serve(path: str, spares: int) -> None:
+def listen(path: str) -> socket.socket:
+    """A socket listening at ``path``, which appears only once it listens.
+
+    The runner connects as soon as the file exists; a socket bound but not yet
+    listening would refuse it. Binding to a private name and renaming, which
+    is atomic, closes that window.
+    """
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(path)
+    hidden = f"{path}.{os.getpid()}.tmp"
+    listener.bind(hidden)
     listener.listen(1)
+    os.rename(hidden, path)
+    return listener
+
+
+def serve(path: str, spares: int) -> None:
+    listener = listen(path)
     conn, _ = listener.accept()
     listener.close()
     wake_r, wake_w = os.pipe()

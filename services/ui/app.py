@@ -7,6 +7,9 @@ both and serves the app with uvicorn.
 
 from __future__ import annotations
 
+from html import escape
+from typing import Any
+
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -22,7 +25,47 @@ from ._auth import AccessMiddleware, csrf_field, current_user
 from ._context import UI, ui_of
 from ._templates import HERE
 
-__all__ = ["build_app"]
+__all__ = ["Gate", "build_app"]
+
+_WAITING_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Sluice: waiting for NATS</title>
+<meta http-equiv="refresh" content="5"></head>
+<body style="font-family: sans-serif; max-width: 40em; margin: 3em auto">
+<h1>Sluice is starting</h1>
+<p>The web UI is waiting for NATS at <code>{url}</code>. This page reloads
+by itself; it shows your runs as soon as the connection is made.</p>
+<p>If it stays here, check that nats-server runs and that
+<code>SLUICE_NATS_URL</code> (and the credentials) are right.</p>
+</body></html>
+"""
+
+
+class Gate:
+    """The ASGI app uvicorn serves: 503 with a page that says why until
+    :attr:`app` is set (the UI is connected), then that app."""
+
+    def __init__(self, nats_url: str) -> None:
+        self.app: Starlette | None = None
+        self._page = _WAITING_PAGE.format(url=escape(nats_url)).encode()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if self.app is not None:
+            await self.app(scope, receive, send)
+            return
+        if scope["type"] != "http":
+            return  # no websockets here; lifespan is off
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 503,
+                "headers": [
+                    (b"content-type", b"text/html; charset=utf-8"),
+                    (b"retry-after", b"5"),
+                    (b"content-length", str(len(self._page)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": self._page})
 
 
 def _status(exc: SluiceError) -> int:

@@ -18,6 +18,7 @@ from contextlib import AsyncExitStack
 
 import anyio
 import uvicorn
+from nats.aio.client import Client as NATS
 
 from engine.client import Client
 from services._service import Service
@@ -29,7 +30,7 @@ from ._auth import Access
 from ._context import UI
 from ._feed import RunFeed
 from ._templates import environment
-from .app import build_app
+from .app import Gate, build_app
 
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "UIService"]
 
@@ -89,18 +90,18 @@ class UIService(Service):
         sock = _listen(self.host, self.port)
         stack.callback(sock.close)
         self.port = sock.getsockname()[1]  # the real one when 0 was asked for
-        nc = await connect(self.settings, name="sluice-ui")
-        stack.push_async_callback(nc.close)
-        feed = RunFeed(nc)
-        ui = UI(
-            client=Client(self.settings, nc=nc),
-            feed=feed,
-            env=environment(),
-            nats_url=self.settings.nats_url,
-            access=self.access,
-        )
+        # Serving starts before NATS is reached: until it is, every page is a
+        # 503 that says what the UI waits for (a browser never hangs).
+        gate = Gate(self.settings.nats_url)
+        connection: list[NATS] = []
+
+        async def close_connection() -> None:
+            for nc in connection:
+                await nc.close()
+
+        stack.push_async_callback(close_connection)
         config = uvicorn.Config(
-            build_app(ui),
+            gate,
             lifespan="off",
             log_config=None,
             access_log=False,
@@ -119,22 +120,34 @@ class UIService(Service):
 
         tg = await stack.enter_async_context(anyio.create_task_group())
         stack.callback(tg.cancel_scope.cancel)
-        await tg.start(feed.run)
         tg.start_soon(serve)
+        closing: list[tuple[UI, RunFeed]] = []
 
         async def stop() -> None:
-            ui.closing.set()
-            feed.close()
+            for ui, feed in closing:
+                ui.closing.set()
+                feed.close()
             server.should_exit = True
             with anyio.move_on_after(self.grace + 2):
                 await served.wait()
 
         stack.push_async_callback(stop)
-        # The socket already listens: a browser that connects before uvicorn
-        # is up waits in the backlog, so there is nothing to wait for here.
         log.info(
             "web UI on %s%s%s",
             self.url,
             " (login required)" if self.access.login else "",
             " (read-only)" if self.access.read_only else "",
         )
+        nc = await connect(self.settings, name="sluice-ui")
+        connection.append(nc)
+        feed = RunFeed(nc)
+        ui = UI(
+            client=Client(self.settings, nc=nc),
+            feed=feed,
+            env=environment(),
+            nats_url=self.settings.nats_url,
+            access=self.access,
+        )
+        closing.append((ui, feed))
+        await tg.start(feed.run)
+        gate.app = build_app(ui)

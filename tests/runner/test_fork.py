@@ -164,3 +164,41 @@ def test_the_fork_server_has_imported_everything_a_forked_run_imports() -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=Path.cwd()
     )
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_the_fork_server_socket_is_seen_only_once_it_listens(tmp_path: Path) -> None:
+    """The runner connects the moment the socket file exists (issue 17, item 5):
+    a watcher that connects whenever a path appears is never refused."""
+    import socket
+    import threading
+
+    from engine.runner._forkserver import listen
+
+    paths = [tmp_path / f"s{i}.sock" for i in range(200)]
+    refused: list[str] = []
+    done = threading.Event()
+
+    def connect_as_soon_as_seen() -> None:
+        for path in paths:
+            while not path.exists():
+                if done.is_set():
+                    return
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                try:
+                    s.connect(str(path))
+                except ConnectionRefusedError:
+                    refused.append(str(path))
+
+    watcher = threading.Thread(target=connect_as_soon_as_seen)
+    watcher.start()
+    listeners = []
+    try:
+        for path in paths:
+            listeners.append(listen(str(path)))
+    finally:
+        done.set()
+        watcher.join(60)
+        for listener in listeners:
+            listener.close()
+    assert refused == []
+    assert not list(tmp_path.glob("*.tmp"))  # the private names were renamed away
