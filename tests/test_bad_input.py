@@ -21,6 +21,7 @@ from nats.aio.client import Client as NATS
 
 from services.dev import NatsServer
 from services.orchestrator import Orchestrator
+from services.scheduler import Scheduler
 from shared import names
 from shared.errors import _BY_CODE
 from shared.settings import Settings
@@ -28,6 +29,7 @@ from shared.settings import Settings
 SUBJECTS = [
     names.FLOWRUN_CREATE,
     names.FLOWRUN_PROPOSE,
+    names.FLOWRUN_RETRY,
     names.FLOWRUN_CANCEL,
     names.FLOWRUN_READ,
     names.FLOWRUN_LIST,
@@ -37,6 +39,9 @@ SUBJECTS = [
     names.DEPLOYMENT_PAUSE,
     names.DEPLOYMENT_RESUME,
     names.DEPLOYMENT_DELETE,
+    names.DEPLOYMENT_BACKFILL,
+    names.RUNNER_HEARTBEAT,
+    names.RUNNER_CONSUMER,
 ]
 KNOWN_CODES = set(_BY_CODE) - {"error", "internal"}
 
@@ -45,11 +50,16 @@ KNOWN_CODES = set(_BY_CODE) - {"error", "internal"}
 def stack(
     nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[BlockingPortal, NATS]]:
-    """An orchestrator running in a background event loop, for sync hypothesis tests."""
+    """An orchestrator and a scheduler (it serves deployment.backfill) running in a
+    background event loop, for sync hypothesis tests."""
     home: Path = tmp_path_factory.mktemp("fuzz-home")
+    settings = Settings(nats_url=nats_server.url, home=home)
     with start_blocking_portal(backend_options={"use_uvloop": False}) as portal:
-        orchestrator = Orchestrator(Settings(nats_url=nats_server.url, home=home), grace=1)
-        with portal.wrap_async_context_manager(orchestrator):
+        orchestrator = Orchestrator(settings, grace=1)
+        with (
+            portal.wrap_async_context_manager(orchestrator),
+            portal.wrap_async_context_manager(Scheduler(settings, grace=1)),
+        ):
             nc = portal.call(nats.connect, nats_server.url)
             yield portal, nc
             portal.call(nc.close)
@@ -151,9 +161,35 @@ FIELDS = [
     "schedules",
     "parameter_schema",
     "version",
+    "concurrency_limit",
+    "interval",
+    "runs",
+    "filters",
+    "grace_seconds",
+    "cascade",
+    "release",
+    "details",
+    "start",
+    "end",
+    "until",
 ]
+#: Integers where storage and arithmetic break: around 2**31, 2**63 and 2**64.
+edge_integers = (
+    st.sampled_from(
+        [-(2**64), -(2**63) - 1, -1, 0, 1, 2**31 - 1, 2**31, 2**63 - 1, 2**63, 2**64, 10**30]
+    )
+    | st.integers()
+)
+edge_times = st.sampled_from(
+    ["0001-01-01T00:00:00Z", "9999-12-31T23:59:59Z", "1970-01-01T00:00:00+14:00", "2026-13-40"]
+)
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=40),
+    st.none()
+    | st.booleans()
+    | edge_integers
+    | st.floats(allow_nan=False)
+    | edge_times
+    | st.text(max_size=40),
     lambda inner: (
         st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
     ),
@@ -185,3 +221,156 @@ def test_still_serving_after_the_abuse(stack: tuple[BlockingPortal, NATS]) -> No
     dep = ask(stack, names.DEPLOYMENT_REGISTER, b'{"name": "after", "flow_name": "fuzz"}')
     run = ask(stack, names.FLOWRUN_CREATE, b'{"deployment": "fuzz/after"}')
     assert run["deployment_id"] == dep["id"]
+
+
+# --- every integer has a range --------------------------------------------------------
+RUN_ID = "00000000-0000-4000-8000-00000000beef"
+
+
+@pytest.mark.parametrize(
+    ("subject", "body", "field"),
+    [
+        (names.FLOWRUN_LIST, {"offset": 2**63}, "offset"),
+        (names.FLOWRUN_LIST, {"offset": -1}, "offset"),
+        (names.FLOWRUN_LIST, {"limit": 2**64}, "limit"),
+        (names.DEPLOYMENT_LIST, {"offset": 2**63}, "offset"),
+        (
+            names.DEPLOYMENT_REGISTER,
+            {"name": "d", "flow_name": "f", "concurrency_limit": 2**64},
+            "concurrency_limit",
+        ),
+        (
+            names.DEPLOYMENT_REGISTER,
+            {"name": "d", "flow_name": "f", "concurrency_limit": 0},
+            "concurrency_limit",
+        ),
+        (names.RUNNER_HEARTBEAT, {"runner": "r", "interval": 1, "limit": -1}, "limit"),
+        (names.RUNNER_HEARTBEAT, {"runner": "r", "interval": 1, "limit": 2**64}, "limit"),
+        (
+            names.RUNNER_HEARTBEAT,
+            {"runner": "r", "interval": 1, "runs": [{"id": RUN_ID, "attempt": 2**63}]},
+            "attempt",
+        ),
+        (
+            names.FLOWRUN_PROPOSE,
+            {"id": RUN_ID, "state": {"type": "RUNNING"}, "attempt": 2**63},
+            "attempt",
+        ),
+        (
+            names.FLOWRUN_PROPOSE,
+            {"id": RUN_ID, "state": {"type": "RUNNING", "details": {"retry_count": -1}}},
+            "retry_count",
+        ),
+        (
+            names.DEPLOYMENT_REGISTER,
+            {
+                "name": "d",
+                "flow_name": "f",
+                "schedules": [{"schedule": {"type": "interval", "interval": 1e300}}],
+            },
+            "interval",
+        ),
+    ],
+)
+def test_out_of_range_integers_are_malformed_naming_the_field(
+    stack: tuple[BlockingPortal, NATS], subject: str, body: dict[str, Any], field: str
+) -> None:
+    reply = ask(stack, subject, json.dumps(body).encode())
+    assert reply["error"]["code"] == "malformed", reply
+    assert field in reply["error"]["message"], reply
+
+
+# --- typed requests with extreme values, on every subject ------------------------------
+def _requests(subject: str) -> st.SearchStrategy[dict[str, Any]]:
+    """Requests shaped as ``subject`` expects, with extreme numbers and times."""
+    anything = json_values
+    number = edge_integers | st.floats(allow_nan=False)
+    ident = st.sampled_from([RUN_ID, "not-a-uuid", ""]) | st.uuids().map(str)
+    state = st.fixed_dictionaries(
+        {"type": st.sampled_from(["SCHEDULED", "PENDING", "RUNNING", "COMPLETED", "CANCELLED"])},
+        optional={
+            "details": st.fixed_dictionaries(
+                {}, optional={"retry_count": number, "scheduled_time": edge_times}
+            ),
+            "data": anything,
+        },
+    )
+    optional: dict[str, st.SearchStrategy[Any]] = {
+        "limit": number,
+        "offset": number,
+        "attempt": number,
+        "concurrency_limit": number,
+        "interval": number,
+        "grace_seconds": number,
+        "since": edge_times,
+        "until": edge_times,
+        "scheduled_start_time": edge_times,
+        "parameters": st.dictionaries(st.text(max_size=5), anything, max_size=3),
+        "schedules": st.lists(
+            st.fixed_dictionaries(
+                {
+                    "schedule": st.fixed_dictionaries(
+                        {"type": st.just("interval"), "interval": number}
+                    )
+                },
+                optional={"catchup_window_seconds": number},
+            ),
+            max_size=2,
+        ),
+        "runs": st.lists(st.fixed_dictionaries({"id": ident, "attempt": number}), max_size=2),
+        "filters": st.lists(st.sampled_from(["flowrun.dispatch.q.>", "x", ""]), max_size=2),
+        "start": edge_times,
+        "end": edge_times,
+    }
+    required: dict[str, st.SearchStrategy[Any]] = {}
+    if subject in (names.FLOWRUN_PROPOSE, names.FLOWRUN_RETRY):
+        required = {"id": ident, "state": state}
+        optional["retry"] = st.booleans()
+    elif subject in (names.FLOWRUN_READ, names.FLOWRUN_CANCEL):
+        required = {"id": ident}
+    elif subject == names.FLOWRUN_CREATE:
+        required = {"flow_name": st.just("fuzz-typed")}
+    elif subject == names.DEPLOYMENT_REGISTER:
+        required = {"name": st.just("typed"), "flow_name": st.just("fuzz-typed")}
+    elif subject == names.RUNNER_HEARTBEAT:
+        required = {"runner": st.just("fuzzer"), "interval": number}
+    elif subject == names.DEPLOYMENT_BACKFILL:
+        required = {"name": st.just("fuzz-typed/typed"), "start": edge_times}
+    elif subject == names.RUNNER_CONSUMER:
+        required = {"filters": optional.pop("filters")}
+    optional = {k: v for k, v in optional.items() if k not in required}
+    return st.fixed_dictionaries(required, optional=optional).map(
+        lambda d: {k: v for k, v in d.items() if k in required or k in _FIELDS_OF[subject]}
+    )
+
+
+_FIELDS_OF: dict[str, set[str]] = {
+    names.FLOWRUN_CREATE: {"parameters", "scheduled_start_time"},
+    names.FLOWRUN_PROPOSE: {"attempt", "retry"},
+    names.FLOWRUN_RETRY: {"attempt", "retry"},
+    names.FLOWRUN_CANCEL: set(),
+    names.FLOWRUN_READ: set(),
+    names.FLOWRUN_LIST: {"limit", "offset", "since", "until"},
+    names.DEPLOYMENT_REGISTER: {"concurrency_limit", "schedules", "parameters"},
+    names.DEPLOYMENT_READ: set(),
+    names.DEPLOYMENT_LIST: {"limit", "offset"},
+    names.DEPLOYMENT_PAUSE: set(),
+    names.DEPLOYMENT_RESUME: set(),
+    names.DEPLOYMENT_DELETE: set(),
+    names.DEPLOYMENT_BACKFILL: {"end"},
+    names.RUNNER_HEARTBEAT: {"runs"},
+    names.RUNNER_CONSUMER: set(),
+}
+
+
+@hsettings(
+    max_examples=400,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(data=st.data(), subject=st.sampled_from(SUBJECTS))
+def test_typed_requests_with_extreme_values_never_answer_internal(
+    stack: tuple[BlockingPortal, NATS], data: st.DataObject, subject: str
+) -> None:
+    body = data.draw(_requests(subject))
+    assert_well_formed(ask(stack, subject, json.dumps(body).encode()))
