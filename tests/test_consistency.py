@@ -10,6 +10,7 @@ from pathlib import Path
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import nats
 import pytest
 from nats.aio.client import Client as NATS
@@ -273,3 +274,49 @@ async def test_a_replica_never_answers_from_an_outdated_copy(
         assert stored.state.type is StateType.CANCELLING
     finally:
         await other.close()
+
+
+async def test_a_cancel_reply_carries_the_state_stored_when_it_is_sent(
+    client: Client, unique: str
+) -> None:
+    """The runner of a cancelled run can report Cancelled while the orchestrator
+    still cancels the run's children: the reply then says Cancelled, not the
+    Cancelling it wrote first (issue 18, finding 8)."""
+    await client.register_deployment(RegisterDeployment(name="d", flow_name=f"f{unique}"))
+    parent = await client.create_flow_run(f"f{unique}/d")
+    claim = await client.propose_state(
+        parent.id, ProposedState(type=StateType.PENDING), runner="r", attempt=0
+    )
+    await client.propose_state(
+        parent.id, ProposedState(type=StateType.RUNNING), attempt=claim.attempt
+    )
+    children = [
+        await client.create_flow_run(flow_name=f"sub{unique}", parent_flow_run_id=parent.id)
+        for _ in range(40)  # a cascade that takes a while
+    ]
+    order: list[str] = []
+
+    async def runner_reports_cancelled() -> None:
+        # Once the cascade has begun (the parent is Cancelling, a child is
+        # Cancelled), the runner says its process is gone.
+        with anyio.fail_after(60):
+            while (await client.read_flow_run(children[0].id)).state.type is not (
+                StateType.CANCELLED
+            ):
+                await anyio.lowlevel.checkpoint()
+        reply = await client.propose_state(
+            parent.id, ProposedState(type=StateType.CANCELLED), attempt=claim.attempt
+        )
+        assert reply.status is Decision.ACCEPT
+        order.append("runner")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(runner_reports_cancelled)
+        replied = await client.cancel_flow_run(parent.id)
+        order.append("reply")
+    stored = await client.read_flow_run(parent.id)
+    assert stored.state.type is StateType.CANCELLED
+    if order[0] == "runner":  # Cancelled was stored before the reply came
+        assert replied.state.type is StateType.CANCELLED, replied.state
+    else:
+        assert replied.state.type in (StateType.CANCELLING, StateType.CANCELLED)
