@@ -160,6 +160,17 @@ async def nats_kills(stack: Stack, kills: int) -> list[float]:
     return times
 
 
+async def paused_runner_runs(stack: Stack, runs: int) -> list[float]:
+    """Create → Completed, one run at a time, with one of two runners stopped."""
+    times: list[float] = []
+    async with Client(stack.settings, connect_timeout=10) as client:
+        for _ in range(runs):
+            start = time.monotonic()
+            await _completed(client, await _create(client, f"stopped-runner-{uuid.uuid4()}"))
+            times.append(time.monotonic() - start)
+    return times
+
+
 async def paused_creates(stack: Stack, creates: int, keyed: bool) -> list[float]:
     latencies: list[float] = []
     async with Client(stack.settings, connect_timeout=10) as client:
@@ -183,7 +194,10 @@ def main() -> None:
     parser.add_argument("--kills", type=int, default=10)
     parser.add_argument("--creates", type=int, default=200)
     parser.add_argument("--keyless", type=int, default=20, help="creates without a key")
+    parser.add_argument("--runs", type=int, default=20, help="runs with one runner stopped")
     args = parser.parse_args()
+    # SIGTERM (a time-out wrapper) still stops the stack this run started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with tempfile.TemporaryDirectory(prefix="sluice-recovery-") as folder:
         stack = Stack(Path(folder))
         try:
@@ -197,6 +211,18 @@ def main() -> None:
             keyed = anyio.run(paused_creates, stack, args.creates, True)
             keyless = anyio.run(paused_creates, stack, args.keyless, False)
             os.kill(stack.procs["orchestrator-2"].pid, signal.SIGCONT)
+            stack.service("runner-2", "services.runner", "--queue", "default", "--limit", "4")
+            anyio.run(_ready, stack)
+            os.kill(stack.procs["runner"].pid, signal.SIGSTOP)
+            print(f"one of two runners SIGSTOPped; {args.runs} runs one after another:")
+            stopped = anyio.run(paused_runner_runs, stack, args.runs)
+            os.kill(stack.procs["runner"].pid, signal.SIGCONT)
+            slow = [i for i, t in enumerate(keyed) if t > 1.0]
+            print(f"keyed creates over 1 s: {[(i, round(keyed[i], 2)) for i in slow]}")
+            server_log = stack.nats.log_path.read_text(errors="replace").splitlines()
+            for line in server_log:
+                if "Slow Consumer" in line or "Write" in line:
+                    print("nats-server:", line)
         finally:
             stack.stop()
     lines = [
@@ -214,6 +240,9 @@ def main() -> None:
         f"| create without a key (sent once), same | {len(keyless)} | "
         f"{statistics.median(keyless):.3f} s | {_pct(keyless, 0.99):.3f} s | "
         f"{max(keyless):.3f} s |",
+        f"| create → Completed, 1 of 2 runners SIGSTOPped | {len(stopped)} | "
+        f"{statistics.median(stopped):.2f} s | {_pct(stopped, 0.99):.2f} s | "
+        f"{max(stopped):.2f} s |",
         "",
     ]
     text = "\n".join(lines)

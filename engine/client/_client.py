@@ -354,7 +354,9 @@ class Client:
         req = ProposeState(
             id=run_id,
             state=state,
-            transition_id=transition_id,
+            # Always an id: it makes the copies a client re-sends while no reply
+            # has come (a paused orchestrator) one transition, not several.
+            transition_id=transition_id or str(uuid.uuid4()),
             attempt=attempt,
             runner=runner,
             retry=retry,
