@@ -13,6 +13,7 @@ import nats
 import pytest
 
 from engine.client import Client
+from engine.runner import Runner
 from services.dev import NatsServer
 from services.orchestrator import Orchestrator
 from shared import names
@@ -24,6 +25,8 @@ from shared.settings import Settings
 from shared.states import State, StateDetails, StateType
 
 from ._procs import start_service, wait_until_serving
+from .runner._script import ScriptFlowRunner
+from .runner.test_runner import deployment, running
 
 pytestmark = pytest.mark.anyio
 
@@ -193,3 +196,36 @@ async def test_orchestrator_sigkilled_under_load(settings: Settings, tmp_path: P
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+async def test_a_runner_asks_for_work_again_when_nats_comes_back(
+    own_server: NatsServer, tmp_path: Path, unique: str
+) -> None:
+    """A pull waiting on the server dies with it: the runner asks again at the
+    reconnect. Its pulls here would otherwise wait an hour, so a run created
+    after the restart completes only if the pull is asked again."""
+    settings = Settings(nats_url=own_server.url, home=tmp_path / "home", request_timeout=5.0)
+    flow = f"f{unique}"
+    async with Orchestrator(settings, grace=1), Client(settings) as c:
+        r = Runner(
+            settings=settings,
+            name=f"r-{unique}",
+            query_seconds=3600.0,
+            flow_runner=ScriptFlowRunner(),
+            kill_grace=2.0,
+        )
+        await r.add_deployment(deployment(flow))
+        async with running(r):
+            first = await c.create_flow_run(f"{flow}/d")
+            with anyio.fail_after(60):
+                assert (await c.wait_for_flow_run(first.id)).state.type is StateType.COMPLETED
+            own_server.kill()
+            await anyio.to_thread.run_sync(own_server.start)
+            second: FlowRun | None = None
+            with anyio.fail_after(60):
+                while second is None:
+                    try:
+                        second = await c.create_flow_run(f"{flow}/d", idempotency_key=unique)
+                    except StackUnavailable:
+                        await anyio.sleep(0.1)
+                assert (await c.wait_for_flow_run(second.id)).state.type is StateType.COMPLETED
