@@ -244,10 +244,11 @@ async def wait_for_server(settings: Settings, *, name: str) -> None:
 
 
 #: A repeatable request with no reply after this long is sent again (see
-#: :func:`request`); later copies follow at the same pace.
+#: :func:`request`); later copies follow at the same pace until the time-out.
+#: A queue group hands each copy to a replica at random, so with one of two
+#: replicas paused, k copies all miss with probability 2**-k: a bound on the
+#: copies would be a bound on how unlucky a request may be.
 HEDGE_SECONDS = 0.25
-#: At most this many copies of one request are in flight.
-HEDGE_COPIES = 8
 
 
 async def request(
@@ -264,8 +265,7 @@ async def request(
     ``repeatable`` says that the request may take effect twice without harm
     (a read, a create with an idempotency key, a proposal with a transition
     id). Then, while no reply has come, the same bytes are sent again every
-    :data:`HEDGE_SECONDS`, up to :data:`HEDGE_COPIES` copies, and the first
-    reply wins: a queue group hands each copy to any replica, so one paused
+    :data:`HEDGE_SECONDS` until ``timeout``, and the first reply wins: a queue group hands each copy to any replica, so one paused
     or dead replica costs a fraction of a second, not the whole ``timeout``.
     Earlier copies keep waiting, so a slow but healthy replica still counts.
 
@@ -291,7 +291,7 @@ async def request(
 
 
 async def _hedged(nc: Any, subject: str, data: bytes, timeout: float) -> Any:
-    """The first reply to up to HEDGE_COPIES copies of one request (see :func:`request`)."""
+    """The first reply to copies of one request sent every HEDGE_SECONDS (see :func:`request`)."""
     replies: list[Any] = []
     failures: list[BaseException] = []
     done = anyio.Event()
@@ -308,7 +308,7 @@ async def _hedged(nc: Any, subject: str, data: bytes, timeout: float) -> Any:
 
     with anyio.move_on_after(timeout):
         async with anyio.create_task_group() as tg:
-            for _ in range(HEDGE_COPIES):
+            while True:
                 tg.start_soon(one_copy)
                 with anyio.move_on_after(HEDGE_SECONDS):
                     await done.wait()
@@ -318,6 +318,7 @@ async def _hedged(nc: Any, subject: str, data: bytes, timeout: float) -> Any:
             tg.cancel_scope.cancel()
     if replies:
         return replies[0]
+    log.debug("no reply on %s to %d copies: %r", subject, len(failures), failures[-3:])
     if failures and not isinstance(failures[-1], TimeoutError | nats.errors.TimeoutError):
         raise failures[-1]
     raise nats.errors.TimeoutError
