@@ -265,8 +265,9 @@ async def request(
     ``repeatable`` says that the request may take effect twice without harm
     (a read, a create with an idempotency key, a proposal with a transition
     id). Then, while no reply has come, the same bytes are sent again every
-    :data:`HEDGE_SECONDS` until ``timeout``, and the first reply wins: a queue group hands each copy to any replica, so one paused
-    or dead replica costs a fraction of a second, not the whole ``timeout``.
+    :data:`HEDGE_SECONDS` until ``timeout``, and the first reply wins: a queue
+    group hands each copy to any replica, so one paused or dead replica costs
+    a fraction of a second, not the whole ``timeout``.
     Earlier copies keep waiting, so a slow but healthy replica still counts.
 
     Raises StackUnavailable when nobody serves the subject or no reply comes
