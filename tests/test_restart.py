@@ -214,7 +214,7 @@ async def test_a_runner_asks_for_work_again_when_nats_comes_back(
             flow_runner=ScriptFlowRunner(),
             kill_grace=2.0,
         )
-        await r.add_deployment(deployment(flow))
+        await r.aadd_deployment(deployment(flow))
         async with running(r):
             first = await c.create_flow_run(f"{flow}/d")
             with anyio.fail_after(60):

@@ -173,6 +173,13 @@ def valid_body(subject: str, run_id: str, deployment_id: str) -> dict[str, Any]:
         names.DEPLOYMENT_DELETE: {"name": "fuzzed2/never"},
         names.DEPLOYMENT_BACKFILL: {"id": deployment_id, "start": "2030-01-01T00:00:00Z"},
         names.RUNNER_HEARTBEAT: {"runner": "fuzz-ghost", "interval": 5, "runs": []},
+        names.FLOWRUN_RETRY: {
+            "id": run_id,
+            "state": {"type": "SCHEDULED"},
+            "retry": True,
+            "transition_id": "r",
+        },
+        names.RUNNER_CONSUMER: {"filters": ["flowrun.dispatch.fuzz.>"]},
         KILL: {"id": run_id, "attempt": 1, "grace_seconds": 0},
     }[subject]
 
@@ -226,6 +233,8 @@ def test_subjects_cover_names_py() -> None:
         names.DEPLOYMENT_DELETE,
         names.DEPLOYMENT_BACKFILL,
         names.RUNNER_HEARTBEAT,
+        names.FLOWRUN_RETRY,
+        names.RUNNER_CONSUMER,
         KILL,
     } == set(SUBJECTS)
 
