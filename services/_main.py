@@ -33,6 +33,7 @@ from typing import Any
 import anyio
 
 from shared import telemetry
+from shared.connection import StartAbandoned, abandon_waits_on
 from shared.errors import SluiceError
 from shared.settings import Settings
 
@@ -94,15 +95,16 @@ async def serve_until_signal(
 ) -> None:
     """Run ``service`` until SIGINT or SIGTERM, answering them in every phase.
 
-    A signal while the service starts (waiting for NATS, say) abandons the
-    start: what was opened is closed, and the process exits. Once it runs, a
-    signal leaves its context, which is the orderly shutdown, and a second one
-    hurries that (a runner kills its runs instead of draining them). A failed
-    start raises its own exception, not a group around it.
+    A signal while the service waits for NATS abandons the start: what was
+    opened is closed, and the process exits. A signal during the rest of the
+    start (seconds, once NATS answers) is acted on as soon as the service is
+    ready. Once it runs, a signal leaves its context, which is the orderly
+    shutdown, and a second one hurries that (a runner kills its runs instead
+    of draining them). A failed start raises its own exception, not a group
+    around it.
     """
     failed: Exception | None = None
     stop = anyio.Event()
-    ready = False
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         # ``watch`` outlives the service, so a second signal can hurry its shutdown.
         async with anyio.create_task_group() as watch:
@@ -111,22 +113,22 @@ async def serve_until_signal(
                 async for signum in signals:
                     log.info("%s: received %s; shutting down", name, signal.Signals(signum).name)
                     stop.set()
-                    if not ready:
-                        # Starting: nothing to drain; the service closes what it opened.
-                        watch.cancel_scope.cancel()
-                        return
                     break
                 await _hurry_on_signal(service, name, signals)
 
             watch.start_soon(until_signal)
             try:
-                async with service, anyio.create_task_group() as tg:
-                    ready = True
-                    if alive is not None:
-                        tg.start_soon(_keep_alive, alive)
-                    log.info("%s ready", name)
-                    await stop.wait()
-                    tg.cancel_scope.cancel()
+                # A signal while the service waits for NATS ends that wait
+                # (StartAbandoned); what it had opened closes the normal way.
+                with abandon_waits_on(stop):
+                    async with service, anyio.create_task_group() as tg:
+                        if alive is not None:
+                            tg.start_soon(_keep_alive, alive)
+                        log.info("%s ready", name)
+                        await stop.wait()
+                        tg.cancel_scope.cancel()
+            except StartAbandoned:
+                log.info("%s: stopped before it was ready", name)
             except Exception as exc:  # raised below as it is, not in the group's wrapping
                 failed = exc
             watch.cancel_scope.cancel()

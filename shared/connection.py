@@ -8,12 +8,14 @@ exceptions become :class:`StackUnavailable` for callers.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import random
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 import anyio
@@ -79,6 +81,47 @@ def inbox_prefix(settings: Settings) -> str:
     if user and all(c not in user for c in ".*> \t"):
         return f"{DEFAULT_INBOX}.{user}"
     return DEFAULT_INBOX
+
+
+class StartAbandoned(Exception):
+    """A wait for the server ended because the process was told to stop
+    (:func:`abandon_waits_on`): a normal exception, so whatever the waiting
+    service had opened is closed the normal way."""
+
+
+_abandon: ContextVar[anyio.Event | None] = ContextVar("sluice_abandon_waits", default=None)
+
+
+@contextlib.contextmanager
+def abandon_waits_on(event: anyio.Event) -> Iterator[None]:
+    """Within this block (and the tasks it starts), a :func:`connect` that waits
+    for the server raises StartAbandoned as soon as ``event`` is set."""
+    token = _abandon.set(event)
+    try:
+        yield
+    finally:
+        _abandon.reset(token)
+
+
+async def _connect_unless_abandoned(nc: NATS, options: dict[str, Any]) -> None:
+    stop = _abandon.get()
+    if stop is None:
+        await nc.connect(**options)
+        return
+    abandoned = False
+    async with anyio.create_task_group() as race:
+
+        async def until_stop() -> None:
+            nonlocal abandoned
+            await stop.wait()
+            abandoned = True
+            race.cancel_scope.cancel()
+
+        race.start_soon(until_stop)
+        await nc.connect(**options)
+        race.cancel_scope.cancel()
+    if abandoned and not nc.is_connected:
+        raise StartAbandoned("stopped while waiting for NATS")
 
 
 async def connect(
@@ -174,7 +217,7 @@ async def connect(
     nc = NATS()
     if wait is None:
         try:
-            await nc.connect(**options)
+            await _connect_unless_abandoned(nc, options)
         except BaseException:
             # Cancelled while waiting (a service told to stop): leave no
             # reconnect loop behind.
