@@ -30,6 +30,7 @@ SUBJECTS = [
     names.FLOWRUN_CREATE,
     names.FLOWRUN_PROPOSE,
     names.FLOWRUN_RETRY,
+    names.FLOWRUN_DELETE,
     names.FLOWRUN_CANCEL,
     names.FLOWRUN_READ,
     names.FLOWRUN_LIST,
@@ -326,7 +327,7 @@ def _requests(subject: str) -> st.SearchStrategy[dict[str, Any]]:
     if subject in (names.FLOWRUN_PROPOSE, names.FLOWRUN_RETRY):
         required = {"id": ident, "state": state}
         optional["retry"] = st.booleans()
-    elif subject in (names.FLOWRUN_READ, names.FLOWRUN_CANCEL):
+    elif subject in (names.FLOWRUN_READ, names.FLOWRUN_CANCEL, names.FLOWRUN_DELETE):
         required = {"id": ident}
     elif subject == names.FLOWRUN_CREATE:
         required = {"flow_name": st.just("fuzz-typed")}
@@ -349,6 +350,7 @@ _FIELDS_OF: dict[str, set[str]] = {
     names.FLOWRUN_PROPOSE: {"attempt", "retry"},
     names.FLOWRUN_RETRY: {"attempt", "retry"},
     names.FLOWRUN_CANCEL: set(),
+    names.FLOWRUN_DELETE: set(),
     names.FLOWRUN_READ: set(),
     names.FLOWRUN_LIST: {"limit", "offset", "since", "until"},
     names.DEPLOYMENT_REGISTER: {"concurrency_limit", "schedules", "parameters"},

@@ -159,6 +159,7 @@ def actions(role: str, durable: str) -> dict[str, tuple[str, bytes]]:
         names.FLOWRUN_PROPOSE: (names.FLOWRUN_PROPOSE, b"{}"),
         names.FLOWRUN_RETRY: (names.FLOWRUN_RETRY, b"{}"),
         names.FLOWRUN_CANCEL: (names.FLOWRUN_CANCEL, b"{}"),
+        names.FLOWRUN_DELETE: (names.FLOWRUN_DELETE, b"{}"),
         names.RUNNER_HEARTBEAT: (names.RUNNER_HEARTBEAT, b"{}"),
         names.RUNNER_CONSUMER: (names.RUNNER_CONSUMER, b"{}"),
         names.DEPLOYMENT_REGISTER: (names.DEPLOYMENT_REGISTER, b"{}"),

@@ -85,7 +85,7 @@ def _repeatable(subject: str, payload: Any) -> bool:
         return payload.transition_id is not None  # the same id is accepted once
     # Reads, cancels, heartbeats, registering and pausing repeat harmlessly; a
     # repeated delete could answer "not found" for a delete that worked.
-    return subject != names.DEPLOYMENT_DELETE
+    return subject not in (names.DEPLOYMENT_DELETE, names.FLOWRUN_DELETE)
 
 
 class Client:
