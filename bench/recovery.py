@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -195,10 +196,15 @@ def main() -> None:
     parser.add_argument("--creates", type=int, default=200)
     parser.add_argument("--keyless", type=int, default=20, help="creates without a key")
     parser.add_argument("--runs", type=int, default=20, help="runs with one runner stopped")
+    parser.add_argument("--keep", action="store_true", help="keep the stack's folder and logs")
     args = parser.parse_args()
     # SIGTERM (a time-out wrapper) still stops the stack this run started.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    with tempfile.TemporaryDirectory(prefix="sluice-recovery-") as folder:
+    keep = args.keep
+    with contextlib.ExitStack() as cleanup:
+        folder = tempfile.mkdtemp(prefix="sluice-recovery-")
+        if not keep:
+            cleanup.callback(shutil.rmtree, folder, ignore_errors=True)
         stack = Stack(Path(folder))
         try:
             stack.start()
