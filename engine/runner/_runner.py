@@ -316,10 +316,7 @@ class Runner(_Facade, _Serving, _Stopping, _Supervise, _Upkeep):
             with telemetry.runner_span(msg.subject, item.flow_run_id, parent):
                 # The ack wait is short (shared.dispatch.ACK_WAIT): keep the item
                 # while the claim is being made, so only a stopped runner loses it.
-                async with anyio.create_task_group() as keep:
-                    keep.start_soon(keep_in_progress, msg)
-                    claimed = await self._claim(client, item.flow_run_id, item.attempt, msg)
-                    keep.cancel_scope.cancel()
+                claimed = await self._claim_keeping(client, item, msg)
                 if claimed is not None:
                     await self._run(client, *claimed)
         except SluiceError as exc:
@@ -330,6 +327,28 @@ class Runner(_Facade, _Serving, _Stopping, _Supervise, _Upkeep):
             self._taking -= 1
             self._slots.release_on_behalf_of(token)
             self._note_idle()
+
+    async def _claim_keeping(
+        self, client: Client, item: Dispatch, msg: Msg
+    ) -> tuple[FlowRun, Deployment | None] | None:
+        """:meth:`_claim`, telling JetStream meanwhile that ``msg`` is in progress.
+
+        A SluiceError of the claim (the orchestrators not back yet after a
+        NATS restart, say) is raised as itself, not in a task group's wrapping,
+        so the caller puts the item back instead of the runner stopping.
+        """
+        failed: SluiceError | None = None
+        claimed = None
+        async with anyio.create_task_group() as keep:
+            keep.start_soon(keep_in_progress, msg)
+            try:
+                claimed = await self._claim(client, item.flow_run_id, item.attempt, msg)
+            except SluiceError as exc:
+                failed = exc
+            keep.cancel_scope.cancel()
+        if failed is not None:
+            raise failed
+        return claimed
 
     async def _claim(
         self, client: Client, run_id: str, attempt: int, msg: Msg | None = None

@@ -363,3 +363,31 @@ async def test_the_offer_of_a_deleted_run_is_dropped_not_retried(
                 if await settled():
                     break
                 await anyio.sleep(0.2)
+
+
+async def test_a_claim_that_meets_no_orchestrator_is_a_sluice_error_not_a_crash(
+    settings: Settings, unique: str
+) -> None:
+    """Right after a nats-server restart a runner can pull an item before any
+    orchestrator is subscribed again: its claim's StackUnavailable must reach
+    _take's handler as itself (the item is put back), not wrapped in the group
+    that keeps the item in progress, which stopped the runner (bench.recovery)."""
+    from datetime import UTC
+
+    from shared.errors import StackUnavailable
+
+    r = runner(settings, name=f"claim-{unique}", queue=f"q{unique}")
+
+    async def no_orchestrator(*_: object) -> None:
+        raise StackUnavailable("no service answers 'flowrun.state.propose'")
+
+    r._claim = no_orchestrator  # type: ignore[method-assign]
+    item = Dispatch(
+        flow_run_id="00000000-0000-4000-8000-000000000001",
+        deployment_id=None,
+        queue=f"q{unique}",
+        attempt=0,
+        scheduled_time=datetime.now(UTC),
+    )
+    with pytest.raises(StackUnavailable):
+        await r._claim_keeping(None, item, None)  # type: ignore[arg-type]
