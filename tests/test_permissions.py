@@ -155,6 +155,14 @@ def actions(role: str, durable: str) -> dict[str, tuple[str, bytes]]:
             _json({"filter": f"$O.{names.RESULTS_BUCKET}.C.permission-probe-none"}),
         ),
         "object store delete": (f"{api}.STREAM.DELETE.OBJ_scratch_{role}", b""),
+        "object store put bundle": (
+            f"$O.{names.BUNDLES_BUCKET}.C.permission-probe-{role}",
+            b"chunk",
+        ),
+        "object store purge bundles": (
+            f"{api}.STREAM.PURGE.OBJ_{names.BUNDLES_BUCKET}",
+            _json({"filter": f"$O.{names.BUNDLES_BUCKET}.C.permission-probe-none"}),
+        ),
         names.FLOWRUN_CREATE: (names.FLOWRUN_CREATE, b"{}"),
         names.FLOWRUN_PROPOSE: (names.FLOWRUN_PROPOSE, b"{}"),
         names.FLOWRUN_RETRY: (names.FLOWRUN_RETRY, b"{}"),
