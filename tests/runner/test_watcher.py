@@ -80,7 +80,9 @@ async def test_cancel_a_running_run(
         await until(client, run.id, StateType.RUNNING)
         pid = int(r._active[run.id].process.ident.split()[-1])
         cancelling = await client.cancel_flow_run(run.id)
-        assert cancelling.state.type is StateType.CANCELLING
+        # The reply carries the state stored when it is sent: Cancelled already
+        # when the watcher and the runner were quicker than the reply.
+        assert cancelling.state.type in (StateType.CANCELLING, StateType.CANCELLED)
         final = await until(client, run.id, StateType.CANCELLED)
     assert final.state.message == "the flow-run process was stopped"
     assert not alive(pid)
