@@ -87,10 +87,16 @@ class ProposeState(Request, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     release: bool = False
     """With SCHEDULED: give up the claim, so the run is offered to runners again
     (a dead runner's Pending run). Without it, an owner's SCHEDULED (an
-    in-process retry waiting for its delay) keeps the claim."""
+    in-process retry waiting for its delay) keeps the claim. Only a Pending
+    run can be released: a Running one may have a body executing. A release
+    raises the run's attempt, so the released holder's reports are stale."""
     agentless: bool = False
     """With ``retry``: the proposer executes the retry itself (``--execute``);
     the run is marked agentless, so no runner takes it."""
+    expected: StateType | None = None
+    """The state type the proposer read the run in; if the run has moved on
+    since, the proposal is refused (REJECT) instead of applied to a state its
+    author never saw."""
 
 
 class Decision(enum.StrEnum):
@@ -114,6 +120,9 @@ class ProposeReply(msgspec.Struct, frozen=True, kw_only=True):
     deployment: Deployment | None = None
     """On an accepted claim (PENDING with a runner): the run's deployment as the
     orchestrator read it to take the concurrency slot (saves the runner a read)."""
+    lease_seconds: float | None = None
+    """On an accepted claim that took a concurrency slot: the slot lease's TTL,
+    counted from no earlier than the moment the proposal was sent."""
 
 
 class FlowRunRef(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -292,7 +301,12 @@ class DispatchConsumerReply(msgspec.Struct, frozen=True, kw_only=True):
 
 class HeartbeatReply(msgspec.Struct, frozen=True, kw_only=True):
     lease_seconds: float
-    """How long the heartbeat (and each slot it renewed) lasts without another."""
+    """How long the heartbeat (and each slot it renewed) lasts without another,
+    counted from no earlier than the moment the heartbeat was sent."""
+    lost: list[str] = msgspec.field(default_factory=list)
+    """Runs named in the heartbeat that the runner no longer holds: claimed
+    again (another attempt), released, or declared Crashed or Cancelled. The
+    runner must kill their processes at once."""
 
 
 class KillRun(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -21,12 +21,20 @@ def slot_subject(deployment_id: str, n: int) -> str:
     return f"$KV.{names.SLOTS_BUCKET}.{deployment_id}.{n}"
 
 
+def is_live(msg: RawStreamMsg | None) -> bool:
+    """Does a TTL-leased key's newest message hold a value (not a delete, purge
+    or expiry marker)? For ``concurrency_slots`` and ``runner_heartbeats`` alike."""
+    if msg is None or not msg.data:
+        return False
+    headers = msg.headers or {}
+    return headers.get("KV-Operation") not in ("DEL", "PURGE") and (
+        "Nats-Marker-Reason" not in headers
+    )
+
+
 def lease_from(msg: RawStreamMsg | None) -> SlotLease | None:
     """The live lease in a slot's newest message; None for a free slot."""
-    if msg is None or not msg.data:
-        return None
-    headers = msg.headers or {}
-    if headers.get("KV-Operation") in ("DEL", "PURGE") or "Nats-Marker-Reason" in headers:
+    if msg is None or not msg.data or not is_live(msg):
         return None
     try:
         return _decoder.decode(msg.data)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import msgspec
 import pytest
 
 from services.orchestrator import rules
@@ -196,21 +197,94 @@ def test_recent_transitions_are_bounded() -> None:
     assert after.recent_transitions[-1] == "new"
 
 
-def test_an_owner_waiting_to_retry_keeps_its_claim_unless_it_releases_it() -> None:
-    running = run_in(T.RUNNING)
-    running = FlowRun(
-        **{**{f: getattr(running, f) for f in running.__struct_fields__}, "runner": "r1"}
+def test_an_owner_waiting_to_retry_keeps_its_claim() -> None:
+    running = claimed(run_in(T.RUNNING))
+    ctx = rules.Context(
+        run=running,
+        proposal=ProposeState(
+            id=running.id,
+            state=ProposedState(type=T.SCHEDULED, name="AwaitingRetry"),
+            attempt=running.attempt,
+        ),
+        now=NOW,
     )
-    for release, owner in ((False, "r1"), (True, None)):
-        ctx = rules.Context(
-            run=running,
-            proposal=ProposeState(
-                id=running.id,
-                state=ProposedState(type=T.SCHEDULED, name="AwaitingRetry"),
-                attempt=running.attempt,
-                release=release,
-            ),
-            now=NOW,
+    assert rules.decide(ctx).status is Decision.ACCEPT
+    assert rules.apply(ctx, rules.build_state(ctx)).runner == "r1"
+
+
+def claimed(run: FlowRun, runner: str = "r1") -> FlowRun:
+    return msgspec.structs.replace(run, runner=runner, attempt=max(run.attempt, 1))
+
+
+def release(run: FlowRun, expected: T | None = None) -> rules.Context:
+    return rules.Context(
+        run=run,
+        proposal=ProposeState(
+            id=run.id,
+            state=ProposedState(type=T.SCHEDULED),
+            attempt=run.attempt,
+            release=True,
+            expected=expected,
+        ),
+        now=NOW,
+    )
+
+
+def test_only_a_pending_claim_can_be_released() -> None:
+    pending = claimed(run_in(T.PENDING))
+    ctx = release(pending)
+    assert rules.decide(ctx).status is Decision.ACCEPT
+    assert rules.apply(ctx, rules.build_state(ctx)).runner is None
+    for state in (T.RUNNING, T.PAUSED, T.CANCELLING):
+        outcome = rules.decide(release(claimed(run_in(state))))
+        assert outcome.status is Decision.REJECT, state
+        assert "only a Pending claim can be released" in (outcome.reason or "")
+
+
+def test_a_proposal_naming_the_state_it_read_is_refused_once_the_run_moved_on() -> None:
+    """The watcher read Pending and decided to release; the run is Running by now."""
+    running = claimed(run_in(T.RUNNING))
+    outcome = rules.decide(release(running, expected=T.PENDING))
+    assert outcome.status is Decision.REJECT
+    assert "not PENDING as the proposal expects" in (outcome.reason or "")
+    crash = rules.Context(
+        run=running,
+        proposal=ProposeState(
+            id=running.id,
+            state=ProposedState(type=T.CRASHED),
+            attempt=running.attempt,
+            expected=T.RUNNING,
+        ),
+        now=NOW,
+    )
+    assert rules.decide(crash).status is Decision.ACCEPT
+
+
+def test_the_released_holder_cannot_start_the_run() -> None:
+    """A release spends the attempt: the old holder's reports are stale."""
+    ctx = release(claimed(run_in(T.PENDING)))
+    released = rules.apply(ctx, rules.build_state(ctx))
+    assert released.attempt == ctx.run.attempt + 1
+    for late in (T.RUNNING, T.CRASHED, T.COMPLETED):
+        outcome = rules.decide(
+            rules.Context(
+                run=released,
+                proposal=ProposeState(
+                    id=released.id, state=ProposedState(type=late), attempt=ctx.run.attempt
+                ),
+                now=NOW,
+            )
         )
-        assert rules.decide(ctx).status is Decision.ACCEPT
-        assert rules.apply(ctx, rules.build_state(ctx)).runner == owner
+        assert outcome.status is Decision.ABORT, late
+        assert "is stale" in (outcome.reason or "")
+    claim = rules.Context(
+        run=released,
+        proposal=ProposeState(
+            id=released.id,
+            state=ProposedState(type=T.PENDING),
+            attempt=released.attempt,
+            runner="r2",
+        ),
+        now=NOW,
+    )
+    assert rules.decide(claim).status is Decision.ACCEPT

@@ -350,7 +350,10 @@ class Client:
         retry: bool = False,
         release: bool = False,
         agentless: bool = False,
+        expected: StateType | None = None,
     ) -> ProposeReply:
+        """Propose ``state``; ``expected`` (the state type the caller read the run
+        in) makes the orchestrator refuse it if the run has moved on since."""
         req = ProposeState(
             id=run_id,
             state=state,
@@ -362,6 +365,7 @@ class Client:
             retry=retry,
             release=release,
             agentless=agentless,
+            expected=expected,
         )
         # Retries have their own subject, which only the operator role may use
         # (deploy/nats/auth.conf): a runner moves the runs it holds, never reopens one.

@@ -90,9 +90,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: give --flow-run-id or set {RUN_ID_ENV}", file=sys.stderr)
         return EXIT_USAGE
     attempt = _attempt(args.attempt)
+    from engine.runner._fence import watch_lease
     from engine.runner._lifeline import die_with_parent
 
     die_with_parent()
+    watch_lease()  # before any user code: no body outlives its claim
     echo_run_logs()
 
     from engine._stack.execute import EXIT_NOT_REPORTED, execute_flow_run

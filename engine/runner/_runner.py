@@ -48,6 +48,7 @@ from nats.aio.msg import Msg
 
 from engine.client import Client
 from engine.runner._facade import BackgroundRun, _Facade
+from engine.runner._fence import Fence
 from engine.runner._pull import fetch_unless, keep_in_progress
 from engine.runner._serving import _Serving, private_queue
 from engine.runner._stopping import _Stopping
@@ -148,6 +149,8 @@ class Runner(_Facade, _Serving, _Stopping, _Supervise, _Upkeep):
         #: Runs claimed and not yet finished (id -> claim attempt), for heartbeats.
         self._held: dict[str, int] = {}
         self._init_code(install_requirements)
+        self._fence = Fence()  # when each held run's body must have stopped
+        self._doomed: set[str] = set()  # held runs cancelled before their process started
         self._stop = anyio.Event()
         self._hurry = anyio.Event()
         self._idle = anyio.Event()
@@ -189,8 +192,7 @@ class Runner(_Facade, _Serving, _Stopping, _Supervise, _Upkeep):
             async with contextlib.AsyncExitStack() as infra:
                 if hasattr(self.flow_runner, "__aenter__"):  # e.g. a fork server to start
                     await infra.enter_async_context(self.flow_runner)  # type: ignore[arg-type]
-                async with anyio.create_task_group() as beats:
-                    beats.start_soon(self._heartbeats, client)
+                async with self._leased(client), anyio.create_task_group() as beats:
                     await beats.start(self._serve_kills, client)
                     async with anyio.create_task_group() as runs:
                         await self._reconcile(client)
@@ -355,6 +357,8 @@ class Runner(_Facade, _Serving, _Stopping, _Supervise, _Upkeep):
     ) -> tuple[FlowRun, Deployment | None] | None:
         """Propose PENDING; None if the run is not ours, else the run as our claim
         left it and the deployment the orchestrator sent with it (if it did)."""
+        if (sent := await self._may_claim(run_id, msg)) is None:
+            return None
         try:
             reply = await client.propose_state(
                 run_id,
@@ -384,6 +388,7 @@ class Runner(_Facade, _Serving, _Stopping, _Supervise, _Upkeep):
                 reply.reason,
             )
             return None
+        self._fence.claimed(run_id, sent, reply.lease_seconds)
         # An orchestrator that does not send them: read them.
         run = reply.flow_run or await client.read_flow_run(run_id)
         return run, reply.deployment

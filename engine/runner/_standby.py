@@ -31,6 +31,7 @@ from pathlib import Path
 
 import msgspec
 
+from engine.runner._fence import LEASE_FILE_ENV
 from shared.models import Deployment, FlowRun
 
 __all__ = [
@@ -44,7 +45,13 @@ __all__ = [
 
 #: Environment variables that belong to one run, never to a standby's start.
 RUN_VARIABLES = frozenset(
-    {"SLUICE_FLOW_RUN_ID", "SLUICE_FLOW_RUN_ATTEMPT", "TRACEPARENT", "TRACESTATE"}
+    {
+        "SLUICE_FLOW_RUN_ID",
+        "SLUICE_FLOW_RUN_ATTEMPT",
+        LEASE_FILE_ENV,
+        "TRACEPARENT",
+        "TRACESTATE",
+    }
 )
 
 
@@ -123,6 +130,7 @@ def run_standby(read_line: Callable[[], bytes]) -> int:
     """
     from engine._stack.execute import EXIT_NOT_REPORTED, execute_flow_run
     from engine._stack.reporter import StackReporter
+    from engine.runner._fence import watch_lease
     from engine.runner._lifeline import die_with_parent
     from engine.runner._process import echo_run_logs, report_outcome, traced_execution
     from shared import telemetry
@@ -144,6 +152,7 @@ def run_standby(read_line: Callable[[], bytes]) -> int:
                 print(f"error: unreadable assignment: {exc}", file=sys.stderr)
                 return EXIT_NOT_REPORTED
             _enter(assignment)  # its TRACEPARENT too: the spans below join the run's trace
+            watch_lease()  # the assignment brought the lease file: fence from here on
             with traced_execution(assignment.run_id):
                 outcome = execute_flow_run(
                     reporter,

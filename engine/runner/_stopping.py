@@ -68,10 +68,13 @@ class _Stopping:
         """
         me = cast("Runner", self)  # a mixin of the Runner only
         async with me._session() as client:
-            async with anyio.create_task_group() as upkeep:
+            # Heartbeats and fencing (a started runner's own, or for this run).
+            async with (
+                me._leased(client, me.settings.request_timeout),
+                anyio.create_task_group() as upkeep,
+            ):
                 if not self._started:  # a started runner already answers kills
                     await upkeep.start(me._serve_kills, client)
-                    upkeep.start_soon(me._heartbeats, client)
                 run = await client.read_flow_run(flow_run_id)
                 async with self._slots:
                     claimed = await me._claim(client, run.id, run.attempt)
@@ -136,6 +139,7 @@ class _Stopping:
                     killers.start_soon(active.process.kill, self.kill_grace)
 
     async def _close(self) -> None:
+        cast("Runner", self)._fence.close()
         client, self._client = self._client, None
         if client is None:
             return

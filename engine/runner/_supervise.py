@@ -24,6 +24,7 @@ from engine._stack.bundles import BundleCache
 from engine.client import Client
 from engine.exceptions import BundleError
 from engine.runner._envs import RequirementEnvs, requirements_of
+from engine.runner._fence import LEASE_FILE_ENV, Fence
 from engine.runner._git import GitSources
 from engine.runner._lifeline import lifeline_env
 from engine.runner._subprocess import FlowRunner, StartFailed, explain_exit, from_infrastructure
@@ -83,6 +84,9 @@ class _Supervise:
             self.settings.home / "bundles",
             max_bytes=int(self.settings.bundle_cache_mb * 1024 * 1024),
         )
+
+    _fence: Fence
+    _doomed: set[str]
 
     async def _deployment(
         self, client: Client, deployment_id: str | None, claimed: Deployment | None, run_id: str
@@ -150,6 +154,8 @@ class _Supervise:
             # A local child ends with us (engine.runner._lifeline): no run outlives its
             # runner. Container flow runners drop these; the runner stops its containers.
             **lifeline_env(),
+            # The process ends itself when we stop renewing this (engine.runner._fence).
+            LEASE_FILE_ENV: str(self._fence.lease_file(run_id)),
         }
         # The flow-run process must not inherit a runner's own identity.
         env = {k: v for k, v in env.items() if v} | {
@@ -171,6 +177,8 @@ class _Supervise:
         finally:
             if self._held.get(run_id) == attempt:
                 del self._held[run_id]
+                self._fence.forget(run_id)
+                self._doomed.discard(run_id)
 
     async def _run_held(self, client: Client, run: FlowRun, claimed: Deployment | None) -> None:
         with self._bundles.holding(claimed.bundle if claimed else None):
@@ -194,6 +202,8 @@ class _Supervise:
             return
         active = self._active[run_id] = _Active(process=process, attempt=attempt)
         log.info("runner %s: started run %s (%s) in %s", self.name, run_id, run.name, process.ident)
+        if run_id in self._doomed:  # cancelled while it was starting
+            await process.kill(self.kill_grace)
         try:
             code = await process.wait()
         except anyio.get_cancelled_exc_class():
@@ -205,6 +215,8 @@ class _Supervise:
         finally:
             if self._active.get(run_id) is active:
                 del self._active[run_id]
+        # A process that ended itself at its fencing deadline (we were paused).
+        active.fenced = active.fenced or self._fence.expired(run_id)
         with anyio.CancelScope(shield=True):
             await self._settling(run_id, lambda: self._after_exit(client, run_id, active, code))
 
@@ -253,7 +265,13 @@ class _Supervise:
             )
             return
         message = explain_exit(code)
-        if active.stopping:
+        if active.fenced:
+            message = (
+                f"Crashed: its lease was lost. The runner {self.name} could not renew its "
+                f"lease in time, so the run's process was stopped before the lease could "
+                f"lapse. {message}"
+            )
+        elif active.stopping:
             message = f"The runner {self.name} shut down before the run finished. {message}"
         await self._crash(client, run_id, active.attempt, message)
 

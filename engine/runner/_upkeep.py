@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import anyio
@@ -18,11 +20,12 @@ import anyio.abc
 from nats.aio.msg import Msg
 
 from engine.client import Client
+from engine.runner._fence import Fence
 from engine.runner._leftovers import containers_left, kill_tree, orphans_of, processes_of
 from engine.runner._subprocess import FlowRunner, FlowRunProcess, StartFailed, from_infrastructure
 from shared import names
 from shared.codec import decode_request, encode, encode_error
-from shared.errors import SluiceError
+from shared.errors import SluiceError, StackUnavailable
 from shared.messages import KillReply, KillRun, ProposedState
 from shared.models import Deployment, FlowRun
 from shared.states import StateType
@@ -35,6 +38,8 @@ class _Active:
     process: FlowRunProcess
     attempt: int
     stopping: bool = False
+    fenced: bool = False
+    """Killed because its lease could lapse (or was declared lost)."""
 
 
 class _Upkeep:
@@ -50,6 +55,10 @@ class _Upkeep:
     queue: str | None
     _served: list[str]
     _deployments: dict[str, Deployment]
+    _fence: Fence
+    _doomed: set[str]
+    _beating: bool = False  # heartbeats (and so fencing) are running
+    _kills: anyio.abc.TaskGroup
 
     def _serving(self) -> dict[str, list[str]]:
         """What the heartbeat says this runner serves (the UI's runners page shows it)."""
@@ -133,38 +142,120 @@ class _Upkeep:
                 found.append(from_infrastructure(deployment.infrastructure, self.flow_runner))
         return found
 
-    async def _heartbeats(self, client: Client) -> None:
-        """Say we are alive every ``heartbeat_seconds``; this renews our runs' slot leases.
+    @contextlib.asynccontextmanager
+    async def _leased(self, client: Client, patience: float = math.inf) -> AsyncIterator[None]:
+        """Heartbeats and fencing for the duration; entered once the lease is held.
 
-        A runner that cannot renew its lease for two intervals is, for the
-        rest of the stack, dead: its runs are being marked Crashed and their
-        slots handed on. So it kills its own flow-run processes rather than
-        let them run on unknown.
+        No claim is taken before our lease is held, and no body outlives it.
+        Runs nest: a runner already heartbeating (started) adds nothing.
+        Raises StackUnavailable if no heartbeat is answered within ``patience`` s.
         """
-        last_ok = anyio.current_time()
-        while True:
-            try:
-                await client.heartbeat(
+        if self._beating:
+            yield
+            return
+        held = False
+        async with anyio.create_task_group() as tg:
+            self._kills = tg
+            with anyio.move_on_after(patience):
+                await tg.start(self._heartbeats, client)
+                held = True
+            if held:
+                tg.start_soon(self._fencing)
+                try:
+                    yield
+                finally:
+                    tg.cancel_scope.cancel()
+            tg.cancel_scope.cancel()
+        if not held:
+            raise StackUnavailable(
+                f"runner {self.name} got no answer to its heartbeats within {patience:g}s"
+            )
+
+    async def _heartbeats(
+        self, client: Client, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Renew our lease (and our runs' slot leases); ready once the first renewal is in.
+
+        A heartbeat goes out twice per declared interval, so one slow or lost
+        heartbeat does not cost a run its lease. Each acknowledged one moves
+        the fencing deadline (:class:`~engine.runner._fence.Fence`) and its
+        reply names the runs we hold no longer, whose processes die at once.
+        """
+        period = self.heartbeat_seconds / 2
+        first = anyio.Event()
+        self._beating = True
+        try:
+            # Each heartbeat on its own: one stuck on a paused orchestrator
+            # must not hold back the next, which may reach the other one.
+            async with anyio.create_task_group() as beats:
+                started = False
+                while True:
+                    beats.start_soon(self._beat, client, first)
+                    with anyio.move_on_after(period):
+                        await (anyio.sleep(period) if started else first.wait())
+                    if not started and first.is_set():
+                        started = True
+                        task_status.started()
+        finally:
+            self._beating = False
+
+    async def _beat(self, client: Client, first: anyio.Event) -> None:
+        sent, runs = anyio.current_time(), dict(self._held)
+        try:
+            # A reply within the lease still renews it (counted from ``sent``).
+            with anyio.fail_after(2 * self.heartbeat_seconds):
+                reply = await client.heartbeat(
                     self.name,
                     interval=self.heartbeat_seconds,
                     limit=self.limit,
-                    runs=self._held,
+                    runs=runs,
                     **self._serving(),
                 )
-                last_ok = anyio.current_time()
-            except SluiceError as exc:
-                log.warning("runner %s: heartbeat failed: %s", self.name, exc.message)
-                if anyio.current_time() - last_ok > 2 * self.heartbeat_seconds and self._active:
-                    log.error(
-                        "runner %s: lease lost; killing %d flow-run process(es)",
-                        self.name,
-                        len(self._active),
-                    )
-                    async with anyio.create_task_group() as killers:
-                        for active in list(self._active.values()):
-                            active.stopping = True
-                            killers.start_soon(active.process.kill, self.kill_grace)
-            await anyio.sleep(self.heartbeat_seconds)
+        except (SluiceError, TimeoutError) as exc:
+            why = exc.message if isinstance(exc, SluiceError) else "no reply in time"
+            log.warning("runner %s: heartbeat failed: %s", self.name, why)
+            return
+        self._fence.renewed(sent, reply.lease_seconds, runs)
+        for run_id in reply.lost:
+            self._lost(run_id, runs.get(run_id), "the stack declared it lost")
+        first.set()
+
+    async def _fencing(self) -> None:
+        """Kill the process of every run whose fencing deadline has passed.
+
+        Its process ends itself at the same deadline (its lease file); this is
+        the runner's half, for processes that cannot (a container) and for a
+        runner that resumes after a pause and must not let a body run on.
+        """
+        while True:
+            now = anyio.current_time()
+            nearest = now + 0.25  # also notice runs started meanwhile
+            for run_id, active in list(self._active.items()):
+                deadline = self._fence.deadline(run_id)
+                if now >= deadline:
+                    self._lost(run_id, active.attempt, "its lease could not be renewed in time")
+                else:
+                    nearest = min(nearest, deadline)
+            await anyio.sleep(max(nearest - now, 0.01))
+
+    async def _may_claim(self, run_id: str, msg: Msg | None) -> float | None:
+        """The time a claim goes out, or None: we claim only under a lease with
+        time left, since a claim we could not fence must not be taken."""
+        if self._fence.holds():
+            return anyio.current_time()
+        log.warning("runner %s: not claiming run %s: our lease is not held", self.name, run_id)
+        if msg is not None:
+            await msg.nak(delay=1.0)
+        return None
+
+    def _lost(self, run_id: str, attempt: int | None, why: str) -> None:
+        """Kill a held run's process now (SIGKILL): it must not run on unclaimed."""
+        active = self._active.get(run_id)
+        if active is None or active.attempt != attempt or active.fenced:
+            return
+        active.fenced = active.stopping = True
+        log.error("runner %s: run %s: %s; killing %s", self.name, run_id, why, active.process.ident)
+        self._kills.start_soon(active.process.kill, 0.0)
 
     async def _serve_kills(
         self, client: Client, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -190,6 +281,11 @@ class _Upkeep:
             await msg.respond(encode_error(exc))
             return
         active = self._active.get(req.id)
+        if active is None and self._held.get(req.id) == req.attempt:
+            # Claimed, process not started yet: it is killed as soon as it is.
+            self._doomed.add(req.id)
+            await msg.respond(encode(KillReply(found=True)))
+            return
         if active is None or active.attempt != req.attempt:
             await msg.respond(encode(KillReply(found=False)))
             return

@@ -1,18 +1,26 @@
 """The cancellation-watcher: finishes cancellations and detects dead runners.
 
 Cancellation: it follows every run event (``flowrun.events.>``, an ordered
-consumer rebuilt after a reconnect). When a run becomes Cancelling it asks
-the runner holding the run (``runner.kill.<name>``) to stop its process tree;
-that runner then reports Cancelled once the process is gone. If no runner
-answers, or the runner has no such process, the run is Cancelled with a
-message saying cancellation cannot be guaranteed.
+consumer rebuilt after a reconnect), and on start and every sweep it lists
+every Cancelling run, so a cancel made while no watcher ran is carried out
+as soon as one does. For each it asks the runner holding the run
+(``runner.kill.<name>``) to stop its process tree; that runner reports
+Cancelled once the process is gone. A run is marked Cancelled here only when
+its process is known to be gone: its live runner says it has no process for
+it (asked twice, one lease apart), or its runner's lease has lapsed, which
+means the process stopped itself at its fencing deadline
+(``engine.runner._fence``). A runner that does not answer leaves the run
+Cancelling until the next sweep.
 
 Crash detection: runners heartbeat into ``runner_heartbeats`` with a TTL of
 two intervals. When an entry expires (a KV watch sees the expiry marker), or
 a periodic sweep finds an active run whose runner has no live heartbeat, the
-runner's runs are settled: Pending ones go back to Scheduled, so another
-runner takes them; Running or Paused ones become Crashed with a message
-naming the runner; Cancelling ones become Cancelled.
+runner's runs are settled, each only after reading the heartbeat entry again
+(it must still be expired) and with the state it was read in as the
+proposal's expected state: Pending ones are released to Scheduled, so
+another runner takes them; Running or Paused ones become Crashed (their
+lease was lost: their bodies were fenced before it lapsed); Cancelling ones
+become Cancelled.
 
 It never imports user code and never writes state itself: every change is a
 proposal to the orchestrator.
@@ -40,9 +48,17 @@ from shared.clock import Clock, SystemClock
 from shared.codec import decode, decode_event, decode_reply, encode
 from shared.connection import connect
 from shared.errors import SluiceError, StackUnavailable
-from shared.messages import FlowRunDeleted, KillReply, KillRun, ProposedState, RunnerStatus
+from shared.messages import (
+    Decision,
+    FlowRunDeleted,
+    KillReply,
+    KillRun,
+    ProposedState,
+    RunnerStatus,
+)
 from shared.models import FlowRun
 from shared.settings import Settings
+from shared.slots import is_live
 from shared.states import StateType
 
 log = logging.getLogger("sluice.watcher")
@@ -65,13 +81,15 @@ class CancellationWatcher(Service):
         self.kill_grace = kill_grace
         self.sweep_seconds = sweep_seconds or settings.heartbeat_interval
         self._alive: dict[str, RunnerStatus] = {}
+        #: Runs whose cancel is being carried out (events and sweeps overlap).
+        self._cancelling: set[str] = set()
 
     async def _start(self, stack: AsyncExitStack) -> None:
         nc = await connect(self.settings, name="sluice-cancellation-watcher")
         stack.push_async_callback(nc.close)
         await bootstrap(nc.jetstream(), self.settings)
         self.client = Client(self.settings, nc=nc)
-        tg = await stack.enter_async_context(anyio.create_task_group())
+        tg = self._work = await stack.enter_async_context(anyio.create_task_group())
         stack.callback(tg.cancel_scope.cancel)
         await tg.start(self._follow_heartbeats)
         await tg.start(self._follow_events)
@@ -123,44 +141,86 @@ class CancellationWatcher(Service):
                 work.start_soon(self._settle_cancelling)
 
     async def _settle_cancelling(self) -> None:
+        """Carry out every Cancelling run's cancel (reconciliation)."""
         with contextlib.suppress(SluiceError):
             page = await self.client.list_flow_runs(states=["CANCELLING"], limit=1000)
             for run in page.flow_runs:
-                await self._cancel(run)
+                if run.id not in self._cancelling:
+                    self._work.start_soon(self._cancel, run)
 
     async def _cancel(self, run: FlowRun) -> None:
         """Have the run's process stopped; Cancelled follows from its runner, or from us."""
+        if run.id in self._cancelling:
+            return
+        self._cancelling.add(run.id)
         try:
-            if run.runner and run.runner in self._alive:
-                try:
-                    reply = await self.client.nc.request(
-                        names.runner_kill_subject(run.runner),
-                        encode(
-                            KillRun(id=run.id, attempt=run.attempt, grace_seconds=self.kill_grace)
-                        ),
-                        timeout=self.kill_grace + 5,
-                    )
-                    if decode_reply(reply.data, KillReply).found:
-                        return  # the runner reports Cancelled when the process is gone
-                except (nats.errors.Error, TimeoutError, SluiceError) as exc:
-                    log.warning("runner %s did not kill run %s: %s", run.runner, run.id, exc)
-            current = await self.client.read_flow_run(run.id)
-            if current.state.type is not StateType.CANCELLING:
-                return
-            why = (
-                "the run had not started a process"
-                if current.runner is None
-                else f"runner {current.runner} has no process for it"
-            )
-            await self.client.propose_state(
-                run.id,
-                ProposedState(
-                    type=StateType.CANCELLED,
-                    message=f"Cancelled, but {why}; cancellation cannot be guaranteed.",
-                ),
-            )
+            await self._carry_out(run.id)
         except SluiceError as exc:
             log.warning("could not finish cancelling run %s: %s", run.id, exc.message)
+        finally:
+            self._cancelling.discard(run.id)
+
+    async def _carry_out(self, run_id: str) -> None:
+        for asked in range(2):
+            run = await self.client.read_flow_run(run_id)
+            if run.state.type is not StateType.CANCELLING:
+                return
+            if run.runner is None:
+                why = (
+                    "Cancelled without stopping a process: no runner holds this run "
+                    "(it was started outside a runner); cancellation cannot be guaranteed."
+                )
+                await self._propose_cancelled(run, why)
+                return
+            if not await self._heartbeat_live(run.runner):
+                await self._settle(run, run.runner, self._alive.get(run.runner))
+                return
+            found = await self._ask_kill(run)
+            if found is not False:
+                return  # its runner reports Cancelled once the process is gone, or we retry
+            if asked == 0:
+                # A runner restarted under the same name does not know its old
+                # instance's process; that one ends itself within one lease.
+                await anyio.sleep(2 * self.settings.heartbeat_interval)
+        await self._propose_cancelled(
+            run, f"Cancelled: runner {run.runner} has no process for this run any more."
+        )
+
+    async def _ask_kill(self, run: FlowRun) -> bool | None:
+        """Ask the run's runner to kill it: True (it will), False (no such process),
+        None (no answer; the next sweep asks again)."""
+        assert run.runner is not None
+        try:
+            reply = await self.client.nc.request(
+                names.runner_kill_subject(run.runner),
+                encode(KillRun(id=run.id, attempt=run.attempt, grace_seconds=self.kill_grace)),
+                timeout=self.kill_grace + 5,
+            )
+            return decode_reply(reply.data, KillReply).found
+        except (nats.errors.Error, TimeoutError, SluiceError) as exc:
+            log.warning("runner %s did not kill run %s: %s", run.runner, run.id, exc)
+            return None
+
+    async def _propose_cancelled(self, run: FlowRun, message: str) -> None:
+        await self.client.propose_state(
+            run.id,
+            ProposedState(type=StateType.CANCELLED, message=message),
+            expected=StateType.CANCELLING,
+        )
+
+    async def _heartbeat_live(self, runner: str) -> bool:
+        """Is the runner's heartbeat entry live now (read from the stream, not
+        our watch, which may lag)? Unknown (NATS trouble) counts as live:
+        nothing is taken from a runner that may still hold its lease."""
+        try:
+            msg = await self.client.nc.jetstream().get_last_msg(
+                names.kv_stream(names.HEARTBEATS_BUCKET), f"$KV.{names.HEARTBEATS_BUCKET}.{runner}"
+            )
+        except nats.js.errors.NotFoundError:
+            return False
+        except (nats.errors.Error, TimeoutError):
+            return True
+        return is_live(msg)
 
     # --- dead runners ------------------------------------------------------------------
     async def _follow_heartbeats(
@@ -194,21 +254,48 @@ class CancellationWatcher(Service):
                         await watcher.stop()
 
     async def _sweep_forever(self) -> None:
-        while True:
+        while True:  # cancels first: on start, one made while no watcher ran
+            await self._settle_cancelling()
             await anyio.sleep(self.sweep_seconds)
             with contextlib.suppress(StackUnavailable):
                 await self.sweep()
 
     async def sweep(self) -> None:
-        """Settle active runs whose runner has no live heartbeat (missed expiries)."""
+        """Settle active runs whose runner has no live heartbeat (missed expiries),
+        and release Pending claims their live runner does not know it holds."""
         grace = timedelta(seconds=2 * self.settings.heartbeat_interval)
         page = await self.client.list_flow_runs(states=ACTIVE, limit=1000)
         for run in page.flow_runs:
-            if run.runner is None or run.runner in self._alive:
+            if run.runner is None:
+                continue
+            status = self._alive.get(run.runner)
+            if status is not None:
+                if _orphaned(run, status, grace + timedelta(seconds=self.settings.request_timeout)):
+                    await self._release_orphan(run)
                 continue
             if self.clock.now() - run.state.timestamp < grace:
                 continue  # claimed moments ago: its first heartbeat may still come
             await self._settle(run, run.runner, None)
+
+    async def _release_orphan(self, run: FlowRun) -> None:
+        """A claim whose reply its runner never got (a stall ate it): offer the run
+        again. The release spends the attempt, so should the reply arrive after
+        all, that runner's process is refused and starts no body."""
+        with contextlib.suppress(SluiceError):
+            reply = await self.client.propose_state(
+                run.id,
+                ProposedState(
+                    type=StateType.SCHEDULED,
+                    message=f"runner {run.runner} does not hold this claim (its heartbeats "
+                    "do not name it); offered to another runner",
+                ),
+                attempt=run.attempt,
+                release=True,
+                expected=StateType.PENDING,
+            )
+            log.warning(
+                "run %s: orphaned claim of %s -> %s", run.id, run.runner, reply.status.value
+            )
 
     async def _runner_lost(self, runner: str, last: RunnerStatus | None) -> None:
         ids = {held.id for held in last.runs} if last else set()
@@ -224,28 +311,68 @@ class CancellationWatcher(Service):
                 await self._settle(run, runner, last)
 
     async def _settle(self, run: FlowRun, runner: str, last: RunnerStatus | None) -> None:
+        """Settle one run of a runner whose lease lapsed: release, crash or cancel it.
+
+        Read afresh after the heartbeat was found expired, and proposed with
+        the state it was read in: a run that moved on meanwhile is judged again.
+        """
         seen = f" (last heartbeat {last.at.isoformat(timespec='seconds')})" if last else ""
         gone = f"runner {runner} stopped heartbeating{seen}"
-        if run.state.type is StateType.PENDING:
-            state = ProposedState(
-                type=StateType.SCHEDULED,
-                message=f"{gone} before starting the run; offered to another runner",
-            )
-        elif run.state.type is StateType.CANCELLING:
-            state = ProposedState(
-                type=StateType.CANCELLED,
-                message=f"Cancelled, but {gone}; cancellation cannot be guaranteed.",
-            )
-        elif run.state.type in (StateType.RUNNING, StateType.PAUSED):
-            state = ProposedState(
-                type=StateType.CRASHED, message=f"Crashed: {gone}; its process is presumed lost."
-            )
-        else:
-            return
-        try:
-            reply = await self.client.propose_state(
-                run.id, state, attempt=run.attempt, release=state.type is StateType.SCHEDULED
-            )
+        for _ in range(3):
+            try:
+                if await self._heartbeat_live(runner):
+                    return  # back, and its lease covers its runs again
+                run = await self.client.read_flow_run(run.id)
+                if run.runner != runner:
+                    return
+                state = _settled(run.state.type, gone)
+                if state is None:
+                    return
+                reply = await self.client.propose_state(
+                    run.id,
+                    state,
+                    attempt=run.attempt,
+                    release=state.type is StateType.SCHEDULED,
+                    expected=run.state.type,
+                )
+            except SluiceError as exc:
+                log.warning("could not settle run %s of lost runner %s: %s", run.id, runner, exc)
+                return
             log.warning("run %s: %s -> %s", run.id, gone, reply.status.value)
-        except SluiceError as exc:
-            log.warning("could not settle run %s of lost runner %s: %s", run.id, runner, exc)
+            if reply.status is not Decision.REJECT:
+                return
+
+
+def _orphaned(run: FlowRun, status: RunnerStatus, grace: timedelta) -> bool:
+    """Pending by a live runner whose heartbeats, long after the claim, do not name it."""
+    return (
+        run.state.type is StateType.PENDING
+        and status.at - run.state.timestamp > grace
+        and all(held.id != run.id for held in status.runs)
+    )
+
+
+def _settled(current: StateType, gone: str) -> ProposedState | None:
+    """What a run of a runner whose lease lapsed becomes, by its state now.
+
+    The lease lapsed on the server, so its processes passed their fencing
+    deadline before that: none of them runs a body any more.
+    """
+    if current is StateType.PENDING:
+        return ProposedState(
+            type=StateType.SCHEDULED,
+            message=f"{gone} before starting the run; offered to another runner",
+        )
+    if current is StateType.CANCELLING:
+        return ProposedState(
+            type=StateType.CANCELLED,
+            message=f"Cancelled: {gone}; its lease lapsed, so the run's process had "
+            "stopped itself by then.",
+        )
+    if current in (StateType.RUNNING, StateType.PAUSED):
+        return ProposedState(
+            type=StateType.CRASHED,
+            message=f"Crashed: {gone}; its lease was lost, so the run's process "
+            "stopped itself before the lease could lapse.",
+        )
+    return None

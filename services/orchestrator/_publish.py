@@ -29,6 +29,8 @@ from shared.messages import FlowRunCreated, FlowRunDeleted, FlowRunStateChanged,
 from shared.models import FlowRun
 from shared.states import State, StateType
 
+from ._slots import ttl_seconds
+
 ACK_TIMEOUT = 5.0
 
 
@@ -127,7 +129,7 @@ class Publisher:
         await self._js.publish(
             f"$KV.{names.HEARTBEATS_BUCKET}.{status.runner}",
             encode(status),
-            msg_ttl=max(1, round(lease)),
+            msg_ttl=ttl_seconds(lease),
         )
 
     async def last_event_revision(self, run_id: str) -> int:

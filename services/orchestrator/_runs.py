@@ -37,12 +37,21 @@ from . import _params, rules
 from ._deployments import Deployments
 from ._names import run_name
 from ._publish import Publisher
-from ._slots import Slots
+from ._slots import Slots, ttl_seconds
 from ._store import Exists, IdempotencyStore, RecentRuns, RunStore, Stale
 
 CAS_ATTEMPTS = 50
 #: A claim that found no free slot is told to try again after this long.
 SLOT_RETRY_SECONDS = 0.5
+
+
+def _declared_lost(run: FlowRun) -> bool:
+    """Taken from its holder by someone else: released, or marked Crashed or
+    Cancelled (a holder that reports Completed or Failed ends by itself)."""
+    state = run.state.type
+    if state is StateType.SCHEDULED:
+        return run.runner is None
+    return state in (StateType.CRASHED, StateType.CANCELLED)
 
 
 class Runs:
@@ -256,6 +265,7 @@ class Runs:
                 flow_run=new,
                 # a runner's claim: it starts the run from this deployment
                 deployment=deployment if claims and req.runner else None,
+                lease_seconds=float(ttl_seconds(self._slot_lease)) if took_slot else None,
             )
         raise Conflict(f"flow run {req.id} is changing too fast; propose again")
 
@@ -270,10 +280,15 @@ class Runs:
         return deployment.concurrency_limit or 0 if deployment else 0
 
     async def heartbeat(self, req: Heartbeat) -> HeartbeatReply:
-        """Record a runner as alive and renew the slot leases of the runs it holds."""
+        """Record a runner as alive and renew the slot leases of the runs it holds.
+
+        The reply names the runs it holds no longer (``lost``), so that a
+        runner back from a pause or a partition kills their processes.
+        """
         # Two missed heartbeats and the runner is gone: its entry expires (the
-        # watcher marks its runs) and its slots come back.
-        lease = 2 * req.interval
+        # watcher marks its runs) and its slots come back. Whole seconds,
+        # rounded up: the runner fences itself within the lease it is told.
+        lease = float(ttl_seconds(2 * req.interval))
         status = RunnerStatus(
             runner=req.runner,
             at=self._clock.now(),
@@ -284,11 +299,15 @@ class Runs:
             deployments=req.deployments,
         )
         await self._publisher.heartbeat(status, lease)
+        lost: list[str] = []
         for held in req.runs:
             found = await self._runs.get(held.id)
-            if found is None or found[0].attempt != held.attempt:
+            if found is None:
                 continue
             run = found[0]
+            if run.attempt != held.attempt or _declared_lost(run):
+                lost.append(held.id)
+                continue
             limit = await self._slot_limit(run)
             if limit and run.state.type in rules.CLAIMED_TYPES:
                 slot = SlotLease(
@@ -297,8 +316,9 @@ class Runs:
                     runner=req.runner,
                     attempt=run.attempt,
                 )
-                await self._slots.renew(slot, limit, lease)
-        return HeartbeatReply(lease_seconds=lease)
+                if not await self._slots.renew(slot, limit, lease):
+                    lost.append(held.id)  # its slot lapsed and was taken: not ours to run
+        return HeartbeatReply(lease_seconds=lease, lost=lost)
 
     async def cancel(self, req: CancelFlowRun) -> FlowRun:
         """Scheduled or Pending: Cancelled at once. Running or Paused: Cancelling,

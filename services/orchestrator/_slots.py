@@ -14,6 +14,8 @@ and writes the bucket's stream directly.
 
 from __future__ import annotations
 
+import math
+
 import nats.js.errors
 from nats.js import JetStreamContext
 
@@ -23,6 +25,15 @@ from shared.slots import STREAM, lease_from, slot_subject
 
 _EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
 _WRONG_LAST_SEQUENCE = (10071, 10164)
+
+
+def ttl_seconds(lease: float) -> int:
+    """The whole-second TTL for a lease of ``lease`` seconds: never shorter.
+
+    Holders fence themselves before ``lease`` has passed (docs/reliability.md);
+    rounding down would let the server expire an entry before that point.
+    """
+    return max(1, math.ceil(lease))
 
 
 class Slots:
@@ -42,7 +53,7 @@ class Slots:
                 slot_subject(lease.deployment_id, n),
                 encode(lease),
                 headers={_EXPECTED_LAST: str(last)},
-                msg_ttl=max(1, round(ttl)),
+                msg_ttl=ttl_seconds(ttl),
             )
         except nats.js.errors.APIError as exc:
             if exc.err_code in _WRONG_LAST_SEQUENCE:

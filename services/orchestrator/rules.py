@@ -87,6 +87,32 @@ def stale_claim(ctx: Context) -> Outcome | None:
     )
 
 
+def expected_state_holds(ctx: Context) -> Outcome | None:
+    """A proposal made on a read of the run in one state is not applied to another.
+
+    A watcher that read a run while it was Pending and decided to release it
+    must not release it once it is Running: a body may be executing by then.
+    """
+    expected = ctx.proposal.expected
+    if expected is None or expected is _current(ctx).type:
+        return None
+    return Outcome(
+        status=Decision.REJECT,
+        reason=f"the run is {_current(ctx).describe()}, "
+        f"not {expected.value} as the proposal expects",
+    )
+
+
+def release_only_from_pending(ctx: Context) -> Outcome | None:
+    """Only a claim that has not started its body can be handed to someone else."""
+    if not ctx.proposal.release or _current(ctx).type is StateType.PENDING:
+        return None
+    return Outcome(
+        status=Decision.REJECT,
+        reason=f"only a Pending claim can be released; the run is {_current(ctx).describe()}",
+    )
+
+
 #: What anyone allowed to cancel may propose for a claimed run without its claim.
 _CANCEL_TYPES = frozenset({StateType.CANCELLING, StateType.CANCELLED})
 
@@ -155,6 +181,8 @@ RULES: tuple[Rule, ...] = (
     terminal_is_final,
     retry_needs_a_finished_run,
     stale_claim,
+    expected_state_holds,
+    release_only_from_pending,
     no_double_pending,
     cancelling_only_to_cancelled,
     claimed_runs_answer_to_their_claim,
@@ -208,6 +236,11 @@ def apply(ctx: Context, state: State) -> FlowRun:
         changes["expected_start_time"] = state.details.scheduled_time or ctx.now
         if ctx.proposal.retry or ctx.proposal.release:
             changes["runner"] = None  # back to the queue
+        if ctx.proposal.release:
+            # The given-up claim is spent: its holder's reports are now stale,
+            # and the new offer is a new dispatch item (its message id names
+            # the attempt, so JetStream does not drop it as a duplicate).
+            changes["attempt"] = run.attempt + 1
         if ctx.proposal.retry:
             changes["end_time"] = None
             if ctx.proposal.agentless:  # executed by whoever asked; never dispatched

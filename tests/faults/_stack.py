@@ -28,6 +28,7 @@ from shared.settings import Settings
 from shared.states import StateType
 
 from .._procs import service_env
+from ._bodies import check_bodies, read_journal
 from ._checker import Report, check, collect, leftover_processes
 from ._history import History
 
@@ -201,8 +202,12 @@ async def verify(
     finished: bool = True,
     timeout: float = 90.0,
     seed: int | None = None,
+    journal: Path | None = None,
 ) -> Report:
     """Wait until the invariants hold (or ``timeout``), then return the checker's report.
+
+    ``journal``: the flow bodies' journal; the body invariants
+    (``tests.faults._bodies``) are checked on it too.
 
     Waiting is needed because some repairs are asynchronous by design: a
     slot is freed when its lease runs out, a missing event is published by
@@ -218,7 +223,9 @@ async def verify(
             except (nats.errors.Error, TimeoutError, SluiceError) as exc:
                 problems.append(f"could not read the stack: {exc!r}")
             else:
-                report = check(history, snap)
+                report = check(history, snap, running_states_limit=journal is None)
+                if journal is not None:
+                    report.violations += check_bodies(read_journal(journal), snap, report)
                 problems += report.violations
                 left = leftover_processes(snap.runs)
                 problems += [f"process {pid} of run {run} left behind" for pid, run in left.items()]
@@ -230,7 +237,8 @@ async def verify(
                     ]
                 if not problems:
                     print(
-                        f"checked {report.runs} runs, {report.events} events, {report.gaps} gaps; "
+                        f"checked {report.runs} runs, {report.events} events, {report.gaps} gaps, "
+                        f"{report.bodies} bodies (max at once {report.max_bodies}); "
                         f"ops {history.summary()}; max Running {report.max_running}; seed {seed}"
                     )
                     return report

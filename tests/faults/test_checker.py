@@ -10,7 +10,8 @@ from shared.messages import FlowRunCreated, FlowRunStateChanged, SlotLease
 from shared.models import Deployment, FlowRun
 from shared.states import State, StateDetails, StateType
 
-from ._checker import Snapshot, check, max_overlap
+from ._bodies import Body, check_bodies
+from ._checker import Report, Snapshot, check, max_overlap
 from ._history import History, Op
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
@@ -126,3 +127,63 @@ def test_a_leaked_slot_and_a_missing_event_are_found() -> None:
 
 def test_max_overlap_closes_before_it_opens() -> None:
     assert max_overlap([(at(0), at(1)), (at(1), at(2)), (at(1.5), None)]) == 2
+
+
+# --- the body journal (tests.faults._bodies) -------------------------------------------
+def body(run_id: str, attempt: int, start: float, last: float) -> Body:
+    return Body(run_id, attempt, at(start).timestamp(), at(last).timestamp())
+
+
+def judge(bodies: list[Body], snap: Snapshot) -> list[str]:
+    return check_bodies(bodies, snap, Report())
+
+
+def test_clean_bodies_pass() -> None:
+    snap = snapshot(path("a", *OK), path("b", *OK), limit=2)
+    assert judge([body("a", 1, 2.1, 4.9), body("b", 1, 2.1, 4.9)], snap) == []
+
+
+def test_a_body_after_crashed_or_cancelled_is_found() -> None:
+    crashed = path("a", (StateType.PENDING, 1), (StateType.RUNNING, 2), (StateType.CRASHED, 3))
+    violations = judge([body("a", 1, 2.1, 3.5)], snapshot(crashed))
+    assert violations == ["run a attempt 1: body ran 0.500s after it was marked Crashed"]
+    cancelled = path(
+        "b",
+        (StateType.PENDING, 1),
+        (StateType.RUNNING, 2),
+        (StateType.CANCELLING, 3),
+        (StateType.CANCELLED, 4),
+    )
+    assert judge([body("b", 1, 2.1, 3.9)], snapshot(cancelled)) == []
+    assert "marked Cancelled" in judge([body("b", 1, 2.1, 4.2)], snapshot(cancelled))[0]
+
+
+def test_more_bodies_than_the_limit_are_found_even_when_states_say_otherwise() -> None:
+    """States show one Running at a time; the journal shows two bodies at once."""
+    first = path("a", (StateType.PENDING, 1), (StateType.RUNNING, 2), (StateType.CRASHED, 4))
+    second = path("b", (StateType.PENDING, 4), (StateType.RUNNING, 4.5), (StateType.COMPLETED, 6))
+    snap = snapshot(first, second, limit=1)
+    assert check(History(), snap).violations == []
+    bodies = [body("a", 1, 2.1, 3.9), body("b", 1, 3.0, 5.9)]  # b's body began before a's stopped
+    assert f"deployment {DEP}: 2 bodies executing at once, limit 1" in judge(bodies, snap)
+
+
+def test_a_body_under_two_claims_is_found() -> None:
+    twice = path(
+        "a",
+        (StateType.PENDING, 1),
+        (StateType.RUNNING, 2),
+        (StateType.CRASHED, 3),
+        (StateType.SCHEDULED, 4),
+        (StateType.PENDING, 5),
+        (StateType.RUNNING, 6),
+        (StateType.COMPLETED, 7),
+    )
+    snap = snapshot(twice)
+    retried = [body("a", 1, 2.1, 2.9), body("a", 2, 6.1, 6.9)]
+    assert judge(retried, snap) == []  # one after the other, and the run was retried
+    overlapping = [body("a", 1, 2.1, 6.5), body("a", 2, 6.1, 6.9)]
+    assert any("bodies of attempts [1, 2] overlap" in v for v in judge(overlapping, snap))
+    never_retried = snapshot(path("b", *OK))
+    violations = judge([body("b", 1, 2.1, 2.5), body("b", 2, 3.0, 4.0)], never_retried)
+    assert any("though it was never retried" in v for v in violations)

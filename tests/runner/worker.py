@@ -22,11 +22,13 @@ from shared.states import StateType
 
 
 def main() -> int:
+    from engine.runner._fence import watch_lease
     from engine.runner._lifeline import die_with_parent
 
     run_id = os.environ["SLUICE_FLOW_RUN_ID"]
     if not os.environ.get("WORKER_NO_LIFELINE"):
         die_with_parent()  # as python -m engine does
+        watch_lease()
     attempt = int(os.environ["SLUICE_FLOW_RUN_ATTEMPT"])
     with SyncClient() as client:
         params = client.read_flow_run(run_id).parameters
