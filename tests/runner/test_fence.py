@@ -200,3 +200,15 @@ async def test_a_runner_kills_a_run_the_stack_declared_lost(
                 await anyio.sleep(0.05)
     final = await client.read_flow_run(run.id)
     assert final.state.message == "declared lost elsewhere"  # the runner's report changed nothing
+
+
+def test_the_server_never_expires_a_lease_before_its_holder_stops() -> None:
+    """TTLs are whole seconds, rounded up: the server's expiry (no earlier than
+    send + TTL) comes after the holder's fencing deadline, whatever the lease."""
+    from services.orchestrator._slots import ttl_seconds
+
+    for lease in (0.2, 1.0, 1.4, 2.5, 7.3, 10.0, 20.0):
+        fence = Fence(FakeClock())
+        fence.renewed(sent=100.0, lease=float(ttl_seconds(lease)), runs=[])
+        assert ttl_seconds(lease) >= lease
+        assert fence.until - fence.margin < 100.0 + ttl_seconds(lease)
