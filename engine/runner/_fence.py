@@ -127,6 +127,8 @@ class Fence:
         if path is not None:
             with contextlib.suppress(OSError):
                 path.unlink()
+        if not self._files:
+            self.close()  # no folder left behind by a runner that is never closed
 
     def close(self) -> None:
         folder, self._folder = self._folder, None

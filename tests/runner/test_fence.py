@@ -79,6 +79,7 @@ def test_the_lease_file_follows_renewals_and_goes_with_the_run() -> None:
         assert read_deadline(str(path)) == 102.5
         fence.forget("r")
         assert not path.exists()
+        assert not path.parent.exists()  # the last run took the folder with it
     finally:
         fence.close()
 
