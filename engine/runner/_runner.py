@@ -309,10 +309,11 @@ class Runner(_Facade, _Serving, _Stopping, _Supervise, _Upkeep):
                 with anyio.move_on_after(PROGRESS_SECONDS):
                     await self.clock.sleep_until(item.scheduled_time)
                 early = (item.scheduled_time - self.clock.now()).total_seconds()
-            if item.flow_run_id in self._held:
+            if (held := self._held.get(item.flow_run_id)) is not None:
                 # The same item through a second consumer of ours (a queue and a
                 # deployment both served): the run is already ours and running.
-                await msg.ack()
+                # A newer offer (our claim was released) waits until we let go.
+                await (msg.ack() if held == item.attempt + 1 else msg.nak(delay=1.0))
                 return
             parent = telemetry.context_from_headers(msg.headers)
             with telemetry.runner_span(msg.subject, item.flow_run_id, parent):

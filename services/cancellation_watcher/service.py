@@ -348,7 +348,7 @@ def _orphaned(run: FlowRun, status: RunnerStatus, grace: timedelta) -> bool:
     return (
         run.state.type is StateType.PENDING
         and status.at - run.state.timestamp > grace
-        and all(held.id != run.id for held in status.runs)
+        and all((held.id, held.attempt) != (run.id, run.attempt) for held in status.runs)
     )
 
 
