@@ -87,16 +87,13 @@ class ProposeState(Request, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     release: bool = False
     """With SCHEDULED: give up the claim, so the run is offered to runners again
     (a dead runner's Pending run). Without it, an owner's SCHEDULED (an
-    in-process retry waiting for its delay) keeps the claim. Only a Pending
-    run can be released: a Running one may have a body executing. A release
-    raises the run's attempt, so the released holder's reports are stale."""
+    in-process retry waiting for its delay) keeps the claim. Pending only; it
+    raises the attempt (the released holder is stale)."""
     agentless: bool = False
     """With ``retry``: the proposer executes the retry itself (``--execute``);
     the run is marked agentless, so no runner takes it."""
     expected: StateType | None = None
-    """The state type the proposer read the run in; if the run has moved on
-    since, the proposal is refused (REJECT) instead of applied to a state its
-    author never saw."""
+    """The state type the proposer read the run in: REJECT if it moved on since."""
 
 
 class Decision(enum.StrEnum):
@@ -121,8 +118,7 @@ class ProposeReply(msgspec.Struct, frozen=True, kw_only=True):
     """On an accepted claim (PENDING with a runner): the run's deployment as the
     orchestrator read it to take the concurrency slot (saves the runner a read)."""
     lease_seconds: float | None = None
-    """On an accepted claim that took a concurrency slot: the slot lease's TTL,
-    counted from no earlier than the moment the proposal was sent."""
+    """On a claim that took a concurrency slot: the slot lease (from the send)."""
 
 
 class FlowRunRef(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -301,12 +297,10 @@ class DispatchConsumerReply(msgspec.Struct, frozen=True, kw_only=True):
 
 class HeartbeatReply(msgspec.Struct, frozen=True, kw_only=True):
     lease_seconds: float
-    """How long the heartbeat (and each slot it renewed) lasts without another,
-    counted from no earlier than the moment the heartbeat was sent."""
+    """How long the heartbeat (and each slot it renewed) lasts, from its send."""
     lost: list[str] = msgspec.field(default_factory=list)
-    """Runs named in the heartbeat that the runner no longer holds: claimed
-    again (another attempt), released, or declared Crashed or Cancelled. The
-    runner must kill their processes at once."""
+    """Runs it named that it holds no longer (reclaimed, released, Crashed or
+    Cancelled): their processes must die at once."""
 
 
 class KillRun(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
