@@ -132,11 +132,14 @@ def test_limits_reach_the_container() -> None:
 
 
 def test_no_lifeline_enters_a_container() -> None:
-    """A runner's pid means nothing in the container's pid namespace (issue 16)."""
+    """A runner's pid means nothing in the container's pid namespace (issue 16), nor
+    a lease file on the runner's host: the runner stops the container itself."""
     env = {**RUN_ENV, "SLUICE_RUNNER_PID": "4242", "SLUICE_RUNNER_PIDNS": "pid:[1]"}
+    env["SLUICE_LEASE_FILE"] = "/var/lib/sluice/leases/run"
     runner = DockerFlowRunner(env={"SLUICE_RUNNER_PID": "1"})
     request = container_request(make_run(), None, {**env, "SLUICE_RUNNER_NAME": "r1"}, runner)
-    assert not {"SLUICE_RUNNER_PID", "SLUICE_RUNNER_PIDNS"} & set(env_of(request))
+    gone = {"SLUICE_RUNNER_PID", "SLUICE_RUNNER_PIDNS", "SLUICE_LEASE_FILE"}
+    assert not gone & set(env_of(request))
     assert request["labels"]["sluice.runner-name"] == "r1"
 
 

@@ -54,6 +54,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from engine.runner._fence import LEASE_FILE_ENV
 from engine.runner._lifeline import LIFELINE_ENV
 from engine.runner._subprocess import FlowRunProcess, StartFailed
 from shared.models import Deployment, FlowRun, Infrastructure
@@ -262,15 +263,16 @@ def container_request(
     """The keyword arguments of the SDK's ``containers.create`` for ``run``.
 
     Environment: the runner's, then the deployment's, then the run's (``env``,
-    which wins), without the lifeline's runner pid: a pid of the runner's
-    namespace means nothing inside the container. Pure apart from asking
+    which wins), without the lifeline's runner pid (a pid of the runner's
+    namespace means nothing inside the container) or the lease file (a path on
+    the runner's host): the runner fences a container itself, by stopping it. Pure apart from asking
     whether the deployment's folder exists here (``mount_code``).
     """
     environment = {**runner.env}
     if deployment is not None:
         environment.update(deployment.infrastructure.env)
     environment.update(env)
-    for name in LIFELINE_ENV:
+    for name in (*LIFELINE_ENV, LEASE_FILE_ENV):
         environment.pop(name, None)
     network_mode = runner.networks[0] if runner.networks else None
     request: dict[str, Any] = {
