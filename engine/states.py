@@ -16,13 +16,18 @@ run reporting to a stack) keeps more: see :mod:`engine.results`.
 
 from __future__ import annotations
 
+import os
+import traceback
 from datetime import UTC, datetime
 from typing import Any
+
+import msgspec
 
 from shared.states import (
     AWAITING_RETRY,
     CACHED,
     DEFAULT_NAMES,
+    MAX_TRACEBACK_CHARS,
     RETRYING,
     TERMINAL_TYPES,
     State,
@@ -64,6 +69,9 @@ TIMED_OUT = "TimedOut"
 #: COMPLETED: the task did not run again; its result came from an earlier
 #: attempt of the flow run (see :mod:`engine._core.resume`).
 RESUMED = "Resumed"
+
+# The run-time's own frames, which lead every traceback of a body and say nothing about it.
+_CORE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_core", "")
 
 # Longest string copied into State.data; longer values stay beside the state.
 _MAX_INLINE_STR = 1024
@@ -122,12 +130,19 @@ def Failed(
     timestamp: datetime | None = None,
     name: str | None = None,
     details: StateDetails | None = None,
+    error: BaseException | None = None,
 ) -> State:
-    return _make(StateType.FAILED, name, message, None, details, timestamp)
+    """FAILED; with ``error``, its details keep the exception's type and traceback."""
+    return _make(StateType.FAILED, name, message, None, with_error(details, error), timestamp)
 
 
-def Crashed(*, message: str | None = None, timestamp: datetime | None = None) -> State:
-    return _make(StateType.CRASHED, None, message, None, None, timestamp)
+def Crashed(
+    *,
+    message: str | None = None,
+    timestamp: datetime | None = None,
+    error: BaseException | None = None,
+) -> State:
+    return _make(StateType.CRASHED, None, message, None, with_error(None, error), timestamp)
 
 
 def Cancelled(*, message: str | None = None, timestamp: datetime | None = None) -> State:
@@ -140,10 +155,15 @@ def AwaitingRetry(
     retry_count: int,
     message: str | None = None,
     timestamp: datetime | None = None,
+    error: BaseException | None = None,
 ) -> State:
-    """SCHEDULED/AwaitingRetry: attempt ``retry_count`` starts at ``scheduled_time``."""
+    """SCHEDULED/AwaitingRetry: attempt ``retry_count`` starts at ``scheduled_time``.
+
+    ``error`` is the failure of the attempt before; its type and traceback are kept.
+    """
     details = StateDetails(scheduled_time=scheduled_time, retry_count=retry_count)
-    return _make(StateType.SCHEDULED, AWAITING_RETRY, message, None, details, timestamp)
+    kept = with_error(details, error)
+    return _make(StateType.SCHEDULED, AWAITING_RETRY, message, None, kept, timestamp)
 
 
 def Retrying(*, retry_count: int, timestamp: datetime | None = None) -> State:
@@ -174,8 +194,10 @@ def TriggerFailed(*, message: str, timestamp: datetime | None = None) -> State:
     return _make(StateType.FAILED, TRIGGER_FAILED, message, None, None, timestamp)
 
 
-def TimedOut(*, message: str, timestamp: datetime | None = None) -> State:
-    return _make(StateType.FAILED, TIMED_OUT, message, None, None, timestamp)
+def TimedOut(
+    *, message: str, timestamp: datetime | None = None, error: BaseException | None = None
+) -> State:
+    return _make(StateType.FAILED, TIMED_OUT, message, None, with_error(None, error), timestamp)
 
 
 def is_completed(state: State) -> bool:
@@ -209,3 +231,48 @@ def describe_exception(exc: BaseException) -> str:
     text = str(exc)
     name = type(exc).__name__
     return f"{name}: {text}" if text else name
+
+
+def error_type(exc: BaseException) -> str:
+    """The exception's class as a state records it: ``ValueError``, ``mypkg.db.TableMissing``."""
+    cls = type(exc)
+    if cls.__module__ == "builtins":
+        return cls.__qualname__
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def format_traceback(exc: BaseException, limit: int = MAX_TRACEBACK_CHARS) -> str:
+    """The exception's formatted traceback (with its causes), at most ``limit`` characters.
+
+    A longer one keeps its end, cut at a frame boundary, because the frames
+    nearest the raise (and the exception line itself) say what went wrong;
+    a marker line says how much of the outer part was left out. The engine's
+    frames that call the body (before the first frame of user code) are left out.
+    """
+    shown = traceback.TracebackException.from_exception(exc)
+    frames = shown.stack
+    lead = 0
+    while lead < len(frames) - 1 and frames[lead].filename.startswith(_CORE_DIR):
+        lead += 1
+    if lead:
+        shown.stack = traceback.StackSummary.from_list(frames[lead:])
+    text = "".join(shown.format())
+    if len(text) <= limit:
+        return text
+    head = "Traceback (most recent call last):\n"
+    room = max(limit - len(head) - 80, 0)
+    tail = text[-room:] if room else ""
+    frame = tail.find("\n  File ")
+    if frame >= 0:
+        tail = tail[frame + 1 :]
+    cut = len(text) - len(tail)
+    return f"{head}  ... {cut} characters of outer frames left out ...\n{tail}"[-limit:]
+
+
+def with_error(details: StateDetails | None, error: BaseException | None) -> StateDetails | None:
+    """``details`` plus ``error``'s type and bounded traceback (unchanged without one)."""
+    if error is None:
+        return details
+    return msgspec.structs.replace(
+        details or StateDetails(), error_type=error_type(error), traceback=format_traceback(error)
+    )

@@ -412,3 +412,5 @@ class LogRecord(msgspec.Struct, frozen=True, kw_only=True):
     message: str
     logger: str = "sluice"
     task_run_id: str | None = None
+    #: The name of the task run that logged it (``extract-2``), for display.
+    task_run_name: str | None = None

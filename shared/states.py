@@ -56,6 +56,10 @@ CACHED = "Cached"
 
 StateName = msgspec.Meta(min_length=1, max_length=64)
 
+#: Longest traceback a state keeps, in characters. Longer ones lose their
+#: outermost frames: the frames nearest the raise are the ones that explain it.
+MAX_TRACEBACK_CHARS = 16 * 1024
+
 
 class StateDetails(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """Facts that some states carry; every field is optional."""
@@ -67,6 +71,11 @@ class StateDetails(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
     result_ref: str | None = None
     runner: str | None = None
     transition_id: str | None = None
+    #: FAILED/CRASHED (and AwaitingRetry after a failed attempt): the class of the
+    #: exception that ended the attempt, qualified by its module unless a builtin.
+    error_type: str | None = None
+    #: The formatted traceback of that exception, at most MAX_TRACEBACK_CHARS.
+    traceback: str | None = None
 
 
 class State(msgspec.Struct, frozen=True, kw_only=True):

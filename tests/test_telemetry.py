@@ -209,7 +209,14 @@ def test_a_flow_run_is_a_span_with_its_task_runs_inside(spans: InMemorySpanExpor
         s for s in tasks if s.attributes and s.attributes["sluice.state.type"] == "FAILED"
     )
     assert not failed.status.is_ok
-    assert [e.name for e in failed.events] == ["Running", "AwaitingRetry", "Retrying", "Failed"]
+    names = [e.name for e in failed.events]
+    assert names == ["Running", "AwaitingRetry", "Retrying", "Failed", "exception"]
+    # The failure as OpenTelemetry's semantic conventions record an exception.
+    event = failed.events[-1].attributes or {}
+    assert event["exception.type"] == "ValueError"
+    assert event["exception.message"] == "negative"
+    assert 'raise ValueError("negative")' in str(event["exception.stacktrace"])
+    assert (failed.attributes or {})["error.type"] == "ValueError"
     assert flow_span.attributes is not None
     assert flow_span.attributes["sluice.state.type"] == "COMPLETED"  # it returned a value
     assert flow_span.status.is_ok

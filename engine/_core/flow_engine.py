@@ -196,7 +196,8 @@ def _record(span: Any, result: FlowRunResult[Any]) -> None:
         }
     )
     if state.type is not StateType.COMPLETED:
-        telemetry.set_error(state.type.value.lower(), state.message or state.describe())
+        failure = state.message or state.describe()
+        telemetry.set_error(state.type.value.lower(), failure, result.exception)
 
 
 # --- sync -------------------------------------------------------------------------------

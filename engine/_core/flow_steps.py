@@ -22,6 +22,7 @@ from engine._core.context import (
     Runtime,
 )
 from engine._core.drive import Invoke, Sleep, Steps
+from engine._core.logs import log_ended, log_failed, log_retry, log_started
 from engine._core.reporting import FlowRunInfo
 from engine._core.retry import next_delay
 from engine._core.task_engine import new_id
@@ -78,6 +79,7 @@ def flow_steps(
     runtime, run, clock = fctx.runtime, fctx.run, fctx.runtime.clock
     if param_error is not None:
         failed = states.Failed(message=str(param_error), timestamp=clock.now())
+        log_failed(fctx, None, None, str(param_error))
         yield from propose(runtime, run, failed)
         return End(run.state, None, param_error)
     if not (yield from propose(runtime, run, states.Running(timestamp=clock.now()))):
@@ -87,6 +89,7 @@ def flow_steps(
     what = f"flow run {run.name!r}"
     retry_count = 0
     while True:
+        log_started(fctx, None, retry_count)
         try:
             value, error = yield Invoke(flow.fn, args, kwargs, flow.timeout_seconds, what)
         except GeneratorExit:
@@ -95,32 +98,37 @@ def flow_steps(
             end = (
                 states.Cancelled(message=f"{what} was cancelled", timestamp=clock.now())
                 if isinstance(exc, asyncio.CancelledError)
-                else states.Crashed(message=states.describe_exception(exc), timestamp=clock.now())
+                else states.Crashed(
+                    message=states.describe_exception(exc), timestamp=clock.now(), error=exc
+                )
             )
             answer = runtime.reporter.propose_flow_state(run, end)
             run.state = answer.state
             raise
         message = None
+        from_tasks = False  # their failures are in the log already, with tracebacks
         if error is None and value is None and fctx.failures:
             message, error = _failure_summary(fctx)
-            error = error or FlowRunFailed(message)
+            error, from_tasks = error or FlowRunFailed(message), True
         if error is None:
             final = states.Completed(data=value, timestamp=clock.now())
             if runtime.results is not None:
                 final = keep_result(final, value, runtime.results, f"{run.id}.{new_id()}")
         elif isinstance(error, RunTimeout):
-            final = states.TimedOut(message=str(error), timestamp=clock.now())
+            final = states.TimedOut(message=str(error), timestamp=clock.now(), error=error)
         else:
             message = message or states.describe_exception(error)
-            final = states.Failed(message=message, timestamp=clock.now())
+            final = states.Failed(message=message, timestamp=clock.now(), error=error)
         if error is not None and retry_count < policy.retries and not fctx.abandoned.is_set():
             retry_count += 1
             delay = next_delay(policy, retry_count, runtime.random())
             when = clock.now() + timedelta(seconds=delay)
             waiting = states.AwaitingRetry(
                 scheduled_time=when, retry_count=retry_count, message=final.message,
-                timestamp=clock.now(),
+                timestamp=clock.now(), error=error,
             )  # fmt: skip
+            shown = None if from_tasks else error
+            log_retry(fctx, None, shown, retry_count, policy.retries, delay, final.message)
             if not (yield from propose(runtime, run, waiting)):
                 return End(run.state, None, error)
             if delay > 0:
@@ -132,5 +140,8 @@ def flow_steps(
             fctx.futures.clear()
             fctx.restart_task_keys()
             continue
+        if error is not None:
+            log_failed(fctx, None, None if from_tasks else error, final.message)
         yield from propose(runtime, run, final)
+        log_ended(fctx, None, run.state.describe())
         return End(run.state, value, error)

@@ -53,6 +53,7 @@ from engine import states, triggers
 from engine._core.cache import CacheEntry
 from engine._core.context import FlowRunContext, Runtime, TaskRunContext, _task_var
 from engine._core.drive import Invoke, Sleep, Steps
+from engine._core.logs import log_ended, log_failed, log_retry, log_started
 from engine._core.reporting import TaskRunInfo
 from engine._core.retry import next_delay
 from engine.exceptions import MissingResult, RunTimeout, TriggerFailedError, UpstreamFailed
@@ -259,13 +260,17 @@ def _steps(
     def finish(state: State, value: Any = None, exc: BaseException | None = None) -> TaskOutcome:
         move(state)
         failed = state.type in _FAILED_TYPES
-        if flow_ctx is not None and failed and state.name != states.TRIGGER_FAILED:
-            flow_ctx.failures.append((run.name, state, exc))
+        if flow_ctx is not None:
+            if failed and state.name != states.TRIGGER_FAILED:
+                flow_ctx.failures.append((run.name, state, exc))
+                log_failed(flow_ctx, run, exc, state.message)
+            log_ended(flow_ctx, run, state.describe())
         if span is not None:
             telemetry.end_span(
                 span,
                 {"sluice.state.type": state.type.value, "sluice.state.name": state.name or ""},
                 error=(state.message or state.describe()) if failed else None,
+                exception=exc if failed else None,
             )
         return TaskOutcome(state, value, exc)
 
@@ -310,7 +315,7 @@ def _steps(
             entry = runtime.cache.get(key, clock.now()) if key is not None else None
         except Exception as exc:
             msg = f"cache lookup failed: {states.describe_exception(exc)}"
-            return finish(states.Failed(message=msg, timestamp=clock.now()), exc=exc)
+            return finish(states.Failed(message=msg, timestamp=clock.now(), error=exc), exc=exc)
         if entry is not None and key is not None:
             cached = states.Cached(
                 cache_key=key,
@@ -329,6 +334,8 @@ def _steps(
             move(states.Running(timestamp=clock.now()))
         else:
             move(states.Retrying(retry_count=retry_count, timestamp=clock.now()))
+        if flow_ctx is not None:
+            log_started(flow_ctx, run, retry_count)
         try:
             value, error = yield Invoke(task.fn, args, kwargs, task.timeout_seconds, what, enter)
         except GeneratorExit:
@@ -338,7 +345,7 @@ def _steps(
                 finish(states.Cancelled(message=f"{what} was cancelled", timestamp=clock.now()))
             else:
                 msg = f"{what} crashed: {states.describe_exception(exc)}"
-                finish(states.Crashed(message=msg, timestamp=clock.now()), exc=exc)
+                finish(states.Crashed(message=msg, timestamp=clock.now(), error=exc), exc=exc)
             raise
         if error is None:
             break
@@ -352,15 +359,19 @@ def _steps(
                     retry_count=retry_count,
                     message=states.describe_exception(error),
                     timestamp=clock.now(),
+                    error=error,
                 )
             )
+            if flow_ctx is not None:
+                log_retry(flow_ctx, run, error, retry_count, policy.retries, delay)
             if delay > 0:
                 yield Sleep(when)
             continue
         message = states.describe_exception(error)
         if isinstance(error, RunTimeout):
-            return finish(states.TimedOut(message=message, timestamp=clock.now()), exc=error)
-        return finish(states.Failed(message=message, timestamp=clock.now()), exc=error)
+            timed_out = states.TimedOut(message=message, timestamp=clock.now(), error=error)
+            return finish(timed_out, exc=error)
+        return finish(states.Failed(message=message, timestamp=clock.now(), error=error), exc=error)
 
     details = None
     if key is not None:
@@ -370,7 +381,7 @@ def _steps(
             runtime.cache.put(key, CacheEntry(value, expires))
         except Exception as exc:
             msg = f"the result could not be cached: {states.describe_exception(exc)}"
-            return finish(states.Failed(message=msg, timestamp=now), exc=exc)
+            return finish(states.Failed(message=msg, timestamp=now, error=exc), exc=exc)
         details = StateDetails(cache_key=key, cache_expiration=expires)
     completed = states.Completed(data=value, details=details, timestamp=clock.now())
     return finish(keep(completed, value), value)

@@ -344,6 +344,7 @@ class StackReporter:
             LogRecord(
                 flow_run_id=flow_run_id,
                 task_run_id=getattr(record, "task_run_id", None),
+                task_run_name=getattr(record, "task_run_name", None),
                 timestamp=datetime.fromtimestamp(record.created, UTC),
                 level=record.levelno,
                 message=message,

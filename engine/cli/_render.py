@@ -176,8 +176,15 @@ def flow_run_panel(
         ("parent run", run.parent_flow_run_id),
         ("created", when(run.created)),
         ("updated", when(run.updated)),
+        ("traceback", traceback_text(run)),
     ]
     return Panel(_details(rows), title=escape(run.name), title_align="left", expand=False)
+
+
+def traceback_text(run: FlowRun) -> Text | None:
+    """The traceback the run's state keeps (a failed or crashed run), else None."""
+    tb = run.state.details.traceback
+    return Text(tb.rstrip("\n"), style="dim") if tb else None
 
 
 def _table(*headers: str) -> Table:
@@ -234,6 +241,10 @@ def state_line(run: FlowRun) -> Text:
     line.append_text(state_text(run.state))
     if run.state.message:
         line.append(f"  {run.state.message}")
+    tb = traceback_text(run) if run.state.is_terminal else None
+    if tb is not None:
+        line.append("\n")
+        line.append_text(tb)
     return line
 
 
@@ -242,6 +253,9 @@ def log_line(record: LogRecord) -> Text:
     style = LEVEL_STYLES.get(record.level, "")
     line = Text(f"{record.timestamp.astimezone():%H:%M:%S}  ")
     line.append(f"{level:<8}", style=style)
+    if record.task_run_name:
+        line.append(f" {record.task_run_name}", style="cyan")
+        line.append(" |")
     line.append(f" {record.message}")
     return line
 

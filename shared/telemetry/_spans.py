@@ -202,10 +202,13 @@ def end_span(
     attributes: Mapping[str, Any] | None = None,
     *,
     error: str | None = None,
+    exception: BaseException | None = None,
 ) -> None:
     """Set ``attributes``, mark the span failed when ``error`` says why, and end it.
 
-    Ending a span twice does nothing the second time.
+    With ``exception`` too, the span gets an ``exception`` event (type, message,
+    stack trace) and ``error.type`` is the exception's class. Ending a span
+    twice does nothing the second time.
     """
     if current is None or not current.is_recording():
         return
@@ -214,12 +217,31 @@ def end_span(
     if error is not None:
         from opentelemetry.trace import Status, StatusCode
 
+        _record_exception(current, exception)
         current.set_status(Status(StatusCode.ERROR, error))
     current.end()
 
 
-def set_error(error_type: str, message: str) -> None:
-    """Mark the current span failed with ``error.type`` (e.g. a Sluice error code)."""
+def _record_exception(current: Span, exception: BaseException | None) -> None:
+    if exception is None:
+        return
+    current.record_exception(exception)
+    current.set_attribute("error.type", _class_name(exception))
+
+
+def _class_name(exc: BaseException) -> str:
+    cls = type(exc)
+    return (
+        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    )
+
+
+def set_error(error_type: str, message: str, exception: BaseException | None = None) -> None:
+    """Mark the current span failed with ``error.type`` (e.g. a Sluice error code).
+
+    With ``exception``, an ``exception`` event is recorded and ``error.type`` is
+    the exception's class instead.
+    """
     if _setup._tracer is None:
         return
     from opentelemetry import trace
@@ -227,6 +249,7 @@ def set_error(error_type: str, message: str) -> None:
 
     current = trace.get_current_span()
     current.set_attribute("error.type", error_type)
+    _record_exception(current, exception)
     current.set_status(Status(StatusCode.ERROR, message))
 
 

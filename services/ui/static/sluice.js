@@ -121,6 +121,13 @@
     });
   });
 
+  // Copy buttons: data-copy names the element whose text is copied.
+  document.addEventListener("click", function (e) {
+    var id = e.target.getAttribute && e.target.getAttribute("data-copy");
+    var source = id && document.getElementById(id);
+    if (source && navigator.clipboard) navigator.clipboard.writeText(source.textContent);
+  });
+
   // The runs table: rows change in place; new matching runs appear on top.
   var runs = document.getElementById("runs");
   if (runs) {
