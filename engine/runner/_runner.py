@@ -49,6 +49,7 @@ from nats.aio.msg import Msg
 from engine.client import Client
 from engine.runner._facade import BackgroundRun, _Facade
 from engine.runner._fence import Fence
+from engine.runner._filters import consumer_filters
 from engine.runner._pull import fetch_unless, keep_in_progress
 from engine.runner._serving import _Serving, private_queue
 from engine.runner._stopping import _Stopping
@@ -151,6 +152,8 @@ class Runner(_Facade, _Serving, _Stopping, _Supervise, _Upkeep):
         self._init_code(install_requirements)
         self._fence = Fence()  # when each held run's body must have stopped
         self._doomed: set[str] = set()  # held runs cancelled before their process started
+        #: Runs whose dispatch item one of our consumers is handling right now.
+        self._in_hand: set[str] = set()
         self._stop = anyio.Event()
         self._hurry = anyio.Event()
         self._idle = anyio.Event()
@@ -218,12 +221,7 @@ class Runner(_Facade, _Serving, _Stopping, _Supervise, _Upkeep):
 
     # --- consuming dispatch items -------------------------------------------------------
     def _consumers(self) -> list[list[str]]:
-        out: list[list[str]] = []
-        if self.queue is not None:
-            out.append([f"{names.DISPATCH_PREFIX}.{self.queue}.>"])
-        if self._served:
-            out.append([f"{names.DISPATCH_PREFIX}.*.{d}" for d in sorted(self._served)])
-        return out
+        return consumer_filters(self.queue, self._served, self._deployments)
 
     async def _subscribe_when_ready(self, client: Client, filters: list[str]) -> Any:
         """Subscribe, waiting for the dispatch stream if the stack is still starting.
@@ -289,6 +287,7 @@ class Runner(_Facade, _Serving, _Stopping, _Supervise, _Upkeep):
 
     async def _take(self, msg: Msg, token: object) -> None:
         self._taking += 1
+        in_hand: str | None = None
         try:
             client = await self._connected()
             try:
@@ -297,6 +296,11 @@ class Runner(_Facade, _Serving, _Stopping, _Supervise, _Upkeep):
                 log.error("runner %s: dropping an undecodable dispatch item: %s", self.name, exc)
                 await msg.term()
                 return
+            if item.flow_run_id in self._in_hand:  # via our other consumer: claimed once
+                await msg.ack()
+                return
+            in_hand = item.flow_run_id
+            self._in_hand.add(in_hand)
             early = (item.scheduled_time - self.clock.now()).total_seconds()
             if early > self.prefetch_seconds:
                 await msg.nak(delay=early - self.prefetch_seconds)
@@ -328,6 +332,8 @@ class Runner(_Facade, _Serving, _Stopping, _Supervise, _Upkeep):
                 await msg.nak(delay=1.0)
         finally:
             self._taking -= 1
+            if in_hand is not None:
+                self._in_hand.discard(in_hand)
             self._slots.release_on_behalf_of(token)
             self._note_idle()
 
