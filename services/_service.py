@@ -14,6 +14,8 @@ from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Self
 
+from shared import telemetry
+
 
 class Service(abc.ABC):
     def __init__(self) -> None:
@@ -25,7 +27,10 @@ class Service(abc.ABC):
 
     async def __aenter__(self) -> Self:
         try:
-            await self._start(self._stack)
+            # What the service opens inside keeps its own telemetry service name;
+            # the caller's context gets its own back.
+            with telemetry.serving_scope():
+                await self._start(self._stack)
         except BaseException:
             await self._stack.aclose()
             raise

@@ -61,6 +61,16 @@ def dispatch_item(run: FlowRun) -> Dispatch:
     )
 
 
+def run_trace(run: FlowRun) -> dict[str, str]:
+    """The creator's trace context stored with ``run``, as message headers ({} if none)."""
+    out: dict[str, str] = {}
+    if run.traceparent:
+        out["traceparent"] = run.traceparent
+        if run.tracestate:
+            out["tracestate"] = run.tracestate
+    return out
+
+
 def dispatch_message(item: Dispatch) -> tuple[str, bytes, dict[str, str]]:
     """``(subject, payload, headers)`` to publish ``item`` on ``FLOWRUN_DISPATCH``."""
     return (

@@ -175,3 +175,7 @@ class FlowRun(msgspec.Struct, frozen=True, kw_only=True):
     """Ids of the last accepted transitions, so a repeated proposal is harmless."""
     created_by_request: str | None = None
     """The ``request_id`` of the create request that made the run, if it gave one."""
+    traceparent: str | None = None
+    """The W3C trace context of the request that created the run (when it was
+    traced), so that whoever starts the run later continues the creator's trace."""
+    tracestate: str | None = None

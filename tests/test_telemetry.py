@@ -298,7 +298,7 @@ async def test_one_trace_spans_client_orchestrator_runner_engine_and_tasks(
     create = one("send flowrun.create")
     served = one("process flowrun.create")
     dispatch = one("send flowrun.dispatch.{queue}.{deployment_id}")
-    submit = one("submit flow run")
+    submit = one("submit flowrun.dispatch.{queue}.{deployment_id}")
     assert create.kind is SpanKind.CLIENT and served.kind is SpanKind.SERVER
     assert dispatch.kind is SpanKind.PRODUCER and submit.kind is SpanKind.CONSUMER
     assert served.parent is not None and served.parent.span_id == create.context.span_id
@@ -345,7 +345,7 @@ async def test_one_trace_spans_client_orchestrator_runner_engine_and_tasks(
     assert all(r["attributes"]["messaging.system"] == "nats" for r in requests)
     assert all(r["kind"] == "SpanKind.CLIENT" for r in requests)
     # Each proposal the orchestrator served is the child of one the engine sent,
-    # or of the runner's claim, sent inside its "submit flow run" span.
+    # or of the runner's claim, sent inside its submit span.
     (claim,) = [
         s
         for s in here

@@ -159,7 +159,10 @@ class Client:
         data = payload if isinstance(payload, bytes) else encode(payload)
         with telemetry.request_span(subject, len(data)) as headers:
             nc: Any = _WithHeaders(self.nc, headers or {})
-            return await request(nc, subject, data, reply_type, timeout=timeout, repeatable=again)
+            reply = await request(nc, subject, data, reply_type, timeout=timeout, repeatable=again)
+            if isinstance(reply, FlowRun):  # the root of a created run's trace names it
+                telemetry.set_attributes({"sluice.flow_run.id": reply.id})
+            return reply
 
     async def _kv(self) -> KeyValue:
         if self._runs_kv is None:

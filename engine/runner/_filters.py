@@ -2,7 +2,7 @@
 
 Pure: from what a runner serves to the filter subjects of its consumers.
 Every dispatch item must reach a runner through one of its consumers only,
-or it costs a second claim request (and a second ``submit flow run`` span).
+or it costs a second claim request (and a second ``submit`` span).
 """
 
 from __future__ import annotations

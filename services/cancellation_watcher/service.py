@@ -42,7 +42,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from engine.client import Client
 from services._service import Service
-from shared import names
+from shared import names, telemetry
 from shared.bootstrap import bootstrap
 from shared.clock import Clock, SystemClock
 from shared.codec import decode, decode_event, decode_reply, encode
@@ -85,6 +85,7 @@ class CancellationWatcher(Service):
         self._cancelling: set[str] = set()
 
     async def _start(self, stack: AsyncExitStack) -> None:
+        telemetry.serve_as("sluice-cancellation-watcher")  # its own service.name in sluice dev
         nc = await connect(self.settings, name="sluice-cancellation-watcher")
         stack.push_async_callback(nc.close)
         await bootstrap(nc.jetstream(), self.settings)

@@ -24,7 +24,7 @@ from nats.js.api import PubAck
 
 from shared import names, telemetry
 from shared.codec import decode_event, encode
-from shared.dispatch import MSG_ID, dispatch_item, dispatch_message
+from shared.dispatch import MSG_ID, dispatch_item, dispatch_message, run_trace
 from shared.messages import FlowRunCreated, FlowRunDeleted, FlowRunStateChanged, RunnerStatus
 from shared.models import FlowRun
 from shared.states import State, StateType
@@ -115,7 +115,10 @@ class Publisher:
                 subject, payload, stream=names.DISPATCH_STREAM, headers=headers
             )
         with telemetry.publish_span(
-            subject, template=telemetry.DISPATCH_TEMPLATE, attributes={"sluice.flow_run.id": run.id}
+            subject,
+            template=telemetry.DISPATCH_TEMPLATE,
+            attributes={"sluice.flow_run.id": run.id},
+            context=telemetry.context_from_headers(run_trace(run)),  # the creator's trace
         ) as trace_headers:
             return await self._js.publish_async(
                 subject,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 import uuid
 
+from shared import telemetry
 from shared.clock import Clock, utc
 from shared.errors import Conflict, FlowRunNotFound, MalformedRequest
 from shared.messages import (
@@ -105,6 +106,12 @@ class Runs:
 
         now = self._clock.now()
         start = utc(req.scheduled_start_time) if req.scheduled_start_time else now
+        # The request's span (child of the creator's): kept, so a run started
+        # later by the scheduler still belongs to the creator's trace.
+        trace: dict[str, str] = {}
+        if telemetry.enabled():
+            telemetry.set_attributes({"sluice.flow_run.id": run_id})
+            trace = telemetry.inject_headers()
         run = FlowRun(
             id=run_id,
             name=req.name or run_name(self._rng),
@@ -128,6 +135,8 @@ class Runs:
             expected_start_time=start,
             agentless=req.agentless,
             created_by_request=req.request_id,
+            traceparent=trace.get("traceparent"),
+            tracestate=trace.get("tracestate"),
         )
         try:
             revision = await self._runs.create(run)

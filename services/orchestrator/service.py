@@ -86,6 +86,7 @@ class Orchestrator(Service):
     async def _start(self, stack: AsyncExitStack) -> None:
         s = self.settings
         telemetry.setup("sluice-orchestrator")  # as OTEL_* say; first call wins
+        telemetry.serve_as("sluice-orchestrator")  # its own service.name, even in sluice dev
         reconnects, self._reconnects = anyio.create_memory_object_stream[None](1)
         stack.callback(reconnects.close)
         stack.callback(self._reconnects.close)

@@ -23,6 +23,7 @@ from engine.runner._fork import ForkServerFlowRunner
 from engine.runner._runner import DEFAULT_DRAIN_SECONDS
 from engine.runner._subprocess import FlowRunner, SubprocessFlowRunner
 from services._service import Service
+from shared import telemetry
 from shared.connection import wait_for_server
 from shared.settings import Settings
 
@@ -74,6 +75,7 @@ class RunnerService(Service):
         self._register = list(register)
 
     async def _start(self, stack: AsyncExitStack) -> None:
+        telemetry.serve_as("sluice-runner")  # its own service.name in sluice dev
         # Like every service, wait for NATS (saying so) rather than fail when
         # it is not up yet; the runner's own connection then opens at once.
         await wait_for_server(self.runner.settings, name=f"runner {self.runner.name}")

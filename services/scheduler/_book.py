@@ -43,6 +43,8 @@ class Entry:
     skipped: bool = False
     created: bool = True
     """False for a held slot whose run does not exist yet."""
+    trace: dict[str, str] | None = None
+    """The creator's trace context stored with the run (``traceparent``), if any."""
 
     @property
     def run_id(self) -> str:

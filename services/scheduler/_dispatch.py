@@ -34,9 +34,9 @@ import anyio
 from nats.js import JetStreamContext
 
 from engine.client import Client
-from shared import names
+from shared import names, telemetry
 from shared.clock import Clock
-from shared.dispatch import dispatch_item, dispatch_message
+from shared.dispatch import dispatch_item, dispatch_message, run_trace
 from shared.errors import Conflict, FlowRunNotFound
 from shared.messages import ProposedState
 from shared.models import FlowRun
@@ -133,6 +133,7 @@ class Dispatcher:
         was_held, was_dispatched = entry.held, entry.dispatched
         entry.item, entry.state, entry.name = item, kind, run.state.name
         entry.revision, entry.created = max(entry.revision, revision), True
+        entry.trace = run_trace(run) or None
         self.book.add(entry)
         if kind is not StateType.SCHEDULED:
             entry.held = entry.skipped = False
@@ -309,6 +310,17 @@ class Dispatcher:
         if not entry.created:
             return  # a slot whose run is not created yet: its creation offers it
         subject, payload, headers = dispatch_message(entry.item)
+        with telemetry.publish_span(
+            subject,
+            template=telemetry.DISPATCH_TEMPLATE,
+            attributes={"sluice.flow_run.id": entry.run_id},
+            context=telemetry.context_from_headers(entry.trace),  # the creator's trace
+        ) as trace_headers:
+            await self._publish(entry, subject, payload, {**headers, **(trace_headers or {})})
+
+    async def _publish(
+        self, entry: Entry, subject: str, payload: bytes, headers: dict[str, str]
+    ) -> None:
         try:
             # Pipelined: a thousand runs due at once are a thousand publishes in
             # flight, not a thousand round trips in turn.

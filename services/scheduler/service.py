@@ -91,6 +91,7 @@ class Scheduler(Service):
     async def _start(self, stack: AsyncExitStack) -> None:
         s = self.settings
         telemetry.setup("sluice-scheduler")  # as OTEL_* say; first call wins
+        telemetry.serve_as("sluice-scheduler")  # its own service.name, even in sluice dev
         nc = self.nc = await connect(s, name="sluice-scheduler")
         stack.push_async_callback(nc.close)
         self.js = js = nc.jetstream()

@@ -18,7 +18,9 @@ Settings (read once, by the first :func:`setup` of a process):
 ``OTEL_TRACES_EXPORTER``    ``none`` (default), ``console``, ``otlp``,
                             ``sluice-file``; several separated by commas
 ``OTEL_SERVICE_NAME``       default: the process's own (``sluice-orchestrator``,
-                            ``sluice-scheduler``, ``sluice-engine``, ``sluice-client`` …)
+                            ``sluice-scheduler``, ``sluice-engine``, ``sluice-client`` …);
+                            without it, each service of a process that runs several
+                            (``sluice dev``) names its own spans (:func:`serve_as`)
 ``OTEL_SDK_DISABLED``       ``true``: off, whatever else is set
 ``SLUICE_OTEL_FILE``        where ``sluice-file`` appends its spans, one JSON
                             object a line (default ``sluice-spans.jsonl``)
@@ -58,6 +60,8 @@ from ._setup import (
     flush,
     install,
     install_in_memory,
+    serve_as,
+    serving_scope,
     setup,
     shutdown,
     tracer,
@@ -79,6 +83,7 @@ from ._spans import (
     request_span,
     runner_span,
     server_span,
+    set_attributes,
     set_error,
     span,
     start_span,
@@ -108,7 +113,10 @@ __all__ = [
     "publish_span",
     "request_span",
     "runner_span",
+    "serve_as",
     "server_span",
+    "serving_scope",
+    "set_attributes",
     "set_error",
     "setup",
     "shutdown",

@@ -15,13 +15,15 @@ needs it.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -38,6 +40,8 @@ __all__ = [
     "flush",
     "install",
     "install_in_memory",
+    "serve_as",
+    "serving_scope",
     "setup",
     "shutdown",
     "tracer",
@@ -53,6 +57,14 @@ _lock = threading.Lock()
 _configured = False
 _provider: TracerProvider | None = None
 _tracer: Tracer | None = None
+#: The provider's service name, and whether OTEL_SERVICE_NAME chose it (then it is
+#: the one name of every span of the process).
+_service = "sluice"
+_named_by_env = False
+#: Tracers of the other services of this process (``sluice dev`` runs them all in
+#: one), each with its own ``service.name``, exporting through the provider's processors.
+_service_tracers: dict[str, Tracer] = {}
+_serving: ContextVar[str | None] = ContextVar("sluice_telemetry_service", default=None)
 
 
 def enabled() -> bool:
@@ -87,6 +99,8 @@ def setup(service: str, environ: Mapping[str, str] | None = None) -> bool:
         exporters = [e for e in (_exporter(name, env) for name in wanted) if e is not None]
         if not exporters:
             return False
+        global _named_by_env
+        _named_by_env = bool(env.get("OTEL_SERVICE_NAME"))
         _install_locked(exporters, env.get("OTEL_SERVICE_NAME") or service)
         from opentelemetry import trace
 
@@ -158,8 +172,65 @@ def install_in_memory(service: str = "sluice") -> InMemorySpanExporter:
     return exporter
 
 
+def serve_as(service: str) -> None:
+    """Spans opened from now on in this context, and in tasks started from it,
+    carry ``service.name = service``.
+
+    Each service calls it as it starts, before it subscribes, so that several
+    services in one process (``sluice dev``) tell their spans apart. Does
+    nothing while tracing is off or when ``OTEL_SERVICE_NAME`` names the process.
+    """
+    if _provider is None or _named_by_env:
+        return
+    with _lock:
+        provider = _provider
+        if provider is not None and service != _service and service not in _service_tracers:
+            _service_tracers[service] = _forwarding_provider(provider, service).get_tracer(
+                INSTRUMENTATION
+            )
+    _serving.set(service)
+
+
+@contextlib.contextmanager
+def serving_scope() -> Iterator[None]:
+    """Undo, on leaving the block, what :func:`serve_as` did inside it, so a service
+    started from another's context (a test, ``sluice dev``) does not rename it."""
+    token = _serving.set(_serving.get())
+    try:
+        yield
+    finally:
+        _serving.reset(token)
+
+
+def current_tracer() -> Tracer | None:
+    """The tracer of the service this context serves (see :func:`serve_as`); None when off."""
+    name = _serving.get()
+    if name is None:
+        return _tracer
+    return _service_tracers.get(name, _tracer)
+
+
+def _forwarding_provider(main: TracerProvider, service: str) -> TracerProvider:
+    """A provider named ``service`` whose spans go through ``main``'s processors."""
+    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+    from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+
+    class Forward(SpanProcessor):
+        def on_start(self, span: Any, parent_context: Any = None) -> None:
+            main._active_span_processor.on_start(span, parent_context=parent_context)
+
+        def on_end(self, span: Any) -> None:
+            main._active_span_processor.on_end(span)
+
+        # Shutting down and flushing are the main provider's business.
+
+    provider = TracerProvider(resource=Resource.create({SERVICE_NAME: service}))
+    provider.add_span_processor(Forward())
+    return provider
+
+
 def _install_locked(exporters: Sequence[tuple[SpanExporter, bool]], service: str) -> None:
-    global _provider, _tracer
+    global _provider, _tracer, _service
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
@@ -170,6 +241,8 @@ def _install_locked(exporters: Sequence[tuple[SpanExporter, bool]], service: str
         provider.add_span_processor(processor(exporter))
     _provider = provider
     _tracer = provider.get_tracer(INSTRUMENTATION)
+    _service = service
+    _service_tracers.clear()
 
 
 def flush(timeout_seconds: float = 5.0) -> None:
@@ -190,6 +263,7 @@ def shutdown() -> None:
 def _shutdown_locked() -> None:
     global _provider, _tracer
     provider, _provider, _tracer = _provider, None, None
+    _service_tracers.clear()
     if provider is not None:
         provider.shutdown()
 

@@ -42,6 +42,7 @@ __all__ = [
     "request_span",
     "runner_span",
     "server_span",
+    "set_attributes",
     "set_error",
     "span",
     "start_span",
@@ -165,12 +166,13 @@ def span(
     ``consumer``; ``context`` the parent (default: the current context). An
     exception leaving the block is recorded and marks the span as failed.
     """
-    if _setup._tracer is None:
+    tracer = _setup.current_tracer()
+    if tracer is None:
         yield None
         return
     from opentelemetry.trace import SpanKind
 
-    with _setup._tracer.start_as_current_span(
+    with tracer.start_as_current_span(
         name, context=context, kind=SpanKind[kind.upper()], attributes=attributes
     ) as current:
         yield current
@@ -183,9 +185,10 @@ def start_span(name: str, attributes: Mapping[str, Any] | None = None) -> Span |
     driven step by step): make it current where needed with :func:`attach`,
     and end it with :func:`end_span`.
     """
-    if _setup._tracer is None:
+    tracer = _setup.current_tracer()
+    if tracer is None:
         return None
-    return _setup._tracer.start_span(name, attributes=attributes)
+    return tracer.start_span(name, attributes=attributes)
 
 
 def attach(current: Span) -> Callable[[], None]:
@@ -236,6 +239,15 @@ def _class_name(exc: BaseException) -> str:
     )
 
 
+def set_attributes(attributes: Mapping[str, Any]) -> None:
+    """Add ``attributes`` to the current span (nothing when off or outside a span)."""
+    if _setup._tracer is None:
+        return
+    from opentelemetry import trace
+
+    trace.get_current_span().set_attributes(attributes)
+
+
 def set_error(error_type: str, message: str, exception: BaseException | None = None) -> None:
     """Mark the current span failed with ``error.type`` (e.g. a Sluice error code).
 
@@ -260,7 +272,7 @@ def request_span(subject: str, body_size: int | None = None) -> Iterator[dict[st
     if _setup._tracer is None:
         yield None
         return
-    attrs = messaging_attributes(subject, "send", operation_name="request", body_size=body_size)
+    attrs = messaging_attributes(subject, "send", body_size=body_size)
     with span(f"send {subject}", kind="client", attributes=attrs):
         yield inject_headers()
 
@@ -286,16 +298,20 @@ def server_span(
 
 @contextlib.contextmanager
 def publish_span(
-    subject: str, *, template: str | None = None, attributes: Mapping[str, Any] | None = None
+    subject: str,
+    *,
+    template: str | None = None,
+    attributes: Mapping[str, Any] | None = None,
+    context: Context | None = None,
 ) -> Iterator[dict[str, str] | None]:
     """A producer span around publishing one message; yields the trace headers to
-    add to it (None when off)."""
+    add to it (None when off). ``context`` is the parent (default: the current one)."""
     if _setup._tracer is None:
         yield None
         return
-    attrs = messaging_attributes(subject, "send", operation_name="publish", template=template)
+    attrs = messaging_attributes(subject, "send", template=template)
     attrs.update(attributes or {})
-    with span(f"send {template or subject}", kind="producer", attributes=attrs):
+    with span(f"send {template or subject}", kind="producer", attributes=attrs, context=context):
         yield inject_headers()
 
 
@@ -303,13 +319,15 @@ def publish_span(
 def runner_span(
     subject: str, run_id: str, parent: Context | None, *, template: str = DISPATCH_TEMPLATE
 ) -> Iterator[Span | None]:
-    """ "Runner submits run": a consumer span, child of the dispatch message's context
-    (:func:`context_from_headers`), around starting the flow-run process. Inside it,
-    :func:`env_with_trace` hands this span to the process as its parent."""
+    """``submit flowrun.dispatch.{queue}.{deployment_id}``: a consumer span, child of
+    the dispatch message's context (:func:`context_from_headers`), around starting
+    the flow-run process. Inside it, :func:`env_with_trace` hands this span to the
+    process as its parent."""
     if _setup._tracer is None:
         yield None
         return
     attrs = messaging_attributes(subject, "process", operation_name="submit", template=template)
     attrs["sluice.flow_run.id"] = run_id
-    with span("submit flow run", kind="consumer", attributes=attrs, context=parent) as current:
+    name = f"submit {template}"  # {operation name} {destination}, as the conventions say
+    with span(name, kind="consumer", attributes=attrs, context=parent) as current:
         yield current

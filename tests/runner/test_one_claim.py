@@ -76,6 +76,6 @@ async def test_each_run_gets_one_claim_and_one_submit_span(
     submits = collections.Counter(
         (s.attributes or {}).get("sluice.flow_run.id")
         for s in finished_spans
-        if s.name == "submit flow run"
+        if s.name == "submit flowrun.dispatch.{queue}.{deployment_id}"
     )
     assert submits == {run.id: 1 for run in runs}
