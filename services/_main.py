@@ -203,6 +203,13 @@ def parser(module: str, description: str | None) -> argparse.ArgumentParser:
         action="store_true",
         help="health check: exit 0 if this service runs here and NATS answers, else 1",
     )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve Prometheus metrics on this port (default: SLUICE_METRICS_PORT; off "
+        "without either); needs the 'metrics' extra",
+    )
     return p
 
 
@@ -217,8 +224,13 @@ def main(
     if args.check:
         sys.exit(check(name, Settings.from_env()))
     # Before any client does it under its own name (a no-op without OTEL_* set).
-    telemetry.setup("sluice-" + name.removeprefix("sluice ").replace("_", "-"))
-    run_service(name, lambda settings: factory(settings, args))
+    service = "sluice-" + name.removeprefix("sluice ").replace("_", "-")
+    telemetry.setup(service)
+    telemetry.setup_metrics(service, port=args.metrics_port)  # off unless asked for
+    try:
+        run_service(name, lambda settings: factory(settings, args))
+    finally:
+        telemetry.shutdown_metrics()  # the last export, and the scrape port closed
 
 
 def check(name: str, settings: Settings) -> int:

@@ -14,7 +14,9 @@ the handler publishes or asks joins the caller's trace.
 
 from __future__ import annotations
 
+import enum
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -74,40 +76,53 @@ class RequestServer:
         await self._nc.flush()
 
     async def _run(self, handler: Handler, msg: Msg, token: object) -> None:
+        started = time.perf_counter()
         try:
             if telemetry.enabled():
                 with telemetry.server_span(
                     msg.subject, msg.headers, queue=self._queue, body_size=len(msg.data)
                 ):
-                    await self._answer(handler, msg)
+                    decision = await self._answer(handler, msg)
             else:
-                await self._answer(handler, msg)
+                decision = await self._answer(handler, msg)
+            if telemetry.metrics_enabled():
+                telemetry.record_request(msg.subject, decision, time.perf_counter() - started)
         finally:
             self._limiter.release_on_behalf_of(token)
             if not self._limiter.borrowed_tokens:
                 self._idle.set()
 
-    async def _answer(self, handler: Handler, msg: Msg) -> None:
-        """Run ``handler`` and reply with its value or its coded error."""
+    async def _answer(self, handler: Handler, msg: Msg) -> str:
+        """Run ``handler`` and reply with its value or its coded error; returns the
+        outcome for metrics: the reply's decision (a proposal), ``ok``, or the error code."""
+        decision = "ok"
         try:
-            reply = encode(await handler(msg))
+            value = await handler(msg)
+            reply = encode(value)
+            status = getattr(value, "status", None)
+            if isinstance(status, enum.Enum):
+                decision = str(status.value)
         except SluiceError as exc:
             reply = encode_error(exc)
+            decision = exc.code
             telemetry.set_error(exc.code, exc.message)
         except (nats.errors.Error, TimeoutError) as exc:
             # The one boundary where NATS trouble becomes a coded error.
             log.warning("request on %s: NATS error %r", msg.subject, exc)
             telemetry.set_error(StackUnavailable.code, repr(exc))
             reply = encode_error(StackUnavailable(_unavailable_message(exc)))
+            decision = StackUnavailable.code
         except Exception as exc:
             log.exception("request on %s failed", msg.subject)
             telemetry.set_error("internal", f"{type(exc).__name__}: {exc}")
             reply = encode_error(InternalError(f"internal error: {type(exc).__name__}: {exc}"))
+            decision = InternalError.code
         if msg.reply:
             try:
                 await self._nc.publish(msg.reply, reply)
             except Exception as exc:  # the connection is gone; the client will time out
                 log.warning("could not reply on %s: %s", msg.subject, exc)
+        return decision
 
     async def stop(self, grace: float) -> None:
         """Stop taking requests, then wait up to ``grace`` seconds for in-flight ones."""

@@ -79,6 +79,10 @@ def dev(
         typer.Option(help="Port of the web UI (default 8480, or SLUICE_UI_PORT; 0: any free one)."),
     ] = None,
     no_ui: Annotated[bool, typer.Option("--no-ui", help="Do not start the web UI.")] = False,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="Serve Prometheus metrics on this port (or SLUICE_METRICS_PORT)."),
+    ] = None,
 ) -> None:
     """Start the embedded stack (nats-server, every service, the web UI) until Ctrl-C.
 
@@ -90,6 +94,8 @@ def dev(
         argv += ["--ui-port", str(ui_port)]
     if no_ui:
         argv.append("--no-ui")
+    if metrics_port is not None:
+        argv += ["--metrics-port", str(metrics_port)]
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, argv)

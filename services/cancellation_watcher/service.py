@@ -86,6 +86,12 @@ class CancellationWatcher(Service):
 
     async def _start(self, stack: AsyncExitStack) -> None:
         telemetry.serve_as("sluice-cancellation-watcher")  # its own service.name in sluice dev
+        stack.callback(
+            telemetry.observe("sluice.runner.slots.in_use", lambda: self._runner_slots(False))
+        )
+        stack.callback(
+            telemetry.observe("sluice.runner.slots.free", lambda: self._runner_slots(True))
+        )
         nc = await connect(self.settings, name="sluice-cancellation-watcher")
         stack.push_async_callback(nc.close)
         await bootstrap(nc.jetstream(), self.settings)
@@ -298,7 +304,17 @@ class CancellationWatcher(Service):
                 "run %s: orphaned claim of %s -> %s", run.id, run.runner, reply.status.value
             )
 
+    def _runner_slots(self, free: bool) -> list[tuple[float, dict[str, str]]]:
+        """Slots of each live runner, in use or free (gauges; read on the exporter's thread)."""
+        out = []
+        for status in list(self._alive.values()):
+            used = len(status.runs)
+            value = max(status.limit - used, 0) if free else used
+            out.append((float(value), {"runner": status.runner}))
+        return out
+
     async def _runner_lost(self, runner: str, last: RunnerStatus | None) -> None:
+        telemetry.record_heartbeat_missed(runner)
         ids = {held.id for held in last.runs} if last else set()
         with contextlib.suppress(SluiceError):
             page = await self.client.list_flow_runs(runner=runner, states=ACTIVE, limit=1000)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 import uuid
+from datetime import datetime
 
 from shared import telemetry
 from shared.clock import Clock, utc
@@ -148,6 +149,7 @@ class Runs:
             return existing[0]
         self._recent.remember(run, revision)
         await self._publisher.announce(run, revision, now=now, created=True)
+        telemetry.record_run_created(run.queue)
         return run
 
     async def _deployment_for(self, req: CreateFlowRun) -> Deployment | None:
@@ -266,6 +268,7 @@ class Runs:
                 from_state=run.state,
                 transition_id=req.transition_id,
             )
+            _measure(run, new, ctx.now)
             return ProposeReply(
                 status=Decision.ACCEPT,
                 state=state,
@@ -388,3 +391,16 @@ class Runs:
                 await self._idempotency.release(key, run.id)
             return Deleted(id=run.id)
         raise Conflict(f"flow run {req.id} is changing too fast; delete again")
+
+
+def _measure(before: FlowRun, after: FlowRun, now: datetime) -> None:
+    """Metrics of one accepted transition (nothing when metrics are off)."""
+    if not telemetry.metrics_enabled():
+        return
+    telemetry.record_transition(after.state.type.value)
+    if after.run_count == 1 and before.run_count == 0:  # entered Running the first time
+        telemetry.record_run_started(
+            (now - after.created).total_seconds(),
+            (now - after.expected_start_time).total_seconds(),
+            after.queue,
+        )

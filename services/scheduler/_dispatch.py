@@ -92,6 +92,17 @@ class Dispatcher:
             return None
         return self.schedules.states.get((entry.key.deployment_id, entry.key.digest))
 
+    def backlog(self) -> list[tuple[float, dict[str, str]]]:
+        """Runs offered to runners and not claimed yet, by queue (the backlog gauge).
+
+        Read on the metrics exporter's thread: it copies the book before counting.
+        """
+        counts: dict[str, int] = {}
+        for entry in list(self.book.runs.values()):
+            if entry.dispatched and entry.state is StateType.SCHEDULED:
+                counts[entry.item.queue] = counts.get(entry.item.queue, 0) + 1
+        return [(float(n), {"queue": queue}) for queue, n in counts.items()]
+
     # --- learning runs ------------------------------------------------------------------
     def observe(self, run: FlowRun, revision: int = 0) -> None:
         """Take in a run's newest known value (an event, a list page, a create reply).
@@ -336,6 +347,9 @@ class Dispatcher:
             )
             raise
         self.offered += 1
+        telemetry.record_scheduler_lag(
+            (self.clock.now() - entry.due).total_seconds(), entry.item.queue
+        )
         self._arm_late(entry)
 
     async def cancel(self, run_id: str, reason: str) -> None:

@@ -119,6 +119,7 @@ class Scheduler(Service):
             s, self.client, self.book, self.timers, self.view, self.dispatcher, self.clock
         )
         self.dispatcher.schedules = self.schedules
+        stack.callback(telemetry.observe("sluice.dispatch.backlog", self.dispatcher.backlog))
         triggers = Triggers(self.client, self.view)
 
         async def on_event(run: FlowRun) -> None:

@@ -45,12 +45,34 @@ process), three calls, all free when tracing is off::
 ``python -m engine`` reads ``TRACEPARENT`` / ``TRACESTATE`` back
 (:func:`context_from_env`), so its flow-run and task spans join the trace.
 
-Inside, two private modules: ``_setup`` (the ``OTEL_*`` environment, the
+**Metrics** (``_metrics``): the instruments the services record, with the
+OpenTelemetry metrics API, exported by ``OTEL_METRICS_EXPORTER`` (``otlp``,
+``console``, ``prometheus``) and by a Prometheus scrape endpoint on
+``SLUICE_METRICS_PORT`` (``--metrics-port``; ``pip install 'sluice[metrics]'``).
+Off by default, and then each ``record_*`` call is one global read.
+
+Inside, three private modules: ``_setup`` (the ``OTEL_*`` environment, the
 exporters, and the provider and tracer of this process: the only module-level
 state) and ``_spans`` (the trace context in headers and environments, and the
-span helpers, which read that state). Import from ``shared.telemetry``.
+span helpers, which read that state), and ``_metrics``. Import from ``shared.telemetry``.
 """
 
+from ._metrics import (
+    METRICS,
+    METRICS_HOST_ENV,
+    METRICS_PORT_ENV,
+    install_metrics,
+    metrics_enabled,
+    observe,
+    record_heartbeat_missed,
+    record_request,
+    record_run_created,
+    record_run_started,
+    record_scheduler_lag,
+    record_transition,
+    setup_metrics,
+    shutdown_metrics,
+)
 from ._setup import (
     DEFAULT_FILE,
     FILE_ENV,
@@ -96,6 +118,9 @@ __all__ = [
     "ENV_TRACESTATE",
     "FILE_ENV",
     "INSTRUMENTATION",
+    "METRICS",
+    "METRICS_HOST_ENV",
+    "METRICS_PORT_ENV",
     "TRACE_HEADERS",
     "JsonLinesExporter",
     "activated",
@@ -109,8 +134,17 @@ __all__ = [
     "inject_headers",
     "install",
     "install_in_memory",
+    "install_metrics",
     "messaging_attributes",
+    "metrics_enabled",
+    "observe",
     "publish_span",
+    "record_heartbeat_missed",
+    "record_request",
+    "record_run_created",
+    "record_run_started",
+    "record_scheduler_lag",
+    "record_transition",
     "request_span",
     "runner_span",
     "serve_as",
@@ -119,7 +153,9 @@ __all__ = [
     "set_attributes",
     "set_error",
     "setup",
+    "setup_metrics",
     "shutdown",
+    "shutdown_metrics",
     "span",
     "start_span",
     "tracer",

@@ -156,10 +156,10 @@ def install(
     change nothing. ``batch`` exports in a background thread instead of at
     each span's end.
     """
-    global _configured
+    global _configured, _named_by_env
     with _lock:
         _shutdown_locked()
-        _configured = True
+        _configured, _named_by_env = True, False
         _install_locked([(e, batch) for e in exporters], service)
 
 
