@@ -27,13 +27,17 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from services import _micro
 from shared import telemetry
 from shared.codec import encode, encode_error
 from shared.errors import InternalError, SluiceError, StackUnavailable
+from shared.messages import Decision
 
 log = logging.getLogger("sluice.rpc")
 
 Handler = Callable[[Msg], Awaitable[Any]]
+#: Outcomes of a proposal that are answers, not errors.
+_DECISIONS = frozenset(d.value for d in Decision)
 
 
 class RequestServer:
@@ -44,7 +48,13 @@ class RequestServer:
         *,
         queue: str,
         concurrency: int = 256,
+        micro: tuple[str, str] | None = None,
     ) -> None:
+        """``micro`` = (service name, description): serve the subjects as the endpoints
+        of a NATS micro service of that name (see :mod:`services._micro`)."""
+        self._micro_spec = micro
+        self._micro: Any = None
+        self._endpoints: dict[str, Any] = {}
         self._nc = nc
         self._tg = tg
         self._queue = queue
@@ -65,6 +75,21 @@ class RequestServer:
                 self._idle = anyio.Event()
             self._tg.start_soon(self._run, handler, msg, token)
 
+        if self._micro_spec is not None:
+            if self._micro is None:
+                self._micro = await _micro.register(self._nc, *self._micro_spec)
+
+            async def on_request(request: Any) -> None:
+                await on_message(request._msg)  # the Msg itself: replies go as before
+
+            await self._micro.add_endpoint(
+                name=_micro.endpoint_name(subject),
+                subject=subject,
+                queue_group=self._queue,
+                handler=on_request,
+            )
+            self._endpoints[subject] = _micro.last_endpoint(self._micro)
+            return
         sub = await self._nc.subscribe(
             subject,
             queue=self._queue,
@@ -76,7 +101,7 @@ class RequestServer:
         await self._nc.flush()
 
     async def _run(self, handler: Handler, msg: Msg, token: object) -> None:
-        started = time.perf_counter()
+        started = time.perf_counter_ns()
         try:
             if telemetry.enabled():
                 with telemetry.server_span(
@@ -85,8 +110,14 @@ class RequestServer:
                     decision = await self._answer(handler, msg)
             else:
                 decision = await self._answer(handler, msg)
+            elapsed = time.perf_counter_ns() - started
             if telemetry.metrics_enabled():
-                telemetry.record_request(msg.subject, decision, time.perf_counter() - started)
+                telemetry.record_request(msg.subject, decision, elapsed / 1e9)
+            if self._endpoints:
+                failed = decision != "ok" and decision not in _DECISIONS
+                _micro.count(
+                    self._endpoints.get(msg.subject), elapsed, decision if failed else None
+                )
         finally:
             self._limiter.release_on_behalf_of(token)
             if not self._limiter.borrowed_tokens:
@@ -132,6 +163,12 @@ class RequestServer:
             except Exception as exc:
                 log.debug("unsubscribe failed: %s", exc)
         self._subs.clear()
+        if self._micro is not None:
+            try:
+                await self._micro.stop()
+            except Exception as exc:
+                log.debug("stopping the micro service failed: %s", exc)
+            self._micro = None
         with anyio.move_on_after(grace):
             await self._idle.wait()
         if self._limiter.borrowed_tokens:

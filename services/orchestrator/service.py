@@ -122,7 +122,16 @@ class Orchestrator(Service):
         tg = await stack.enter_async_context(anyio.create_task_group())
         await tg.start(read_model.follow)
         tg.start_soon(self._recover_after_reconnects, js, publisher)
-        server = RequestServer(nc, tg, queue=names.ORCHESTRATOR_QUEUE, concurrency=self.concurrency)
+        server = RequestServer(
+            nc,
+            tg,
+            queue=names.ORCHESTRATOR_QUEUE,
+            concurrency=self.concurrency,
+            micro=(
+                "sluice-orchestrator",
+                "flow runs and deployments: the only writer of run state",
+            ),
+        )
 
         async def stop() -> None:
             await server.stop(self.grace)

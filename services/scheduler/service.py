@@ -132,7 +132,12 @@ class Scheduler(Service):
         await tg.start(self.deployments.follow)
         tg.start_soon(self.timers.run, self._fire)
         tg.start_soon(self._resync_forever)
-        server = RequestServer(nc, tg, queue=names.SCHEDULER_QUEUE)
+        server = RequestServer(
+            nc,
+            tg,
+            queue=names.SCHEDULER_QUEUE,
+            micro=("sluice-scheduler", "schedules and backfills"),
+        )
         limit = s.max_request_bytes
 
         async def backfill(msg: Msg) -> BackfillReply:
