@@ -226,7 +226,9 @@ def main(
     # Before any client does it under its own name (a no-op without OTEL_* set).
     service = "sluice-" + name.removeprefix("sluice ").replace("_", "-")
     telemetry.setup(service)
-    telemetry.setup_metrics(service, port=args.metrics_port)  # off unless asked for
+    settings = Settings.from_env()
+    port = args.metrics_port if args.metrics_port is not None else settings.metrics_port
+    telemetry.setup_metrics(service, port=port, host=settings.metrics_host)  # off unless asked
     try:
         run_service(name, lambda settings: factory(settings, args))
     finally:

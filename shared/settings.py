@@ -60,6 +60,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Largest project folder (files, before compression) a bundle may hold."""
     bundle_cache_mb: float = 1024.0
     """Unpacked bundles a runner keeps on its host before removing the least recently used."""
+    metrics_port: int | None = None
+    """Serve Prometheus metrics on this port (a service's ``--metrics-port``); None: off."""
+    metrics_host: str = "127.0.0.1"
+    """The address the metrics endpoint listens on (0.0.0.0 inside a container)."""
 
     @property
     def data_dir(self) -> Path:
@@ -85,6 +89,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ("tls_key", "NATS_TLS_KEY"),
             ("nats_inbox_prefix", "NATS_INBOX_PREFIX"),
             ("log_level", "LOG_LEVEL"),
+            ("metrics_host", "METRICS_HOST"),
         ]:
             if (value := get(var)) is not None:
                 values[field] = value
@@ -106,6 +111,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ("dispatch_lead_seconds", "DISPATCH_LEAD_SECONDS", float),
             ("bundle_limit_mb", "BUNDLE_LIMIT_MB", float),
             ("bundle_cache_mb", "BUNDLE_CACHE_MB", float),
+            ("metrics_port", "METRICS_PORT", int),
         ]:
             if (value := get(var)) is not None:
                 try:

@@ -70,7 +70,12 @@ def test_the_compose_file_has_what_the_stack_needs() -> None:
     assert {n for n, s in services.items() if "otel" in s.get("profiles", [])} == {
         "otel-collector",
         "jaeger",
+        "prometheus",
     }
+    prometheus = yaml.safe_load((REPO / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    scraped = {t for job in prometheus["scrape_configs"] for c in job["dns_sd_configs"]
+               for t in c["names"]}  # fmt: skip
+    assert scraped == sluice  # every Sluice service, every replica (DNS lists them all)
     collector = yaml.safe_load((REPO / "deploy" / "otel" / "collector.yaml").read_text())
     for pipeline in collector["service"]["pipelines"].values():
         for kind in ("receivers", "processors", "exporters"):

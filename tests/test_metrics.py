@@ -28,13 +28,11 @@ def test_metrics_are_off_unless_asked_for() -> None:
         telemetry.shutdown_metrics()
 
 
-def test_a_bad_port_setting_warns_and_stays_off(caplog: pytest.LogCaptureFixture) -> None:
-    try:
-        env = {"SLUICE_METRICS_PORT": "not-a-port"}
-        assert telemetry.setup_metrics("sluice-test", environ=env) is False
-        assert "SLUICE_METRICS_PORT must be a port number" in caplog.text
-    finally:
-        telemetry.shutdown_metrics()
+def test_the_port_comes_from_the_settings_and_a_bad_one_is_refused() -> None:
+    assert Settings.from_env({"SLUICE_METRICS_PORT": "9464"}).metrics_port == 9464
+    assert Settings.from_env({}).metrics_port is None  # off by default
+    with pytest.raises(ValueError, match="SLUICE_METRICS_PORT='not-a-port'"):
+        Settings.from_env({"SLUICE_METRICS_PORT": "not-a-port"})
 
 
 def scrape(port: int) -> str:

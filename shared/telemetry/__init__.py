@@ -59,8 +59,6 @@ span helpers, which read that state), and ``_metrics``. Import from ``shared.tel
 
 from ._metrics import (
     METRICS,
-    METRICS_HOST_ENV,
-    METRICS_PORT_ENV,
     install_metrics,
     metrics_enabled,
     observe,
@@ -119,8 +117,6 @@ __all__ = [
     "FILE_ENV",
     "INSTRUMENTATION",
     "METRICS",
-    "METRICS_HOST_ENV",
-    "METRICS_PORT_ENV",
     "TRACE_HEADERS",
     "JsonLinesExporter",
     "activated",

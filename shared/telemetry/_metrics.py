@@ -29,8 +29,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "METRICS",
-    "METRICS_HOST_ENV",
-    "METRICS_PORT_ENV",
     "install_metrics",
     "metrics_enabled",
     "observe",
@@ -46,9 +44,6 @@ __all__ = [
 
 log = logging.getLogger("sluice.telemetry")
 
-METRICS_PORT_ENV = "SLUICE_METRICS_PORT"
-#: The address the scrape endpoint listens on; loopback unless told (compose: 0.0.0.0).
-METRICS_HOST_ENV = "SLUICE_METRICS_HOST"
 
 #: Every metric: (OpenTelemetry name, kind, unit, what it measures). docs/telemetry.md
 #: lists them with their Prometheus names.
@@ -183,11 +178,16 @@ def observe(
 
 # --- set-up ------------------------------------------------------------------------------
 def setup_metrics(
-    service: str, environ: Mapping[str, str] | None = None, *, port: int | None = None
+    service: str,
+    environ: Mapping[str, str] | None = None,
+    *,
+    port: int | None = None,
+    host: str | None = None,
 ) -> bool:
-    """Configure metrics from ``OTEL_METRICS_EXPORTER`` and ``SLUICE_METRICS_PORT``
-    (``port`` overrides the variable). Only the first call of a process looks;
-    returns :func:`metrics_enabled`. Never raises for a bad setting: it warns."""
+    """Configure metrics from ``OTEL_METRICS_EXPORTER``, plus a scrape endpoint on
+    ``host:port`` when ``port`` is given (the services pass ``SLUICE_METRICS_PORT``
+    or ``--metrics-port``). Only the first call of a process looks; returns
+    :func:`metrics_enabled`. Never raises for a bad setting: it warns."""
     global _configured
     env = os.environ if environ is None else environ
     with _lock:
@@ -198,16 +198,9 @@ def setup_metrics(
             return False
         wanted = [n.strip().lower() for n in env.get("OTEL_METRICS_EXPORTER", "none").split(",")]
         wanted = [n for n in wanted if n and n != "none"]
-        if port is None and env.get(METRICS_PORT_ENV, "").strip():
-            try:
-                port = int(env[METRICS_PORT_ENV])
-            except ValueError:
-                log.warning(
-                    "%s must be a port number, not %r", METRICS_PORT_ENV, env[METRICS_PORT_ENV]
-                )
         readers = [r for r in (_reader(n) for n in wanted if n != "prometheus") if r is not None]
         if port is not None or "prometheus" in wanted:
-            scrape = _prometheus(port if port is not None else 9464, env.get(METRICS_HOST_ENV))
+            scrape = _prometheus(port if port is not None else 9464, host)
             if scrape is not None:
                 readers.append(scrape)
         if not readers:
