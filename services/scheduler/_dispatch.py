@@ -347,9 +347,9 @@ class Dispatcher:
             )
             raise
         self.offered += 1
-        telemetry.record_scheduler_lag(
-            (self.clock.now() - entry.due).total_seconds(), entry.item.queue
-        )
+        # Behind the moment it meant to offer the run (its due time less the lead).
+        meant = entry.due - self.lead
+        telemetry.record_scheduler_lag((self.clock.now() - meant).total_seconds(), entry.item.queue)
         self._arm_late(entry)
 
     async def cancel(self, run_id: str, reason: str) -> None:

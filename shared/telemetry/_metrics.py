@@ -53,7 +53,12 @@ METRICS: tuple[tuple[str, str, str, str], ...] = (
     ("sluice.flow_run.start.latency", "histogram", "s", "created → first Running"),
     ("sluice.flow_run.start.lag", "histogram", "s", "due (expected start) → first Running"),
     ("sluice.rpc.server.duration", "histogram", "s", "serving one request, by subject, decision"),
-    ("sluice.scheduler.lag", "histogram", "s", "a run's due time → the scheduler offering it"),
+    (
+        "sluice.scheduler.lag",
+        "histogram",
+        "s",
+        "the scheduler offering a run behind its planned moment",
+    ),
     ("sluice.runner.heartbeats.missed", "counter", "{runner}", "runners whose heartbeat lapsed"),
     ("sluice.dispatch.backlog", "gauge", "{run}", "runs offered and not yet claimed, by queue"),
     ("sluice.runner.slots.in_use", "gauge", "{slot}", "runs a live runner holds, by runner"),
