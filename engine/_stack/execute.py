@@ -132,10 +132,14 @@ def _environment(env: dict[str, str]) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def _fail(reporter: StackReporter, info: FlowRunInfo, message: str) -> bool:
-    """Log ``message`` and propose FAILED with it; True when that was accepted."""
-    reporter.log_line(info.id, logging.ERROR, message)
-    reply = reporter.propose(info.id, states.Failed(message=message))
+def _fail(
+    reporter: StackReporter, info: FlowRunInfo, message: str, error: BaseException | None = None
+) -> bool:
+    """Log ``message`` and propose FAILED with it (keeping ``error``'s traceback);
+    True when that was accepted."""
+    detail = states.format_traceback(error) if error is not None else None
+    reporter.log_line(info.id, logging.ERROR, message, detail)
+    reply = reporter.propose(info.id, states.Failed(message=message, error=error))
     info.state = reply.state
     return reply.status is Decision.ACCEPT
 
@@ -180,7 +184,7 @@ def execute_flow_run(
     except BaseException as exc:
         if not info.state.is_terminal:
             try:
-                _fail(reporter, info, f"the process executing the run failed: {exc!r}")
+                _fail(reporter, info, f"the process executing the run failed: {exc!r}", exc)
             except SluiceError as report_error:
                 log.error("could not mark flow run %s failed: %s", run.id, report_error)
         if not isinstance(exc, Exception):
@@ -224,7 +228,8 @@ def _load_and_run(
     try:
         flow = _load_flow(deployment)
     except EntrypointError as exc:
-        if _fail(reporter, info, exc.message):
+        # A flow module that raised on import: its traceback says where.
+        if _fail(reporter, info, exc.message, exc.__cause__ and exc):
             return Execution(EXIT_REPORTED, run.id, info.state, exc.message)
         return Execution(EXIT_NOT_REPORTED, run.id, info.state, f"not reported: {exc.message}")
     # Only a run claimed before can have task results to reuse: a first claim

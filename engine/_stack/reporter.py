@@ -352,13 +352,15 @@ class StackReporter:
             )
         )
 
-    def log_line(self, run_id: str, level: int, message: str) -> None:
+    def log_line(self, run_id: str, level: int, message: str, detail: str | None = None) -> None:
         """A line in the run's log from the engine itself (logger ``sluice.engine``),
-        also logged locally to that logger."""
+        also logged locally to that logger. ``detail`` (a traceback) follows the
+        line in the run's log only."""
         log.log(level, "flow run %s: %s", run_id, message)
         now = datetime.now(UTC)
+        text = f"{message}\n{detail}" if detail else message
         record = LogRecord(
-            flow_run_id=run_id, timestamp=now, level=level, message=message, logger="sluice.engine"
+            flow_run_id=run_id, timestamp=now, level=level, message=text, logger="sluice.engine"
         )
         self._put_log(record)
 

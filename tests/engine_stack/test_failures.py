@@ -72,3 +72,20 @@ def test_a_failing_task_leaves_its_traceback_in_the_state_the_log_and_inspect(
         r["task_run_name"] == "extract-0" and WHERE in r["message"]
         for r in json.loads(as_json.stdout)
     )
+
+
+def test_a_flow_file_that_fails_to_import_keeps_where_it_failed(
+    stack: Stack, client: SyncClient, deploy
+) -> None:
+    deployment = deploy("broken", "broken.py:anything")
+    run = client.create_flow_run(deployment.full_name)
+
+    done = stack.run_engine(run.id)
+
+    assert done.returncode == 0, done.stderr
+    final = client.read_flow_run(run.id)
+    assert final.state.type is StateType.FAILED
+    assert "importing" in (final.state.message or "")
+    assert f'File "{FLOWS / "broken.py"}"' in (final.state.details.traceback or "")
+    errors = [r for r in stack.logs(run.id) if r.level == 40]
+    assert any(str(FLOWS / "broken.py") in r.message for r in errors)
