@@ -6,11 +6,14 @@ from __future__ import annotations
 import re
 import urllib.request
 
+import anyio
 import pytest
 
 from engine.client import Client
+from services.cancellation_watcher import CancellationWatcher
 from services.dev import free_port
 from services.orchestrator import Orchestrator
+from services.scheduler import Scheduler
 from shared import telemetry
 from shared.settings import Settings
 from shared.states import StateType
@@ -38,6 +41,13 @@ def test_the_port_comes_from_the_settings_and_a_bad_one_is_refused() -> None:
 def scrape(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
         return reply.read().decode()
+
+
+def sample(text: str, name: str, **labels: str) -> float | None:
+    try:
+        return value(text, name, **labels)
+    except AssertionError:
+        return None
 
 
 def value(text: str, name: str, **labels: str) -> float:
@@ -82,3 +92,43 @@ async def test_a_scrape_after_five_runs_shows_counts_and_latencies(
     assert proposals >= 15  # PENDING, RUNNING and COMPLETED of each run
     assert value(text, "sluice_rpc_server_duration_seconds_count", subject="flowrun.create",
                  decision="ok") >= 5  # fmt: skip
+
+
+@pytest.mark.anyio
+async def test_gauges_show_the_backlog_and_the_slots(
+    orchestrator: Orchestrator, client: Client, settings: Settings, unique: str
+) -> None:
+    """Runs waiting in a queue nobody serves are the backlog; a live runner's
+    heartbeats give its slots in use and free."""
+    port = free_port()
+    assert telemetry.setup_metrics("sluice-test", environ={}, port=port)
+    try:
+        served, unserved = f"served-{unique}", f"nobody-{unique}"
+        r = runner(settings, name=f"gauged-{unique}", queue=served, limit=3)
+        await r.add_deployment(deployment(f"f{unique}", queue=served))
+        stranded = await client.register_deployment(
+            deployment(f"g{unique}", queue=unserved).to_request()
+        )
+        async with (
+            Scheduler(settings, grace=1.0),
+            CancellationWatcher(settings, kill_grace=1.0),
+            running(r),
+        ):
+            for _ in range(3):
+                await client.create_flow_run(stranded.full_name)
+            long = await client.create_flow_run(f"f{unique}/d", parameters={"sleep": 60})
+            text = ""
+            with anyio.fail_after(60):
+                for _ in range(10_000):
+                    text = await anyio.to_thread.run_sync(scrape, port)
+                    if (
+                        sample(text, "sluice_dispatch_backlog", queue=unserved) == 3
+                        and sample(text, "sluice_runner_slots_in_use", runner=r.name) == 1
+                    ):
+                        break
+                    await anyio.sleep(0.2)
+            await client.cancel_flow_run(long.id)
+    finally:
+        telemetry.shutdown_metrics()
+    assert value(text, "sluice_runner_slots_free", runner=r.name) == 2
+    assert value(text, "sluice_dispatch_backlog", queue=unserved) == 3
