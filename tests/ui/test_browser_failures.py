@@ -33,7 +33,7 @@ def test_a_failed_run_shows_its_traceback_and_task_names(
     run = sync_client.create_flow_run(f"failing/{name}")
     page.goto(f"{stack.url}/runs/{run.id}")
     expect(page.locator("#run-detail h1 .state")).to_have_text("Failed", timeout=WAIT_MS)
-    page.reload()  # the traceback is part of the page as served for a finished run
+    # No reload: the page follows the run live, and the traceback arrives with Failed.
 
     folded = page.locator("#traceback")
     expect(folded).to_be_visible()
