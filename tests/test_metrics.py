@@ -70,7 +70,7 @@ async def test_a_scrape_after_five_runs_shows_counts_and_latencies(
     try:
         queue = f"m-{unique}"
         r = runner(settings, name=f"metered-{unique}", queue=queue)
-        await r.add_deployment(deployment(f"f{unique}", queue=queue))
+        await r.aadd_deployment(deployment(f"f{unique}", queue=queue))
         async with running(r):
             runs = [await client.create_flow_run(f"f{unique}/d") for _ in range(5)]
             done = await finished(client, runs)
@@ -105,7 +105,7 @@ async def test_gauges_show_the_backlog_and_the_slots(
     try:
         served, unserved = f"served-{unique}", f"nobody-{unique}"
         r = runner(settings, name=f"gauged-{unique}", queue=served, limit=3)
-        await r.add_deployment(deployment(f"f{unique}", queue=served))
+        await r.aadd_deployment(deployment(f"f{unique}", queue=served))
         stranded = await client.register_deployment(
             deployment(f"g{unique}", queue=unserved).to_request()
         )

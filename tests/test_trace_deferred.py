@@ -57,13 +57,13 @@ async def test_a_deferred_run_is_one_trace_from_create_to_its_tasks(
     )
     with anyio.fail_after(ENGINE_TIMEOUT):
         async with Scheduler(settings, grace=1.0), anyio.create_task_group() as tg:
-            tg.start_soon(runner.start)
+            tg.start_soon(runner.astart)
             # What `sluice run --start-in 2s` sends.
             start = datetime.now(UTC) + timedelta(seconds=2)
             run = await client.create_flow_run(deployment.full_name, scheduled_start_time=start)
             final = await client.wait_for_flow_run(run.id)
             await _until_idle(runner)
-            await runner.stop()
+            await runner.astop()
     assert final.state.type is StateType.COMPLETED, final.state
     assert final.traceparent is not None  # the creator's context, kept with the run
 

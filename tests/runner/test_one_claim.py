@@ -60,7 +60,7 @@ async def test_each_run_gets_one_claim_and_one_submit_span(
     spans = telemetry.install_in_memory("sluice-test")
     try:
         r = runner(settings, name=f"dev-{unique}", queue=queue)
-        await r.add_deployment(deployment(f"f{unique}", queue=queue))
+        await r.aadd_deployment(deployment(f"f{unique}", queue=queue))
         async with running(r):
             runs = [await client.create_flow_run(f"f{unique}/d") for _ in range(5)]
             done = await finished(client, runs)
