@@ -1,17 +1,22 @@
 """Metrics: off and free by default; with a scrape port, Prometheus reads the counts
-and latency histograms of real runs (a real orchestrator, runner and processes)."""
+and latency histograms of real runs (a real orchestrator, runner and processes).
+
+Each test has a nats-server of its own: on the session's, another test's
+orchestrator or schedules could add to the counts."""
 
 from __future__ import annotations
 
 import re
 import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
 
 import anyio
 import pytest
 
 from engine.client import Client
 from services.cancellation_watcher import CancellationWatcher
-from services.dev import free_port
+from services.dev import NatsServer, free_port
 from services.orchestrator import Orchestrator
 from services.scheduler import Scheduler
 from shared import telemetry
@@ -19,6 +24,15 @@ from shared.settings import Settings
 from shared.states import StateType
 
 from .runner.test_runner import deployment, finished, runner, running
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    """Overrides the session's server for this module's tests."""
+    server = NatsServer(tmp_path / "nats")
+    server.start()
+    yield server
+    server.stop()
 
 
 def test_metrics_are_off_unless_asked_for() -> None:
