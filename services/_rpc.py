@@ -89,15 +89,15 @@ class RequestServer:
                 handler=on_request,
             )
             self._endpoints[subject] = _micro.last_endpoint(self._micro)
-            return
-        sub = await self._nc.subscribe(
-            subject,
-            queue=self._queue,
-            cb=on_message,
-            pending_msgs_limit=100_000,
-            pending_bytes_limit=256 * 1024 * 1024,
-        )
-        self._subs.append(sub)
+        else:
+            sub = await self._nc.subscribe(
+                subject,
+                queue=self._queue,
+                cb=on_message,
+                pending_msgs_limit=100_000,
+                pending_bytes_limit=256 * 1024 * 1024,
+            )
+            self._subs.append(sub)
         await self._nc.flush()
 
     async def _run(self, handler: Handler, msg: Msg, token: object) -> None:
