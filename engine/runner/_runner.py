@@ -56,7 +56,7 @@ from engine.runner._stopping import _Stopping
 from engine.runner._subprocess import FlowRunner, SubprocessFlowRunner
 from engine.runner._supervise import _Supervise
 from engine.runner._upkeep import _Active, _Upkeep
-from shared import names, telemetry
+from shared import telemetry
 from shared.clock import Clock, SystemClock
 from shared.codec import decode
 from shared.dispatch import PROGRESS_SECONDS
