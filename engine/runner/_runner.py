@@ -152,8 +152,7 @@ class Runner(_Facade, _Serving, _Stopping, _Supervise, _Upkeep):
         self._init_code(install_requirements)
         self._fence = Fence()  # when each held run's body must have stopped
         self._doomed: set[str] = set()  # held runs cancelled before their process started
-        #: Runs whose dispatch item one of our consumers is handling right now.
-        self._in_hand: set[str] = set()
+        self._in_hand: set[str] = set()  # runs whose dispatch item we are taking now
         self._stop = anyio.Event()
         self._hurry = anyio.Event()
         self._idle = anyio.Event()

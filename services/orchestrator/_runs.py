@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import random
 import uuid
-from datetime import datetime
 
 from shared import telemetry
 from shared.clock import Clock, utc
@@ -37,6 +36,7 @@ from shared.states import TERMINAL_TYPES, State, StateDetails, StateType
 
 from . import _params, rules
 from ._deployments import Deployments
+from ._measure import measure
 from ._names import run_name
 from ._publish import Publisher
 from ._slots import Slots, ttl_seconds
@@ -268,7 +268,7 @@ class Runs:
                 from_state=run.state,
                 transition_id=req.transition_id,
             )
-            _measure(run, new, ctx.now)
+            measure(run, new, ctx.now)
             return ProposeReply(
                 status=Decision.ACCEPT,
                 state=state,
@@ -391,16 +391,3 @@ class Runs:
                 await self._idempotency.release(key, run.id)
             return Deleted(id=run.id)
         raise Conflict(f"flow run {req.id} is changing too fast; delete again")
-
-
-def _measure(before: FlowRun, after: FlowRun, now: datetime) -> None:
-    """Metrics of one accepted transition (nothing when metrics are off)."""
-    if not telemetry.metrics_enabled():
-        return
-    telemetry.record_transition(after.state.type.value)
-    if after.run_count == 1 and before.run_count == 0:  # entered Running the first time
-        telemetry.record_run_started(
-            (now - after.created).total_seconds(),
-            (now - after.expected_start_time).total_seconds(),
-            after.queue,
-        )
