@@ -208,6 +208,7 @@ class AccessMiddleware:
         _user.set(user)
         path: str = scope["path"]
         if self.access.login and user is None and not path.startswith(_OPEN_PATHS):
+            await _drain(receive)
             await self._to_login(scope, send, fresh, browser)
             return
 
@@ -244,8 +245,26 @@ class AccessMiddleware:
         else:
             headers.append((b"content-type", b"text/plain; charset=utf-8"))
             status, body = 401, b"log in first: /login\n"
+        headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+async def _drain(receive: Receive, limit: int = 1 << 20) -> None:
+    """Read (and drop) a refused request's body, up to ``limit`` bytes.
+
+    A response sent while the client is still sending its form would leave
+    unread bytes behind; closing such a connection resets it, and the client
+    then loses the 401 it was sent (seen as "connection reset by peer").
+    """
+    read = 0
+    while read <= limit:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        read += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
 
 
 def _set_cookie(name: str, value: str, *, secure: bool, max_age: int | None = None) -> str:
