@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("flows and tasks", ("flows", "tasks")),
     ("client", ("client", "sync")),
     ("stack", ("_stack",)),
-    ("runs and deployments", ("runs", "deployments")),
+    ("runs and deployments", ("runs", "deployments", "_deployment_parts")),
     ("runner", ("runner", "flow_runners", "fork_runner", "docker_runner")),
     ("cli", ("cli",)),
 ]
