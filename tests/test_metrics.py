@@ -113,13 +113,14 @@ async def test_gauges_show_the_backlog_and_the_slots(
     orchestrator: Orchestrator, client: Client, settings: Settings, unique: str
 ) -> None:
     """Runs waiting in a queue nobody serves are the backlog; a live runner's
-    heartbeats give its slots in use and free."""
+    heartbeats give its slots in use and free; a deployment's limit, its
+    concurrency slots held."""
     port = free_port()
     assert telemetry.setup_metrics("sluice-test", environ={}, port=port)
     try:
         served, unserved = f"served-{unique}", f"nobody-{unique}"
         r = runner(settings, name=f"gauged-{unique}", queue=served, limit=3)
-        await r.aadd_deployment(deployment(f"f{unique}", queue=served))
+        await r.aadd_deployment(deployment(f"f{unique}", queue=served, concurrency_limit=2))
         stranded = await client.register_deployment(
             deployment(f"g{unique}", queue=unserved).to_request()
         )
@@ -138,6 +139,10 @@ async def test_gauges_show_the_backlog_and_the_slots(
                     if (
                         sample(text, "sluice_dispatch_backlog", queue=unserved) == 3
                         and sample(text, "sluice_runner_slots_in_use", runner=r.name) == 1
+                        and sample(
+                            text, "sluice_deployment_slots_in_use", deployment=f"f{unique}/d"
+                        )
+                        == 1
                     ):
                         break
                     await anyio.sleep(0.2)

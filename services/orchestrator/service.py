@@ -54,6 +54,7 @@ from ._publish import Publisher
 from ._readmodel import ReadModel
 from ._recovery import recover
 from ._runs import Runs
+from ._slot_gauge import SlotGauge
 from ._slots import Slots
 from ._store import DeploymentStore, IdempotencyStore, RunStore
 
@@ -101,16 +102,15 @@ class Orchestrator(Service):
         await bootstrap(js, s)
 
         publisher = Publisher(js)
-        deployments = Deployments(
-            DeploymentStore(await leader_kv(js, names.DEPLOYMENTS_BUCKET), js), self.clock
-        )
+        deployment_store = DeploymentStore(await leader_kv(js, names.DEPLOYMENTS_BUCKET), js)
+        deployments = Deployments(deployment_store, self.clock)
         runs = Runs(
             RunStore(await leader_kv(js, names.FLOW_RUNS_BUCKET), js),
             IdempotencyStore(await leader_kv(js, names.IDEMPOTENCY_BUCKET)),
             deployments,
             publisher,
             self.clock,
-            Slots(js),
+            slots := Slots(js),
             slot_lease=s.slot_lease,
         )
         self.read_model = read_model = ReadModel(self.read_model_path, nc)
@@ -122,6 +122,9 @@ class Orchestrator(Service):
         tg = await stack.enter_async_context(anyio.create_task_group())
         await tg.start(read_model.follow)
         tg.start_soon(self._recover_after_reconnects, js, publisher)
+        gauge = SlotGauge(deployment_store, slots)
+        tg.start_soon(gauge.run)
+        stack.callback(telemetry.observe("sluice.deployment.slots.in_use", gauge.values))
         server = RequestServer(
             nc,
             tg,

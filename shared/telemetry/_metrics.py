@@ -63,6 +63,12 @@ METRICS: tuple[tuple[str, str, str, str], ...] = (
     ("sluice.dispatch.backlog", "gauge", "{run}", "runs offered and not yet claimed, by queue"),
     ("sluice.runner.slots.in_use", "gauge", "{slot}", "runs a live runner holds, by runner"),
     ("sluice.runner.slots.free", "gauge", "{slot}", "free slots of a live runner, by runner"),
+    (
+        "sluice.deployment.slots.in_use",
+        "gauge",
+        "{slot}",
+        "concurrency slots held, by deployment with a limit",
+    ),
 )
 
 # Seconds: from a few milliseconds (a claim) to minutes (a late run).
