@@ -288,3 +288,24 @@ def test_the_released_holder_cannot_start_the_run() -> None:
         now=NOW,
     )
     assert rules.decide(claim).status is Decision.ACCEPT
+
+
+def test_a_claim_sent_again_is_told_apart_while_its_run_is_pending_under_it() -> None:
+    """The chaos test's third body: a claim re-sent after its reply was lost was
+    answered "already applied" with no slot lease, though the slot its first
+    copy took had lapsed (nobody renewed it) and gone to another run."""
+    claim = ProposeState(
+        id=RUN_ID, state=ProposedState(type=T.PENDING), runner="r1", attempt=0, transition_id="c"
+    )
+    scheduled = run_in(T.SCHEDULED, attempt=0)
+    first = rules.Context(run=scheduled, proposal=claim, now=NOW)
+    assert not rules.claim_sent_again(first)  # a first claim takes its slot as it is applied
+    pending = rules.apply(first, rules.build_state(first))
+    again = rules.Context(run=pending, proposal=claim, now=NOW)
+    assert rules.decide(again).replay
+    assert rules.claim_sent_again(again)
+    # Once the claim has moved on, a late copy answers a claimant that is not listening.
+    running = msgspec.structs.replace(pending, state=run_in(T.RUNNING).state)
+    assert not rules.claim_sent_again(rules.Context(run=running, proposal=claim, now=NOW))
+    other = msgspec.structs.replace(claim, transition_id="d")
+    assert not rules.claim_sent_again(rules.Context(run=pending, proposal=other, now=NOW))

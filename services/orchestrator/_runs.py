@@ -39,12 +39,10 @@ from ._deployments import Deployments
 from ._measure import measure
 from ._names import run_name
 from ._publish import Publisher
-from ._slots import Slots, ttl_seconds
+from ._slots import SLOT_RETRY_SECONDS, Slots, ttl_seconds
 from ._store import Exists, IdempotencyStore, RecentRuns, RunStore, Stale
 
 CAS_ATTEMPTS = 50
-#: A claim that found no free slot is told to try again after this long.
-SLOT_RETRY_SECONDS = 0.5
 
 
 def _declared_lost(run: FlowRun) -> bool:
@@ -210,8 +208,12 @@ class Runs:
             outcome = rules.decide(ctx)
             if from_recent and (outcome.status is not Decision.ACCEPT or outcome.replay):
                 continue  # an answer that writes nothing is given on the stored run only
+            slot: float | None = None
             if outcome.replay:
                 await self._publisher.ensure_announced(run, revision, ctx.now)
+                if rules.claim_sent_again(ctx):  # its slot lease, renewed or taken from now
+                    limit = await self._slot_limit(run)
+                    outcome, slot = await self._slots.claim_again(run, req, limit, self._slot_lease)
             if outcome.status is not Decision.ACCEPT or outcome.replay:
                 return ProposeReply(
                     status=outcome.status,
@@ -220,6 +222,7 @@ class Runs:
                     delay_seconds=outcome.delay_seconds,
                     attempt=run.attempt,
                     revision=revision,
+                    lease_seconds=slot,
                 )
             state = rules.build_state(ctx)
             new = rules.apply(ctx, state)

@@ -20,9 +20,14 @@ import nats.js.errors
 from nats.js import JetStreamContext
 
 from shared.codec import encode
-from shared.messages import SlotLease
+from shared.messages import Decision, ProposeState, SlotLease
+from shared.models import FlowRun
 from shared.slots import STREAM, lease_from, slot_subject
 
+from . import rules
+
+#: A claim that found no free slot is told to try again after this long.
+SLOT_RETRY_SECONDS = 0.5
 _EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
 _WRONG_LAST_SEQUENCE = (10071, 10164)
 
@@ -91,6 +96,32 @@ class Slots:
                 if not free:
                     return False
         return False
+
+    async def claim_again(
+        self, run: FlowRun, claim: ProposeState, limit: int, ttl: float
+    ) -> tuple[rules.Outcome, float | None]:
+        """Answer a claim sent again (:func:`rules.claim_sent_again`), and its slot lease.
+
+        Nobody renewed the lease its first copy took (the claimant did not
+        know it held the run): it is renewed, or a free slot taken, counted
+        from now, so the claimant can fence the run by it as after a first
+        claim. If every slot went to other runs meanwhile, the claimant waits.
+        """
+        accept = rules.Outcome(status=Decision.ACCEPT, replay=True)
+        if not limit:
+            return accept, None
+        lease = SlotLease(
+            deployment_id=run.deployment_id or "",
+            flow_run_id=run.id,
+            runner=claim.runner,
+            attempt=run.attempt,
+        )
+        if await self.acquire(lease, limit, ttl):
+            return accept, float(ttl_seconds(ttl))
+        why = f"waiting for a concurrency slot of {run.deployment_name} ({limit} of {limit} in use)"
+        return rules.Outcome(
+            status=Decision.WAIT, reason=why, delay_seconds=SLOT_RETRY_SECONDS
+        ), None
 
     async def renew(self, lease: SlotLease, limit: int, ttl: float) -> bool:
         """Extend the run's lease; take a slot again if it lapsed. False: none free."""

@@ -201,6 +201,24 @@ def decide(ctx: Context, rules: tuple[Rule, ...] = RULES) -> Outcome:
     return Outcome(status=Decision.ACCEPT)
 
 
+def claim_sent_again(ctx: Context) -> bool:
+    """Is the proposal a claim already applied, whose run is still Pending under it?
+
+    Its claimant sends it again because no reply came (a stall, a paused
+    orchestrator): it does not know it holds the run, so its heartbeats have
+    not renewed the slot lease the first copy took, which may have lapsed and
+    gone to another run. Such a reply must carry a slot lease counted from
+    now, as a first claim's does (``Runs.propose``), or the claimant waits.
+    """
+    run, proposal = ctx.run, ctx.proposal
+    return (
+        proposal.transition_id is not None
+        and proposal.state.type is StateType.PENDING
+        and run.state.type is StateType.PENDING
+        and run.state.details.transition_id == proposal.transition_id
+    )
+
+
 def build_state(ctx: Context) -> State:
     """The state to store for an accepted proposal, stamped with ``now``."""
     p = ctx.proposal.state
