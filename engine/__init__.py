@@ -10,10 +10,11 @@ library are imported on first use, so ``import engine`` stays light.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from engine._core.context import get_run_context
 from engine._core.logs import get_run_logger
+from engine._lazy import lazy_names
 from engine.executors import (
     ConcurrentExecutor,
     DaskExecutor,
@@ -71,11 +72,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'engine' has no attribute {name!r}")
+__getattr__ = lazy_names(__name__, _LAZY)

@@ -9,8 +9,9 @@ seeds: ``UniversalFlowRunner`` (environment only), ``SubprocessFlowRunner``
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from engine._lazy import lazy_names
 from engine.runner._subprocess import (
     FlowRunner,
     FlowRunProcess,
@@ -43,11 +44,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'engine.flow_runners' has no attribute {name!r}")
+__getattr__ = lazy_names(__name__, _LAZY)

@@ -19,7 +19,7 @@ import pytest
 ENGINE = Path(__file__).resolve().parents[1] / "engine"
 
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("states", "exceptions", "triggers", "results", "executors")),
+    ("base", ("states", "exceptions", "triggers", "results", "executors", "_lazy")),
     ("run-time", ("_core", "futures")),
     ("flows and tasks", ("flows", "tasks")),
     ("client", ("client", "sync")),

@@ -19,7 +19,9 @@ flow runner's module does not import the Runner.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from engine._lazy import lazy_names
 
 if TYPE_CHECKING:
     from engine.runner._runner import Runner
@@ -34,11 +36,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'engine.runner' has no attribute {name!r}")
+__getattr__ = lazy_names(__name__, _LAZY)
