@@ -229,3 +229,19 @@ async def test_a_runner_asks_for_work_again_when_nats_comes_back(
                     except StackUnavailable:
                         await anyio.sleep(0.1)
                 assert (await c.wait_for_flow_run(second.id)).state.type is StateType.COMPLETED
+
+
+async def test_a_client_closes_quietly_after_its_server_is_gone(tmp_path: Path) -> None:
+    """A served flow stopped after its stack went away closes its client: the
+    flush that closing does must not raise (it once ended `serve()` with a
+    ConnectionResetError traceback)."""
+    server = NatsServer(tmp_path / "nats")
+    server.start()
+    client = Client(Settings(nats_url=server.url, home=tmp_path / "home"), connect_timeout=10)
+    await client.__aenter__()
+    try:
+        server.kill()
+        # Bytes buffered for a server that is gone; closing flushes them.
+        await client.nc.publish("sluice.test.buffered", b"x" * 100_000)
+    finally:
+        await client.__aexit__(None, None, None)

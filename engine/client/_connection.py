@@ -8,6 +8,7 @@ caller's trace context in its headers. Errors are translated in
 
 from __future__ import annotations
 
+import contextlib
 from types import TracebackType
 from typing import Any, Self
 
@@ -101,8 +102,12 @@ class _Connection:
         tb: TracebackType | None,
     ) -> None:
         if self._owns_nc and self._nc is not None:
-            await self._nc.close()
-            self._nc = None
+            nc, self._nc = self._nc, None
+            # Closing flushes what is buffered; with the server gone (a served
+            # flow stopped after its stack) that write fails, and there is
+            # nothing left to tell the server anyway.
+            with contextlib.suppress(OSError, nats.errors.Error):
+                await nc.close()
 
     @property
     def nc(self) -> NATS:
