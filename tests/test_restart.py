@@ -242,7 +242,7 @@ async def test_a_client_closes_quietly_after_its_server_is_gone(tmp_path: Path) 
     try:
         server.kill()
         with anyio.fail_after(30):
-            while not client.nc.is_reconnecting:  # it has noticed
+            while not client.nc.is_reconnecting:  # noqa: ASYNC110 - nats-py has no event for it
                 await anyio.sleep(0.05)
         # Bytes buffered for a server that is gone; closing flushes them.
         await client.nc.publish("sluice.test.buffered", b"x" * 100_000)
