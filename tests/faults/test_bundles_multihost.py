@@ -11,6 +11,7 @@ loses no run.
 from __future__ import annotations
 
 import sys
+import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -52,9 +53,20 @@ def _project(folder: Path, name: str, answer: str, requirements: str | None = No
 
 
 async def _runs(c: Client, deployment: str, count: int) -> list[FlowRun]:
-    created = [await c.create_flow_run(deployment, parameters={"i": i}) for i in range(count)]
+    """``count`` runs of ``deployment``, to their ends. A cluster's streams may be
+    electing leaders (just started, or a node lost): creates carry idempotency
+    keys, so the client may send them again, and are retried while unanswered."""
+    batch = uuid.uuid4().hex[:8]
+    created = [
+        await retry(
+            lambda i=i: c.create_flow_run(
+                deployment, parameters={"i": i}, idempotency_key=f"{batch}-{i}"
+            )
+        )
+        for i in range(count)
+    ]
     with anyio.fail_after(180):
-        return [await c.wait_for_flow_run(run.id) for run in created]
+        return [await retry(lambda r=r: c.wait_for_flow_run(r.id)) for r in created]
 
 
 async def test_two_runners_with_no_copy_of_the_code_run_bundles_over_a_cluster(

@@ -154,18 +154,23 @@ async def test_three_node_cluster_loses_a_node_under_load(
     cluster: list[NatsServer], tmp_path: Path, history: History, rng: random.Random, seed: int
 ) -> None:
     url = ",".join(n.url for n in cluster)
+    # Leases must outlast a Raft election (4-9 s after a node is lost; see
+    # docs/multi-host.md): a claim's first slot lease of the fault tests' 2 s
+    # lapses during one, and another run then takes the slot while the driver,
+    # which fences nothing, still shows its run Running.
     settings = Settings(
         nats_url=url,
         home=tmp_path / "home",
         replicas=3,
         heartbeat_interval=0.5,
-        slot_lease=2.0,
+        slot_lease=20.0,
         request_timeout=3.0,
     )
     await wait_for_jetstream(cluster[0].url)
     logs = tmp_path / "logs"
     logs.mkdir()
-    stack = Stack(settings, logs, env={"SLUICE_REPLICAS": "3", "SLUICE_NATS_URL": url})
+    env = {"SLUICE_REPLICAS": "3", "SLUICE_NATS_URL": url, "SLUICE_SLOT_LEASE": "20"}
+    stack = Stack(settings, logs, env=env)
     try:
         await stack.orchestrator()
         async with Client(settings) as c:
@@ -183,7 +188,7 @@ async def test_three_node_cluster_loses_a_node_under_load(
                     await driver.lifecycle(f"w{w}-{i}")
 
             async with anyio.create_task_group() as tg:
-                tg.start_soon(driver.heartbeats)
+                tg.start_soon(driver.heartbeats, 10.0)  # a 20 s lease
                 for w in range(3):
                     tg.start_soon(work, w)
                 while driver.done < 3 + rng.randrange(6):  # noqa: ASYNC110
