@@ -14,64 +14,24 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
 import nats
 import pytest
 
-from services.dev import NatsServer, free_port
+from services.dev import NatsServer
 from shared import names
 
+from ..faults.test_storage_faults import cluster, wait_for_jetstream
 from .test_tutorials import DEADLINE, TUTORIALS, Stack
+
+__all__ = ["cluster"]  # a fixture, used by name
 
 # A cluster electing leaders on a loaded machine: more than the suite's 120 s hang guard.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 TERMINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
-
-
-def _node(store: Path, name: str, cluster_port: int, routes: list[int]) -> NatsServer:
-    route_urls = ", ".join(f'"nats-route://127.0.0.1:{p}"' for p in routes)
-    return NatsServer(
-        store,
-        extra_config=(
-            f'server_name: "{name}"\n'
-            f'cluster {{\n  name: "sluice"\n  listen: "127.0.0.1:{cluster_port}"\n'
-            f"  routes: [{route_urls}]\n}}\n"
-        ),
-    )
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[list[NatsServer]]:
-    ports = [free_port() for _ in range(3)]
-    nodes = [_node(tmp_path / f"n{i}", f"n{i}", ports[i], ports) for i in range(3)]
-    started: list[NatsServer] = []
-    try:
-        for node in nodes:
-            node.start()
-            started.append(node)
-        yield nodes
-    finally:
-        for node in started:
-            node.stop()
-
-
-async def _jetstream_ready(url: str) -> None:
-    """Return once the cluster's JetStream answers (its meta leader is elected)."""
-    with anyio.fail_after(DEADLINE):
-        while True:
-            try:
-                nc = await nats.connect(servers=url.split(","))
-                try:
-                    await nc.jetstream().account_info()
-                    return
-                finally:
-                    await nc.close()
-            except Exception:
-                await anyio.sleep(0.5)
 
 
 async def _replicas(url: str) -> int:
@@ -99,7 +59,7 @@ def test_runners_on_another_host_against_a_nats_cluster(
     try:
         # As an operator would: the cluster first, then the orchestrator that
         # creates the replicated buckets and streams on it.
-        anyio.run(_jetstream_ready, url)
+        anyio.run(wait_for_jetstream, url.split(",")[0])
         orchestrator = stack.start(sys.executable, "-m", "services.orchestrator", cwd=tmp_path)
         deadline = time.monotonic() + DEADLINE
         while "error" in stack.sluice("deployment", "ls", check=False):
