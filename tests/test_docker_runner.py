@@ -7,9 +7,11 @@ tested against a real engine in ``tests/docker/`` (``just test-docker``).
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import re
+import socket
 import sys
 from datetime import UTC, datetime
 from importlib import metadata
@@ -305,6 +307,21 @@ async def test_no_engine_at_the_socket(tmp_path: Path) -> None:
     assert message.startswith(f"cannot reach the Docker engine at {host}")
     assert "No such file or directory" in message
     assert message.endswith("is Docker running?")
+
+
+@pytest.mark.anyio
+async def test_a_stale_socket_with_no_engine_behind_it(tmp_path: Path) -> None:
+    # A docker.sock left by a daemon that stopped: the file is there, connects are
+    # refused. The SDK leaks the socket of that connect; we must neither leak nor hang.
+    path = tmp_path / "docker.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as bound:
+        bound.bind(str(path))  # bound, never listening: what a dead daemon leaves
+    runner = DockerFlowRunner(image=IMAGE, docker_host=f"unix://{path}")
+    with pytest.raises(StartFailed) as caught:
+        await runner.start(make_run(), None, RUN_ENV)
+    gc.collect()  # a leaked socket's ResourceWarning now fails this test
+    assert "Connection refused" in str(caught.value)
+    assert str(caught.value).endswith("is Docker running?")
 
 
 @pytest.mark.anyio

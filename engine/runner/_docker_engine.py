@@ -21,6 +21,7 @@ import functools
 import logging
 import math
 import os
+import socket
 import sys
 import threading
 from collections.abc import Callable
@@ -90,11 +91,12 @@ def connect(docker_host: str | None) -> docker.DockerClient:
                 where = f"{context.Host} (the Docker context {context.name!r})"
     base_url = kwargs.get("base_url") or environment.get("DOCKER_HOST") or DEFAULT_SOCKET
     ssh = base_url.startswith("ssh://")  # through the ssh command, as the Docker CLI does
-    if base_url.startswith("unix://") and not os.path.exists(base_url.removeprefix("unix://")):
-        # Said here: the SDK would also leak the socket of its failed connect.
+    # Said here, not by the SDK: its unix transport leaks the socket of a failed
+    # connect (a stale docker.sock with no daemon behind it refuses every one).
+    unix_path = base_url.removeprefix("unix://") if base_url.startswith("unix://") else None
+    if unix_path and (reason := _unix_socket_refuses(unix_path)):
         raise StartFailed(
-            f"cannot reach the Docker engine at {where}: {base_url} does not exist "
-            "(No such file or directory); is Docker running?"
+            f"cannot reach the Docker engine at {where}: {base_url}: {reason}; is Docker running?"
         )
     try:
         if kwargs:
@@ -104,6 +106,17 @@ def connect(docker_host: str | None) -> docker.DockerClient:
         raise StartFailed(
             f"cannot reach the Docker engine at {where}: {exc}; is Docker running?"
         ) from exc
+
+
+def _unix_socket_refuses(path: str) -> str | None:
+    """Why nothing answers on the unix socket at ``path``, or None if something does."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(5)
+        try:
+            probe.connect(path)
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None
 
 
 async def start_container(
