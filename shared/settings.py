@@ -34,6 +34,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """JetStream replicas for buckets and streams (3 on a cluster)."""
     max_request_bytes: int = 1024 * 1024
     request_timeout: float = 10.0
+    outage_grace: float = 30.0
+    """Seconds a run's process keeps retrying a state the stack cannot take (a NATS
+    node restarting, a cluster electing leaders) before the run fails."""
     events_max_age: float = 0.0
     """Seconds to keep run events (0: forever; the read model is rebuilt from them)."""
     logs_max_age: float = 7 * 24 * 3600.0
@@ -99,6 +102,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ("replicas", "REPLICAS", int),
             ("max_request_bytes", "MAX_REQUEST_BYTES", int),
             ("request_timeout", "REQUEST_TIMEOUT", float),
+            ("outage_grace", "OUTAGE_GRACE", float),
             ("events_max_age", "EVENTS_MAX_AGE", float),
             ("logs_max_age", "LOGS_MAX_AGE", float),
             ("dispatch_max_age", "DISPATCH_MAX_AGE", float),

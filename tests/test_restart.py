@@ -3,7 +3,11 @@ between writing a run and announcing it, or a killed and restarted nats-server."
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -248,3 +252,76 @@ async def test_a_client_closes_quietly_after_its_server_is_gone(tmp_path: Path) 
         await client.nc.publish("sluice.test.buffered", b"x" * 100_000)
     finally:
         await client.__aexit__(None, None, None)
+
+
+FLOW_WAITING_FOR_A_FILE = """
+import pathlib, sys, time
+from engine import flow
+
+@flow
+def waits(path: str) -> str:
+    while not pathlib.Path(path).exists():
+        time.sleep(0.05)
+    return "done"
+
+print(waits(sys.argv[1]), flush=True)
+"""
+
+
+async def test_a_run_waits_out_an_orchestrator_outage_to_report_its_end(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A flow whose final state finds no orchestrator (a restart, a cluster
+    electing leaders) keeps trying instead of failing, and the run completes
+    once one is back: the outage must not turn a finished run into a crash."""
+    script, go = tmp_path / "flow.py", tmp_path / "go"
+    script.write_text(FLOW_WAITING_FOR_A_FILE)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")},
+        "SLUICE_NATS_URL": settings.nats_url,
+        "SLUICE_HOME": str(settings.home),
+        "SLUICE_REQUEST_TIMEOUT": "1",
+        "PYTHONPATH": str(Path(__file__).parents[1]),
+    }
+    away = anyio.Event()
+    async with Client(settings) as c, anyio.create_task_group() as tg:
+        first_gone = anyio.Event()
+
+        async def first(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+            async with Orchestrator(settings, grace=1):
+                task_status.started()
+                await away.wait()
+            first_gone.set()
+
+        await tg.start(first)
+        process = await anyio.open_process(
+            [sys.executable, str(script), str(go)], env=env, stderr=subprocess.PIPE
+        )
+        try:
+            assert process.stderr is not None
+            with anyio.fail_after(60):
+                run = await _the_run_of(c, "waits")
+                away.set()
+                await first_gone.wait()
+                go.touch()  # the flow ends while nothing can take its state
+                seen = b""
+                async for chunk in process.stderr:
+                    seen += chunk
+                    if b"the stack is unavailable" in seen:
+                        break
+                async with Orchestrator(settings, grace=1):
+                    assert await process.wait() == 0, seen.decode()
+                    final = await c.read_flow_run(run.id)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.aclose()
+    assert final.state.type is StateType.COMPLETED, final.state.message
+
+
+async def _the_run_of(c: Client, flow_name: str) -> FlowRun:
+    while True:
+        page = await c.list_flow_runs(flow_name=flow_name, states=["RUNNING"])
+        if page.flow_runs:
+            return page.flow_runs[0]
+        await anyio.sleep(0.05)

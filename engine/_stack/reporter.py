@@ -70,8 +70,8 @@ __all__ = ["StackReporter", "open_stack_runtime"]
 T = TypeVar("T")
 log = logging.getLogger("sluice.engine")
 
-#: Tries of a request that found the stack unavailable (same transition id each time).
-REQUEST_TRIES = 3
+#: Seconds between tries of a request the stack could not take, first and most.
+RETRY_FIRST, RETRY_MOST = 0.25, 2.0
 #: Seconds a closing reporter spends flushing records before it gives up.
 CLOSE_FLUSH_TIMEOUT = 30.0
 #: Largest encoded parameter value sent with a created run; bigger ones are summarised.
@@ -224,7 +224,8 @@ class StackReporter:
         """Flush records, then propose ``state``; ``claim`` sends this process as
         the runner of a PENDING proposal and keeps the attempt an ACCEPT grants.
 
-        Raises StackUnavailable after REQUEST_TRIES, or the error the stack replied.
+        Raises StackUnavailable once the stack stayed unavailable for the
+        settings' ``outage_grace``, or the error the stack replied.
         """
         if not telemetry.enabled():
             return self.call(self._propose, run_id, state, claim, retry)
@@ -268,14 +269,27 @@ class StackReporter:
         return reply
 
     async def _retrying(self, request: Callable[[], Awaitable[T]]) -> T:
-        for attempt in range(REQUEST_TRIES):
+        # A NATS node restarting or a cluster electing leaders makes the stack
+        # unavailable for seconds; failing the run for that would crash runs the
+        # stack could have finished. Waiting is safe: a process whose runner lost
+        # its claim meanwhile is fenced by that runner, and each try re-sends the
+        # same transition id, so none is applied twice.
+        deadline = anyio.current_time() + self.settings.outage_grace
+        delay = RETRY_FIRST
+        while True:
             try:
                 return await request()
-            except StackUnavailable:
-                if attempt == REQUEST_TRIES - 1:
+            except StackUnavailable as exc:
+                if anyio.current_time() + delay > deadline:
                     raise
-                await anyio.sleep(0.5 * (attempt + 1))
-        raise AssertionError("unreachable")  # pragma: no cover
+                if delay == RETRY_FIRST:
+                    log.warning(
+                        "the stack is unavailable (%s); retrying for up to %.0f s",
+                        exc.message,
+                        self.settings.outage_grace,
+                    )
+                await anyio.sleep(delay)
+                delay = min(delay * 2, RETRY_MOST)
 
     # --- the Reporter protocol -----------------------------------------------------------
     def flow_run_created(self, run: FlowRunInfo) -> FlowRunInfo:
