@@ -27,7 +27,8 @@ from shared.models import Deployment
 from shared.schedules import check_schedule, with_schedule_types
 
 from . import _params
-from ._store import DeploymentStore, NameIndex, Stale
+from ._deployment_cache import DEPLOYMENT_PREFIX, DeploymentCache
+from ._store import DeploymentStore, NameIndex, Stale, index_key
 
 CAS_ATTEMPTS = 20
 
@@ -83,9 +84,16 @@ def _did_you_mean(given: str, known: Iterable[str]) -> str:
 
 
 class Deployments:
-    def __init__(self, store: DeploymentStore, clock: Clock) -> None:
+    """Deployment handlers. With a ``cache``, :meth:`find` and :meth:`get` (what
+    creates and transitions read) answer from it when they can; registering,
+    pausing, deleting and the ``deployment.*`` reads always read KV."""
+
+    def __init__(
+        self, store: DeploymentStore, clock: Clock, cache: DeploymentCache | None = None
+    ) -> None:
         self._store = store
         self._clock = clock
+        self._cache = cache
 
     async def register(self, req: RegisterDeployment) -> Deployment:
         _params.check_schema(req.parameter_schema)
@@ -106,25 +114,69 @@ class Deployments:
                 updated=now,
                 **fields,
             )
-            await self._store.put(deployment)
+            self._took(f"d.{deployment.id}", deployment, await self._store.put(deployment))
             if deployment.id in index.ids:
                 return deployment
             try:
-                ids = [*index.ids, deployment.id]
-                await self._store.set_index(NameIndex(full_name=full_name, ids=ids), revision)
+                new_index = NameIndex(full_name=full_name, ids=[*index.ids, deployment.id])
+                written = await self._store.set_index(new_index, revision)
             except Stale:
-                await self._store.delete(deployment.id)  # a concurrent register won; retry
+                # a concurrent register won; retry
+                self._took(f"d.{deployment.id}", None, await self._store.delete(deployment.id))
                 continue
+            self._took(index_key(full_name), new_index, written)
             return deployment
         raise MalformedRequest(f"too many concurrent registrations of {full_name}; try again")
 
+    def _took(self, key: str, value: Deployment | NameIndex | None, revision: int) -> None:
+        """Tell the cache about a write of ours, so it need not wait for its watch."""
+        if self._cache is not None:
+            self._cache.take(key, value, revision)
+
     async def get(self, deployment_id: str) -> Deployment | None:
-        return await self._store.get(deployment_id)
+        """A deployment by id, from the cache if it holds it (a run's deployment)."""
+        if self._cache is not None:
+            cached = self._cache.deployment(deployment_id)
+            if cached is not None:
+                return cached
+        return await self._read(deployment_id)
+
+    async def _read(self, deployment_id: str) -> Deployment | None:
+        """A deployment by id from KV (then cached)."""
+        deployment, revision = await self._store.entry(deployment_id)
+        if revision:
+            self._took(DEPLOYMENT_PREFIX + deployment_id, deployment, revision)
+        return deployment
+
+    async def find(self, ref: DeploymentRef) -> Deployment:
+        """As :meth:`resolve`, answered from the cache when it holds an answer:
+        what a create uses. A name the cache cannot resolve is resolved from
+        KV, so a name registered elsewhere a moment ago is found, and an
+        unknown one gets :meth:`resolve`'s error."""
+        cache = self._cache
+        if cache is not None and not ref.id and ref.name:
+            found: Deployment | None = None
+            if "/" in ref.name:
+                index = cache.index(ref.name)
+                ids = reversed(index.ids) if index is not None else ()
+                found = next(filter(None, map(cache.deployment, ids)), None)
+            else:
+                every = cache.deployments()
+                newest = _newest_per_name(d for d in every or () if d.flow_name == ref.name)
+                found = next(iter(newest.values())) if len(newest) == 1 else None
+            if found is not None:
+                return found
+        if ref.id:
+            deployment = await self.get(ref.id)
+            if deployment is None:
+                raise DeploymentNotFound(f"no deployment with id {ref.id}")
+            return deployment
+        return await self.resolve(ref)
 
     async def resolve(self, ref: DeploymentRef) -> Deployment:
         """Find a deployment by id, ``flow/deployment``, or a flow name with one deployment."""
         if ref.id:
-            deployment = await self._store.get(ref.id)
+            deployment = await self._read(ref.id)
             if deployment is None:
                 raise DeploymentNotFound(f"no deployment with id {ref.id}")
             return deployment
@@ -135,9 +187,11 @@ class Deployments:
         return await self._by_flow_name(ref.name)
 
     async def _by_full_name(self, full_name: str) -> Deployment:
-        index, _ = await self._store.index(full_name)
+        index, revision = await self._store.index(full_name)
+        if revision:
+            self._took(index_key(full_name), index, revision)
         for deployment_id in reversed(index.ids):
-            deployment = await self._store.get(deployment_id)
+            deployment = await self._read(deployment_id)
             if deployment is not None:
                 return deployment
         flow_name = full_name.split("/", 1)[0]
@@ -198,7 +252,7 @@ class Deployments:
     async def set_paused(self, ref: DeploymentRef, paused: bool) -> Deployment:
         deployment = await self.resolve(ref)
         updated = msgspec.structs.replace(deployment, paused=paused, updated=self._clock.now())
-        await self._store.put(updated)
+        self._took(f"d.{updated.id}", updated, await self._store.put(updated))
         return updated
 
     async def delete(self, ref: DeploymentRef) -> Deleted:
@@ -209,12 +263,17 @@ class Deployments:
             doomed = [deployment.id] if ref.id else list(index.ids)
             keep = [i for i in index.ids if i not in doomed]
             try:
-                await self._store.set_index(
+                written = await self._store.set_index(
                     NameIndex(full_name=deployment.full_name, ids=keep), revision
                 )
             except Stale:
                 continue
+            self._took(
+                index_key(deployment.full_name),
+                NameIndex(full_name=deployment.full_name, ids=keep),
+                written,
+            )
             for deployment_id in doomed:
-                await self._store.delete(deployment_id)
+                self._took(f"d.{deployment_id}", None, await self._store.delete(deployment_id))
             return Deleted(id=deployment.id)
         raise MalformedRequest(f"too many concurrent changes to {deployment.full_name}; try again")

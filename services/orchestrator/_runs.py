@@ -158,7 +158,7 @@ class Runs:
             )
         if req.flow_name:
             return None
-        return await self._deployments.resolve(
+        return await self._deployments.find(
             DeploymentRef(id=req.deployment_id, name=req.deployment)
         )
 

@@ -153,6 +153,11 @@ class IdempotencyStore:
                 raise
 
 
+def index_key(full_name: str) -> str:
+    """The key of a ``flow/deployment`` name's index in the deployments bucket."""
+    return f"n.{_digest(full_name)}"
+
+
 class NameIndex(msgspec.Struct, frozen=True, kw_only=True):
     """All versions of one ``flow/deployment`` name, oldest first."""
 
@@ -168,34 +173,50 @@ class DeploymentStore:
         self._js = js
 
     async def get(self, deployment_id: str) -> Deployment | None:
+        return (await self.entry(deployment_id))[0]
+
+    async def entry(self, deployment_id: str) -> tuple[Deployment | None, int]:
+        """The deployment (None: none or deleted) and its key's revision (0: never written)."""
         try:
             entry = await self._kv.get(f"d.{deployment_id}", validate_keys=False)
         except nats.js.errors.NotFoundError:
-            return None
-        return decode(entry.value, Deployment) if entry.value else None
+            return None, 0
+        value = decode(entry.value, Deployment) if entry.value else None
+        return value, entry.revision or 0
 
-    async def put(self, deployment: Deployment) -> None:
-        await self._kv.put(f"d.{deployment.id}", encode(deployment), validate_keys=False)
+    async def put(self, deployment: Deployment) -> int:
+        """Store ``deployment``; returns the revision written."""
+        return await self._kv.put(f"d.{deployment.id}", encode(deployment), validate_keys=False)
 
-    async def delete(self, deployment_id: str) -> None:
-        await self._kv.delete(f"d.{deployment_id}", validate_keys=False)
+    async def delete(self, deployment_id: str) -> int:
+        """Put a delete marker on a deployment; returns the marker's revision
+        (nats-py's ``KeyValue.delete`` does not give it)."""
+        ack = await self._js.publish(
+            f"$KV.{DEPLOYMENTS_BUCKET}.d.{deployment_id}",
+            headers={"KV-Operation": "DEL"},
+            stream=kv_stream(DEPLOYMENTS_BUCKET),
+        )
+        return ack.seq
 
     async def index(self, full_name: str) -> tuple[NameIndex, int]:
         try:
-            entry = await self._kv.get(f"n.{_digest(full_name)}", validate_keys=False)
+            entry = await self._kv.get(index_key(full_name), validate_keys=False)
         except nats.js.errors.NotFoundError:
             return NameIndex(full_name=full_name), 0
         if not entry.value:
             return NameIndex(full_name=full_name), entry.revision or 0
         return decode(entry.value, NameIndex), entry.revision or 0
 
-    async def set_index(self, index: NameIndex, last_revision: int) -> None:
-        key = f"n.{_digest(index.full_name)}"
+    async def set_index(self, index: NameIndex, last_revision: int) -> int:
+        """Replace the name index if still at ``last_revision`` (0: create it);
+        returns the revision written, or raises Stale."""
+        key = index_key(index.full_name)
         try:
             if last_revision == 0:
-                await self._kv.create(key, encode(index), validate_keys=False)
-            else:
-                await self._kv.update(key, encode(index), last=last_revision, validate_keys=False)
+                return await self._kv.create(key, encode(index), validate_keys=False)
+            return await self._kv.update(
+                key, encode(index), last=last_revision, validate_keys=False
+            )
         except nats.js.errors.KeyWrongLastSequenceError:
             raise Stale(key) from None
 

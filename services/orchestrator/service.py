@@ -49,6 +49,7 @@ from shared.models import FlowRun
 from shared.settings import Settings
 
 from ._consumers import Consumers
+from ._deployment_cache import DeploymentCache
 from ._deployments import Deployments, decode_register
 from ._publish import Publisher
 from ._readmodel import ReadModel
@@ -102,8 +103,10 @@ class Orchestrator(Service):
         await bootstrap(js, s)
 
         publisher = Publisher(js)
-        deployment_store = DeploymentStore(await leader_kv(js, names.DEPLOYMENTS_BUCKET), js)
-        deployments = Deployments(deployment_store, self.clock)
+        deployments_kv = await leader_kv(js, names.DEPLOYMENTS_BUCKET)
+        deployment_store = DeploymentStore(deployments_kv, js)
+        self.deployment_cache = cache = DeploymentCache(nc, deployments_kv)
+        self.deployments = deployments = Deployments(deployment_store, self.clock, cache)
         runs = Runs(
             RunStore(await leader_kv(js, names.FLOW_RUNS_BUCKET), js),
             IdempotencyStore(await leader_kv(js, names.IDEMPOTENCY_BUCKET)),
@@ -122,6 +125,7 @@ class Orchestrator(Service):
         tg = await stack.enter_async_context(anyio.create_task_group())
         await tg.start(read_model.follow)
         tg.start_soon(self._recover_after_reconnects, js, publisher)
+        tg.start_soon(cache.follow)  # until it has caught up, creates read KV
         gauge = SlotGauge(deployment_store, slots)
         tg.start_soon(gauge.run)
         stack.callback(telemetry.observe("sluice.deployment.slots.in_use", gauge.values))
