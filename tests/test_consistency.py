@@ -18,6 +18,7 @@ from nats.aio.client import Client as NATS
 from engine.client import Client
 from services.orchestrator import Orchestrator
 from services.orchestrator._deployments import Deployments
+from services.orchestrator._keys import Keys
 from services.orchestrator._publish import Publisher
 from services.orchestrator._runs import Runs
 from services.orchestrator._slots import Slots
@@ -232,9 +233,11 @@ async def _runs_handler(nc: NATS) -> Runs:
     deployments = Deployments(
         DeploymentStore(await js.key_value(names.DEPLOYMENTS_BUCKET), js), clock
     )
+    runs = RunStore(await js.key_value(names.FLOW_RUNS_BUCKET))
+    claims = IdempotencyStore(await js.key_value(names.IDEMPOTENCY_BUCKET))
     return Runs(
-        RunStore(await js.key_value(names.FLOW_RUNS_BUCKET)),
-        IdempotencyStore(await js.key_value(names.IDEMPOTENCY_BUCKET)),
+        runs,
+        Keys(runs, claims, legacy=False),
         deployments,
         Publisher(js),
         clock,

@@ -30,7 +30,9 @@ async def caught_up(nc: NATS, *caches: DeploymentCache) -> None:
     js = nc.jetstream()
     with anyio.fail_after(10):
         last = (await js.stream_info(names.kv_stream(names.DEPLOYMENTS_BUCKET))).state.last_seq
-        while not all(c.current and c.revision >= last for c in caches):
+        while True:  # fail_after bounds it
+            if all(c.current and c.revision >= last for c in caches):
+                return
             await anyio.sleep(0.01)
 
 

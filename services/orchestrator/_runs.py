@@ -2,9 +2,9 @@
 
 Every write is a compare-and-set on the run's KV revision, and every accepted
 write is followed by one event. A create is answered only after the run is
-stored; with an idempotency key, the key is claimed *before* the run is
-written, so a crash in between is finished by the next request with that key
-instead of leaving a second run.
+stored; with an idempotency key, ``_keys`` makes sure the key names one run
+(the run's own KV create is the check), so a crash in between is finished by
+the next request with that key instead of leaving a second run.
 """
 
 from __future__ import annotations
@@ -36,11 +36,12 @@ from shared.states import TERMINAL_TYPES, State, StateDetails, StateType
 
 from . import _params, rules
 from ._deployments import Deployments
+from ._keys import Keys
 from ._measure import measure
 from ._names import run_name
 from ._publish import Publisher
 from ._slots import SLOT_RETRY_SECONDS, Slots, ttl_seconds
-from ._store import Exists, IdempotencyStore, RecentRuns, RunStore, Stale
+from ._store import RecentRuns, RunStore, Stale
 
 CAS_ATTEMPTS = 50
 
@@ -58,7 +59,7 @@ class Runs:
     def __init__(
         self,
         runs: RunStore,
-        idempotency: IdempotencyStore,
+        keys: Keys,
         deployments: Deployments,
         publisher: Publisher,
         clock: Clock,
@@ -68,7 +69,7 @@ class Runs:
         rng: random.Random | None = None,
     ) -> None:
         self._runs = runs
-        self._idempotency = idempotency
+        self._keys = keys
         self._deployments = deployments
         self._publisher = publisher
         self._clock = clock
@@ -89,30 +90,16 @@ class Runs:
             flow_name, scope = req.flow_name, f"flow:{req.flow_name}"
             parameters = dict(req.parameters or {})
 
-        run_id = str(uuid.uuid4())
-        if req.idempotency_key is not None:
-            key = IdempotencyStore.key(scope, req.idempotency_key)
-            bound = await self._idempotency.claim(key, run_id)
-            if bound != run_id:
-                existing = await self._runs.get(bound)
-                if existing is not None:
-                    run, revision = existing
-                    await self._publisher.ensure_announced(run, revision, self._clock.now())
-                    return run
-                # The first request with this key died after claiming it and
-                # before storing its run: store that run now, under its id.
-                run_id = bound
-
+        key = req.idempotency_key
         now = self._clock.now()
         start = utc(req.scheduled_start_time) if req.scheduled_start_time else now
         # The request's span (child of the creator's): kept, so a run started
         # later by the scheduler still belongs to the creator's trace.
         trace: dict[str, str] = {}
         if telemetry.enabled():
-            telemetry.set_attributes({"sluice.flow_run.id": run_id})
             trace = telemetry.inject_headers()
         run = FlowRun(
-            id=run_id,
+            id=str(uuid.uuid4()) if key is None else self._keys.run_id(scope, key),
             name=req.name or run_name(self._rng),
             flow_name=flow_name,
             deployment_id=deployment.id if deployment else None,
@@ -137,14 +124,15 @@ class Runs:
             traceparent=trace.get("traceparent"),
             tracestate=trace.get("tracestate"),
         )
-        try:
-            revision = await self._runs.create(run)
-        except Exists:
-            existing = await self._runs.get(run_id)
-            if existing is None:  # pragma: no cover - a run is never deleted by us
-                raise Conflict(f"flow run {run_id} vanished while being created") from None
-            await self._publisher.ensure_announced(*existing, self._clock.now())
-            return existing[0]
+        if key is None:
+            revision, created = await self._runs.create(run), True
+        else:
+            run, revision, created = await self._keys.store(run, scope, key)
+        if telemetry.enabled():
+            telemetry.set_attributes({"sluice.flow_run.id": run.id})
+        if not created:  # the run the key names; its first request may have died unannounced
+            await self._publisher.ensure_announced(run, revision, self._clock.now())
+            return run
         self._recent.remember(run, revision)
         await self._publisher.announce(run, revision, now=now, created=True)
         telemetry.record_run_created(run.queue)
@@ -388,9 +376,7 @@ class Runs:
             await self._publisher.announce_deleted(
                 run, marker, now=self._clock.now(), reason=req.reason
             )
-            if run.idempotency_key is not None:
-                scope = run.deployment_name if run.deployment_id else f"flow:{run.flow_name}"
-                key = IdempotencyStore.key(scope or "", run.idempotency_key)
-                await self._idempotency.release(key, run.id)
+            scope = run.deployment_name if run.deployment_id else f"flow:{run.flow_name}"
+            await self._keys.release(run, scope or "")
             return Deleted(id=run.id)
         raise Conflict(f"flow run {req.id} is changing too fast; delete again")

@@ -53,9 +53,13 @@ class RunStore:
             return None
         return decode(entry.value, FlowRun), entry.revision or 0
 
-    async def create(self, run: FlowRun) -> int:
+    async def create(self, run: FlowRun, *, over_deleted: bool = True) -> int:
+        """Store a new run; raises Exists if its id holds a run (or, unless
+        ``over_deleted``, ever held one: a delete marker counts)."""
         try:
-            return await self._kv.create(run.id, encode(run), validate_keys=False)
+            if over_deleted:
+                return await self._kv.create(run.id, encode(run), validate_keys=False)
+            return await self._kv.update(run.id, encode(run), last=0, validate_keys=False)
         except nats.js.errors.KeyWrongLastSequenceError:
             raise Exists(run.id) from None
 
@@ -119,7 +123,8 @@ class RecentRuns:
 
 
 class IdempotencyStore:
-    """Idempotency key -> run id, created once and never expired."""
+    """Idempotency key -> run id, created once and never expired (see ``_keys``:
+    only keys whose derived run was deleted, and keys from before, are here)."""
 
     def __init__(self, kv: KeyValue) -> None:
         self._kv = kv
@@ -127,6 +132,11 @@ class IdempotencyStore:
     @staticmethod
     def key(scope: str, idempotency_key: str) -> str:
         return _digest(f"{scope}\x00{idempotency_key}")
+
+    @staticmethod
+    def reissued_key(scope: str, idempotency_key: str) -> str:
+        """Where a key freed by deleting its derived-id run is bound to its next run."""
+        return "r." + IdempotencyStore.key(scope, idempotency_key)
 
     async def claim(self, key: str, run_id: str) -> str:
         """Bind ``key`` to ``run_id`` unless already bound; return the bound id."""

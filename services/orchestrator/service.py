@@ -51,6 +51,7 @@ from shared.settings import Settings
 from ._consumers import Consumers
 from ._deployment_cache import DeploymentCache
 from ._deployments import Deployments, decode_register
+from ._keys import Keys, has_legacy_claims
 from ._publish import Publisher
 from ._readmodel import ReadModel
 from ._recovery import recover
@@ -107,9 +108,11 @@ class Orchestrator(Service):
         deployment_store = DeploymentStore(deployments_kv, js)
         self.deployment_cache = cache = DeploymentCache(nc, deployments_kv)
         self.deployments = deployments = Deployments(deployment_store, self.clock, cache)
+        run_store = RunStore(await leader_kv(js, names.FLOW_RUNS_BUCKET), js)
+        claims = IdempotencyStore(await leader_kv(js, names.IDEMPOTENCY_BUCKET))
         runs = Runs(
-            RunStore(await leader_kv(js, names.FLOW_RUNS_BUCKET), js),
-            IdempotencyStore(await leader_kv(js, names.IDEMPOTENCY_BUCKET)),
+            run_store,
+            Keys(run_store, claims, legacy=await has_legacy_claims(js)),
             deployments,
             publisher,
             self.clock,
