@@ -9,15 +9,18 @@ as in production) in a temp folder and measures, with warm-up before timing:
 1. raw KV put: nats-py ``kv.put`` of one flow-run document (the JSON the
    orchestrator stores) under fresh keys of a fresh file bucket;
 2. the wire floor of a create: the round trips the orchestrator makes per
-   create (2 KV gets, KV create, then the dispatch item and the event published
-   together with ``Nats-Msg-Id``), issued straight from nats-py, so the gap
-   to (3) is service overhead;
+   create (KV create, then the dispatch item and the event published together
+   with ``Nats-Msg-Id``; the deployment comes from its watched cache),
+   issued straight from nats-py, so the gap to (3) is service overhead;
 3. ``flowrun.create`` through a real orchestrator, with and without an
    idempotency key per request;
 4. state transitions: PENDING, RUNNING, COMPLETED proposed for fresh runs.
 
 Every scenario runs at each concurrency level (default 1 and 16: asyncio tasks
-sharing one NATS connection). Its ratio is taken against raw KV put trials at
+sharing one NATS connection). With the orchestrator in a subprocess, its CPU
+time per operation is reported too (read from /proc over the scenario's
+trials, its reference trials included: the read model catching up on the
+scenario's events is part of its cost). Its ratio is taken against raw KV put trials at
 the same concurrency *run alternately with its own trials*, so a host whose
 background load drifts (a shared CI runner, a laptop) skews both sides alike.
 The team's goal: create throughput >= 0.5 x raw KV put.
@@ -76,6 +79,7 @@ from ._harness import (
     merge,
     running_nats_server,
 )
+from ._proccpu import cpu_seconds
 
 DEFAULT_OUTPUT = REPO / "bench" / "results" / "orchestrator.md"
 FLOW, DEPLOYMENT = "bench-flow", "bench"
@@ -130,6 +134,8 @@ class Row:
     kind: str  # "kv" (a reference row), "floor", "create", "transition"
     ref: Measurement | None = None
     """Raw KV put trials run alternately with this row's trials (None for a kv row)."""
+    cpu_ms: float | None = None
+    """The orchestrator's CPU milliseconds per operation (None: not measured)."""
 
     @property
     def ref_rate(self) -> float:
@@ -147,8 +153,10 @@ class Report:
     def add(self, row: Row) -> None:
         self.rows.append(row)
         vs = f" ({row.ratio:.2f} x raw KV put)" if row.ref is not None else ""
+        cpu = f", {row.cpu_ms:.2f} CPU ms/op" if row.cpu_ms is not None else ""
         print(
-            f"  {row.scenario} c={row.concurrency}: {row.m.ops_per_s:,.0f}/s{vs}", file=sys.stderr
+            f"  {row.scenario} c={row.concurrency}: {row.m.ops_per_s:,.0f}/s{vs}{cpu}",
+            file=sys.stderr,
         )
 
 
@@ -233,14 +241,9 @@ async def raw_phase(url: str, counts: Counts, levels: Sequence[int], report: Rep
 
 async def _wire_floor(js: JetStreamContext, c: int, counts: Counts, value: bytes) -> Op:
     """What one create costs on the wire, without the service in between."""
-    deployments = await js.create_key_value(
-        KeyValueConfig(bucket=f"bench_dep_c{c}", history=5, storage=StorageType.FILE, direct=True)
-    )
     runs = await js.create_key_value(
         KeyValueConfig(bucket=f"bench_runs_c{c}", history=1, storage=StorageType.FILE, direct=True)
     )
-    await deployments.put("n.index", b'{"full_name":"f/d","ids":["x"]}')
-    await deployments.put("d.x", value)
     events, dispatch = f"BENCH_EVENTS_C{c}", f"BENCH_DISPATCH_C{c}"
     await js.add_stream(
         StreamConfig(
@@ -263,8 +266,6 @@ async def _wire_floor(js: JetStreamContext, c: int, counts: Counts, value: bytes
 
     async def create(i: int) -> None:
         run_id = str(uuid.uuid4())
-        await deployments.get("n.index", validate_keys=False)
-        await deployments.get("d.x", validate_keys=False)
         rev = await runs.create(run_id, value, validate_keys=False)
         acks = [
             await js.publish_async(
@@ -312,7 +313,13 @@ async def orchestrator_phase(
     label: str,
     alive: Callable[[], None],
     in_process: bool,
+    cpu: Callable[[], float] | None = None,
 ) -> None:
+    """``cpu``: the orchestrator's CPU seconds so far (a subprocess), for CPU per op."""
+
+    def cpu_ms(since: float | None, ops: int) -> float | None:
+        return (cpu() - since) * 1000 / ops if cpu is not None and since is not None else None
+
     async with AsyncExitStack() as stack:
         if in_process:
             await stack.enter_async_context(Orchestrator(settings, grace=2.0))
@@ -337,6 +344,7 @@ async def orchestrator_phase(
                 async def create_keyed(i: int, tag: str = tag) -> None:
                     await client.create_flow_run(target, idempotency_key=f"bench-{tag}-{i}")
 
+                since = cpu() if cpu is not None else None
                 m, ref_m = await paired(
                     create_keyed if keyed else create,
                     ref,
@@ -345,17 +353,24 @@ async def orchestrator_phase(
                     concurrency=c,
                     warmup=counts.warmup,
                 )
-                report.add(Row(f"{scenario} [{label}]", c, m, "create", ref_m))
+                ops = counts.warmup + count * counts.repeat
+                report.add(Row(f"{scenario} [{label}]", c, m, "create", ref_m, cpu_ms(since, ops)))
 
         for c in levels:
             ref = await RawPut.open(ref_js, f"bench_ref_{label}_{len(report.rows)}")
-            m, ref_m = await _transitions(client, target, ref, counts, c)
-            report.add(Row(f"state transition P→R→C [{label}]", c, m, "transition", ref_m))
+            m, ref_m, per_op = await _transitions(client, target, ref, counts, c, cpu)
+            report.add(Row(f"state transition P→R→C [{label}]", c, m, "transition", ref_m, per_op))
 
 
 async def _transitions(
-    client: Client, target: str, ref: RawPut, counts: Counts, c: int
-) -> tuple[Measurement, Measurement]:
+    client: Client,
+    target: str,
+    ref: RawPut,
+    counts: Counts,
+    c: int,
+    cpu: Callable[[], float] | None,
+) -> tuple[Measurement, Measurement, float | None]:
+    """Timed lifecycles, their reference puts, and CPU ms per lifecycle (three proposals)."""
     runs = counts.transition_runs
     warmup = max(1, counts.warmup // 3)
     ids: list[str] = [""] * (warmup + runs * counts.repeat)
@@ -379,7 +394,10 @@ async def _transitions(
             attempt = reply.attempt
         return lat
 
-    return await paired(lifecycle, ref, counts, count=runs, concurrency=c, warmup=warmup)
+    since = cpu() if cpu is not None else 0.0
+    m, ref_m = await paired(lifecycle, ref, counts, count=runs, concurrency=c, warmup=warmup)
+    per_op = (cpu() - since) * 1000 / (warmup + runs * counts.repeat) if cpu else None
+    return m, ref_m, per_op
 
 
 # --- report ------------------------------------------------------------------------------
@@ -394,6 +412,7 @@ HEADERS = [
     "max ms",
     "raw KV put ops/s",
     "ratio",
+    "orch. CPU ms/op",
 ]
 
 
@@ -410,6 +429,7 @@ def table(report: Report) -> str:
             fmt(r.m.max_ms, 1),
             fmt(r.ref_rate, 0),
             fmt(r.ratio, 2),
+            fmt(r.cpu_ms, 2) if r.cpu_ms is not None else "-",
         ]
         for r in report.rows
     ]
@@ -454,9 +474,13 @@ def notes_for(counts: Counts, levels: Sequence[int], modes: Sequence[str]) -> li
         "stand-alone raw KV put rows are run once at the start",
         "raw KV put: fresh file bucket (history 1, direct get), fresh uuid key per put; "
         "the value is an encoded flow run as the orchestrator stores it",
-        "wire floor: per op 2 KV direct gets, 1 KV create, then 2 JetStream publishes "
+        "wire floor: per op 1 KV create, then 2 JetStream publishes "
         "(dispatch, event; Nats-Msg-Id) sent together and awaited together — the round "
-        "trips a create makes, without the service",
+        "trips a create makes, without the service (its deployment comes from a cache)",
+        "orch. CPU ms/op: the orchestrator subprocess's CPU time (/proc) over a scenario's "
+        "warm-up and trials, its paired raw KV put trials included (the read model "
+        "catching up on the scenario's events), divided by the scenario's operations; "
+        "a transition op is one lifecycle of three proposals",
         "creates and proposals use engine.client.Client (msgspec encode/decode on the client "
         "side); every reply is checked (errors raise, transitions must be ACCEPT)",
         "ops/s = the median trial's timed ops ÷ its wall time; latency percentiles are "
@@ -540,6 +564,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings = Settings(nats_url=server.url, home=home, request_timeout=30.0)
             proc: ServiceProcess | None = None
             alive: Callable[[], None] = lambda: None  # noqa: E731
+            cpu: Callable[[], float] | None = None
             if mode == "subprocess":
                 proc = ServiceProcess(
                     "services.orchestrator",
@@ -550,6 +575,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 stack.callback(proc.stop)
                 proc.start()
                 alive = proc.check_alive
+                if proc.process is not None and args.profile is None:
+                    cpu = functools.partial(cpu_seconds, proc.process.pid, reaped=False)
             phase = functools.partial(
                 orchestrator_phase,
                 settings,
@@ -559,6 +586,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 label=mode,
                 alive=alive,
                 in_process=mode == "in-process",
+                cpu=cpu,
             )
             try:
                 anyio.run(phase, backend_options=backend_options())
