@@ -16,7 +16,7 @@ from nats.aio.client import Client as NATS
 from engine.client import Client
 from services.dev import NatsServer
 from services.orchestrator import Orchestrator
-from services.orchestrator._keys import derived_run_id
+from services.orchestrator._keys import derived_run_id, has_legacy_claims
 from services.orchestrator._store import IdempotencyStore
 from shared import names
 from shared.messages import RegisterDeployment
@@ -84,6 +84,8 @@ async def test_a_create_that_died_after_claiming_a_freed_key_is_finished(
     second = await client.create_flow_run(target, idempotency_key="k")
     assert second.id == orphan
     assert (await client.read_flow_run(orphan)).idempotency_key == "k"
+    # such claims are not taken for claims from before derived ids
+    assert not await has_legacy_claims(nc.jetstream())
 
 
 async def test_keys_claimed_the_old_way_still_answer_their_run(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ Owns key layout and compare-and-set. The orchestrator is the only writer of
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections import OrderedDict
 
@@ -163,6 +164,7 @@ class IdempotencyStore:
                 raise
 
 
+@functools.lru_cache(maxsize=4096)  # asked on every create; a digest each time otherwise
 def index_key(full_name: str) -> str:
     """The key of a ``flow/deployment`` name's index in the deployments bucket."""
     return f"n.{_digest(full_name)}"
