@@ -34,11 +34,14 @@ _INHERIT: Any = object()
 
 
 def _stack_reporter() -> Any:
-    """The StackReporter of the enclosing flow run or installed runtime, if any."""
+    """The stack reporter of the enclosing flow run or installed runtime, if any:
+    a StackReporter (its connection), or the PipeReporter of a process a runner
+    started (a connection with the flow credentials it was given)."""
     reporter = current_runtime().reporter
+    from engine._stack.pipe_reporter import PipeReporter
     from engine._stack.reporter import StackReporter
 
-    return reporter if isinstance(reporter, StackReporter) else None
+    return reporter if isinstance(reporter, StackReporter | PipeReporter) else None
 
 
 def _call(what: str, fn: Callable[[Any], Awaitable[T]]) -> T:

@@ -32,7 +32,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -40,16 +40,22 @@ from engine import states
 from engine._core.context import use_runtime
 from engine._core.flow_engine import ExistingRun, run_flow_async, run_flow_sync
 from engine._core.reporting import FlowRunInfo
-from engine._core.resume import load_plan
 from engine._core.start import StartTasks
 from engine._stack.entrypoint import load_entrypoint
-from engine._stack.reporter import StackReporter
 from engine.exceptions import Abort, EntrypointError
 from engine.flows import Flow
 from shared.errors import DeploymentNotFound, SluiceError
 from shared.messages import Decision
 from shared.models import Deployment, FlowRun
 from shared.states import State
+
+if TYPE_CHECKING:
+    from engine._stack.pipe_reporter import PipeReporter
+    from engine._stack.reporter import StackReporter
+
+    #: Either reporter: over NATS (``python -m engine``, ``--execute``) or over a
+    #: runner's relay socket (the processes a runner starts).
+    ExecReporter = StackReporter | PipeReporter
 
 __all__ = ["EXIT_NOT_REPORTED", "EXIT_REPORTED", "Execution", "execute_flow_run"]
 
@@ -81,7 +87,7 @@ def _info(run: FlowRun) -> FlowRunInfo:
     )
 
 
-def _claim(reporter: StackReporter, run: FlowRun) -> tuple[bool, State, str | None]:
+def _claim(reporter: ExecReporter, run: FlowRun) -> tuple[bool, State, str | None]:
     """Claim ``run`` here: (accepted, the run's state, the refusal's reason)."""
     while True:
         reply = reporter.propose(run.id, states.Pending(), claim=True)
@@ -92,7 +98,7 @@ def _claim(reporter: StackReporter, run: FlowRun) -> tuple[bool, State, str | No
 
 
 def _read_deployment(
-    reporter: StackReporter, run: FlowRun, deployment: Deployment | None
+    reporter: ExecReporter, run: FlowRun, deployment: Deployment | None
 ) -> Deployment:
     if run.deployment_id is None:
         raise EntrypointError(
@@ -100,9 +106,7 @@ def _read_deployment(
         )
     if deployment is None or deployment.id != run.deployment_id:
         try:
-            deployment = reporter.call(
-                lambda: reporter.client.read_deployment(id=run.deployment_id)
-            )
+            deployment = reporter.read_deployment(run.deployment_id)
         except DeploymentNotFound as exc:
             raise EntrypointError(f"the run's deployment is gone: {exc.message}") from None
     return deployment
@@ -133,7 +137,7 @@ def _environment(env: dict[str, str]) -> Iterator[None]:
 
 
 def _fail(
-    reporter: StackReporter, info: FlowRunInfo, message: str, error: BaseException | None = None
+    reporter: ExecReporter, info: FlowRunInfo, message: str, error: BaseException | None = None
 ) -> bool:
     """Log ``message`` and propose FAILED with it (keeping ``error``'s traceback);
     True when that was accepted."""
@@ -145,7 +149,7 @@ def _fail(
 
 
 def execute_flow_run(
-    reporter: StackReporter,
+    reporter: ExecReporter,
     run_id: str,
     *,
     attempt: int | None = None,
@@ -166,7 +170,7 @@ def execute_flow_run(
     (KeyboardInterrupt) after the claim proposes FAILED, then re-raises.
     """
     if run is None or run.id != run_id:
-        run = reporter.call(reporter.client.read_flow_run, run_id)
+        run = reporter.read_flow_run(run_id)
     info = _info(run)
     if attempt is not None:
         reporter.adopt(run.id, attempt)
@@ -195,7 +199,7 @@ def execute_flow_run(
 
 
 def _execute_claimed(
-    reporter: StackReporter,
+    reporter: ExecReporter,
     run: FlowRun,
     info: FlowRunInfo,
     deployment: Deployment | None,
@@ -219,7 +223,7 @@ def _execute_claimed(
 
 
 def _load_and_run(
-    reporter: StackReporter,
+    reporter: ExecReporter,
     run: FlowRun,
     info: FlowRunInfo,
     deployment: Deployment,
@@ -235,7 +239,7 @@ def _load_and_run(
     # Only a run claimed before can have task results to reuse: a first claim
     # (attempt 1) skips reading the task-run stream.
     first = (reporter.attempt_of(run.id) or 0) == 1
-    plan = None if first else reporter.call(load_plan, reporter.client.nc, run.id)
+    plan = None if first else reporter.load_plan(run.id)
     if plan is not None:
         reporter.log_line(
             run.id,

@@ -51,10 +51,10 @@ class ObjectResultStore:
 
     def put(self, name: str, data: bytes) -> str:
         check_name(name)
-        self._call(self._put, name, data)
+        self._call(self.put_async, name, data)
         return f"{self.prefix}{name}"
 
-    async def _put(self, name: str, data: bytes) -> None:
+    async def put_async(self, name: str, data: bytes) -> None:
         bucket = await self._bucket()
         try:
             await bucket.put(name, data)
@@ -62,9 +62,9 @@ class ObjectResultStore:
             raise StackUnavailable(f"storing result {name} failed: {exc!r}") from None
 
     def get(self, ref: str) -> bytes:
-        return self._call(self._get, split_ref(ref, self.prefix))
+        return self._call(self.get_async, split_ref(ref, self.prefix))
 
-    async def _get(self, name: str) -> bytes:
+    async def get_async(self, name: str) -> bytes:
         bucket = await self._bucket()
         try:
             found = await bucket.get(name)

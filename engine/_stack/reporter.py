@@ -45,7 +45,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import ExitStack
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import anyio
 import msgspec
@@ -56,14 +56,18 @@ from engine._core.context import Runtime
 from engine._core.reporting import FlowRunInfo, Proposal, TaskRunInfo
 from engine._stack.object_results import ObjectResultStore
 from engine._stack.outbox import Outbox
+from engine._stack.wire import log_record, proposed, wire_parameters
 from engine.client import Client
 from engine.exceptions import Abort
 from shared import names, telemetry
 from shared.errors import SluiceError, StackUnavailable
-from shared.messages import Decision, LogRecord, ProposedState, ProposeReply, TaskRunRecord
-from shared.models import FlowRun
+from shared.messages import Decision, LogRecord, ProposeReply, TaskRunRecord
+from shared.models import Deployment, FlowRun
 from shared.settings import Settings
 from shared.states import State, StateType
+
+if TYPE_CHECKING:
+    from engine._core.resume import ResumePlan
 
 __all__ = ["StackReporter", "open_stack_runtime"]
 
@@ -74,43 +78,13 @@ log = logging.getLogger("sluice.engine")
 RETRY_FIRST, RETRY_MOST = 0.25, 2.0
 #: Seconds a closing reporter spends flushing records before it gives up.
 CLOSE_FLUSH_TIMEOUT = 30.0
-#: Largest encoded parameter value sent with a created run; bigger ones are summarised.
-MAX_PARAMETER_BYTES = 16 * 1024
-
 _encoder = msgspec.json.Encoder()
-_formatter = logging.Formatter()
 
 
 def default_runner_name() -> str:
     """``engine@<host>:<pid>``: who holds a claim this process made."""
     host = socket.gethostname().replace("/", "-").replace("%", "-") or "localhost"
     return f"engine@{host}:{os.getpid()}"[:128]
-
-
-def _wire_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
-    """Parameters as the stack can store them: JSON values, big or odd ones summarised."""
-    out: dict[str, Any] = {}
-    for name, value in parameters.items():
-        try:
-            encoded = _encoder.encode(value)
-        except (TypeError, ValueError, OverflowError):
-            out[name] = f"<{type(value).__name__}: not JSON>"
-            continue
-        if len(encoded) > MAX_PARAMETER_BYTES:
-            out[name] = f"<{type(value).__name__}: {len(encoded)} bytes, not stored>"
-        else:
-            out[name] = msgspec.json.decode(encoded)
-    return out
-
-
-def _proposed(state: State) -> ProposedState:
-    return ProposedState(
-        type=state.type,
-        name=state.name,
-        message=state.message,
-        details=state.details,
-        data=state.data,
-    )
 
 
 class StackReporter:
@@ -211,6 +185,20 @@ class StackReporter:
         run = self.call(self.client.read_flow_run, flow_run_id)
         return run.flow_name, self.call(read_task_records, self.client.nc, run.id)
 
+    def read_flow_run(self, run_id: str) -> FlowRun:
+        """Raises FlowRunNotFound, StackUnavailable."""
+        return self.call(self.client.read_flow_run, run_id)
+
+    def read_deployment(self, deployment_id: str) -> Deployment:
+        """Raises DeploymentNotFound, StackUnavailable."""
+        return self.call(lambda: self.client.read_deployment(id=deployment_id))
+
+    def load_plan(self, run_id: str) -> ResumePlan | None:
+        """What earlier attempts of the run left to reuse (engine._core.resume)."""
+        from engine._core.resume import load_plan
+
+        return self.call(load_plan, self.client.nc, run_id)
+
     def adopt(self, run_id: str, attempt: int) -> None:
         """Send ``attempt`` with every later proposal for ``run_id`` (a runner's claim)."""
         self._attempts[run_id] = attempt
@@ -254,7 +242,7 @@ class StackReporter:
         reply: ProposeReply = await self._retrying(
             lambda: self.client.propose_state(
                 run_id,
-                _proposed(state),
+                proposed(state),
                 transition_id=transition_id,
                 attempt=self._attempts.get(run_id),
                 runner=self.runner if claim else None,
@@ -307,7 +295,7 @@ class StackReporter:
         )
 
     async def _create(self, run: FlowRunInfo) -> FlowRun:
-        parameters = _wire_parameters(run.parameters)
+        parameters = wire_parameters(run.parameters)
         return await self._retrying(
             lambda: self.client.create_flow_run(
                 flow_name=run.flow_name,
@@ -348,23 +336,9 @@ class StackReporter:
         self._outbox.put(names.taskruns_subject(flow_run_id), _encoder.encode(record), run.id)
 
     def log(self, record: logging.LogRecord) -> None:
-        flow_run_id = getattr(record, "flow_run_id", None)
-        if not flow_run_id or self._outbox is None:
-            return
-        message = record.getMessage()
-        if record.exc_info:
-            message = f"{message}\n{_formatter.formatException(record.exc_info)}"
-        self._put_log(
-            LogRecord(
-                flow_run_id=flow_run_id,
-                task_run_id=getattr(record, "task_run_id", None),
-                task_run_name=getattr(record, "task_run_name", None),
-                timestamp=datetime.fromtimestamp(record.created, UTC),
-                level=record.levelno,
-                message=message,
-                logger=record.name,
-            )
-        )
+        line = log_record(record)
+        if line is not None:
+            self._put_log(line)
 
     def log_line(self, run_id: str, level: int, message: str, detail: str | None = None) -> None:
         """A line in the run's log from the engine itself (logger ``sluice.engine``),

@@ -241,9 +241,13 @@ class Client(_DeploymentRequests):
         release: bool = False,
         agentless: bool = False,
         expected: StateType | None = None,
+        trace_headers: dict[str, str] | None = None,
     ) -> ProposeReply:
         """Propose ``state``; ``expected`` (the state type the caller read the run
-        in) makes the orchestrator refuse it if the run has moved on since."""
+        in) makes the orchestrator refuse it if the run has moved on since.
+        ``trace_headers``: the trace context of a request span someone else
+        holds (a runner relaying its flow-run process's proposal), sent as they
+        are instead of a span of this client's own."""
         req = ProposeState(
             id=run_id,
             state=state,
@@ -260,7 +264,7 @@ class Client(_DeploymentRequests):
         # Retries have their own subject, which only the operator role may use
         # (deploy/nats/auth.conf): a runner moves the runs it holds, never reopens one.
         subject = names.FLOWRUN_RETRY if retry else names.FLOWRUN_PROPOSE
-        return await self._request(subject, req, ProposeReply)
+        return await self._request(subject, req, ProposeReply, trace_headers=trace_headers)
 
     def watch_flow_run(
         self, run_id: str, *, resync: float = 5.0, history: bool = False

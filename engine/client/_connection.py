@@ -115,12 +115,24 @@ class _Connection:
             raise RuntimeError("use the client as `async with Client() as client:`")
         return self._nc
 
-    async def _request(self, subject: str, payload: Any, reply_type: type[Any]) -> Any:
+    async def _request(
+        self,
+        subject: str,
+        payload: Any,
+        reply_type: type[Any],
+        *,
+        trace_headers: dict[str, str] | None = None,
+    ) -> Any:
         # Policy (docs/reliability.md): a request that may take effect twice
         # without harm is re-sent while unanswered (shared.connection.request),
         # so a paused orchestrator replica costs a fraction of a second.
         timeout = self.settings.request_timeout
         again = _repeatable(subject, payload)
+        if trace_headers:
+            traced: Any = _WithHeaders(self.nc, trace_headers)
+            return await request(
+                traced, subject, payload, reply_type, timeout=timeout, repeatable=again
+            )
         if not telemetry.enabled():
             return await request(
                 self.nc, subject, payload, reply_type, timeout=timeout, repeatable=again

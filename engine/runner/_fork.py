@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import sys
 import tempfile
 from collections.abc import Mapping
@@ -28,6 +29,7 @@ from typing import Any, Self
 import anyio
 import anyio.abc
 
+from engine.runner._credentials import flow_process_env
 from engine.runner._standby import assignment_for, encode_assignment
 from engine.runner._subprocess import FlowRunProcess, StartFailed
 from shared.models import Deployment, FlowRun, Infrastructure
@@ -42,6 +44,8 @@ DEFAULT_SPARES = 2
 class _Forked:
     pid: int
     server: ForkServerFlowRunner
+    #: The runner's end of the child's relay socket (engine.runner._relay).
+    channel: socket.socket | None = None
 
     @property
     def ident(self) -> str:
@@ -68,8 +72,10 @@ class ForkServerFlowRunner:
     spares: int = DEFAULT_SPARES
     """Connected processes kept waiting for the next run (0: fork each run afresh)."""
     type: str = "fork"
+    #: Its processes report over a relay socket, not a NATS connection of their own.
+    relayed = True
     _stack: AsyncExitStack = field(default_factory=AsyncExitStack, repr=False)
-    _stream: anyio.abc.SocketStream | None = field(default=None, repr=False)
+    _stream: anyio.abc.UNIXSocketStream | None = field(default=None, repr=False)
     _process: anyio.abc.Process | None = field(default=None, repr=False)
     _spawned: dict[str, tuple[anyio.Event, dict[str, Any]]] = field(default_factory=dict)
     _exits: dict[int, int] = field(default_factory=dict)
@@ -120,7 +126,7 @@ class ForkServerFlowRunner:
             process.kill()
             await process.wait()
 
-    async def _read(self, stream: anyio.abc.SocketStream) -> None:
+    async def _read(self, stream: anyio.abc.UNIXSocketStream) -> None:
         buffer = b""
         async for chunk in stream:
             buffer += chunk
@@ -145,7 +151,7 @@ class ForkServerFlowRunner:
     ) -> FlowRunProcess:
         if self._stream is None:
             raise StartFailed("the fork server is not running (enter the flow runner first)")
-        full_env = {**os.environ, **self.env, **dict(env)}
+        full_env = flow_process_env({**os.environ, **self.env, **dict(env)})
         if deployment is not None:
             full_env.update(deployment.infrastructure.env)
         cwd = deployment.path if deployment and deployment.path else None
@@ -160,15 +166,23 @@ class ForkServerFlowRunner:
             "cwd": cwd,
             "assignment": encode_assignment(assignment).decode(),
         }
+        ours, theirs = socket.socketpair()
         try:
             async with self._lock:
-                await self._stream.send(json.dumps(request).encode() + b"\n")
+                # The child's end of its relay socket travels with the request.
+                await self._stream.send_fds(json.dumps(request).encode() + b"\n", [theirs.fileno()])
+            theirs.close()  # the server has its copy; ours would hide the child's hang-up
             await event.wait()
+        except BaseException:
+            ours.close()
+            raise
         finally:
+            theirs.close()
             del self._spawned[token]
         if "error" in box:
+            ours.close()
             raise StartFailed(f"the fork server could not fork: {box['error']}")
-        return _Forked(pid=int(box["pid"]), server=self)
+        return _Forked(pid=int(box["pid"]), server=self, channel=ours)
 
     def to_infrastructure(self) -> Infrastructure:
         return Infrastructure(type="universal", env=dict(self.env))

@@ -34,6 +34,7 @@ what makes forking safe. It exits when the runner's connection closes.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import gc
 import json
@@ -69,35 +70,43 @@ from engine.runner._standby import run_standby, warm_codecs
 SPARE_DELAY = 0.25
 
 
-def _pipe_reader(fd: int) -> Callable[[], bytes]:
-    """Read one line from ``fd`` (blocking); b"" when the server closed it first."""
+def _channel_reader(channel: socket.socket) -> Callable[[], tuple[bytes, int | None]]:
+    """Read one assignment line from ``channel`` (blocking), with the relay socket
+    the server passed along with it; (b"", None) when the server closed it first."""
 
-    def read_line() -> bytes:
-        data = b""
+    def read_assignment() -> tuple[bytes, int | None]:
+        data, relay = b"", None
         while not data.endswith(b"\n"):
-            chunk = os.read(fd, 65536)
+            chunk, fds, _, _ = socket.recv_fds(channel, 65536, 1)
+            for fd in fds:
+                if relay is None:
+                    relay = fd
+                else:
+                    os.close(fd)
             if not chunk:
                 break
             data += chunk
-        return data
+        channel.close()
+        return data, relay
 
-    return read_line
+    return read_assignment
 
 
-def _hand_over(pipe: int, line: bytes) -> bool:
-    """Write the assignment to a child's pipe and close it; False if the child is gone."""
+def _hand_over(channel: socket.socket, line: bytes, relay: int) -> bool:
+    """Send a child its assignment and its relay socket, then close both here;
+    False if the child is gone."""
     try:
-        view = memoryview(line)
-        while view:
-            view = view[os.write(pipe, view) :]
+        sent = socket.send_fds(channel, [line], [relay])
+        channel.sendall(line[sent:])
         return True
     except OSError:
         return False
     finally:
-        os.close(pipe)
+        channel.close()
+        os.close(relay)
 
 
-def _child(env: dict[str, str], cwd: str | None, assignment_fd: int) -> None:
+def _child(env: dict[str, str], cwd: str | None, channel: socket.socket) -> None:
     """In the forked child: become the run's own process, execute it, never return."""
     code = 1
     try:
@@ -112,7 +121,7 @@ def _child(env: dict[str, str], cwd: str | None, assignment_fd: int) -> None:
             os.chdir(cwd)
             sys.path.insert(0, cwd)
         random.seed()
-        code = run_standby(_pipe_reader(assignment_fd))
+        code = run_standby(_channel_reader(channel))
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     except BaseException as exc:  # report, never fall back into the server's loop
@@ -130,8 +139,10 @@ class _Server:
         self.conn = conn
         self.wake = wake
         self.max_spares = spares
-        #: Waiting spares by (environment, folder): pid and the write end of its pipe.
-        self.spares: dict[str, tuple[int, int]] = {}
+        #: Waiting spares by (environment, folder): pid and the server's end of its channel.
+        self.spares: dict[str, tuple[int, socket.socket]] = {}
+        #: Relay sockets the runner sent, in the order of its spawn requests.
+        self.relays: collections.deque[int] = collections.deque()
         #: Children given a run (their exits are reported), with their spare key.
         self.assigned: dict[int, str] = {}
         #: Spares to fork: when at the latest, the environment and the folder.
@@ -140,39 +151,47 @@ class _Server:
     def send(self, obj: dict[str, object]) -> None:
         self.conn.sendall(json.dumps(obj).encode() + b"\n")
 
-    def fork(self, env: dict[str, str], cwd: str | None) -> tuple[int, int]:
-        """Fork a child that connects and waits for its assignment; (pid, pipe to it)."""
-        read_end, write_end = os.pipe()
+    def fork(self, env: dict[str, str], cwd: str | None) -> tuple[int, socket.socket]:
+        """Fork a child that waits for its assignment; (pid, our end of its channel)."""
+        ours, theirs = socket.socketpair()
         pid = os.fork()
         if pid == 0:
-            os.close(write_end)
+            ours.close()
             self.conn.close()
-            for fd in (*self.wake, *(w for _, w in self.spares.values())):
+            for fd in (*self.wake, *self.relays):
                 os.close(fd)
-            _child(env, cwd, read_end)
-        os.close(read_end)
-        return pid, write_end
+            for _, channel in self.spares.values():
+                channel.close()
+            _child(env, cwd, theirs)
+        theirs.close()
+        return pid, ours
 
     def spawn(self, request: dict[str, Any]) -> None:
         token = request.get("spawn")
         env = dict(request.get("env") or {})
         cwd = request.get("cwd")
         line = str(request.get("assignment") or "").encode()
+        if not self.relays:
+            self.send({"spawned": token, "error": "the request brought no relay socket"})
+            return
+        relay = self.relays.popleft()
         key = json.dumps([sorted(env.items()), cwd])
         pid = None
         spare = self.spares.pop(key, None)
         if spare is not None:
-            pid, pipe = spare
-            if not _hand_over(pipe, line):  # it died waiting (lost its connection)
+            pid, channel = spare
+            if not _hand_over(channel, line, os.dup(relay)):  # it died waiting
                 pid = None
         if pid is None:
             try:
-                pid, pipe = self.fork(env, cwd)
+                pid, channel = self.fork(env, cwd)
             except OSError as exc:
+                os.close(relay)
                 self.send({"spawned": token, "error": str(exc)})
                 return
             # If the child dies before reading, its exit is reported like any run's.
-            _hand_over(pipe, line)
+            _hand_over(channel, line, os.dup(relay))
+        os.close(relay)
         self.assigned[pid] = key
         self.send({"spawned": token, "pid": pid})
         if self.max_spares > 0 and key not in self.due:
@@ -196,8 +215,8 @@ class _Server:
     def add_spare(self, key: str, env: dict[str, str], cwd: str | None) -> None:
         while len(self.spares) >= self.max_spares:
             oldest = next(iter(self.spares))
-            _, pipe = self.spares.pop(oldest)
-            os.close(pipe)  # it reads end-of-file and exits
+            _, channel = self.spares.pop(oldest)
+            channel.close()  # it reads end-of-file and exits
         with contextlib.suppress(OSError):  # no spare this time: the next run forks afresh
             self.spares[key] = self.fork(env, cwd)
 
@@ -214,10 +233,10 @@ class _Server:
                 self.send({"exited": pid, "code": os.waitstatus_to_exitcode(status)})
                 self.fork_due(key)  # its run is over: the spare no longer competes with it
                 continue
-            for key, (spare, pipe) in list(self.spares.items()):
-                if spare == pid:  # a spare that could not connect: drop it
+            for key, (spare, channel) in list(self.spares.items()):
+                if spare == pid:  # a spare that died waiting: drop it
                     del self.spares[key]
-                    os.close(pipe)
+                    channel.close()
 
 
 def prepare() -> None:
@@ -268,7 +287,8 @@ def serve(path: str, spares: int) -> None:
             os.read(wake_r, 4096)
             server.reap()
         if conn.fileno() in ready:
-            chunk = conn.recv(65536)
+            chunk, fds, _, _ = socket.recv_fds(conn, 65536, 16)
+            server.relays.extend(fds)  # one per spawn request, in order
             if not chunk:
                 return  # the runner is gone; spares read end-of-file and exit
             buffer += chunk

@@ -28,17 +28,26 @@ import os
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from engine.runner._fence import LEASE_FILE_ENV
 from shared.models import Deployment, FlowRun
 
+if TYPE_CHECKING:
+    from engine._stack.execute import Execution
+
+#: The environment variable naming the relay socket's descriptor (engine._stack.pipe_reporter).
+RELAY_FD_ENV = "SLUICE_RELAY_FD"
+
 __all__ = [
+    "RELAY_FD_ENV",
     "RUN_VARIABLES",
     "Assignment",
     "assignment_for",
     "encode_assignment",
+    "read_stdin_assignment",
     "run_standby",
     "warm_codecs",
 ]
@@ -122,56 +131,82 @@ def _enter(assignment: Assignment) -> None:
             sys.path.insert(0, folder)
 
 
-def run_standby(read_line: Callable[[], bytes]) -> int:
-    """Connect, wait for one assignment from ``read_line``, execute it; the exit code.
+def run_standby(read_assignment: Callable[[], tuple[bytes, int | None]]) -> int:
+    """Wait for one assignment from ``read_assignment``, execute it; the exit code.
+
+    ``read_assignment`` gives the assignment line and the runner's relay
+    socket (a file descriptor): the run reports through it
+    (:class:`~engine._stack.pipe_reporter.PipeReporter`) and holds no NATS
+    connection. Without one, the process connects with its ``SLUICE_NATS_*``
+    settings as ``python -m engine`` does.
 
     Exit codes are those of ``python -m engine``: 0 when the run's final
     state was reported, 1 when it was not.
     """
-    from engine._stack.execute import EXIT_NOT_REPORTED, execute_flow_run
-    from engine._stack.reporter import StackReporter
-    from engine.runner._fence import watch_lease
+    from engine._stack.execute import EXIT_NOT_REPORTED
     from engine.runner._lifeline import die_with_parent
-    from engine.runner._process import echo_run_logs, report_outcome, traced_execution
+    from engine.runner._process import echo_run_logs, report_outcome
     from shared import telemetry
     from shared.errors import SluiceError
-    from shared.settings import Settings
 
     die_with_parent()
     echo_run_logs()
     warm_codecs()
     telemetry.setup("sluice-engine")  # a no-op unless OTEL_TRACES_EXPORTER asks
+    line, relay_fd = read_assignment()
+    if not line.strip():
+        if relay_fd is not None:
+            os.close(relay_fd)
+        return 0  # the runner stopped before it had work for us
     try:
-        with StackReporter(Settings.from_env()) as reporter:
-            line = read_line()
-            if not line.strip():
-                return 0  # the runner stopped before it had work for us
-            try:
-                assignment = msgspec.json.decode(line, type=Assignment)
-            except msgspec.DecodeError as exc:
-                print(f"error: unreadable assignment: {exc}", file=sys.stderr)
-                return EXIT_NOT_REPORTED
-            _enter(assignment)  # its TRACEPARENT too: the spans below join the run's trace
-            watch_lease()  # the assignment brought the lease file: fence from here on
-            with traced_execution(assignment.run_id):
-                outcome = execute_flow_run(
-                    reporter,
-                    assignment.run_id,
-                    attempt=assignment.attempt,
-                    run=assignment.run,
-                    deployment=assignment.deployment,
-                )
+        assignment = msgspec.json.decode(line, type=Assignment)
+    except msgspec.DecodeError as exc:
+        print(f"error: unreadable assignment: {exc}", file=sys.stderr)
+        return EXIT_NOT_REPORTED
+    try:
+        outcome = _execute(assignment, relay_fd)
     except (SluiceError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_NOT_REPORTED
     return report_outcome(outcome)
 
 
-def read_stdin_line() -> bytes:
-    return sys.stdin.buffer.readline()
+def _execute(assignment: Assignment, relay_fd: int | None) -> Execution:
+    from engine._stack.execute import execute_flow_run
+    from engine.runner._fence import watch_lease
+    from engine.runner._process import traced_execution
+
+    _enter(assignment)  # its TRACEPARENT too: the spans below join the run's trace
+    watch_lease()  # the assignment brought the lease file: fence from here on
+    reporter: Any
+    if relay_fd is not None:
+        from engine._stack.pipe_reporter import PipeReporter
+
+        reporter = PipeReporter.from_fd(relay_fd)
+    else:
+        from engine._stack.reporter import StackReporter
+        from shared.settings import Settings
+
+        reporter = StackReporter(Settings.from_env())
+    with traced_execution(assignment.run_id), reporter:
+        return execute_flow_run(
+            reporter,
+            assignment.run_id,
+            attempt=assignment.attempt,
+            run=assignment.run,
+            deployment=assignment.deployment,
+        )
+
+
+def read_stdin_assignment() -> tuple[bytes, int | None]:
+    """The assignment line on stdin; the relay socket a subprocess flow runner
+    passed (its number in SLUICE_RELAY_FD), if any."""
+    line = sys.stdin.buffer.readline()
+    raw = os.environ.pop(RELAY_FD_ENV, None)
+    return line, int(raw) if raw else None
 
 
 if __name__ == "__main__":
     from engine.runner._process import exit_process
 
-    exit_process(run_standby(read_stdin_line))
+    exit_process(run_standby(read_stdin_assignment))

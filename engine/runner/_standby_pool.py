@@ -47,8 +47,12 @@ async def _stop(process: anyio.abc.Process) -> None:
 class StandbyPool:
     """At most ``size`` started processes waiting for a run, by launch key."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(
+        self, size: int, forget: Callable[[anyio.abc.Process], None] | None = None
+    ) -> None:
         self.size = size
+        #: Called with each process the pool stops unused (to release what goes with it).
+        self._forget = forget
         self._waiting: dict[Hashable, anyio.abc.Process] = {}
         self._starting: set[Hashable] = set()
         self._tg: anyio.abc.TaskGroup | None = None
@@ -80,13 +84,20 @@ class StandbyPool:
             waiting, self._waiting = list(self._waiting.values()), {}
             async with anyio.create_task_group() as stoppers:
                 for process in waiting:
-                    stoppers.start_soon(_stop, process)
+                    stoppers.start_soon(self._stop, process)
+
+    async def _stop(self, process: anyio.abc.Process) -> None:
+        await _stop(process)
+        if self._forget is not None:
+            self._forget(process)
 
     def take(self, key: Hashable) -> anyio.abc.Process | None:
         """A waiting process started with ``key``, or None (the caller starts one)."""
         process = self._waiting.pop(key, None)
         if process is not None and process.returncode is not None:
-            return None  # it gave up waiting (for example, it could not connect)
+            if self._forget is not None:
+                self._forget(process)
+            return None  # it gave up waiting (it failed to start)
         return process
 
     def refill(self, key: Hashable, launch: Launch) -> None:
@@ -107,7 +118,7 @@ class StandbyPool:
             while len(self._waiting) >= self.size:
                 oldest = next(iter(self._waiting))
                 assert self._tg is not None
-                self._tg.start_soon(_stop, self._waiting.pop(oldest))
+                self._tg.start_soon(self._stop, self._waiting.pop(oldest))
             self._waiting[key] = process
         finally:
             self._starting.discard(key)

@@ -19,6 +19,7 @@ import builtins
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -30,7 +31,8 @@ from typing import Any, Protocol, Self
 import anyio
 import anyio.abc
 
-from engine.runner._standby import assignment_for, encode_assignment
+from engine.runner._credentials import flow_process_env
+from engine.runner._standby import RELAY_FD_ENV, assignment_for, encode_assignment
 from engine.runner._standby_pool import StandbyPool
 from shared.models import Deployment, FlowRun, Infrastructure
 
@@ -116,6 +118,8 @@ def explain_exit(code: int) -> str:
 @dataclass
 class _Subprocess:
     process: anyio.abc.Process
+    #: The runner's end of the process's relay socket (engine.runner._relay).
+    channel: socket.socket | None = None
 
     @property
     def ident(self) -> str:
@@ -145,6 +149,19 @@ async def _hand_over(process: anyio.abc.Process, line: bytes) -> bool:
     except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
         return False
     return True
+
+
+def _alive(channel: socket.socket | None) -> bool:
+    """False when the process at the other end of its relay socket has gone
+    (its end closed), which shows before its exit is reaped."""
+    if channel is None:
+        return False
+    try:
+        return channel.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
+    except BlockingIOError:
+        return True  # nothing to read, not closed: it is waiting
+    except OSError:
+        return False
 
 
 @dataclass
@@ -186,10 +203,12 @@ class SubprocessFlowRunner:
     standby: int = 1
     type: str = "process"
     _pool: StandbyPool | None = field(default=None, repr=False, compare=False)
+    #: The runner's end of each started process's relay socket, by pid.
+    _channels: dict[int, socket.socket] = field(default_factory=dict, repr=False, compare=False)
 
     async def __aenter__(self) -> Self:
         if self.standby > 0:
-            pool = StandbyPool(self.standby)
+            pool = StandbyPool(self.standby, forget=self._forget)
             await pool.__aenter__()
             self._pool = pool
         return self
@@ -204,6 +223,9 @@ class SubprocessFlowRunner:
         if pool is not None:
             await pool.__aexit__(exc_type, exc, tb)
 
+    #: Its processes report over a relay socket, not a NATS connection of their own.
+    relayed = True
+
     def python(self) -> list[str]:
         if self.virtualenv:
             return [str(Path(self.virtualenv) / "bin" / "python")]
@@ -215,7 +237,7 @@ class SubprocessFlowRunner:
     async def start(
         self, run: FlowRun, deployment: Deployment | None, env: Mapping[str, str]
     ) -> FlowRunProcess:
-        full_env = {**os.environ, **self.env, **dict(env)}
+        full_env = flow_process_env({**os.environ, **self.env, **dict(env)})
         if deployment is not None:
             full_env.update(deployment.infrastructure.env)
         cwd = deployment.path if deployment and deployment.path else None
@@ -228,7 +250,11 @@ class SubprocessFlowRunner:
             return await self._launch(argv, base, cwd)
 
         process = self._pool.take(key) if self._pool is not None else None
+        if process is not None and not _alive(self._channels.get(process.pid)):
+            self._forget(process)
+            process = None  # it died waiting, though it is not reaped yet
         if process is not None and not await _hand_over(process, line):
+            self._forget(process)
             process = None  # it died waiting: start one for this run
         if process is None:
             process = await launch()
@@ -236,24 +262,37 @@ class SubprocessFlowRunner:
             await _hand_over(process, line)
         if self._pool is not None:
             self._pool.refill(key, launch)
-        return _Subprocess(process)
+        return _Subprocess(process, self._channels.pop(process.pid, None))
+
+    def _forget(self, process: anyio.abc.Process) -> None:
+        """A standby stopped unused: close our end of its relay socket."""
+        channel = self._channels.pop(process.pid, None)
+        if channel is not None:
+            channel.close()
 
     async def _launch(
         self, argv: list[str], env: dict[str, str], cwd: str | None
     ) -> anyio.abc.Process:
         output = None if self.stream_output else subprocess.DEVNULL
+        ours, theirs = socket.socketpair()
         try:
-            return await anyio.open_process(
+            process = await anyio.open_process(
                 argv,
-                env=env,
+                env={**env, RELAY_FD_ENV: str(theirs.fileno())},
                 cwd=cwd,
                 stdin=subprocess.PIPE,
                 stdout=output,
                 stderr=output,
                 start_new_session=True,  # its own process group, killed as a whole
+                pass_fds=(theirs.fileno(),),
             )
         except OSError as exc:
+            ours.close()
             raise StartFailed(f"could not start the flow-run process: {exc}") from exc
+        finally:
+            theirs.close()  # the child has its copy; ours would hide its hang-up
+        self._channels[process.pid] = ours
+        return process
 
     def to_infrastructure(self) -> Infrastructure:
         options: dict[str, Any] = {"stream_output": self.stream_output}

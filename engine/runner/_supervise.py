@@ -27,7 +27,14 @@ from engine.runner._envs import RequirementEnvs, requirements_of
 from engine.runner._fence import LEASE_FILE_ENV, Fence
 from engine.runner._git import GitSources
 from engine.runner._lifeline import lifeline_env
-from engine.runner._subprocess import FlowRunner, StartFailed, explain_exit, from_infrastructure
+from engine.runner._relay import Relay
+from engine.runner._subprocess import (
+    FlowRunner,
+    FlowRunProcess,
+    StartFailed,
+    explain_exit,
+    from_infrastructure,
+)
 from engine.runner._upkeep import _Active
 from shared import names, telemetry
 from shared.codec import encode
@@ -56,6 +63,8 @@ async def _run_log(client: Client, run_id: str, message: str) -> None:
 #: Seconds a runner keeps trying to report what became of a run it holds
 #: while the stack cannot be reached (see ``_Supervise._settling``).
 SETTLE_SECONDS = 300.0
+#: Seconds the relay of an exited process may take to store its last frames.
+RELAY_GRACE = 5.0
 
 
 class _Supervise:
@@ -205,7 +214,7 @@ class _Supervise:
         if run_id in self._doomed:  # cancelled while it was starting
             await process.kill(self.kill_grace)
         try:
-            code = await process.wait()
+            code = await self._wait(client, run, process)
         except anyio.get_cancelled_exc_class():
             # The runner is going away without a graceful stop: what it started must
             # not outlive it, and a container has no lifeline to end it.
@@ -219,6 +228,31 @@ class _Supervise:
         active.fenced = active.fenced or self._fence.expired(run_id)
         with anyio.CancelScope(shield=True):
             await self._settling(run_id, lambda: self._after_exit(client, run_id, active, code))
+
+    async def _wait(self, client: Client, run: FlowRun, process: FlowRunProcess) -> int:
+        """The process's exit code, relaying its frames meanwhile if it reports
+        through us (engine.runner._relay) rather than a connection of its own."""
+        channel = getattr(process, "channel", None)
+        if channel is None:
+            return await process.wait()
+        relay = Relay(client, run.id, run.attempt, channel, runner=self.name)
+        done = anyio.Event()
+
+        async def serve() -> None:
+            try:
+                await relay.serve()
+            finally:
+                done.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(serve)
+            code = await process.wait()
+            # Its frames are all written; a child it left behind may hold the
+            # socket open, so end-of-file is waited for a little only.
+            with anyio.move_on_after(RELAY_GRACE):
+                await done.wait()
+            tg.cancel_scope.cancel()
+        return code
 
     async def _settling(self, run_id: str, report: Callable[[], Awaitable[None]]) -> None:
         """``report()``, again while the stack cannot be reached.
