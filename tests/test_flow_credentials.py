@@ -32,7 +32,7 @@ pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 FLOW = """
 import json, os
 import anyio
-from engine import flow, get_run_context
+from engine import flow
 from engine.client import Client
 from shared.connection import connect
 from shared.settings import Settings
@@ -57,7 +57,7 @@ async def _probe(run_id):
 
 @flow(name="{name}")
 def probe(out: str) -> None:
-    run_id = str(get_run_context().flow_run.id)
+    run_id = os.environ["SLUICE_FLOW_RUN_ID"]
     found = {"env": {k: v for k, v in os.environ.items() if k.startswith("SLUICE_")}}
     found.update(anyio.run(_probe, run_id))
     with open(out, "w") as f:
