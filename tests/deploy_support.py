@@ -31,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from engine.runner._credentials import FLOW_CREDENTIALS
 from services.dev._natsserver import free_port, server_binary
 from services.ui._auth import ENV_VARS as UI_ACCESS_VARS
 from shared.settings import Settings
@@ -214,6 +215,8 @@ def variable_known(var: str, service_name: str, module: str | None) -> bool:
         return True
     if module == "services.ui" and var in UI_ACCESS_VARS:
         return True  # the UI's login and read-only mode (services.ui._auth.Access.from_env)
+    if module == "services.runner" and var in FLOW_CREDENTIALS:
+        return True  # what flow code gets as its credentials (engine.runner._credentials)
     return module is not None and _options_read(module, var)
 
 

@@ -17,18 +17,21 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-__all__ = ["CREDENTIAL_VARIABLES", "FLOW_PREFIX", "flow_process_env"]
+__all__ = ["FLOW_CREDENTIALS", "flow_process_env"]
 
-#: What a NATS identity is made of, as SLUICE_NATS_<name>.
-CREDENTIAL_VARIABLES = ("USER", "PASSWORD", "TOKEN", "CREDS", "INBOX_PREFIX")
-#: Prefix of the runner settings that name the flow credentials.
-FLOW_PREFIX = "SLUICE_FLOW_NATS_"
+#: The runner settings naming the flow credentials, and what the process gets each as.
+FLOW_CREDENTIALS = {
+    "SLUICE_FLOW_NATS_USER": "SLUICE_NATS_USER",
+    "SLUICE_FLOW_NATS_PASSWORD": "SLUICE_NATS_PASSWORD",
+    "SLUICE_FLOW_NATS_TOKEN": "SLUICE_NATS_TOKEN",
+    "SLUICE_FLOW_NATS_CREDS": "SLUICE_NATS_CREDS",
+    "SLUICE_FLOW_NATS_INBOX_PREFIX": "SLUICE_NATS_INBOX_PREFIX",
+}
 
 
 def _secret(key: str) -> bool:
-    if key.startswith(FLOW_PREFIX):
-        return True
-    if key.startswith("SLUICE_NATS_") and key[len("SLUICE_NATS_") :] in CREDENTIAL_VARIABLES:
+    """A credential of the runner's (or the flow credentials under their runner names)."""
+    if key in FLOW_CREDENTIALS or key in FLOW_CREDENTIALS.values():
         return True
     return key.startswith("SLUICE_") and key.endswith("_PASSWORD")
 
@@ -36,8 +39,7 @@ def _secret(key: str) -> bool:
 def flow_process_env(env: Mapping[str, str]) -> dict[str, str]:
     """``env`` (a runner's, with the run's added) as a relayed flow-run process gets it."""
     out = {k: v for k, v in env.items() if not _secret(k)}
-    for name in CREDENTIAL_VARIABLES:
-        value = env.get(f"{FLOW_PREFIX}{name}")
-        if value:
-            out[f"SLUICE_NATS_{name}"] = value
+    for flow_name, process_name in FLOW_CREDENTIALS.items():
+        if value := env.get(flow_name):
+            out[process_name] = value
     return out

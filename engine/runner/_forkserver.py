@@ -10,20 +10,24 @@ the run as a standby does (:mod:`engine.runner._standby`), importing the flow's 
 code itself. Runs stay isolated from each other: nothing a run imports or
 changes reaches the server or another run.
 
-The connecting is taken off the run's path too: after each run it is given,
-the server forks a *spare* for the same environment and folder, which
-connects at once and waits on a pipe. The next run with that environment
-is handed to the spare, already connected. At most ``SPARES`` spares wait
-(one per environment; the oldest goes first); a spare never
-runs more than one run. The spare is forked when the run's process exits,
-or SPARE_DELAY seconds after the run started if it is still going: a spare
-connecting costs a few milliseconds of CPU, which on a small machine would
-otherwise be taken from the run that has just started.
+The fork is taken off the run's path too: after each run it is given, the
+server forks a *spare* for the same environment and folder, which waits on
+a socketpair channel. The next run with that environment is handed to the
+spare. At most ``SPARES`` spares wait (one per environment; the oldest goes
+first); a spare never runs more than one run. The spare is forked when the
+run's process exits, or SPARE_DELAY seconds after the run started if it is
+still going, so that forking does not take CPU from the run just started.
+
+No child connects to NATS: each reports through the runner's relay
+(:mod:`engine.runner._relay`) over a socket the runner creates per run and
+sends with the spawn request (SCM_RIGHTS); the server passes it on to the
+child with its assignment, the same way, and keeps no copy.
 
 Protocol (one JSON object per line, runner <-> server):
 
 * runner: ``{"spawn": TOKEN, "env": {...}, "cwd": PATH|null, "assignment": TEXT}``
-  where ``assignment`` is the standby assignment line for the run;
+  where ``assignment`` is the standby assignment line for the run, sent with
+  the child's end of its relay socket as ancillary data;
 * server: ``{"spawned": TOKEN, "pid": PID}`` or ``{"spawned": TOKEN, "error": TEXT}``
 * server: ``{"exited": PID, "code": CODE}`` (negative: killed by that signal),
   only for processes that were given a run.

@@ -1,10 +1,12 @@
 """A flow-run process started before its run is known: a standby.
 
 Most of a fresh flow-run process's start-up is spent before it can do
-anything for its run: importing the engine and nats, then connecting. A
-runner therefore keeps a *standby* ready — a process that has done all that
-and waits for one :class:`Assignment` on a pipe (its stdin, or a pipe from the
-fork server). It executes that one run exactly like ``python -m engine``
+anything for its run: importing the engine. A runner therefore keeps a
+*standby* ready — a process that has done that and waits for one
+:class:`Assignment` (on its stdin, or with its relay socket from the fork
+server). It holds no NATS connection: it reports through the runner's relay
+(:mod:`engine._stack.pipe_reporter`) over the socket the runner handed it
+(``SLUICE_RELAY_FD`` for a subprocess). It executes that one run exactly like ``python -m engine``
 would, then exits: every run still gets a process of its own, and nothing a
 run imports or changes reaches another run.
 

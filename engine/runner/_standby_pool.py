@@ -1,7 +1,7 @@
 """Standby flow-run processes kept ready by a subprocess flow runner.
 
 Each standby is a fresh ``python -m engine.runner._standby`` that has imported the
-engine and connected, and waits on its stdin for one run (see
+engine and waits on its stdin for one run (see
 :mod:`engine.runner._standby`). The pool keeps at most ``size`` of them, one per
 *launch key* — the interpreter, the environment and the folder a process
 starts with — because a standby can only take a run that would have started

@@ -191,7 +191,7 @@ class SubprocessFlowRunner:
     The process gets its run on stdin (:mod:`engine.runner._standby`). While the
     flow runner is entered as an async context manager (a Runner does that
     for its default), it keeps up to ``standby`` processes started ahead —
-    imported and connected — and gives each new run to one started like it:
+    imported — and gives each new run to one started like it:
     every run still has a fresh process of its own, without waiting for the
     interpreter to start. ``standby=0`` starts each process when its run comes.
     """
