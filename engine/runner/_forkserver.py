@@ -101,7 +101,10 @@ def _hand_over(channel: socket.socket, line: bytes, relay: int) -> bool:
     False if the child is gone."""
     try:
         sent = socket.send_fds(channel, [line], [relay])
-        channel.sendall(line[sent:])
+        if sent < len(line):
+            # Not sendall(b""): it still writes, and fails once the child has
+            # read its line and closed the channel.
+            channel.sendall(line[sent:])
         return True
     except OSError:
         return False
