@@ -61,6 +61,7 @@ import nats  # noqa: F401
 # The lifeline brings ctypes, the process's program argparse and gettext.
 import engine
 import engine._stack.execute
+import engine._stack.pipe_reporter
 import engine._stack.reporter
 import engine.client
 import engine.runner._lifeline

@@ -143,13 +143,15 @@ def test_the_fork_server_has_imported_everything_a_forked_run_imports() -> None:
 
     from engine.runner import _standby as _standby
 
-    body = ast.parse(textwrap.dedent(inspect.getsource(_standby.run_standby))).body[0]
-    assert isinstance(body, ast.FunctionDef)
-    imports = [
-        ast.unparse(node).replace("from .", "from engine.")
-        for node in ast.walk(body)
-        if isinstance(node, ast.Import | ast.ImportFrom)
-    ]
+    imports = []
+    for function in (_standby.run_standby, _standby._execute):
+        body = ast.parse(textwrap.dedent(inspect.getsource(function))).body[0]
+        assert isinstance(body, ast.FunctionDef)
+        imports += [
+            ast.unparse(node).replace("from .", "from engine.")
+            for node in ast.walk(body)
+            if isinstance(node, ast.Import | ast.ImportFrom)
+        ]
     assert imports, "run_standby imports lazily; this test checks those imports"
     script = "\n".join(
         [
