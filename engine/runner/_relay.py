@@ -20,8 +20,10 @@ process lives, on the runner's own NATS connection:
   records that led to a state are stored before it.
 * **Waits out an outage.** While the runner's connection is down, a request
   is tried again (the same transition id, so a retried proposal applies at
-  most once) until it gets through: the process waits within its lease,
-  which the runner's fencing bounds, instead of failing its run at once.
+  most once) for up to the settings' ``outage_grace`` (``SLUICE_OUTAGE_GRACE``,
+  as a process with a connection of its own would): the process waits within
+  its lease, which the runner's fencing bounds, instead of failing its run at
+  once. After that the request is refused as StackUnavailable.
 
 A frame that cannot be decoded is refused (id 0) and skipped; a length over
 MAX_FRAME, or a process that hangs up mid-frame, ends the relay. The relay
@@ -199,10 +201,13 @@ class Relay:
     async def _until_available(self, request: Callable[[], Awaitable[T]]) -> T:
         """``request()``, again while the stack cannot be reached (module docstring)."""
         pause, warned = 0.1, False
+        deadline = anyio.current_time() + self.client.settings.outage_grace
         while True:
             try:
                 return await request()
             except StackUnavailable as exc:
+                if anyio.current_time() + pause > deadline:
+                    raise
                 if not warned:
                     warned = True
                     log.warning(
