@@ -50,7 +50,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from engine.client import Client
-from shared import names
+from shared import names, runlog
 from shared.codec import decode
 from shared.messages import Decision, Dispatch, ProposedState, RegisterDeployment
 from shared.models import CronSchedule, DeploymentSchedule
@@ -124,7 +124,7 @@ async def quiet_events(client: Client, at_least: int, quiet_for: float, timeout:
     last, since = -1, time.monotonic()
     with anyio.fail_after(timeout):
         while True:
-            seq = (await js.stream_info(names.EVENTS_STREAM)).state.last_seq
+            seq = (await js.stream_info(runlog.STREAM)).state.last_seq
             if seq != last:
                 last, since = seq, time.monotonic()
             elif seq >= at_least and time.monotonic() - since >= quiet_for:
@@ -195,7 +195,7 @@ async def lag_phase(url: str, home: Path, tmp: Path, lag: Lag) -> None:
                 lag.rss, lag.peak = memory_mib(sched.process.pid)
                 tg.cancel_scope.cancel()
             lag.runs_created = (
-                await client.nc.jetstream().stream_info(names.EVENTS_STREAM)
+                await client.nc.jetstream().stream_info(runlog.STREAM)
             ).state.last_seq
 
 
@@ -329,13 +329,13 @@ async def idle_phase(url: str, home: Path, tmp: Path, idle: Idle) -> None:
             idle.register_s = time.monotonic() - t0
             sched = service("services.scheduler", env, tmp / "idle-scheduler.log")
             procs.callback(sched.stop)
-            base = (await client.nc.jetstream().stream_info(names.EVENTS_STREAM)).state.last_seq
+            base = (await client.nc.jetstream().stream_info(runlog.STREAM)).state.last_seq
             t0 = time.monotonic()
             await wait_ready(sched)
             await quiet_events(client, base + 3 * idle.schedules, 5.0, 1800.0)
             idle.startup_s = time.monotonic() - t0
             idle.runs = (
-                await client.nc.jetstream().stream_info(names.EVENTS_STREAM)
+                await client.nc.jetstream().stream_info(runlog.STREAM)
             ).state.last_seq - base
             idle.cpu, idle.rss, idle.peak = await measure(sched, idle.window)
 

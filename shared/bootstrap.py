@@ -37,18 +37,10 @@ DUPLICATE_WINDOW = 120.0  # seconds; JetStream's Nats-Msg-Id de-duplication
 
 
 def stream_configs(settings: Settings) -> list[StreamConfig]:
+    # No run event stream: a run's events are the writes of the flow_runs
+    # bucket (shared.runlog). A deployment made before keeps its FLOWRUN_EVENTS
+    # stream, unused; an operator may delete it.
     return [
-        StreamConfig(
-            name=names.EVENTS_STREAM,
-            description="One event per accepted flow-run transition",
-            subjects=[f"{names.EVENTS_PREFIX}.>"],
-            retention=RetentionPolicy.LIMITS,
-            storage=StorageType.FILE,
-            num_replicas=settings.replicas,
-            max_age=settings.events_max_age or None,
-            duplicate_window=DUPLICATE_WINDOW,
-            allow_direct=True,
-        ),
         StreamConfig(
             name=names.LOGS_STREAM,
             description="Log records of flow runs",

@@ -21,7 +21,6 @@ from .errors import (
     SluiceError,
     error_from_body,
 )
-from .messages import Event, FlowRunCreated, FlowRunDeleted, FlowRunStateChanged
 
 T = TypeVar("T")
 
@@ -52,12 +51,6 @@ def decoder(type_: type[T]) -> msgspec.json.Decoder[T]:
 def decode(data: bytes, type_: type[T]) -> T:
     """Decode trusted bytes (our own KV values and events)."""
     return decoder(type_).decode(data)
-
-
-def decode_event(data: bytes) -> FlowRunCreated | FlowRunStateChanged | FlowRunDeleted:
-    """Decode one message of the run event stream (the tagged ``Event`` union)."""
-    result: FlowRunCreated | FlowRunStateChanged | FlowRunDeleted = decoder(Event).decode(data)  # type: ignore[arg-type]
-    return result
 
 
 def decode_request(data: bytes, type_: type[T], *, max_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> T:

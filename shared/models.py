@@ -144,6 +144,16 @@ class Deployment(msgspec.Struct, frozen=True, kw_only=True):
 
 
 # --- flow runs ----------------------------------------------------------------------
+class PastState(msgspec.Struct, frozen=True, kw_only=True):
+    """A state a run was in before its current one, and the write that set it."""
+
+    state: State
+    """As it was stored, without the bulky parts of a finished state (its
+    ``data`` and traceback): the run's current state keeps those."""
+    revision: int
+    """The KV revision (``flow_runs`` stream sequence) of the write that set it."""
+
+
 class FlowRun(msgspec.Struct, frozen=True, kw_only=True):
     id: str
     name: str
@@ -179,3 +189,11 @@ class FlowRun(msgspec.Struct, frozen=True, kw_only=True):
     """The W3C trace context of the request that created the run (when it was
     traced), so that whoever starts the run later continues the creator's trace."""
     tracestate: str | None = None
+    history: list[PastState] = msgspec.field(default_factory=list)
+    """The states before ``state``, oldest first: the newest ones only (the
+    orchestrator's ``rules.HISTORY`` says how many), ``history_dropped`` more
+    before them. Every write of a run is a transition, so a reader that saw
+    only the newest write (the bucket keeps one per run) still learns every
+    transition since the one it saw before, up to that bound."""
+    history_dropped: int = 0
+    """How many older states no longer fit in ``history``."""

@@ -37,8 +37,6 @@ ORCHESTRATOR_QUEUE = "sluice-orchestrator"
 SCHEDULER_QUEUE = "sluice-scheduler"
 
 # --- JetStream streams ------------------------------------------------------
-EVENTS_STREAM = "FLOWRUN_EVENTS"
-EVENTS_PREFIX = "flowrun.events"
 LOGS_STREAM = "FLOWRUN_LOGS"
 LOGS_PREFIX = "flowrun.logs"
 DISPATCH_STREAM = "FLOWRUN_DISPATCH"
@@ -61,10 +59,6 @@ BUNDLES_BUCKET = "sluice_bundles"
 """JetStream object store for results too large or not JSON enough for a state."""
 
 DEFAULT_QUEUE = "default"
-
-
-def events_subject(run_id: str) -> str:
-    return f"{EVENTS_PREFIX}.{run_id}"
 
 
 def logs_subject(run_id: str) -> str:

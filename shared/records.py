@@ -1,11 +1,12 @@
-"""What travels on streams between our own services: run events, dispatch items,
-task-run records and log records.
+"""What travels on streams between our own services: dispatch items, task-run
+records and log records; and the run events read from the ``flow_runs`` stream.
 
 They tolerate unknown fields (no ``forbid_unknown_fields``), so a service of
-a newer version may add fields during a rolling upgrade. Tags of the event
-union are stable dotted names and are never reused. :mod:`shared.messages`
-re-exports every name here, so the wire contract is still imported from one
-place.
+a newer version may add fields during a rolling upgrade. Run events are not
+stored anywhere themselves: each is what one message of the ``flow_runs``
+bucket's stream means, decoded by :mod:`shared.runlog` (the one place that
+does). :mod:`shared.messages` re-exports every name here, so the wire
+contract is still imported from one place.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ __all__ = [
 ]
 
 
-# --- events (tagged union; between our services: unknown fields tolerated) -------
+# --- events: what a write of the ``flow_runs`` bucket means (see shared.runlog) -----
 class FlowRunCreated(
     msgspec.Struct, frozen=True, kw_only=True, tag="flowrun.created", tag_field="kind"
 ):
@@ -45,18 +46,23 @@ class FlowRunStateChanged(
     revision: int
     occurred: datetime
     from_state: State | None = None
+    """The state before, from the run's history (without its bulky parts); None
+    when the history does not reach back to it."""
     transition_id: str | None = None
 
 
 class FlowRunDeleted(
     msgspec.Struct, frozen=True, kw_only=True, tag="flowrun.deleted", tag_field="kind"
 ):
-    """The run was removed from ``flow_runs``; ``flow_run`` is how it was before."""
+    """The run was removed from ``flow_runs``."""
 
-    flow_run: FlowRun
+    flow_run_id: str
     revision: int
     """The KV revision of the delete marker: after every other write of the run."""
     occurred: datetime
+    flow_run: FlowRun | None = None
+    """The run as it was; None for a marker that does not carry it (a purge, or
+    a delete made with a tool rather than by the orchestrator)."""
     reason: str | None = None
 
 

@@ -158,28 +158,33 @@ async def test_cancel_before_start_and_after_the_end(
     assert "Completed" in refused["error"]["message"]
 
 
-async def test_each_accepted_transition_emits_one_event(
+async def test_each_accepted_transition_is_one_write_and_its_event(
     orchestrator: Orchestrator, nc: NATS, unique: str
 ) -> None:
+    """A plain NATS subscriber of ``$KV.flow_runs.<id>`` sees every accepted
+    transition as the run's record, which carries the states before it; a
+    transition that does not make the run due writes nothing else durable."""
     await register(nc, f"f-{unique}")
-    run = await call(nc, "flowrun.create", {"deployment": f"f-{unique}/d"})
+    run = await call(nc, "flowrun.create", {"deployment": f"f-{unique}/d"})  # and its dispatch
+    js = nc.jetstream()
+    writes = await nc.subscribe(f"$KV.flow_runs.{run['id']}")
+    durable_before = sum(s.state.last_seq for s in await js.streams_info())
     for state in ("PENDING", "RUNNING", "RUNNING", "COMPLETED", "RUNNING"):
         await call(nc, "flowrun.state.propose", {"id": run["id"], "state": {"type": state}})
-    js = nc.jetstream()
-    sub = await js.subscribe(f"flowrun.events.{run['id']}", ordered_consumer=True)
-    events = []
-    while True:
-        msg = await sub.next_msg(timeout=5)
-        events.append(json.loads(msg.data))
-        if msg.metadata.num_pending == 0:
-            break
-    await sub.unsubscribe()
-    kinds = [e["kind"] for e in events]
-    assert kinds == ["flowrun.created"] + ["flowrun.state.changed"] * 4
-    types = [e["flow_run"]["state"]["type"] for e in events]
-    assert types == ["SCHEDULED", "PENDING", "RUNNING", "RUNNING", "COMPLETED"]
-    revisions = [e["revision"] for e in events]
-    assert revisions == sorted(revisions)
+    durable_after = sum(s.state.last_seq for s in await js.streams_info())
+    assert durable_after - durable_before == 4  # the refused Completed -> Running wrote nothing
+    records = [json.loads((await writes.next_msg(timeout=5)).data) for _ in range(4)]
+    await writes.unsubscribe()
+    assert [r["state"]["type"] for r in records] == ["PENDING", "RUNNING", "RUNNING", "COMPLETED"]
+    last = records[-1]
+    past = [p["state"]["type"] for p in last["history"]]
+    assert past == ["SCHEDULED", "PENDING", "RUNNING", "RUNNING"]
+    revisions = [p["revision"] for p in last["history"]]
+    assert revisions == sorted(revisions) and len(set(revisions)) == 4
+    assert last["history_dropped"] == 0
+    stored = await js.get_last_msg("KV_flow_runs", f"$KV.flow_runs.{run['id']}")
+    assert stored.seq > revisions[-1]
+    assert json.loads(stored.data or b"") == last
 
 
 async def test_due_runs_are_dispatched_future_runs_are_not(

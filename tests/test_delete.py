@@ -4,31 +4,30 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
+import msgspec
 import pytest
 from nats.aio.client import Client as NATS
 
 from engine.client import Client
 from services.orchestrator import Orchestrator
-from services.orchestrator._publish import Publisher
 from services.orchestrator._readmodel import ReadModel
-from services.orchestrator._recovery import recover
 from services.orchestrator._store import RunStore
-from shared import names
-from shared.clock import SystemClock
+from shared import names, runlog
 from shared.codec import encode
 from shared.errors import Conflict, FlowRunNotFound, MalformedRequest
 from shared.messages import (
-    FlowRunCreated,
     FlowRunDeleted,
-    FlowRunStateChanged,
     ListFlowRuns,
     ProposedState,
     RegisterDeployment,
 )
-from shared.models import FlowRun
+from shared.models import FlowRun, PastState
 from shared.states import State, StateType
 
 from .test_contract import call, register
@@ -36,17 +35,24 @@ from .test_contract import call, register
 pytestmark = pytest.mark.anyio
 
 
-async def _events(nc: NATS, run_id: str) -> list[dict]:
-    sub = await nc.jetstream().subscribe(f"flowrun.events.{run_id}", ordered_consumer=True)
-    out = []
-    try:
-        while True:
-            msg = await sub.next_msg(timeout=5)
-            out.append(json.loads(msg.data))
-            if msg.metadata.num_pending == 0:
-                return out
-    finally:
-        await sub.unsubscribe()
+@dataclass
+class _Meta:
+    sequence: Any
+    timestamp: datetime
+
+
+class _Msg:
+    """A message of the flow_runs stream as a consumer delivers it (subject,
+    headers, body, stream sequence), made here so a test can replay old ones."""
+
+    def __init__(self, subject: str, data: bytes, headers: dict | None, seq: int) -> None:
+        self.subject, self.data, self.headers = subject, data, headers
+        self.metadata = _Meta(sequence=SimpleNamespace(stream=seq), timestamp=datetime.now(UTC))
+
+
+async def _newest_write(nc: NATS, run_id: str) -> Any:
+    """The run's newest message in the flow_runs stream: its newest event."""
+    return await nc.jetstream().get_last_msg(runlog.STREAM, runlog.subject(run_id))
 
 
 async def test_an_upcoming_run_is_deleted_over_raw_json(
@@ -63,10 +69,11 @@ async def test_an_upcoming_run_is_deleted_over_raw_json(
     assert gone["error"]["code"] == "flow_run_not_found"
     listed = await call(nc, "flowrun.list", {"deployment": f"f-{unique}/d"})
     assert listed["flow_runs"] == []
-    events = await _events(nc, run["id"])
-    assert [e["kind"] for e in events] == ["flowrun.created", "flowrun.deleted"]
-    assert events[-1]["reason"] == "not wanted"
-    assert events[-1]["revision"] > events[0]["revision"]
+    # The delete marker is the deletion event: the run as it was, and the reason.
+    marker = await _newest_write(nc, run["id"])
+    assert (marker.headers or {})["KV-Operation"] == "DEL"
+    assert (marker.headers or {})["Sluice-Reason"] == "not wanted"
+    assert json.loads(marker.data or b"")["id"] == run["id"]
     again = await call(nc, "flowrun.delete", {"id": run["id"]})
     assert again["error"]["code"] == "flow_run_not_found"
 
@@ -149,28 +156,29 @@ async def test_watching_a_run_that_gets_deleted_ends_with_not_found(
     await watch.aclose()
 
 
-async def test_a_delete_whose_event_was_lost_is_announced_by_recovery(
+async def test_a_delete_marker_is_the_event_even_without_the_run_in_it(
     client: Client, nc: NATS, unique: str
 ) -> None:
-    """An orchestrator that died between the delete marker and its event: the
-    next recovery publishes the event, and the run leaves the run list."""
+    """A marker written straight to the bucket (no event beside it) takes the run
+    out of the run list; so does one with no body, as a tool writes it, whose
+    event then names the run by id only."""
     await client.register_deployment(RegisterDeployment(name="d", flow_name=f"f-{unique}"))
-    run = await client.create_flow_run(
-        f"f-{unique}/d", scheduled_start_time=datetime.now(UTC) + timedelta(hours=1)
-    )
+    later = datetime.now(UTC) + timedelta(hours=1)
+    runs = [await client.create_flow_run(f"f-{unique}/d", scheduled_start_time=later)]
+    runs.append(await client.create_flow_run(f"f-{unique}/d", scheduled_start_time=later))
     js = nc.jetstream()
     kv = await js.key_value(names.FLOW_RUNS_BUCKET)
-    entry = await kv.get(run.id)
-    await RunStore(kv, js).delete(run.id, entry.revision or 0)  # the marker, and no event
-    assert [r.id for r in (await client.list_flow_runs(flow_name=f"f-{unique}")).flow_runs] == [
-        run.id
-    ]
-    assert await recover(js, Publisher(js), SystemClock()) >= 1
-    events = await _events(nc, run.id)
-    assert events[-1]["kind"] == "flowrun.deleted"
-    assert events[-1]["flow_run"]["id"] == run.id
+    entry = await kv.get(runs[0].id)
+    await RunStore(kv, js).delete(runs[0], entry.revision or 0, "line one\nline two")
+    await kv.delete(runs[1].id)
     assert (await client.list_flow_runs(flow_name=f"f-{unique}")).flow_runs == []
-    assert await recover(js, Publisher(js), SystemClock()) == 0  # published once
+    with_run, bare = [await _newest_write(nc, run.id) for run in runs]
+    event = runlog.decode_entry(runs[0].id, with_run.data, with_run.headers, 9, datetime.now(UTC))
+    assert isinstance(event, FlowRunDeleted) and event.flow_run is not None
+    assert (event.flow_run.id, event.reason, event.revision) == (runs[0].id, "line one line two", 9)
+    event = runlog.decode_entry(runs[1].id, bare.data, bare.headers, 10, datetime.now(UTC))
+    assert isinstance(event, FlowRunDeleted)
+    assert (event.flow_run_id, event.flow_run) == (runs[1].id, None)
 
 
 async def test_the_read_model_keeps_a_deleted_run_out_against_replayed_events(
@@ -189,18 +197,20 @@ async def test_the_read_model_keeps_a_deleted_run_out_against_replayed_events(
         expected_start_time=now,
         tags=["t"],
     )
-    created = FlowRunCreated(flow_run=run, revision=1, occurred=now)
-    late = FlowRunStateChanged(flow_run=run, revision=2, occurred=now)
-    deleted = FlowRunDeleted(flow_run=run, revision=3, occurred=now)
-    again = FlowRunCreated(flow_run=run, revision=5, occurred=now)
+    subject = runlog.subject(run.id)
+    later = msgspec.structs.replace(run, history=[PastState(state=run.state, revision=1)])
+    created = _Msg(subject, encode(run), None, 1)
+    late = _Msg(subject, encode(later), None, 2)
+    deleted = _Msg(subject, encode(run), {"KV-Operation": "DEL"}, 3)
+    again = _Msg(subject, encode(run), None, 5)
     model = ReadModel(tmp_path / "runs.sqlite", nc)
     await model.open()
     try:
         everything = ListFlowRuns(flow_name="f")
-        await model._apply([(1, encode(created)), (2, encode(deleted)), (3, encode(late))])
+        await model._apply([created, deleted, late])
         assert (await model.query(everything, None)).flow_runs == []
         assert (await model.query(ListFlowRuns(tags=["t"]), None)).flow_runs == []
-        await model._apply([(4, encode(again))])
+        await model._apply([again])
         assert [r.id for r in (await model.query(everything, None)).flow_runs] == [run.id]
     finally:
         await model.close()

@@ -319,7 +319,7 @@ async def test_a_role_that_may_not_create_streams_waits_for_the_orchestrator(
 
             async with anyio.create_task_group() as tg:
                 tg.start_soon(scheduler_bootstrap)
-                await refused(fresh, "scheduler", f"$JS.API.STREAM.CREATE.{names.EVENTS_STREAM}")
+                await refused(fresh, "scheduler", f"$JS.API.STREAM.CREATE.{names.LOGS_STREAM}")
                 assert not done.is_set()
                 await bootstrap(orchestrator.jetstream(), fresh.settings("orchestrator"))
                 with anyio.fail_after(60):

@@ -20,7 +20,8 @@ after it: it proposes the retry (SCHEDULED/AwaitingRetry, ``retry=true``)
 with ``State.data = {"from_task": NAME, "rerun_task_keys": [...]}``, the
 keys of the earlier records from the first call matching NAME on, in call
 order (first appearance in the stream). The engine finds that request as
-the newest event of the run that left a terminal state for SCHEDULED, and
+the newest transition of the run (in its history) that left a terminal
+state for SCHEDULED, and
 never reuses those keys. Tasks after NAME that never ran have no record and
 run anyway.
 """
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import msgspec
@@ -36,7 +38,7 @@ import msgspec
 from engine.results import is_persisted
 from engine.states import RESUMED
 from shared import names
-from shared.messages import Event, FlowRunStateChanged, TaskRunRecord
+from shared.messages import FlowRunStateChanged, TaskRunRecord
 from shared.states import State, StateType
 
 __all__ = [
@@ -181,9 +183,24 @@ async def read_task_records(nc: Any, flow_run_id: str) -> list[TaskRunRecord]:
 
 
 async def read_events(nc: Any, flow_run_id: str) -> list[Any]:
-    """The run's transition events, oldest first. Raises StackUnavailable."""
-    subject = names.events_subject(flow_run_id)
-    return await _read_subject(nc, names.EVENTS_STREAM, subject, Event)  # type: ignore[arg-type]
+    """The run's transitions that its record still holds (``shared.runlog``), oldest
+    first; [] for an unknown run. Raises StackUnavailable."""
+    import nats.errors
+    import nats.js.errors
+
+    from shared import runlog
+
+    try:
+        msg = await nc.jetstream().get_last_msg(runlog.STREAM, runlog.subject(flow_run_id))
+    except nats.js.errors.NotFoundError:
+        return []
+    except (nats.errors.Error, TimeoutError):
+        from shared.errors import StackUnavailable
+
+        raise StackUnavailable(f"reading flow run {flow_run_id} timed out") from None
+    occurred = msg.time or datetime.now(UTC)  # the server always gives it
+    event = runlog.decode_entry(flow_run_id, msg.data, msg.headers, msg.seq or 0, occurred)
+    return runlog.transitions(event)
 
 
 async def load_plan(nc: Any, flow_run_id: str) -> ResumePlan | None:

@@ -80,8 +80,15 @@ def history(events: list[Any], run: FlowRun) -> list[State]:
         seen.add(event.revision)
         states.append(event.flow_run.state)
     if not states or states[-1].timestamp < run.state.timestamp:
-        states.append(run.state)  # a write whose event is still being recovered
+        states.append(run.state)  # the run moved on after the write read
     return states
+
+
+def dropped_note(run: FlowRun) -> list[RenderableType]:
+    """Says that older states are not shown: a run keeps its newest ones only."""
+    if not run.history_dropped:
+        return []
+    return [Text(f"({run.history_dropped} earlier state(s) not kept)", style="dim")]
 
 
 def _history_table(states: list[State]) -> RenderableType:
@@ -152,6 +159,7 @@ def inspect(
             _render.flow_run_panel(run, waiting, result=result_text(run)),
             Text("\nState history", style="bold"),
             _history_table(states),
+            *dropped_note(run),
             Text("\nTask runs", style="bold"),
             _tasks_table(tasks) if tasks else Text("none", style="dim"),
         ]

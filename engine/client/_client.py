@@ -271,13 +271,15 @@ class Client(_DeploymentRequests):
     ) -> AsyncGenerator[FlowRun, None]:
         """Yield the run now, then after every accepted transition, in order.
 
-        Transitions come from the run's event stream, so quick ones are not
-        merged. With ``history``, the run is yielded as each of its past
-        transitions left it too, from its creation on, instead of only as it
-        is now. Every ``resync`` seconds without news the run is read again
-        from KV (a write whose event is still being recovered is shown too),
-        and the subscription is rebuilt if the connection was re-established
-        meanwhile. Raises FlowRunNotFound for an unknown run, or once the run
+        Transitions come from the run's writes (the ``flow_runs`` stream), and
+        those a quick run made before its write was delivered from the run's
+        history, so quick ones are not merged; a run yielded for a past
+        transition has the state it entered then (its other fields are as
+        they are now). With ``history``, the run is yielded for each
+        transition its history holds, from its creation on, instead of only
+        as it is now. Every ``resync`` seconds without news the run is read
+        again from KV, and the subscription is rebuilt if the connection was
+        re-established meanwhile. Raises FlowRunNotFound for an unknown run, or once the run
         is deleted, and StackUnavailable when JetStream does not answer. Close
         the generator (``contextlib.aclosing``) to stop.
         """

@@ -18,8 +18,8 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from shared import names
-from shared.codec import decode, decode_event
+from shared import names, runlog
+from shared.codec import decode
 from shared.errors import FlowRunNotFound, StackUnavailable
 from shared.messages import FlowRunDeleted, LogRecord
 from shared.models import FlowRun
@@ -42,7 +42,7 @@ async def watch_run(
     js = nc.jetstream()
     while True:
         reconnects = nc.stats["reconnects"]
-        sub = await _follow(js, names.events_subject(run_id), names.EVENTS_STREAM)
+        sub = await _follow(js, runlog.subject(run_id), runlog.STREAM)
         try:
             while True:
                 try:
@@ -50,20 +50,27 @@ async def watch_run(
                 except nats.errors.TimeoutError:
                     run, revision = await read(run_id)
                     if revision > last:
+                        for each in runlog.transitions(runlog.event_for(run, revision), last):
+                            assert not isinstance(each, FlowRunDeleted)
+                            yield each.flow_run
                         last = revision
-                        yield run
                     if nc.stats["reconnects"] != reconnects:
                         break
                     continue
                 try:
-                    event = decode_event(msg.data)
+                    event = runlog.event_of(msg)
                 except msgspec.DecodeError:
                     continue
                 if isinstance(event, FlowRunDeleted):
                     raise FlowRunNotFound(f"flow run {run_id} was deleted")
-                if event.revision > last:
-                    last = event.revision
-                    yield event.flow_run
+                if event.revision <= last:
+                    continue
+                # The stream keeps a run's newest write only: the ones this
+                # follower did not see come from the run's history.
+                for each in runlog.transitions(event, after=last):
+                    assert not isinstance(each, FlowRunDeleted)
+                    yield each.flow_run
+                last = event.revision
         finally:
             with contextlib.suppress(Exception):  # the connection may be gone
                 await sub.unsubscribe()

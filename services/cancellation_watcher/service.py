@@ -1,7 +1,8 @@
 """The cancellation-watcher: finishes cancellations and detects dead runners.
 
-Cancellation: it follows every run event (``flowrun.events.>``, an ordered
-consumer rebuilt after a reconnect), and on start and every sweep it lists
+Cancellation: it follows every run's writes (the ``flow_runs`` stream, each
+write a run event, ``shared.runlog``; an ordered consumer rebuilt after a
+reconnect), and on start and every sweep it lists
 every Cancelling run, so a cancel made while no watcher ran is carried out
 as soon as one does. For each it asks the runner holding the run
 (``runner.kill.<name>``) to stop its process tree; that runner reports
@@ -42,10 +43,10 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from engine.client import Client
 from services._service import Service
-from shared import names, telemetry
+from shared import names, runlog, telemetry
 from shared.bootstrap import bootstrap
 from shared.clock import Clock, SystemClock
-from shared.codec import decode, decode_event, decode_reply, encode
+from shared.codec import decode, decode_reply, encode
 from shared.connection import connect
 from shared.errors import SluiceError, StackUnavailable
 from shared.messages import (
@@ -114,8 +115,8 @@ class CancellationWatcher(Service):
                 reconnects = self.client.nc.stats["reconnects"]
                 try:
                     sub = await js.subscribe(
-                        f"{names.EVENTS_PREFIX}.>",
-                        stream=names.EVENTS_STREAM,
+                        runlog.SUBJECTS,
+                        stream=runlog.STREAM,
                         ordered_consumer=True,
                         config=ConsumerConfig(deliver_policy=DeliverPolicy.NEW),
                     )
@@ -133,12 +134,16 @@ class CancellationWatcher(Service):
                         except nats.errors.TimeoutError:
                             continue
                         try:
-                            event = decode_event(msg.data)
+                            event = runlog.event_of(msg)
                         except msgspec.DecodeError:
                             continue
-                        run = event.flow_run
                         if isinstance(event, FlowRunDeleted):
                             continue  # only runs not under way are deleted
+                        # Only a run's newest write is sure to arrive. A run
+                        # whose Cancelling was not delivered has left it, and
+                        # Cancelling leads only to an end (the orchestrator's
+                        # rules): its history needs no action here.
+                        run = event.flow_run
                         if run.state.type is StateType.CANCELLING:
                             work.start_soon(self._cancel, run)
                 finally:

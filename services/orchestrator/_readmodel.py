@@ -1,10 +1,13 @@
-"""The run query index: an SQLite file fed by the event stream.
+"""The run query index: an SQLite file fed by the ``flow_runs`` stream.
 
 Owns answering ``flowrun.list``. It is a cache, never a source of truth: it is
-built only from ``FLOWRUN_EVENTS``, remembers the last stream sequence it
-applied, and if the file is lost (or the stream was recreated) it rebuilds
-itself from the stream. An event older than what a row already holds (by the
-run's KV revision) is ignored, so replays and duplicates are harmless.
+built only from the bucket's stream (each write is a run event,
+``shared.runlog``), remembers the last stream sequence it applied, and if the
+file is lost (or the stream was recreated) it rebuilds itself from the
+stream, which holds every run's newest write (and the delete marker of every
+deleted one). It keeps runs as they are now, so a write it never saw (its run
+moved on first) loses it nothing. An event older than what a row already
+holds (by the run's KV revision) is ignored, so replays are harmless.
 """
 
 from __future__ import annotations
@@ -22,8 +25,8 @@ from anyio.abc import TaskStatus
 from nats.aio.client import Client as NATS
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from shared import names
-from shared.codec import decode, decode_event, encode
+from shared import runlog
+from shared.codec import decode, encode
 from shared.messages import (
     FlowRunDeleted,
     FlowRunPage,
@@ -64,8 +67,10 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 BATCH = 500
-#: Bump when SCHEMA changes: an index built by an older version is rebuilt.
-SCHEMA_VERSION = "3"
+#: Bump when SCHEMA changes, or the stream it is fed from: an index built by an
+#: older version is rebuilt. (4: fed from the flow_runs stream, whose sequences
+#: are not those of the FLOWRUN_EVENTS stream that fed version 3.)
+SCHEMA_VERSION = "4"
 
 
 def _ts(dt: datetime) -> float:
@@ -117,7 +122,7 @@ class ReadModel:
         return self._db
 
     async def _reset(self) -> None:
-        log.warning("read model is ahead of the event stream (stream recreated?); rebuilding")
+        log.warning("read model is ahead of the flow_runs stream (stream recreated?); rebuilding")
         await self.db.executescript(
             "DELETE FROM runs; DELETE FROM run_tags; DELETE FROM deleted_runs; "
             "DELETE FROM meta WHERE key='seq';"
@@ -139,12 +144,12 @@ class ReadModel:
         started = False
         while True:
             try:
-                info = await self._js.stream_info(names.EVENTS_STREAM)
+                info = await self._js.stream_info(runlog.STREAM)
                 if info.state.last_seq < self.applied_seq:
                     await self._reset()
                 sub = await self._js.subscribe(
-                    f"{names.EVENTS_PREFIX}.>",
-                    stream=names.EVENTS_STREAM,
+                    runlog.SUBJECTS,
+                    stream=runlog.STREAM,
                     ordered_consumer=True,
                     config=ConsumerConfig(
                         deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
@@ -161,12 +166,12 @@ class ReadModel:
                 finally:
                     await sub.unsubscribe()
             except (nats.errors.Error, TimeoutError, OSError) as exc:
-                log.warning("event stream consumer failed (%s); resubscribing", exc)
+                log.warning("flow_runs stream consumer failed (%s); resubscribing", exc)
                 await anyio.sleep(0.5)
 
     async def _consume(self, sub: Any, reconnects: int) -> None:
         """Apply messages in batches; return when the connection was re-established."""
-        pending: list[tuple[int, bytes]] = []
+        pending: list[Any] = []
         while True:
             timeout = 0.05 if pending else 1.0
             try:
@@ -178,24 +183,25 @@ class ReadModel:
                 if self._nc.stats["reconnects"] != reconnects:
                     return
                 continue
-            pending.append((msg.metadata.sequence.stream, msg.data))
+            pending.append(msg)
             if len(pending) >= BATCH:
                 await self._apply(pending)
                 pending = []
 
-    async def _apply(self, batch: list[tuple[int, bytes]]) -> None:
+    async def _apply(self, batch: list[Any]) -> None:
         db = self.db
-        for seq, data in batch:
+        for msg in batch:
             try:
-                event = decode_event(data)
+                event = runlog.event_of(msg)
             except msgspec.DecodeError as exc:
-                log.error("skipping undecodable event at seq %d: %s", seq, exc)
+                seq = msg.metadata.sequence.stream
+                log.error("skipping undecodable run at seq %d: %s", seq, exc)
                 continue
             if isinstance(event, FlowRunDeleted):
-                await self._delete(event.flow_run.id, event.revision)
+                await self._delete(event.flow_run_id, event.revision)
             else:
                 await self._upsert(event.flow_run, event.revision)
-        last = batch[-1][0]
+        last = batch[-1].metadata.sequence.stream
         await db.execute(
             "INSERT INTO meta(key, value) VALUES('seq', ?) "
             "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
@@ -207,8 +213,8 @@ class ReadModel:
         self._progress = anyio.Event()
 
     async def _delete(self, run_id: str, revision: int) -> None:
-        """Drop the run, and keep a tombstone so an older event replayed later
-        (a duplicate published by recovery) does not bring it back."""
+        """Drop the run, and keep a tombstone so an older write replayed later
+        (a rebuild, a resubscription) does not bring it back."""
         db = self.db
         await db.execute("DELETE FROM runs WHERE id=? AND revision < ?", (run_id, revision))
         await db.execute(
@@ -262,13 +268,13 @@ class ReadModel:
     async def sync(self, timeout: float = 5.0) -> bool:
         """Wait until every event published so far is applied (read-your-writes).
 
-        Events are published before a write is acknowledged, so after ``sync``
-        a query sees every write its caller was told about. Gives up after
+        A write is its event and is stored before it is acknowledged, so after
+        ``sync`` a query sees every write its caller was told about. Gives up after
         ``timeout`` seconds (well inside a client's request timeout; a busy
         machine can lag a second or more), logs it, and returns False; the
         query then answers from what is applied.
         """
-        info = await self._js.stream_info(names.EVENTS_STREAM)
+        info = await self._js.stream_info(runlog.STREAM)
         target = info.state.last_seq
         with anyio.move_on_after(timeout):
             while self.applied_seq < target:

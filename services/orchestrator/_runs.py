@@ -1,10 +1,11 @@
 """Flow-run handlers: create, propose a state, cancel, read.
 
-Every write is a compare-and-set on the run's KV revision, and every accepted
-write is followed by one event. A create is answered only after the run is
-stored; with an idempotency key, ``_keys`` makes sure the key names one run
-(the run's own KV create is the check), so a crash in between is finished by
-the next request with that key instead of leaving a second run.
+Every write is a compare-and-set on the run's KV revision, and the write is
+the run's event (``shared.runlog``); a write that makes a run due is followed
+by its dispatch item. A create is answered only after the run is stored; with
+an idempotency key, ``_keys`` makes sure the key names one run (the run's own
+KV create is the check), so a crash in between is finished by the next
+request with that key instead of leaving a second run.
 """
 
 from __future__ import annotations
@@ -130,11 +131,11 @@ class Runs:
             run, revision, created = await self._keys.store(run, scope, key)
         if telemetry.enabled():
             telemetry.set_attributes({"sluice.flow_run.id": run.id})
-        if not created:  # the run the key names; its first request may have died unannounced
-            await self._publisher.ensure_announced(run, revision, self._clock.now())
+        if not created:  # the run the key names; its first request may have died before offering it
+            await self._publisher.offer(run, self._clock.now())
             return run
         self._recent.remember(run, revision)
-        await self._publisher.announce(run, revision, now=now, created=True)
+        await self._publisher.offer(run, now)
         telemetry.record_run_created(run.queue)
         return run
 
@@ -192,13 +193,13 @@ class Runs:
             run, revision = found
             if not from_recent:
                 self._recent.remember(run, revision)
-            ctx = rules.Context(run=run, proposal=req, now=self._clock.now())
+            ctx = rules.Context(run=run, proposal=req, now=self._clock.now(), revision=revision)
             outcome = rules.decide(ctx)
             if from_recent and (outcome.status is not Decision.ACCEPT or outcome.replay):
                 continue  # an answer that writes nothing is given on the stored run only
             slot: float | None = None
             if outcome.replay:
-                await self._publisher.ensure_announced(run, revision, ctx.now)
+                await self._publisher.offer(run, ctx.now)
                 if rules.claim_sent_again(ctx):  # its slot lease, renewed or taken from now
                     limit = await self._slot_limit(run)
                     outcome, slot = await self._slots.claim_again(run, req, limit, self._slot_lease)
@@ -252,13 +253,7 @@ class Runs:
             self._recent.remember(new, new_revision)
             if limit and releases:
                 await self._slots.release(run.deployment_id or "", limit, run.id)
-            await self._publisher.announce(
-                new,
-                new_revision,
-                now=ctx.now,
-                from_state=run.state,
-                transition_id=req.transition_id,
-            )
+            await self._publisher.offer(new, ctx.now)
             measure(run, new, ctx.now)
             return ProposeReply(
                 status=Decision.ACCEPT,
@@ -354,8 +349,8 @@ class Runs:
     async def delete(self, req: DeleteFlowRun) -> Deleted:
         """Remove a run that has not started (Scheduled, unclaimed) or has finished.
 
-        The delete marker is a compare-and-set on the revision judged, then the
-        event is published and the run's idempotency key is freed, in that
+        The delete marker (the deletion event) is a compare-and-set on the
+        revision judged, then the run's idempotency key is freed, in that
         order: a crash before the key is freed leaves it naming a deleted run,
         which the next create with that key stores again under the same id,
         so one key still never makes two runs.
@@ -369,13 +364,10 @@ class Runs:
             if refusal is not None:
                 raise Conflict(refusal, details={"state": run.state.type.value})
             try:
-                marker = await self._runs.delete(run.id, revision)
+                await self._runs.delete(run, revision, req.reason)
             except Stale:
                 continue  # it moved meanwhile; judge it again
             self._recent.forget(run.id)
-            await self._publisher.announce_deleted(
-                run, marker, now=self._clock.now(), reason=req.reason
-            )
             scope = run.deployment_name if run.deployment_id else f"flow:{run.flow_name}"
             await self._keys.release(run, scope or "")
             return Deleted(id=run.id)

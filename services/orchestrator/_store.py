@@ -17,9 +17,10 @@ from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 from nats.js.kv import KeyValue
 
+from shared import runlog
 from shared.codec import decode, encode
 from shared.models import Deployment, FlowRun
-from shared.names import DEPLOYMENTS_BUCKET, FLOW_RUNS_BUCKET, kv_stream
+from shared.names import DEPLOYMENTS_BUCKET, kv_stream
 from shared.states import TERMINAL_TYPES
 
 
@@ -72,23 +73,26 @@ class RunStore:
         except nats.js.errors.KeyWrongLastSequenceError:
             raise Stale(run.id) from None
 
-    async def delete(self, run_id: str, last_revision: int) -> int:
+    async def delete(self, run: FlowRun, last_revision: int, reason: str | None = None) -> int:
         """Put a delete marker on the run if it is still at ``last_revision``.
 
-        Returns the marker's revision, which the deletion event carries (nats-py's
-        ``KeyValue.delete`` does not return it). Raises Stale if the run changed.
+        The marker is the run's deletion event (``shared.runlog``): its body is
+        the run as it was, so a reader that never saw the run still learns what
+        went, and ``reason`` goes in a header. Returns the marker's revision
+        (nats-py's ``KeyValue.delete`` does not). Raises Stale if the run changed.
         """
         assert self._js is not None, "RunStore needs a JetStream context to delete"
-        headers = {"KV-Operation": "DEL", "Nats-Expected-Last-Subject-Sequence": str(last_revision)}
+        headers = {
+            **runlog.marker_headers(reason),
+            "Nats-Expected-Last-Subject-Sequence": str(last_revision),
+        }
         try:
             ack = await self._js.publish(
-                f"$KV.{FLOW_RUNS_BUCKET}.{run_id}",
-                headers=headers,
-                stream=kv_stream(FLOW_RUNS_BUCKET),
+                runlog.subject(run.id), encode(run), headers=headers, stream=runlog.STREAM
             )
         except nats.js.errors.APIError as exc:
             if exc.err_code in _WRONG_LAST_SEQUENCE:
-                raise Stale(run_id) from None
+                raise Stale(run.id) from None
             raise
         return ack.seq
 

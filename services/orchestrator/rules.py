@@ -22,11 +22,17 @@ from datetime import datetime
 import msgspec
 
 from shared.messages import Decision, ProposeState
-from shared.models import FlowRun
+from shared.models import FlowRun, PastState
 from shared.states import DEFAULT_NAMES, TERMINAL_TYPES, State, StateType
 
 #: How many accepted transition ids a run remembers for de-duplication.
 RECENT_TRANSITIONS = 16
+
+#: How many past states a run keeps (``FlowRun.history``). A run passes through
+#: four (Scheduled, Pending, Running, an end) and about three more per retry
+#: or pause, so 32 keeps the whole path of a run with up to nine retries; the
+#: bound matters because the record is written whole on every transition.
+HISTORY = 32
 
 CLAIMED_TYPES = frozenset(
     {StateType.PENDING, StateType.RUNNING, StateType.CANCELLING, StateType.PAUSED}
@@ -37,6 +43,8 @@ class Context(msgspec.Struct, frozen=True, kw_only=True):
     run: FlowRun
     proposal: ProposeState
     now: datetime
+    revision: int = 0
+    """The KV revision ``run`` was read at: the write that set its state."""
 
 
 class Outcome(msgspec.Struct, frozen=True, kw_only=True):
@@ -268,7 +276,20 @@ def apply(ctx: Context, state: State) -> FlowRun:
     if ctx.proposal.transition_id:
         recent = [*run.recent_transitions, ctx.proposal.transition_id]
         changes["recent_transitions"] = recent[-RECENT_TRANSITIONS:]
+    history = [*run.history, PastState(state=_slim(run.state), revision=ctx.revision)]
+    changes["history"] = history[-HISTORY:]
+    changes["history_dropped"] = run.history_dropped + max(0, len(history) - HISTORY)
     return msgspec.structs.replace(run, **changes)
+
+
+def _slim(state: State) -> State:
+    """A state as the history keeps it: a finished state's result or error
+    (``data``) and any traceback stay with the current state only."""
+    finished = state.type in TERMINAL_TYPES
+    if state.details.traceback is None and (state.data is None or not finished):
+        return state  # the common case: nothing to leave out
+    details = msgspec.structs.replace(state.details, traceback=None)
+    return msgspec.structs.replace(state, data=None if finished else state.data, details=details)
 
 
 def why_not_deletable(run: FlowRun, *, scheduled_only: bool) -> str | None:

@@ -206,7 +206,7 @@ class Orchestrator(Service):
         log.info("orchestrator serving on %s", s.nats_url)
 
     async def _recover_after_reconnects(self, js: JetStreamContext, publisher: Publisher) -> None:
-        """A write cut off by a NATS outage may lack its event: look again after each."""
+        """A write cut off by a NATS outage may lack its dispatch item: look again after each."""
         async for _ in self._reconnects:
             try:
                 await recover(js, publisher, self.clock)

@@ -1,11 +1,12 @@
-"""What the scheduler knows about runs: a cache of the event stream, in memory.
+"""What the scheduler knows about runs: a cache of the run events, in memory.
 
 Owns bookkeeping only — no I/O. It holds every Scheduled run that is still
 to be offered (to time its dispatch), and every unfinished run a schedule
 created (to judge overlap), keyed by run id and, for schedule runs, by slot.
 It is rebuilt from ``flowrun.list`` at start-up and after a reconnect, and
-kept current from ``flowrun.events.>``; it is never a source of truth: every
-action it leads to is a request the orchestrator judges again.
+kept current from the ``flow_runs`` stream (``$KV.flow_runs.>``); it is never
+a source of truth: every action it leads to is a request the orchestrator
+judges again.
 """
 
 from __future__ import annotations

@@ -184,12 +184,15 @@ class Dispatcher:
             if not entry.created and entry.slot_id not in self.book.slots:
                 self.book.add(entry)
 
-    def deleted(self, run: FlowRun) -> None:
+    def deleted(self, run_id: str, run: FlowRun | None) -> None:
         """A run was deleted: stop tracking it, and make its slot again if a
-        schedule still wants it (a sweep that raced a resume removed it)."""
-        entry = self.book.runs.get(run.id)
+        schedule still wants it (a sweep that raced a resume removed it).
+        ``run`` is the run as it was, if the deletion said (a purge does not)."""
+        entry = self.book.runs.get(run_id)
         if entry is not None:
             self._forget(entry)
+        if run is None:
+            return
         key = key_of(run)
         if (
             key is not None

@@ -3,10 +3,14 @@
 Owns two supervised subscriptions, each rebuilt after a reconnect (nats-py's
 ordered consumers and KV watchers can go quiet across one):
 
-* ``flowrun.events.>`` — an ordered consumer from "now"; right after
-  subscribing, the Scheduled runs and the unfinished runs are listed
-  (``flowrun.list``) and the book rebuilt from them, then every event is
-  applied in order, so nothing that happened in between is lost.
+* the ``flow_runs`` stream (each write a run event, ``shared.runlog``) — an
+  ordered consumer from "now"; right after subscribing, the Scheduled runs
+  and the unfinished runs are listed (``flowrun.list``) and the book rebuilt
+  from them, then every write is applied in order, so nothing that happened
+  in between is lost. The bucket keeps only a run's newest write, so a run
+  may move on before its write is delivered: the book needs only the newest,
+  and triggers are handed every state since the one last seen, from the
+  run's history.
 * the ``deployments`` bucket — a watch of every key (``d.<id>`` hold
   deployments; the ``n.`` name index is skipped); the initial values, read up
   to the bucket's last revision when the watch began (the watcher's own
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
 import anyio
@@ -31,10 +36,10 @@ from nats.aio.client import Client as NATS
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from engine.client import Client
-from shared import names
-from shared.codec import decode, decode_event
+from shared import names, runlog
+from shared.codec import decode
 from shared.errors import SluiceError
-from shared.messages import FlowRunDeleted
+from shared.messages import FlowRunCreated, FlowRunDeleted, FlowRunStateChanged
 from shared.models import Deployment, FlowRun
 from shared.states import ACTIVE_TYPES
 
@@ -45,6 +50,7 @@ __all__ = ["DeploymentFeed", "RunFeed"]
 log = logging.getLogger("sluice.scheduler")
 
 PAGE = 1000
+SEEN = 10_000
 DEPLOYMENT_KEY = "d."
 
 
@@ -71,6 +77,23 @@ class RunFeed:
         self.on_event = on_event
         self.applied_seq = 0
         self.rebuilds = 0
+        #: Run id -> the newest revision handed to ``on_event``, for the most
+        #: recently active runs (a run forgotten here is handed again the states
+        #: since the subscription began: triggers are idempotent, so that only
+        #: costs requests).
+        self._seen: OrderedDict[str, int] = OrderedDict()
+
+    async def _hand_on(self, event: FlowRunCreated | FlowRunStateChanged, since: int) -> None:
+        """Give ``on_event`` the run as each state not yet handed on left it."""
+        assert self.on_event is not None
+        run_id = event.flow_run.id
+        for each in runlog.transitions(event, after=max(since, self._seen.get(run_id, 0))):
+            assert not isinstance(each, FlowRunDeleted)
+            await self.on_event(each.flow_run)
+        self._seen[run_id] = event.revision
+        self._seen.move_to_end(run_id)
+        if len(self._seen) > SEEN:
+            self._seen.popitem(last=False)
 
     async def follow(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         nc = self.client.nc
@@ -80,10 +103,10 @@ class RunFeed:
             reconnects = nc.stats["reconnects"]
             try:
                 # From the next event on, exactly: the listing below covers the past.
-                last = (await js.stream_info(names.EVENTS_STREAM)).state.last_seq
+                last = (await js.stream_info(runlog.STREAM)).state.last_seq
                 sub = await js.subscribe(
-                    f"{names.EVENTS_PREFIX}.>",
-                    stream=names.EVENTS_STREAM,
+                    runlog.SUBJECTS,
+                    stream=runlog.STREAM,
                     ordered_consumer=True,
                     config=ConsumerConfig(
                         deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=last + 1
@@ -115,15 +138,16 @@ class RunFeed:
                         continue
                     self.applied_seq = msg.metadata.sequence.stream
                     try:
-                        event = decode_event(msg.data)
+                        event = runlog.event_of(msg)
                     except msgspec.DecodeError:
                         continue
                     if isinstance(event, FlowRunDeleted):
-                        self.dispatcher.deleted(event.flow_run)
+                        self._seen.pop(event.flow_run_id, None)
+                        self.dispatcher.deleted(event.flow_run_id, event.flow_run)
                         continue
                     self.dispatcher.observe(event.flow_run, event.revision)
                     if self.on_event is not None:
-                        await self.on_event(event.flow_run)
+                        await self._hand_on(event, last)
             finally:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()

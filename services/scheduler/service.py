@@ -2,8 +2,8 @@
 
 ``Scheduler`` is an async context manager. Entering it connects to NATS,
 bootstraps streams and buckets, rebuilds what it knows from ``flowrun.list``
-while following ``flowrun.events.>``, loads every deployment from the
-``deployments`` bucket (and keeps watching it), and serves
+while following the ``flow_runs`` stream (``$KV.flow_runs.>``), loads every
+deployment from the ``deployments`` bucket (and keeps watching it), and serves
 ``deployment.backfill`` in the ``sluice-scheduler`` queue group; it returns
 once all of that is running. Leaving it stops taking requests, lets
 in-flight ones finish within ``grace`` seconds, then cancels the rest.
@@ -30,7 +30,7 @@ from nats.aio.msg import Msg
 from engine.client import Client
 from services._rpc import RequestServer
 from services._service import Service
-from shared import names, telemetry
+from shared import names, runlog, telemetry
 from shared.bootstrap import bootstrap
 from shared.clock import Clock, SystemClock, utc
 from shared.codec import decode_request
@@ -267,7 +267,7 @@ class Scheduler(Service):
         """Return once every event and deployment change published so far is
         applied, no timer is due and no action is running. For tests and
         benchmarks; raises TimeoutError after ``timeout`` seconds."""
-        events_stream = names.EVENTS_STREAM
+        events_stream = runlog.STREAM
         kv_stream = names.kv_stream(names.DEPLOYMENTS_BUCKET)
         quiet = 0
         with anyio.fail_after(timeout):

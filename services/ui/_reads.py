@@ -161,7 +161,7 @@ async def timeline(client: Client, run: FlowRun) -> list[TimelineEntry]:
         from_state = event.from_state if isinstance(event, FlowRunStateChanged) else None
         out.append(TimelineEntry(state=event.flow_run.state, from_state=from_state))
     if not out or out[-1].state.timestamp < run.state.timestamp:
-        # A write whose event the orchestrator is still recovering: show it anyway.
+        # The run moved on after the write read above: show where it is now too.
         out.append(TimelineEntry(state=run.state, from_state=None))
     return out
 

@@ -2,7 +2,9 @@
 
 Input: the clients' :class:`~tests.faults._history.History`, and a
 :class:`Snapshot` of what the stack stored — the ``flow_runs`` KV entries,
-every run event of ``FLOWRUN_EVENTS``, the deployments and their slot leases.
+the run events they stand for (each entry is its run's newest write, whose
+history holds the transitions before it; :func:`replayed`), the deployments
+and their slot leases.
 :func:`check` is pure (no NATS, no clock); :func:`collect` reads a snapshot.
 
 Invariants, one function each:
@@ -38,9 +40,18 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from services.orchestrator import rules
 from services.scheduler._slots import parse_key
-from shared import names
-from shared.codec import decode, decode_event
-from shared.messages import Decision, Event, FlowRunCreated, ProposedState, ProposeState, SlotLease
+from shared import names, runlog
+from shared.codec import decode
+from shared.messages import (
+    Decision,
+    Event,
+    FlowRunCreated,
+    FlowRunDeleted,
+    FlowRunStateChanged,
+    ProposedState,
+    ProposeState,
+    SlotLease,
+)
 from shared.models import Deployment, FlowRun
 from shared.slots import STREAM as SLOTS_STREAM
 from shared.slots import lease_from
@@ -246,6 +257,53 @@ def check(history: History, snap: Snapshot, *, running_states_limit: bool = True
 
 
 # --- reading a snapshot -------------------------------------------------------------
+def replayed(event: FlowRunCreated | FlowRunStateChanged) -> list[Event]:
+    """The events of every transition of a run that its newest write still holds.
+
+    The stream keeps a run's newest write; its history keeps the states before
+    (``shared.runlog.transitions``), not the whole run as each left it. Each
+    earlier value is rebuilt from the one before with the orchestrator's own
+    ``rules.apply`` (so claims raise the attempt, transition ids are
+    remembered), and the newest is the stored run itself: a path whose
+    counting went wrong anywhere shows as a wrong attempt at its last step.
+    """
+    derived = runlog.transitions(event)
+    stored = event.flow_run
+    out: list[Event] = []
+    before: FlowRun | None = None
+    for each in derived[:-1]:
+        assert not isinstance(each, FlowRunDeleted)
+        state = each.flow_run.state
+        if before is None:
+            # The creation if the history reaches back to it, else a gap: from
+            # there on it is judged on what the states say.
+            before = msgspec.structs.replace(
+                stored,
+                state=state,
+                updated=state.timestamp,
+                expected_start_time=state.details.scheduled_time or stored.created,
+                attempt=0,
+                runner=None,
+                run_count=0,
+                start_time=None,
+                end_time=None,
+                recent_transitions=[],
+                history=[],
+                history_dropped=0,
+            )
+        else:
+            release = before.state.type is StateType.PENDING and state.type is StateType.SCHEDULED
+            after = msgspec.structs.replace(before, state=state, runner=state.details.runner)
+            proposal = msgspec.structs.replace(
+                _proposal_for(before, after, each), release=release, agentless=stored.agentless
+            )
+            ctx = rules.Context(run=before, proposal=proposal, now=state.timestamp)
+            before = rules.apply(ctx, state)
+        out.append(msgspec.structs.replace(each, flow_run=before))
+    out.append(event)
+    return out
+
+
 async def _read_all(nc: NATS, stream: str, subject: str, last_per_subject: bool) -> list[object]:
     js = nc.jetstream()
     info = await js.stream_info(stream)
@@ -280,21 +338,13 @@ async def collect(nc: NATS, deployment_ids: Iterable[str]) -> Snapshot:
         entry = await deployments.get(f"d.{dep_id}", validate_keys=False)
         if entry.value:
             snap.deployments[dep_id] = decode(entry.value, Deployment)
-    for msg in await _read_all(
-        nc, names.kv_stream(names.FLOW_RUNS_BUCKET), f"$KV.{names.FLOW_RUNS_BUCKET}.>", True
-    ):
-        if not msg.data:  # type: ignore[attr-defined]
+    for msg in await _read_all(nc, runlog.STREAM, runlog.SUBJECTS, True):
+        event = runlog.event_of(msg)
+        if isinstance(event, FlowRunDeleted) or event.flow_run.deployment_id not in wanted:
             continue
-        run = decode(msg.data, FlowRun)  # type: ignore[attr-defined]
-        if run.deployment_id in wanted:
-            snap.runs[run.id] = run
-            snap.revisions[run.id] = msg.metadata.sequence.stream  # type: ignore[attr-defined]
-    events: dict[str, dict[int, Event]] = defaultdict(dict)
-    for msg in await _read_all(nc, names.EVENTS_STREAM, f"{names.EVENTS_PREFIX}.>", False):
-        event = decode_event(msg.data)  # type: ignore[attr-defined]
-        if event.flow_run.deployment_id in wanted:
-            events[event.flow_run.id].setdefault(event.revision, event)
-    snap.events = {k: [v[r] for r in sorted(v)] for k, v in events.items()}
+        snap.runs[event.flow_run.id] = event.flow_run
+        snap.revisions[event.flow_run.id] = event.revision
+        snap.events[event.flow_run.id] = replayed(event)
     for dep_id, dep in snap.deployments.items():
         leases = []
         for n in range(dep.concurrency_limit or 0):

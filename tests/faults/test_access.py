@@ -22,7 +22,7 @@ from nats.aio.msg import Msg
 
 from engine.client import Client
 from services.orchestrator import Orchestrator
-from shared import names
+from shared import names, runlog
 from shared.connection import connect
 from shared.errors import SluiceError
 from shared.messages import Decision, ProposedState, RegisterDeployment
@@ -85,11 +85,11 @@ async def test_a_runner_cannot_write_state_or_manage_streams(secured: LocalStack
             kv.purge(run.id),
             js.publish(f"$KV.{names.FLOW_RUNS_BUCKET}.{run.id}", b"{}"),
             js.purge_stream(names.kv_stream(names.FLOW_RUNS_BUCKET)),
-            js.delete_stream(names.EVENTS_STREAM),
+            js.delete_stream(runlog.STREAM),
             js.add_stream(name="EVIL", subjects=["evil.>"]),
-            js.update_stream(name=names.EVENTS_STREAM, subjects=["flowrun.events.>", "x.>"]),
-            js.delete_msg(names.EVENTS_STREAM, 1),
-            js.publish(names.events_subject(run.id), b"{}"),  # a forged event
+            js.update_stream(name=runlog.STREAM, subjects=[runlog.SUBJECTS, "x.>"]),
+            js.delete_msg(runlog.STREAM, before[1]),
+            js.publish(runlog.subject(run.id), b"{}", headers={"KV-Operation": "DEL"}),  # forged
         ]:
             tries += 1
             assert await refused(attempt), attempt
@@ -97,8 +97,8 @@ async def test_a_runner_cannot_write_state_or_manage_streams(secured: LocalStack
     async with as_role(secured, "orchestrator") as nc:
         streams = await nc.jetstream().streams_info()
         assert "EVIL" not in {s.config.name for s in streams}
-        events = await nc.jetstream().stream_info(names.EVENTS_STREAM)
-        assert events.state.messages == 1  # the create's event alone: nothing forged
+        events = await nc.jetstream().stream_info(runlog.STREAM)
+        assert events.state.messages == 1  # the create alone: nothing forged or removed
     assert tries == 10
 
 
