@@ -9,9 +9,9 @@ as in production) in a temp folder and measures, with warm-up before timing:
 1. raw KV put: nats-py ``kv.put`` of one flow-run document (the JSON the
    orchestrator stores) under fresh keys of a fresh file bucket;
 2. the wire floor of a create: the round trips the orchestrator makes per
-   create (KV create, then the dispatch item and the event published together
-   with ``Nats-Msg-Id``; the deployment comes from its watched cache),
-   issued straight from nats-py, so the gap to (3) is service overhead;
+   create (KV create, which is the run's event, then the dispatch item with
+   ``Nats-Msg-Id``; the deployment comes from its watched cache), issued
+   straight from nats-py, so the gap to (3) is service overhead;
 3. ``flowrun.create`` through a real orchestrator, with and without an
    idempotency key per request;
 4. state transitions: PENDING, RUNNING, COMPLETED proposed for fresh runs.
@@ -244,16 +244,7 @@ async def _wire_floor(js: JetStreamContext, c: int, counts: Counts, value: bytes
     runs = await js.create_key_value(
         KeyValueConfig(bucket=f"bench_runs_c{c}", history=1, storage=StorageType.FILE, direct=True)
     )
-    events, dispatch = f"BENCH_EVENTS_C{c}", f"BENCH_DISPATCH_C{c}"
-    await js.add_stream(
-        StreamConfig(
-            name=events,
-            subjects=[f"bench.c{c}.events.>"],
-            storage=StorageType.FILE,
-            duplicate_window=120.0,
-            allow_direct=True,
-        )
-    )
+    dispatch = f"BENCH_DISPATCH_C{c}"
     await js.add_stream(
         StreamConfig(
             name=dispatch,
@@ -262,27 +253,16 @@ async def _wire_floor(js: JetStreamContext, c: int, counts: Counts, value: bytes
             duplicate_window=120.0,
         )
     )
-    event = b'{"kind":"flowrun.created","revision":1,"flow_run":' + value + b"}"
 
     async def create(i: int) -> None:
         run_id = str(uuid.uuid4())
-        rev = await runs.create(run_id, value, validate_keys=False)
-        acks = [
-            await js.publish_async(
-                f"bench.c{c}.dispatch.default.x",
-                value[:200],
-                stream=dispatch,
-                headers={"Nats-Msg-Id": f"dispatch:{run_id}:0"},
-            ),
-            await js.publish_async(
-                f"bench.c{c}.events.{run_id}",
-                event,
-                stream=events,
-                headers={"Nats-Msg-Id": f"{run_id}:{rev}"},
-            ),
-        ]
-        for ack in acks:  # sent together, awaited together: one more round trip
-            await ack
+        await runs.create(run_id, value, validate_keys=False)  # the write is the event
+        await js.publish(
+            f"bench.c{c}.dispatch.default.x",
+            value[:200],
+            stream=dispatch,
+            headers={"Nats-Msg-Id": f"dispatch:{run_id}:0"},
+        )
 
     return create
 
@@ -474,12 +454,12 @@ def notes_for(counts: Counts, levels: Sequence[int], modes: Sequence[str]) -> li
         "stand-alone raw KV put rows are run once at the start",
         "raw KV put: fresh file bucket (history 1, direct get), fresh uuid key per put; "
         "the value is an encoded flow run as the orchestrator stores it",
-        "wire floor: per op 1 KV create, then 2 JetStream publishes "
-        "(dispatch, event; Nats-Msg-Id) sent together and awaited together — the round "
-        "trips a create makes, without the service (its deployment comes from a cache)",
+        "wire floor: per op 1 KV create (the run's event), then the dispatch item (a "
+        "JetStream publish with Nats-Msg-Id) — the round trips a create makes, without "
+        "the service (its deployment comes from a cache)",
         "orch. CPU ms/op: the orchestrator subprocess's CPU time (/proc) over a scenario's "
         "warm-up and trials, its paired raw KV put trials included (the read model "
-        "catching up on the scenario's events), divided by the scenario's operations; "
+        "catching up on the scenario's writes), divided by the scenario's operations; "
         "a transition op is one lifecycle of three proposals",
         "creates and proposals use engine.client.Client (msgspec encode/decode on the client "
         "side); every reply is checked (errors raise, transitions must be ACCEPT)",

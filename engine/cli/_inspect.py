@@ -1,7 +1,7 @@
 """``sluice flow-run inspect``: one run in full, with its task runs, state history and result.
 
-Reads the run from ``flow_runs``, its transitions from ``FLOWRUN_EVENTS`` and
-its task runs from the task-run stream; nothing here writes.
+Reads the run from ``flow_runs`` (its transitions from the state history the
+run keeps) and its task runs from the task-run stream; nothing here writes.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """What the pages read beside the client's calls: runners, slots, timelines, task runs.
 
 Every read here is of a public bucket or stream named in ``shared.names``
-(``runner_heartbeats``, ``concurrency_slots``, ``FLOWRUN_EVENTS``,
-``TASKRUN_STATES``) or a request the orchestrator serves; nothing reads a
-service's private storage. Reads never write.
+(``runner_heartbeats``, ``concurrency_slots``, ``flow_runs`` with the
+state history each run keeps, ``TASKRUN_STATES``) or a request the
+orchestrator serves; nothing reads a service's private storage. Reads never
+write.
 """
 
 from __future__ import annotations
@@ -151,7 +152,7 @@ class TimelineEntry:
 
 
 async def timeline(client: Client, run: FlowRun) -> list[TimelineEntry]:
-    """The run's accepted transitions, oldest first (an event repeated after a crash once)."""
+    """The run's accepted transitions that it records, oldest first (``shared.runlog``)."""
     seen: set[int] = set()
     out = []
     for event in await read_events(client.nc, run.id):

@@ -6,12 +6,20 @@ from datetime import UTC, datetime, timedelta
 
 import msgspec
 
-from shared.messages import FlowRunCreated, FlowRunStateChanged, SlotLease
+from services.orchestrator import rules
+from shared import runlog
+from shared.messages import (
+    FlowRunCreated,
+    FlowRunStateChanged,
+    ProposedState,
+    ProposeState,
+    SlotLease,
+)
 from shared.models import Deployment, FlowRun
 from shared.states import State, StateDetails, StateType
 
 from ._bodies import Body, check_bodies
-from ._checker import Report, Snapshot, check, max_overlap
+from ._checker import Report, Snapshot, check, max_overlap, replayed
 from ._history import History, Op
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
@@ -187,3 +195,45 @@ def test_a_body_under_two_claims_is_found() -> None:
     never_retried = snapshot(path("b", *OK))
     violations = judge([body("b", 1, 2.1, 2.5), body("b", 2, 3.0, 4.0)], never_retried)
     assert any("though it was never retried" in v for v in violations)
+
+
+def _moved(run: FlowRun, revision: int, proposed: ProposedState, **kw: object) -> FlowRun:
+    ctx = rules.Context(
+        run=run,
+        proposal=ProposeState(id=run.id, state=proposed, **kw),
+        now=run.updated + timedelta(seconds=1),
+        revision=revision,
+    )
+    return rules.apply(ctx, rules.build_state(ctx))
+
+
+def test_a_path_is_rebuilt_from_the_newest_write_and_judged() -> None:
+    """The stream holds each run's newest write only: the checker judges the path
+    its history records, each earlier run rebuilt with the rules' own apply."""
+    run = path("a")[0].flow_run
+    revision = 1
+    for proposed, kw in [
+        (ProposedState(type=StateType.PENDING), {"runner": "r", "transition_id": "t1"}),
+        (ProposedState(type=StateType.RUNNING), {"attempt": 1, "transition_id": "t2"}),
+        (ProposedState(type=StateType.COMPLETED), {"attempt": 1, "transition_id": "t3"}),
+    ]:
+        run = _moved(run, revision, proposed, **kw)
+        revision += 1
+    events = replayed(runlog.event_for(run, revision))
+    assert [e.flow_run.attempt for e in events] == [0, 1, 1, 1]
+    assert [e.revision for e in events] == [1, 2, 3, 4]
+    assert check(History(), snapshot(events)).violations == []
+    # A stored attempt the path does not count up to is found ...
+    miscounted = replayed(runlog.event_for(msgspec.structs.replace(run, attempt=3), revision))
+    violations = check(History(), snapshot(miscounted)).violations
+    assert any("moved the attempt 1->3" in v for v in violations), violations
+    # ... and so is an illegal step inside the history.
+    past = [
+        *run.history[:2],
+        msgspec.structs.replace(run.history[2], state=state(StateType.COMPLETED, 3)),
+    ]
+    illegal = msgspec.structs.replace(run, history=past, state=state(StateType.RUNNING, 4))
+    violations = check(
+        History(), snapshot(replayed(runlog.event_for(illegal, revision)))
+    ).violations
+    assert any("illegal Completed -> Running" in v for v in violations), violations

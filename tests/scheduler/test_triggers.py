@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
+import msgspec
 import pytest
 
+from services.scheduler._follow import RunFeed
 from services.scheduler._triggers import fired, matches
-from shared.models import Deployment, FlowRun, FlowRunTrigger
+from shared import runlog
+from shared.models import Deployment, FlowRun, FlowRunTrigger, PastState
 from shared.states import State, StateType
 
 from .conftest import Stack
@@ -93,3 +96,34 @@ def test_to_deployment_carries_triggers() -> None:
     trigger = FlowRunTrigger(deployment="etl/nightly", states=["COMPLETED"])
     request = reporter.to_deployment("after-etl", triggers=[trigger]).to_request()
     assert request.triggers == [trigger]
+
+
+@pytest.mark.anyio
+async def test_states_a_run_left_before_its_write_arrived_are_still_handed_to_triggers() -> None:
+    """The stream keeps a run's newest write only: a run that went Running and
+    Completed before the scheduler read it is handed on as each, once."""
+    handed: list[tuple[StateType, datetime]] = []
+
+    async def on_event(run: FlowRun) -> None:
+        handed.append((run.state.type, run.state.timestamp))
+
+    feed = RunFeed(client=None, dispatcher=None, on_event=on_event)  # type: ignore[arg-type]
+    states = [
+        State(type=t, name=t.value.title(), timestamp=NOW + timedelta(seconds=i))
+        for i, t in enumerate([StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING])
+    ]
+    run = msgspec.structs.replace(
+        run_of("etl/nightly", StateType.COMPLETED),
+        history=[PastState(state=s, revision=i + 1) for i, s in enumerate(states)],
+    )
+    # Subscribed after revision 1 (the listing covered the run as Scheduled).
+    await feed._hand_on(runlog.event_for(run, 4), since=1)
+    assert [t for t, _ in handed] == [StateType.PENDING, StateType.RUNNING, StateType.COMPLETED]
+    handed.clear()
+    retried = msgspec.structs.replace(
+        run,
+        state=State(type=StateType.SCHEDULED, name="AwaitingRetry", timestamp=NOW),
+        history=[*run.history, PastState(state=run.state, revision=4)],
+    )
+    await feed._hand_on(runlog.event_for(retried, 5), since=1)
+    assert [t for t, _ in handed] == [StateType.SCHEDULED]  # only what it had not handed on
