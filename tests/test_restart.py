@@ -1,5 +1,5 @@
 """Nothing is lost across an orchestrator restart, a lost read model, a crash
-between writing a run and announcing it, or a killed and restarted nats-server."""
+between writing a run and offering it to runners, or a killed and restarted nats-server."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ async def test_orchestrator_restart_and_lost_read_model(settings: Settings, uniq
 async def test_a_run_written_but_never_announced_is_recovered(
     settings: Settings, unique: str
 ) -> None:
-    """The orchestrator died after its KV write and before its event and dispatch."""
+    """The orchestrator died after its KV write (the event) and before the dispatch item."""
     flow = f"f{unique}"
     async with Orchestrator(settings, grace=1), Client(settings) as c:
         dep = await c.register_deployment(
