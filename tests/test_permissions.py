@@ -22,7 +22,7 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from engine.client import Client
-from shared import names
+from shared import names, runlog
 from shared.connection import connect
 from shared.errors import StackUnavailable
 from shared.messages import ProposedState, ProposeReply, ProposeState
@@ -85,6 +85,20 @@ def actions(role: str, durable: str) -> dict[str, tuple[str, bytes]]:
                     "config": {
                         "ack_policy": "none",
                         "deliver_policy": "all",
+                        "inactive_threshold": 5_000_000_000,
+                    },
+                }
+            ),
+        ),
+        "run events consumer (KV_flow_runs)": (
+            f"{api}.CONSUMER.CREATE.{runlog.STREAM}",
+            _json(
+                {
+                    "stream_name": runlog.STREAM,
+                    "config": {
+                        "ack_policy": "none",
+                        "deliver_policy": "last_per_subject",
+                        "filter_subject": runlog.SUBJECTS,
                         "inactive_threshold": 5_000_000_000,
                     },
                 }
