@@ -11,6 +11,7 @@ judges again.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -20,6 +21,8 @@ from shared.states import ACTIVE_TYPES, StateType
 from ._slots import SlotKey
 
 __all__ = ["Book", "Entry", "ScheduleId", "SlotId"]
+
+ENDED = 10_000
 
 ScheduleId = tuple[str, str]
 """``(deployment_id, schedule digest)``"""
@@ -76,6 +79,24 @@ class Book:
         self.runs: dict[str, Entry] = {}
         self.slots: dict[SlotId, Entry] = {}
         self._by_deployment: dict[str, dict[SlotId, Entry]] = {}
+        #: Runs an event said have ended (finished or deleted) since the last
+        #: listing, the newest ENDED of them: a value of unknown age (a list page
+        #: asked for before) must not bring one back. A run's write reaches the
+        #: scheduler as soon as it is stored, often before such a page's reply.
+        self._ended: OrderedDict[str, None] = OrderedDict()
+
+    def end(self, run_id: str) -> None:
+        self._ended[run_id] = None
+        self._ended.move_to_end(run_id)
+        if len(self._ended) > ENDED:
+            self._ended.popitem(last=False)
+
+    def reopen(self, run_id: str) -> None:
+        """An event says the run goes on (a retry): values of it count again."""
+        self._ended.pop(run_id, None)
+
+    def has_ended(self, run_id: str) -> bool:
+        return run_id in self._ended
 
     def __len__(self) -> int:
         return len(self.runs)
@@ -109,6 +130,7 @@ class Book:
         self.runs.clear()
         self.slots.clear()
         self._by_deployment.clear()
+        self._ended.clear()  # the listing that follows is as new as the events
         return known
 
     def of_deployment(self, deployment_id: str) -> list[Entry]:

@@ -112,11 +112,15 @@ class Dispatcher:
         """
         if run.deployment_id is None or run.agentless:
             return
+        if revision == 0 and self.book.has_ended(run.id):
+            return  # an event said it ended; a value of unknown age cannot undo that
         entry = self.book.runs.get(run.id)
         if entry is not None and (revision == 0 or revision <= entry.revision):
             return
         key = key_of(run)
         kind = run.state.type
+        if revision:
+            (self.book.end if kind in TERMINAL_TYPES else self.book.reopen)(run.id)
         if entry is None and key is not None:
             other = self.book.slots.get((key.deployment_id, key.digest, key.slot))
             if other is not None and not other.created:
@@ -188,6 +192,7 @@ class Dispatcher:
         """A run was deleted: stop tracking it, and make its slot again if a
         schedule still wants it (a sweep that raced a resume removed it).
         ``run`` is the run as it was, if the deletion said (a purge does not)."""
+        self.book.end(run_id)
         entry = self.book.runs.get(run_id)
         if entry is not None:
             self._forget(entry)
