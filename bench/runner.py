@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import compileall
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -158,7 +159,8 @@ def main() -> None:
     # do so on every start) — nor the flow's own file, whose bytecode Python
     # caches on its first import unless that variable is set.
     for package in ("engine", "shared", "services", "bench"):
-        compileall.compile_dir(REPO / package, quiet=1)
+        # Not into bench/.prefect-venv: Prefect's own packages are no part of a run.
+        compileall.compile_dir(REPO / package, quiet=1, rx=re.compile(r"[/\\]\.prefect-venv[/\\]"))
     with tempfile.TemporaryDirectory() as tmp, running_nats_server(Path(tmp) / "nats") as server:
         env = {
             "SLUICE_NATS_URL": server.url,
