@@ -35,7 +35,7 @@ dev:
 
 # Orchestrator throughput beside raw JetStream KV (writes bench/results/orchestrator.md).
 bench-orchestrator *args:
-    {{py}} bench/orchestrator.py {{args}}
+    {{py}} -m bench.orchestrator {{args}}
 
 # Sluice beside Prefect 3, every scenario (installs Prefect into bench/.prefect-venv once;
 # writes bench/RESULTS.md; about 15 min). `just bench-compare --quick` for a smoke run.
