@@ -14,6 +14,7 @@ to their source, and the image's working directory to the repository root
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import itertools
 import os
@@ -25,7 +26,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -532,3 +533,20 @@ class LocalStack:
     def logs(self) -> str:
         procs = [p for ps in self.services.values() for p in ps]
         return "\n".join(p.tail() for p in ([self.nats] if self.nats else []) + procs)
+
+
+@contextlib.contextmanager
+def started(tmp: Path, *, only: Iterable[str] | None = None) -> Iterator[LocalStack]:
+    """A LocalStack started for the block and stopped after it; its processes'
+    logs are printed when it fails to start."""
+    local = LocalStack(tmp, only=only)
+    try:
+        local.start()
+    except BaseException:
+        print(local.logs())
+        local.stop()
+        raise
+    try:
+        yield local
+    finally:
+        local.stop()

@@ -31,6 +31,7 @@ from .deploy_support import (
     load_compose,
     problems,
     replicas,
+    started,
 )
 from .ui.login import logged_in
 
@@ -93,15 +94,8 @@ def test_the_compose_file_has_what_the_stack_needs() -> None:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    local = LocalStack(tmp_path_factory.mktemp("compose"))
-    try:
-        local.start()
-    except BaseException:
-        print(local.logs())
-        local.stop()
-        raise
-    yield local
-    local.stop()
+    with started(tmp_path_factory.mktemp("compose")) as local:
+        yield local
 
 
 async def until(c: Client, run_id: str, *types: StateType, timeout: float = 90) -> FlowRun:

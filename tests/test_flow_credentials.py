@@ -23,7 +23,7 @@ from engine.runner._fork import ForkServerFlowRunner
 from engine.runner._subprocess import SubprocessFlowRunner
 from shared.states import StateType
 
-from .deploy_support import LocalStack
+from .deploy_support import LocalStack, started
 from .runner._flows import deploy_flows
 from .runner.test_runner import running
 
@@ -67,15 +67,8 @@ def probe(out: str) -> None:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    local = LocalStack(tmp_path_factory.mktemp("flowcreds"), only=["orchestrator"])
-    try:
-        local.start()
-    except BaseException:
-        print(local.logs())
-        local.stop()
-        raise
-    yield local
-    local.stop()
+    with started(tmp_path_factory.mktemp("flowcreds"), only=["orchestrator"]) as local:
+        yield local
 
 
 async def _refused(stack: LocalStack, user: str, subject: str) -> None:

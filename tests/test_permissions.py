@@ -28,7 +28,7 @@ from shared.errors import StackUnavailable
 from shared.messages import ProposedState, ProposeReply, ProposeState
 from shared.states import StateType
 
-from .deploy_support import REPO, LocalStack
+from .deploy_support import REPO, LocalStack, started
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -191,15 +191,8 @@ def actions(role: str, durable: str) -> dict[str, tuple[str, bytes]]:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    local = LocalStack(tmp_path_factory.mktemp("permissions"), only=["orchestrator"])
-    try:
-        local.start()
-    except BaseException:
-        print(local.logs())
-        local.stop()
-        raise
-    yield local
-    local.stop()
+    with started(tmp_path_factory.mktemp("permissions"), only=["orchestrator"]) as local:
+        yield local
 
 
 async def _scratch(stack: LocalStack) -> str:

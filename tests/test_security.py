@@ -40,7 +40,7 @@ from shared.models import FlowRun
 from shared.settings import Settings
 from shared.states import StateType
 
-from .deploy_support import LocalStack
+from .deploy_support import LocalStack, started
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -50,15 +50,8 @@ REFUSED_WAIT = 2.0
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    local = LocalStack(tmp_path_factory.mktemp("secure"), only=["orchestrator"])
-    try:
-        local.start()
-    except BaseException:
-        print(local.logs())
-        local.stop()
-        raise
-    yield local
-    local.stop()
+    with started(tmp_path_factory.mktemp("secure"), only=["orchestrator"]) as local:
+        yield local
 
 
 @pytest.fixture
