@@ -69,7 +69,7 @@ from shared.states import State, StateType
 if TYPE_CHECKING:
     from engine._core.resume import ResumePlan
 
-__all__ = ["StackReporter", "open_stack_runtime"]
+__all__ = ["StackReporter", "open_stack_runtime", "until_available"]
 
 T = TypeVar("T")
 log = logging.getLogger("sluice.engine")
@@ -79,6 +79,34 @@ RETRY_FIRST, RETRY_MOST = 0.25, 2.0
 #: Seconds a closing reporter spends flushing records before it gives up.
 CLOSE_FLUSH_TIMEOUT = 30.0
 _encoder = msgspec.json.Encoder()
+
+
+async def until_available(
+    request: Callable[[], Awaitable[T]],
+    grace: float,
+    warn: Callable[[StackUnavailable], None],
+) -> T:
+    """``request()``, tried again while the stack is unavailable, for up to ``grace``
+    seconds (backing off to RETRY_MOST); ``warn`` is told of the first failure.
+
+    A NATS node restarting or a cluster electing leaders makes the stack
+    unavailable for seconds; failing the run for that would crash runs the
+    stack could have finished. Waiting is safe: a process whose runner lost its
+    claim meanwhile is fenced by that runner, and each try re-sends the same
+    transition id, so none is applied twice.
+    """
+    deadline = anyio.current_time() + grace
+    delay = RETRY_FIRST
+    while True:
+        try:
+            return await request()
+        except StackUnavailable as exc:
+            if anyio.current_time() + delay > deadline:
+                raise
+            if delay == RETRY_FIRST:
+                warn(exc)
+            await anyio.sleep(delay)
+            delay = min(delay * 2, RETRY_MOST)
 
 
 def default_runner_name() -> str:
@@ -257,27 +285,14 @@ class StackReporter:
         return reply
 
     async def _retrying(self, request: Callable[[], Awaitable[T]]) -> T:
-        # A NATS node restarting or a cluster electing leaders makes the stack
-        # unavailable for seconds; failing the run for that would crash runs the
-        # stack could have finished. Waiting is safe: a process whose runner lost
-        # its claim meanwhile is fenced by that runner, and each try re-sends the
-        # same transition id, so none is applied twice.
-        deadline = anyio.current_time() + self.settings.outage_grace
-        delay = RETRY_FIRST
-        while True:
-            try:
-                return await request()
-            except StackUnavailable as exc:
-                if anyio.current_time() + delay > deadline:
-                    raise
-                if delay == RETRY_FIRST:
-                    log.warning(
-                        "the stack is unavailable (%s); retrying for up to %.0f s",
-                        exc.message,
-                        self.settings.outage_grace,
-                    )
-                await anyio.sleep(delay)
-                delay = min(delay * 2, RETRY_MOST)
+        def warn(exc: StackUnavailable) -> None:
+            log.warning(
+                "the stack is unavailable (%s); retrying for up to %.0f s",
+                exc.message,
+                self.settings.outage_grace,
+            )
+
+        return await until_available(request, self.settings.outage_grace, warn)
 
     # --- the Reporter protocol -----------------------------------------------------------
     def flow_run_created(self, run: FlowRunInfo) -> FlowRunInfo:

@@ -46,6 +46,7 @@ from engine._core.resume import read_events, read_task_records, rerun_requested
 from engine._stack import relay_frames as frames
 from engine._stack.object_results import ObjectResultStore
 from engine._stack.outbox import Outbox
+from engine._stack.reporter import until_available
 from engine.client import Client
 from engine.exceptions import MissingResult
 from shared import names
@@ -59,8 +60,6 @@ T = TypeVar("T")
 log = logging.getLogger("sluice.runner")
 _json = msgspec.json.Encoder()
 
-#: Longest pause between two tries of a request while the stack is unavailable.
-MAX_PAUSE = 2.0
 #: Seconds the relay spends storing the last records after its process hung up.
 CLOSE_FLUSH_TIMEOUT = 30.0
 
@@ -200,24 +199,13 @@ class Relay:
 
     async def _until_available(self, request: Callable[[], Awaitable[T]]) -> T:
         """``request()``, again while the stack cannot be reached (module docstring)."""
-        pause, warned = 0.1, False
-        deadline = anyio.current_time() + self.client.settings.outage_grace
-        while True:
-            try:
-                return await request()
-            except StackUnavailable as exc:
-                if anyio.current_time() + pause > deadline:
-                    raise
-                if not warned:
-                    warned = True
-                    log.warning(
-                        "runner %s: run %s waits for the stack: %s",
-                        self.runner,
-                        self.run_id,
-                        exc.message,
-                    )
-            await anyio.sleep(pause)
-            pause = min(pause * 2, MAX_PAUSE)
+
+        def warn(exc: StackUnavailable) -> None:
+            log.warning(
+                "runner %s: run %s waits for the stack: %s", self.runner, self.run_id, exc.message
+            )
+
+        return await until_available(request, self.client.settings.outage_grace, warn)
 
     async def _serve(self, frame: Any) -> Any:
         client = self.client
