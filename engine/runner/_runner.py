@@ -295,8 +295,15 @@ class Runner(_Facade, _Serving, _Stopping, _Supervise, _Upkeep):
                 log.error("runner %s: dropping an undecodable dispatch item: %s", self.name, exc)
                 await msg.term()
                 return
-            if item.flow_run_id in self._in_hand:  # via our other consumer: claimed once
-                await msg.ack()
+            if item.flow_run_id in self._in_hand:
+                # The run again while we take it: through our other consumer,
+                # or this very item redelivered (its in_progress lost across a
+                # reconnect or a consumer's new leader). The take in hand
+                # decides: settle this copy only once our claim holds. Acking
+                # it earlier lost the offer when that claim then failed, since
+                # the take's own nak came after the ack.
+                held = self._held.get(item.flow_run_id)
+                await (msg.ack() if held == item.attempt + 1 else msg.nak(delay=1.0))
                 return
             in_hand = item.flow_run_id
             self._in_hand.add(in_hand)
