@@ -28,7 +28,7 @@ from shared.schedules import check_schedule, with_schedule_types
 
 from . import _params
 from ._deployment_cache import DEPLOYMENT_PREFIX, DeploymentCache
-from ._store import DeploymentStore, NameIndex, Stale, index_key
+from ._store import DeploymentStore, NameIndex, Stale, after_stale, index_key
 
 CAS_ATTEMPTS = 20
 
@@ -100,7 +100,7 @@ class Deployments:
         check_schedules(req)
         full_name = f"{req.flow_name}/{req.name}"
         fields = msgspec.structs.asdict(req)
-        for _ in range(CAS_ATTEMPTS):
+        for tries in range(CAS_ATTEMPTS):
             now = self._clock.now()
             index, revision = await self._store.index(full_name)
             same_version = None
@@ -123,6 +123,7 @@ class Deployments:
             except Stale:
                 # a concurrent register won; retry
                 self._took(f"d.{deployment.id}", None, await self._store.delete(deployment.id))
+                await after_stale(tries)
                 continue
             self._took(index_key(full_name), new_index, written)
             return deployment
@@ -258,7 +259,7 @@ class Deployments:
     async def delete(self, ref: DeploymentRef) -> Deleted:
         """By id: that version. By name: every version of the name."""
         deployment = await self.resolve(ref)
-        for _ in range(CAS_ATTEMPTS):
+        for tries in range(CAS_ATTEMPTS):
             index, revision = await self._store.index(deployment.full_name)
             doomed = [deployment.id] if ref.id else list(index.ids)
             keep = [i for i in index.ids if i not in doomed]
@@ -267,6 +268,7 @@ class Deployments:
                     NameIndex(full_name=deployment.full_name, ids=keep), revision
                 )
             except Stale:
+                await after_stale(tries)
                 continue
             self._took(
                 index_key(deployment.full_name),

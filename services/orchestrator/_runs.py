@@ -42,7 +42,7 @@ from ._measure import measure
 from ._names import run_name
 from ._publish import Publisher
 from ._slots import SLOT_RETRY_SECONDS, Slots, ttl_seconds
-from ._store import RecentRuns, RunStore, Stale
+from ._store import RecentRuns, RunStore, Stale, after_stale
 
 CAS_ATTEMPTS = 50
 
@@ -184,7 +184,7 @@ class Runs:
         # Judged first on the copy this orchestrator last wrote or read, if it
         # has one (RecentRuns says why that is safe), then on the stored run.
         remembered = self._recent.get(req.id)
-        for _ in range(CAS_ATTEMPTS):
+        for tries in range(CAS_ATTEMPTS):
             from_recent = remembered is not None
             found = remembered or await self._runs.get(req.id)
             remembered = None
@@ -249,6 +249,7 @@ class Runs:
             except Stale:
                 if took_slot:
                     await self._slots.release(run.deployment_id or "", limit, run.id)
+                await after_stale(tries)
                 continue  # someone else moved the run; judge again against the new state
             self._recent.remember(new, new_revision)
             if limit and releases:
@@ -355,7 +356,7 @@ class Runs:
         which the next create with that key stores again under the same id,
         so one key still never makes two runs.
         """
-        for _ in range(CAS_ATTEMPTS):
+        for tries in range(CAS_ATTEMPTS):
             found = await self._runs.get(req.id)
             if found is None:
                 raise FlowRunNotFound(f"no flow run with id {req.id}")
@@ -366,6 +367,7 @@ class Runs:
             try:
                 await self._runs.delete(run, revision, req.reason)
             except Stale:
+                await after_stale(tries)
                 continue  # it moved meanwhile; judge it again
             self._recent.forget(run.id)
             scope = run.deployment_name if run.deployment_id else f"flow:{run.flow_name}"

@@ -11,6 +11,7 @@ import functools
 import hashlib
 from collections import OrderedDict
 
+import anyio
 import msgspec
 import nats.js.errors
 from nats.js import JetStreamContext
@@ -30,6 +31,27 @@ class Exists(Exception):
 
 class Stale(Exception):
     """A compare-and-set lost: the key changed since it was read."""
+
+
+#: Lost compare-and-sets retried at once before :func:`after_stale` pauses.
+STALE_AT_ONCE = 2
+STALE_FIRST_PAUSE = 0.01
+STALE_MOST_PAUSE = 0.25
+
+
+async def after_stale(lost: int) -> None:
+    """Pause before trying a compare-and-set again after ``lost`` tries lost.
+
+    One lost try is a race, tried again at once. Lost again and again, it is
+    usually the stream saying "not now": on a cluster, a stream's leader
+    refuses a write that expects a key's sequence while another write of that
+    key is in flight, or until it has applied its log after an election
+    (nats-server answers "wrong last sequence", without a number). Tried in a
+    tight loop, every try is spent within milliseconds and the caller gets a
+    Conflict for a write that would have landed a moment later.
+    """
+    if lost >= STALE_AT_ONCE:
+        await anyio.sleep(min(STALE_FIRST_PAUSE * 2 ** (lost - STALE_AT_ONCE), STALE_MOST_PAUSE))
 
 
 def _digest(text: str) -> str:
