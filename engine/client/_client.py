@@ -25,6 +25,7 @@ from typing import Any
 
 import nats.errors
 import nats.js.errors
+from nats.js.kv import KeyValue
 
 from engine.client._deployments import _DeploymentRequests
 from engine.client._streams import read_logs, watch_run
@@ -105,16 +106,15 @@ class Client(_DeploymentRequests):
         return (await self._read_with_revision(run_id))[0]
 
     async def _read_with_revision(self, run_id: str) -> tuple[FlowRun, int]:
-        kv = await self._kv()
-        try:
-            entry = await kv.get(run_id, validate_keys=False)
-        except nats.js.errors.NotFoundError:
-            raise FlowRunNotFound(f"no flow run with id {run_id}") from None
-        except (nats.errors.TimeoutError, TimeoutError):
-            raise StackUnavailable("the flow_runs bucket did not answer") from None
-        if not entry.value:
+        found = await _get_run(await self._kv(), run_id)
+        if found is None:
+            # Any replica answers a direct get, and on a cluster one may answer
+            # before it has applied the newest write: a run created a moment
+            # ago would be "not found". Only the stream's leader may say so.
+            found = await _get_run(await self._leader_kv(), run_id)
+        if found is None:
             raise FlowRunNotFound(f"no flow run with id {run_id}")
-        return decode(entry.value, FlowRun), entry.revision or 0
+        return found
 
     async def list_flow_runs(
         self,
@@ -322,3 +322,16 @@ class Client(_DeploymentRequests):
             deployments=list(deployments),
         )
         return await self._request(names.RUNNER_HEARTBEAT, req, HeartbeatReply)
+
+
+async def _get_run(kv: KeyValue, run_id: str) -> tuple[FlowRun, int] | None:
+    """The run and its revision as ``kv`` has it; None if it has none."""
+    try:
+        entry = await kv.get(run_id, validate_keys=False)
+    except nats.js.errors.NotFoundError:
+        return None
+    except (nats.errors.TimeoutError, TimeoutError):
+        raise StackUnavailable("the flow_runs bucket did not answer") from None
+    if not entry.value:
+        return None
+    return decode(entry.value, FlowRun), entry.revision or 0

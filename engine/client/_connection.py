@@ -19,6 +19,7 @@ from nats.aio.client import Client as NATS
 from nats.js.kv import KeyValue
 
 from shared import names, telemetry
+from shared.bootstrap import leader_kv
 from shared.codec import encode
 from shared.connection import connect, request
 from shared.errors import StackUnavailable
@@ -71,6 +72,7 @@ class _Connection:
         self._owns_nc = nc is None
         self._connect_timeout = connect_timeout
         self._runs_kv: KeyValue | None = None
+        self._runs_leader_kv: KeyValue | None = None
         self._reconnected = anyio.Event()
 
     async def __aenter__(self) -> Self:
@@ -154,3 +156,14 @@ class _Connection:
                     "the flow_runs bucket does not exist; has the orchestrator ever started?"
                 ) from None
         return self._runs_kv
+
+    async def _leader_kv(self) -> KeyValue:
+        """``flow_runs`` read through its stream's leader (see ``shared.bootstrap.leader_kv``)."""
+        if self._runs_leader_kv is None:
+            try:
+                self._runs_leader_kv = await leader_kv(self.nc.jetstream(), names.FLOW_RUNS_BUCKET)
+            except nats.js.errors.BucketNotFoundError:
+                raise StackUnavailable(
+                    "the flow_runs bucket does not exist; has the orchestrator ever started?"
+                ) from None
+        return self._runs_leader_kv
