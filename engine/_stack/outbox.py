@@ -10,10 +10,11 @@ most once per batch; the pump on the loop publishes the batch with
 
 :meth:`Outbox.flush` is the durability point: it publishes whatever is
 queued, waits for every outstanding ack, and publishes again (acked, one by
-one) what was refused or not acknowledged in time. Records are published in
-the order they were put; a re-published one lands after later ones, which
-readers of these streams tolerate (see :mod:`engine._core.resume`). Delivery is
-at least once: a record whose ack was lost may be stored twice.
+one, for up to a grace period) what was refused or not acknowledged in time.
+Records are published in the order they were put; a re-published one lands
+after later ones, which readers of these streams tolerate (see
+:mod:`engine._core.resume`). Delivery is at least once: a record whose ack was
+lost may be stored twice.
 
 **Coalescing.** An item may carry a key (the task run id for task-run
 records). When several items with one key wait in the queue together, only
@@ -45,8 +46,11 @@ log = logging.getLogger("sluice.engine")
 
 #: Seconds to wait for outstanding acks at a flush before publishing again.
 ACK_TIMEOUT = 10.0
-#: Acked publishes tried per record that failed in the pipeline.
-REPUBLISH_TRIES = 3
+#: Seconds a record that failed in the pipeline is published again (acked,
+#: backing off) before it is given up on; the settings' ``outage_grace``.
+REPUBLISH_GRACE = 30.0
+REPUBLISH_FIRST_PAUSE = 0.2
+REPUBLISH_MOST_PAUSE = 2.0
 
 _Item = tuple[str, bytes]
 _Queued = tuple[str, bytes, str | None]
@@ -55,9 +59,12 @@ _Queued = tuple[str, bytes, str | None]
 class Outbox:
     """Publishes ``(subject, payload)`` items to JetStream; create it on the event loop."""
 
-    def __init__(self, js: Any, *, ack_timeout: float = ACK_TIMEOUT) -> None:
+    def __init__(
+        self, js: Any, *, ack_timeout: float = ACK_TIMEOUT, grace: float = REPUBLISH_GRACE
+    ) -> None:
         self._js = js
         self._ack_timeout = ack_timeout
+        self._grace = grace
         self._loop = asyncio.get_running_loop()
         self._queue: collections.deque[_Queued] = collections.deque()
         self._wake = asyncio.Event()
@@ -138,13 +145,20 @@ class Outbox:
                 await self._republish(item)
 
     async def _republish(self, item: _Item) -> None:
+        # A stream electing a leader (a cluster node lost) has no responders
+        # for seconds: tried a few times at once, its records would be lost.
         subject, payload = item
-        for attempt in range(REPUBLISH_TRIES):
+        deadline = anyio.current_time() + self._grace
+        pause, tries = REPUBLISH_FIRST_PAUSE, 0
+        while True:
+            tries += 1
             try:
                 await self._js.publish(subject, payload, timeout=self._ack_timeout)
                 return
             except (nats.errors.Error, OSError) as exc:
-                error = exc
-                await anyio.sleep(0.2 * (attempt + 1))
-        self.lost += 1
-        log.error("a record for %s was lost after %d tries: %r", subject, REPUBLISH_TRIES, error)
+                if anyio.current_time() + pause > deadline:
+                    self.lost += 1
+                    log.error("a record for %s was lost after %d tries: %r", subject, tries, exc)
+                    return
+            await anyio.sleep(pause)
+            pause = min(pause * 2, REPUBLISH_MOST_PAUSE)

@@ -157,7 +157,7 @@ class StackReporter:
     @contextlib.asynccontextmanager
     async def _session(self) -> AsyncIterator[tuple[Client, Outbox]]:
         async with Client(self.settings, connect_timeout=self._connect_timeout) as client:
-            outbox = Outbox(client.nc.jetstream())
+            outbox = Outbox(client.nc.jetstream(), grace=self.settings.outage_grace)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(outbox.run)
                 try:

@@ -93,7 +93,9 @@ class Relay:
         """Relay until the process hangs up; then store what it sent and return."""
         stream = await anyio.abc.SocketStream.from_socket(self._sock)
         self._stream = stream
-        outbox = self._outbox = Outbox(self.client.nc.jetstream())
+        outbox = self._outbox = Outbox(
+            self.client.nc.jetstream(), grace=self.client.settings.outage_grace
+        )
         try:
             async with anyio.create_task_group() as pump:
                 pump.start_soon(outbox.run)

@@ -21,6 +21,7 @@ import anyio
 import msgspec
 
 from engine._stack.bundles import BundleCache
+from engine._stack.reporter import until_available
 from engine.client import Client
 from engine.exceptions import BundleError
 from engine.runner._envs import RequirementEnvs, requirements_of
@@ -198,7 +199,16 @@ class _Supervise:
     ) -> None:
         run_id, attempt = run.id, run.attempt
         try:
-            deployment = await self._deployment(client, run.deployment_id, claimed, run.id)
+            # Reading the deployment and fetching its code wait out a stack outage
+            # (a cluster electing leaders) as a run's own reports do: crashing
+            # the run for it would fail work the stack could still do.
+            deployment = await until_available(
+                lambda: self._deployment(client, run.deployment_id, claimed, run_id),
+                self.settings.outage_grace,
+                lambda exc: log.warning(
+                    "runner %s: run %s waits for the stack to start: %s", self.name, run_id, exc
+                ),
+            )
             runner = (
                 from_infrastructure(deployment.infrastructure, self.flow_runner)
                 if deployment
