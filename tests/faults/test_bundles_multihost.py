@@ -23,7 +23,7 @@ from engine.deployments import RunnerDeployment
 from services.dev import NatsServer
 from shared.models import FlowRun
 from shared.settings import Settings
-from shared.states import StateType
+from shared.states import TERMINAL_TYPES, StateType
 
 from ._stack import Proc, Stack, retry, wait_heartbeat
 from .test_storage_faults import cluster, wait_for_jetstream
@@ -65,8 +65,23 @@ async def _runs(c: Client, deployment: str, count: int) -> list[FlowRun]:
         )
         for i in range(count)
     ]
-    with anyio.fail_after(180):
-        return [await retry(lambda r=r: c.wait_for_flow_run(r.id)) for r in created]
+    return await _ended(c, created, 180)
+
+
+async def _ended(c: Client, created: list[FlowRun], timeout: float) -> list[FlowRun]:
+    """``created`` at their ends; after ``timeout`` s, fails naming each run that
+    has not ended and the states its record holds."""
+    try:
+        with anyio.fail_after(timeout):
+            return [await retry(lambda r=r: c.wait_for_flow_run(r.id)) for r in created]
+    except TimeoutError:
+        stuck = []
+        for r in created:
+            run = await retry(lambda r=r: c.read_flow_run(r.id))
+            if run.state.type not in TERMINAL_TYPES:
+                states = [p.state.type.value for p in run.history]
+                stuck.append(f"{run.id} {run.state.describe()} (runner {run.runner}; {states})")
+        raise AssertionError(f"runs not ended after {timeout} s: {stuck}") from None
 
 
 async def test_two_runners_with_no_copy_of_the_code_run_bundles_over_a_cluster(
@@ -148,8 +163,7 @@ async def test_two_runners_with_no_copy_of_the_code_run_bundles_over_a_cluster(
             # of two goes on running new ones.
             created = [await c.create_flow_run("shipped/d", parameters={"i": i}) for i in range(16)]
             cluster[2].kill()
-            with anyio.fail_after(240):
-                finished = [await retry(lambda r=r: c.wait_for_flow_run(r.id)) for r in created]
+            finished = await _ended(c, created, 240)
             states = Counter(r.state.type.value for r in finished)
             print(f"runs under the node loss: {dict(states)}")
             for message in {r.state.message for r in finished if r.state.type.value != "COMPLETED"}:
