@@ -4,7 +4,8 @@ Owns two supervised subscriptions, each rebuilt after a reconnect (nats-py's
 ordered consumers and KV watchers can go quiet across one):
 
 * the ``flow_runs`` stream (each write a run event, ``shared.runlog``) — an
-  ordered consumer from "now"; right after subscribing, the Scheduled runs
+  ordered consumer from "now" (after a reconnect: from the first write not
+  yet applied); right after subscribing, the Scheduled runs
   and the unfinished runs are listed (``flowrun.list``) and the book rebuilt
   from them, then every write is applied in order, so nothing that happened
   in between is lost. The bucket keeps only a run's newest write, so a run
@@ -102,18 +103,25 @@ class RunFeed:
         while True:
             reconnects = nc.stats["reconnects"]
             try:
-                # From the next event on, exactly: the listing below covers the past.
+                # At start-up, from the next event on, exactly: the listing below
+                # covers the past. After a reconnect, from the first event not
+                # applied: a run that ended while we were away is in no listing
+                # of Scheduled and active runs, and triggers must still see it
+                # end. (Never past the stream's end: a store that was reset
+                # starts its sequences again lower.)
                 last = (await js.stream_info(runlog.STREAM)).state.last_seq
+                since = min(self.applied_seq, last) if started else last
                 sub = await js.subscribe(
                     runlog.SUBJECTS,
                     stream=runlog.STREAM,
                     ordered_consumer=True,
                     config=ConsumerConfig(
-                        deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=last + 1
+                        deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=since + 1
                     ),
                     pending_msgs_limit=500_000,
                 )
-                self.applied_seq = max(self.applied_seq, last)
+                if not started:
+                    self.applied_seq = max(self.applied_seq, last)
             except (nats.errors.Error, TimeoutError) as exc:
                 log.warning("cannot follow run events (%s); retrying", exc)
                 await anyio.sleep(1.0)
@@ -147,7 +155,7 @@ class RunFeed:
                         continue
                     self.dispatcher.observe(event.flow_run, event.revision)
                     if self.on_event is not None:
-                        await self._hand_on(event, last)
+                        await self._hand_on(event, since)
             finally:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()

@@ -54,7 +54,11 @@ class BlackHoleProxy:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.blackholed:  # a new connection gets nowhere either
             self._writers.add(writer)
-            await self._drain(reader)
+            try:
+                await self._drain(reader)
+            finally:  # the client gave up on it (or we cut it)
+                writer.close()
+                self._writers.discard(writer)
             return
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.upstream)
