@@ -8,6 +8,7 @@ from typing import Any
 
 import msgspec
 
+from engine.states import format_traceback
 from shared.messages import LogRecord, ProposedState
 from shared.states import State
 
@@ -52,7 +53,11 @@ def log_record(record: logging.LogRecord) -> LogRecord | None:
     if not flow_run_id:
         return None
     message = record.getMessage()
-    if record.exc_info:
+    if record.exc_info and record.exc_info[1] is not None:
+        # As a failed state keeps it: without the engine's frames that called
+        # the body, so the log's traceback and the state's are the same text.
+        message = f"{message}\n{format_traceback(record.exc_info[1]).rstrip()}"
+    elif record.exc_info:
         message = f"{message}\n{_formatter.formatException(record.exc_info)}"
     return LogRecord(
         flow_run_id=flow_run_id,
