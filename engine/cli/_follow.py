@@ -13,12 +13,14 @@ import contextlib
 from collections.abc import Callable
 
 import anyio
+from rich.console import Console
 
+from engine.cli import _render
 from engine.client import Client
 from shared.messages import LogRecord
 from shared.models import FlowRun
 
-__all__ = ["follow_run"]
+__all__ = ["WatchOutput", "follow_run"]
 
 
 async def follow_run(
@@ -60,18 +62,46 @@ async def follow_run(
                 if last_state is None:
                     # The run exists: only now is it worth tailing its logs.
                     tg.start_soon(tail_logs)
+                if run.state.is_terminal and run.updated >= current.updated:
+                    final = run  # shown below, after the log lines that led to it
+                    break
                 state_key = (run.state.type.value, run.state.name, run.state.timestamp)
                 if state_key != last_state:
                     last_state = state_key
                     if on_state is not None:
                         on_state(run)
-                if run.state.is_terminal and run.updated >= current.updated:
-                    final = run
-                    break
         tg.cancel_scope.cancel()
 
     stored = [record async for record in client.logs(run_id)]
     for record in stored[shown:]:
         show(record)
     assert final is not None  # the watch only ends by reaching a terminal state
+    if on_state is not None:
+        on_state(final)
     return final
+
+
+class WatchOutput:
+    """What ``--watch`` prints: log lines as they come, each state as the run enters it.
+
+    A final state's traceback is left out when a log line already showed the
+    same one: a task that failed for good logs its traceback, and the flow's
+    Failed state keeps that very traceback, so it would be printed twice.
+    """
+
+    def __init__(self, console: Console, *, logs: bool = True) -> None:
+        self._console = console
+        self._logs = logs
+        self._tracebacks: list[str] = []
+
+    def log(self, record: LogRecord) -> None:
+        if not self._logs:
+            return
+        if "Traceback (most recent call last)" in record.message:
+            self._tracebacks.append(record.message)
+        self._console.print(_render.log_line(record))
+
+    def state(self, run: FlowRun) -> None:
+        tb = (run.state.details.traceback or "").strip()
+        shown = bool(tb) and any(tb in message for message in self._tracebacks)
+        self._console.print(_render.state_line(run, traceback=not shown))

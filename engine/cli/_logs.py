@@ -15,7 +15,7 @@ from shared.models import FlowRun
 from shared.states import StateType
 
 from . import _render
-from ._follow import follow_run
+from ._follow import WatchOutput, follow_run
 from ._invoke import EXIT_FAILURE, with_client
 from ._resolve import resolve_run
 
@@ -139,15 +139,8 @@ def watch(
         run_id = await resolve_run(client, run_ref)
         if as_json:
             return await follow_run(client, run_id, on_log=lambda record: None)
-        console = _render.out()
-        return await follow_run(
-            client,
-            run_id,
-            on_log=(lambda record: None)
-            if no_logs
-            else (lambda record: console.print(_render.log_line(record))),
-            on_state=lambda run: console.print(_render.state_line(run)),
-        )
+        output = WatchOutput(_render.out(), logs=not no_logs)
+        return await follow_run(client, run_id, on_log=output.log, on_state=output.state)
 
     final = with_client(command)
     print_final(final, as_json=as_json)

@@ -235,13 +235,14 @@ def flow_runs_table(runs: list[FlowRun]) -> Table:
     return table
 
 
-def state_line(run: FlowRun) -> Text:
-    """One line of ``--watch`` output: ``07:35:25  Running``, plus the message."""
+def state_line(run: FlowRun, *, traceback: bool = True) -> Text:
+    """One line of ``--watch`` output: ``07:35:25  Running``, plus the message
+    (and a final state's traceback, unless ``traceback`` is False)."""
     line = Text(f"{run.state.timestamp.astimezone():%H:%M:%S}  ")
     line.append_text(state_text(run.state))
     if run.state.message:
         line.append(f"  {run.state.message}")
-    tb = traceback_text(run) if run.state.is_terminal else None
+    tb = traceback_text(run) if traceback and run.state.is_terminal else None
     if tb is not None:
         line.append("\n")
         line.append_text(tb)

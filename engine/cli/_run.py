@@ -16,7 +16,7 @@ from shared.models import FlowRun
 from shared.states import StateType
 
 from . import _options, _parse, _render
-from ._follow import follow_run
+from ._follow import WatchOutput, follow_run
 from ._invoke import EXIT_FAILURE, with_client
 from ._local import execute_here, run_local
 from ._resolve import complete_deployment
@@ -270,13 +270,8 @@ def run(
         if as_json:  # one document: the run as it ended, printed below
             return await follow_run(client, created.id, on_log=lambda record: None)
         _render.hint("Watching it; Ctrl-C stops watching (the run goes on).")
-        console = _render.out()
-        return await follow_run(
-            client,
-            created.id,
-            on_log=lambda record: console.print(_render.log_line(record)),
-            on_state=lambda run: console.print(_render.state_line(run)),
-        )
+        output = WatchOutput(_render.out())
+        return await follow_run(client, created.id, on_log=output.log, on_state=output.state)
 
     final = with_client(create)
     if not watch:

@@ -67,6 +67,18 @@ def test_a_failing_task_leaves_its_traceback_in_the_state_the_log_and_inspect(
     assert logs.exit_code == 0, logs.output
     assert "extract-0 | task extract-0 failed: ValueError" in logs.stdout
     assert f"line {LINE}, in open_table" in logs.stdout
+    # The logged traceback is the state's, without the engine's frames.
+    assert "engine/_core/drive.py" not in logs.stdout
+    # --watch shows the traceback once: in the task's log line, not again under
+    # the flow's final state, which keeps that same traceback.
+    watch = cli.invoke(app, ["flow-run", "watch", run.id], env={**stack.env, "COLUMNS": "200"})
+    assert watch.exit_code == 1, watch.output
+    assert watch.stdout.count(f"line {LINE}, in open_table") == 3, watch.stdout  # 2 retries, 1 end
+    assert watch.stdout.rstrip().splitlines()[-2].endswith(final.state.message or "")
+    states_only = cli.invoke(
+        app, ["flow-run", "watch", run.id, "--no-logs"], env={**stack.env, "COLUMNS": "200"}
+    )
+    assert states_only.stdout.count(f"line {LINE}, in open_table") == 1, states_only.stdout
     as_json = cli.invoke(app, ["flow-run", "logs", run.id, "--json"], env=stack.env)
     assert any(
         r["task_run_name"] == "extract-0" and WHERE in r["message"]
