@@ -88,6 +88,9 @@ class Relay:
         self._outbox: Outbox | None = None
         #: Frames refused so far (for the runner's log and tests).
         self.refused = 0
+        #: Frames read so far: none means the process never began its run (its
+        #: first act is a log line, before any of the flow's code is loaded).
+        self.frames = 0
 
     async def serve(self) -> None:
         """Relay until the process hangs up; then store what it sent and return."""
@@ -137,6 +140,7 @@ class Relay:
             buffer += chunk
 
     async def _frame(self, body: bytes, requests: anyio.abc.TaskGroup) -> None:
+        self.frames += 1
         try:
             frame = frames.decode_to_runner(body)
         except msgspec.DecodeError as exc:

@@ -12,6 +12,7 @@ runner shutting down); a run that was being cancelled ends Cancelled.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 from collections.abc import Awaitable, Callable
@@ -66,6 +67,8 @@ async def _run_log(client: Client, run_id: str, message: str) -> None:
 SETTLE_SECONDS = 300.0
 #: Seconds the relay of an exited process may take to store its last frames.
 RELAY_GRACE = 5.0
+#: Processes tried for one claim when each dies before it began the run.
+STARTS = 2
 
 
 class _Supervise:
@@ -198,53 +201,75 @@ class _Supervise:
         self, client: Client, run: FlowRun, claimed: Deployment | None
     ) -> None:
         run_id, attempt = run.id, run.attempt
-        try:
-            # Reading the deployment and fetching its code wait out a stack outage
-            # (a cluster electing leaders) as a run's own reports do: crashing
-            # the run for it would fail work the stack could still do.
-            deployment = await until_available(
-                lambda: self._deployment(client, run.deployment_id, claimed, run_id),
-                self.settings.outage_grace,
-                lambda exc: log.warning(
-                    "runner %s: run %s waits for the stack to start: %s", self.name, run_id, exc
-                ),
+        for start in range(1, STARTS + 1):
+            try:
+                # Reading the deployment and fetching its code wait out a stack
+                # outage (a cluster electing leaders) as a run's own reports do:
+                # crashing the run for it would fail work the stack could still do.
+                deployment = await until_available(
+                    lambda: self._deployment(client, run.deployment_id, claimed, run_id),
+                    self.settings.outage_grace,
+                    lambda exc: log.warning(
+                        "runner %s: run %s waits for the stack to start: %s", self.name, run_id, exc
+                    ),
+                )
+                runner = (
+                    from_infrastructure(deployment.infrastructure, self.flow_runner)
+                    if deployment
+                    else self.flow_runner
+                )
+                process = await runner.start(run, deployment, self._env(run_id, attempt))
+            except (StartFailed, SluiceError) as exc:
+                message = f"The flow run could not be started: {exc}"
+                crash = functools.partial(self._crash, client, run_id, attempt, message)
+                await self._settling(run_id, crash)
+                return
+            active = self._active[run_id] = _Active(process=process, attempt=attempt)
+            log.info(
+                "runner %s: started run %s (%s) in %s", self.name, run_id, run.name, process.ident
             )
-            runner = (
-                from_infrastructure(deployment.infrastructure, self.flow_runner)
-                if deployment
-                else self.flow_runner
-            )
-            process = await runner.start(run, deployment, self._env(run_id, attempt))
-        except (StartFailed, SluiceError) as exc:
-            message = f"The flow run could not be started: {exc}"
-            await self._settling(run_id, lambda: self._crash(client, run_id, attempt, message))
-            return
-        active = self._active[run_id] = _Active(process=process, attempt=attempt)
-        log.info("runner %s: started run %s (%s) in %s", self.name, run_id, run.name, process.ident)
-        if run_id in self._doomed:  # cancelled while it was starting
-            await process.kill(self.kill_grace)
-        try:
-            code = await self._wait(client, run, process)
-        except anyio.get_cancelled_exc_class():
-            # The runner is going away without a graceful stop: what it started must
-            # not outlive it, and a container has no lifeline to end it.
-            with anyio.CancelScope(shield=True), anyio.move_on_after(self.kill_grace + 10):
+            if run_id in self._doomed:  # cancelled while it was starting
                 await process.kill(self.kill_grace)
-            raise
-        finally:
-            if self._active.get(run_id) is active:
-                del self._active[run_id]
-        # A process that ended itself at its fencing deadline (we were paused).
-        active.fenced = active.fenced or self._fence.expired(run_id)
+            try:
+                code, began = await self._wait(client, run, process)
+            except anyio.get_cancelled_exc_class():
+                # The runner is going away without a graceful stop: what it started must
+                # not outlive it, and a container has no lifeline to end it.
+                with anyio.CancelScope(shield=True), anyio.move_on_after(self.kill_grace + 10):
+                    await process.kill(self.kill_grace)
+                raise
+            finally:
+                if self._active.get(run_id) is active:
+                    del self._active[run_id]
+            # A process that ended itself at its fencing deadline (we were paused).
+            active.fenced = active.fenced or self._fence.expired(run_id)
+            if began or code == 0 or start == STARTS or active.fenced or active.stopping:
+                break
+            if run_id in self._doomed or self._shutting_down:
+                break
+            # It died before its first word to us (a standby killed while it
+            # waited, say): none of the flow's code ran, so the run is started
+            # again in a new process rather than crashed for what never began.
+            log.warning(
+                "runner %s: run %s: its process %s ended before it began the run (%s); "
+                "starting the run in a new one",
+                self.name,
+                run_id,
+                process.ident,
+                explain_exit(code),
+            )
         with anyio.CancelScope(shield=True):
             await self._settling(run_id, lambda: self._after_exit(client, run_id, active, code))
 
-    async def _wait(self, client: Client, run: FlowRun, process: FlowRunProcess) -> int:
+    async def _wait(
+        self, client: Client, run: FlowRun, process: FlowRunProcess
+    ) -> tuple[int, bool]:
         """The process's exit code, relaying its frames meanwhile if it reports
-        through us (engine.runner._relay) rather than a connection of its own."""
+        through us (engine.runner._relay) rather than a connection of its own;
+        and whether it began the run (sent a frame; True when it has no relay)."""
         channel = getattr(process, "channel", None)
         if channel is None:
-            return await process.wait()
+            return await process.wait(), True
         relay = Relay(client, run.id, run.attempt, channel, runner=self.name)
         done = anyio.Event()
 
@@ -262,7 +287,7 @@ class _Supervise:
             with anyio.move_on_after(RELAY_GRACE):
                 await done.wait()
             tg.cancel_scope.cancel()
-        return code
+        return code, relay.frames > 0
 
     async def _settling(self, run_id: str, report: Callable[[], Awaitable[None]]) -> None:
         """``report()``, again while the stack cannot be reached.

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -19,9 +20,9 @@ import pytest
 from engine.client import Client
 from engine.runner import Runner
 from engine.runner._fork import ForkServerFlowRunner, _Forked
-from engine.runner._subprocess import SubprocessFlowRunner
+from engine.runner._subprocess import FlowRunProcess, SubprocessFlowRunner, _Subprocess
 from services.orchestrator import Orchestrator
-from shared.models import FlowRun
+from shared.models import Deployment, FlowRun
 from shared.settings import Settings
 from shared.states import StateType
 
@@ -135,6 +136,43 @@ async def test_a_standby_that_died_waiting_is_replaced(
         os.killpg(victim, signal.SIGKILL)
         done = await _one_run(client, unique)
     assert done.state.data != victim
+
+
+@dataclass
+class _FirstProcessDies(SubprocessFlowRunner):
+    """Each run's first process is SIGKILLed as soon as it is started, before it
+    can say a word: as a standby killed (the OOM killer, kill -9) while it waited."""
+
+    killed: dict[str, int] = field(default_factory=dict)
+
+    async def start(
+        self, run: FlowRun, deployment: Deployment | None, env: Mapping[str, str]
+    ) -> FlowRunProcess:
+        process = await super().start(run, deployment, env)
+        if run.id not in self.killed:
+            assert isinstance(process, _Subprocess)
+            self.killed[run.id] = process.process.pid
+            os.killpg(process.process.pid, signal.SIGKILL)
+            await process.wait()
+        return process
+
+
+async def test_a_process_that_dies_before_it_began_its_run_is_replaced(
+    orchestrator: Orchestrator,
+    client: Client,
+    settings: Settings,
+    unique: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """None of the flow's code ran, so the runner starts the run in a new
+    process instead of declaring it Crashed (a second death would)."""
+    flow_runner = _FirstProcessDies(standby=0)
+    r = await _serving(client, settings, tmp_path, unique, monkeypatch, flow_runner)
+    async with running(r):
+        done = await _one_run(client, unique)
+    assert done.state.data != flow_runner.killed[done.id]
+    assert StateType.CRASHED not in {p.state.type for p in done.history}
 
 
 async def test_fork_spares_take_runs_and_go_with_the_runner(
