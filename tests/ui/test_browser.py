@@ -14,7 +14,6 @@ import urllib.error
 import urllib.request
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 from playwright.sync_api import Locator, Page, expect
@@ -602,9 +601,7 @@ def test_times_are_shown_in_the_browsers_zone_with_utc_on_hover(
 
 
 def test_overview_picture(page: Page, stack: Stack) -> None:
-    """The runs page with what the tests above left: the README's picture comes from here."""
+    """The runs page with what the tests above left, for review (tests/ui/screenshots/)."""
     page.goto(f"{stack.url}/runs")
     expect(page.locator("#live-status")).to_have_text("live")
     screenshot(page, "runs")
-    # The README's picture: what the window shows, not the whole long page.
-    page.screenshot(path=str(Path(__file__).resolve().parents[2] / "docs" / "ui-runs.png"))

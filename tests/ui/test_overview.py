@@ -1,10 +1,15 @@
 """The picture of the runs page in the README (docs/ui-runs.png), from a fresh stack.
 
 Its own module, so its stack holds only the runs made here: a few that
-completed, one that failed, one cancelled, one still running.
+completed, one that failed, one cancelled, one still running. A test run
+leaves the picture under tests/ui/screenshots/; with ``SLUICE_DOCS_PICTURES=1``
+it also replaces docs/ui-runs.png (a plain test run must not change the docs).
 """
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import Page, expect
@@ -40,4 +45,7 @@ def test_runs_page_picture(page: Page, stack: Stack, sync_client: SyncClient) ->
     )
     expect(page.locator(f'tr[data-run-id="{failed.id}"] .state')).to_have_text("Failed")
     screenshot(page, "runs-overview")
+    if os.environ.get("SLUICE_DOCS_PICTURES") == "1":
+        # What the window shows, not the whole long page.
+        page.screenshot(path=str(Path(__file__).resolve().parents[2] / "docs" / "ui-runs.png"))
     sync_client.cancel_flow_run(running.id)
