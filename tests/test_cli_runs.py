@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -277,7 +278,9 @@ def test_a_run_by_unique_prefix_or_name_and_ambiguity(
 def test_inspect_shows_task_runs_history_and_result(
     stack: Stack, client: SyncClient, flow: str
 ) -> None:
-    run = client.create_flow_run(flow)
+    # Inspected by its name: a generated one may repeat among the session's
+    # hundreds of runs ("matches 2 flow runs"), so it gets its own.
+    run = client.create_flow_run(flow, name=f"inspected-{uuid.uuid4().hex[:8]}")
 
     async def execute() -> None:
         async with Client(stack.settings) as c:
