@@ -70,8 +70,34 @@ TIMED_OUT = "TimedOut"
 #: attempt of the flow run (see :mod:`engine._core.resume`).
 RESUMED = "Resumed"
 
-# The run-time's own frames, which lead every traceback of a body and say nothing about it.
+# The run-time's own frames, which lead every traceback of a body and say nothing
+# about it; futures.py's stand between a flow's ``.result()`` and its task's raise.
 _CORE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_core", "")
+_FUTURES_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "futures.py")
+
+
+def _engine_frame(frame: traceback.FrameSummary) -> bool:
+    return frame.filename.startswith(_CORE_DIR) or frame.filename == _FUTURES_FILE
+
+
+def _without_engine_frames(shown: traceback.TracebackException) -> None:
+    """Drop the engine's frames that lie between the caller and the user's
+    innermost frame (and do the same along the chain of causes). Frames after
+    the user's innermost one are kept: an error raised by the engine itself
+    shows where."""
+    seen: set[int] = set()
+    each: traceback.TracebackException | None = shown
+    while each is not None and id(each) not in seen:
+        seen.add(id(each))
+        frames = list(each.stack)
+        users = [i for i, frame in enumerate(frames) if not _engine_frame(frame)]
+        if users:
+            last = users[-1]
+            kept = [f for i, f in enumerate(frames) if i >= last or not _engine_frame(f)]
+            if len(kept) < len(frames):
+                each.stack = traceback.StackSummary.from_list(kept)
+        each = each.__cause__ or (None if each.__suppress_context__ else each.__context__)
+
 
 # Longest string copied into State.data; longer values stay beside the state.
 _MAX_INLINE_STR = 1024
@@ -247,15 +273,12 @@ def format_traceback(exc: BaseException, limit: int = MAX_TRACEBACK_CHARS) -> st
     A longer one keeps its end, cut at a frame boundary, because the frames
     nearest the raise (and the exception line itself) say what went wrong;
     a marker line says how much of the outer part was left out. The engine's
-    frames that call the body (before the first frame of user code) are left out.
+    run-time frames before the user's innermost frame are left out: those that
+    call the body, and those a task's error passes through to reach the flow
+    (``future.result()``).
     """
     shown = traceback.TracebackException.from_exception(exc)
-    frames = shown.stack
-    lead = 0
-    while lead < len(frames) - 1 and frames[lead].filename.startswith(_CORE_DIR):
-        lead += 1
-    if lead:
-        shown.stack = traceback.StackSummary.from_list(frames[lead:])
+    _without_engine_frames(shown)
     text = "".join(shown.format())
     if len(text) <= limit:
         return text

@@ -49,6 +49,25 @@ def test_a_failed_task_keeps_type_and_traceback_in_its_states(runtime, reporter)
     assert all(s.details.error_type == "ValueError" and s.details.traceback for s in waiting)
 
 
+@task
+def transform() -> None:
+    _open_table("events")
+
+
+@flow(name="waits-on-a-failed-task")
+def waits() -> None:
+    transform.submit().result()  # the task's error comes up through the future
+
+
+def test_a_flow_that_reraises_a_task_error_shows_its_and_the_tasks_frames_only(
+    runtime, reporter
+) -> None:
+    tb = waits(return_state=True).details.traceback or ""
+    assert "in waits" in tb and "in transform" in tb and f"line {RAISE_LINE}" in tb
+    # Not the engine's frames the error passed through between the two.
+    assert "engine/futures.py" not in tb and "engine/_core/" not in tb, tb
+
+
 def test_the_log_says_each_retry_and_the_failure_with_its_traceback(runtime, reporter) -> None:
     broken(return_state=True)
     lines = [(r.levelno, r.getMessage(), r) for r in reporter.records]
