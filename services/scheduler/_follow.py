@@ -88,7 +88,10 @@ class RunFeed:
         """Give ``on_event`` the run as each state not yet handed on left it."""
         assert self.on_event is not None
         run_id = event.flow_run.id
-        for each in runlog.transitions(event, after=max(since, self._seen.get(run_id, 0))):
+        # After the newest state handed on, if we remember the run: states it
+        # passed at revisions up to ``since`` whose writes we never received
+        # (a newer write of the run replaced them first) are still handed on.
+        for each in runlog.transitions(event, after=self._seen.get(run_id, since)):
             assert not isinstance(each, FlowRunDeleted)
             await self.on_event(each.flow_run)
         self._seen[run_id] = event.revision
@@ -120,8 +123,7 @@ class RunFeed:
                     ),
                     pending_msgs_limit=500_000,
                 )
-                if not started:
-                    self.applied_seq = max(self.applied_seq, last)
+                self.applied_seq = since if started else max(self.applied_seq, last)
             except (nats.errors.Error, TimeoutError) as exc:
                 log.warning("cannot follow run events (%s); retrying", exc)
                 await anyio.sleep(1.0)
