@@ -46,9 +46,8 @@ log = logging.getLogger("sluice.engine")
 
 #: Seconds to wait for outstanding acks at a flush before publishing again.
 ACK_TIMEOUT = 10.0
-#: Seconds a record that failed in the pipeline is published again (acked,
-#: backing off) before it is given up on; the settings' ``outage_grace``.
-REPUBLISH_GRACE = 30.0
+#: Pauses between the acked publishes of a record that failed in the pipeline;
+#: it is given up on after the outbox's ``grace`` (the settings' ``outage_grace``).
 REPUBLISH_FIRST_PAUSE = 0.2
 REPUBLISH_MOST_PAUSE = 2.0
 
@@ -59,9 +58,7 @@ _Queued = tuple[str, bytes, str | None]
 class Outbox:
     """Publishes ``(subject, payload)`` items to JetStream; create it on the event loop."""
 
-    def __init__(
-        self, js: Any, *, ack_timeout: float = ACK_TIMEOUT, grace: float = REPUBLISH_GRACE
-    ) -> None:
+    def __init__(self, js: Any, *, grace: float, ack_timeout: float = ACK_TIMEOUT) -> None:
         self._js = js
         self._ack_timeout = ack_timeout
         self._grace = grace

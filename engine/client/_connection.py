@@ -160,10 +160,6 @@ class _Connection:
     async def _leader_kv(self) -> KeyValue:
         """``flow_runs`` read through its stream's leader (see ``shared.bootstrap.leader_kv``)."""
         if self._runs_leader_kv is None:
-            try:
-                self._runs_leader_kv = await leader_kv(self.nc.jetstream(), names.FLOW_RUNS_BUCKET)
-            except nats.js.errors.BucketNotFoundError:
-                raise StackUnavailable(
-                    "the flow_runs bucket does not exist; has the orchestrator ever started?"
-                ) from None
+            await self._kv()  # the bucket exists, or StackUnavailable says it does not
+            self._runs_leader_kv = await leader_kv(self.nc.jetstream(), names.FLOW_RUNS_BUCKET)
         return self._runs_leader_kv
