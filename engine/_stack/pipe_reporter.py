@@ -11,8 +11,8 @@ never holds the runner's credentials.
 * Flow states, subflow creation, result puts and gets, and the reads the
   engine needs (the run's task records to resume, another run's for
   ``from_run``) are requests: the calling thread blocks until the relay's
-  reply, which a reader thread hands to it by request id. A refusal raises
-  the error it names (StackUnavailable, MissingResult, …).
+  reply (:class:`~engine._stack.relay_channel.RelayChannel`, which starts no
+  thread). A refusal raises the error it names (StackUnavailable, MissingResult, …).
 * Task-run records and log lines are written at once and not answered; the
   relay publishes them pipelined and stores them before the run's next
   non-RUNNING state (it flushes first), and :meth:`close` flushes once more.
@@ -31,12 +31,10 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import sys
 import threading
 import uuid
 from collections.abc import Awaitable, Callable
-from concurrent.futures import Future
-from contextlib import ExitStack, suppress
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -46,11 +44,12 @@ import msgspec
 from engine._core.context import Runtime
 from engine._core.reporting import FlowRunInfo, Proposal, TaskRunInfo
 from engine._stack import relay_frames as frames
+from engine._stack.relay_channel import RelayChannel
 from engine._stack.wire import log_record, proposed, wire_parameters
-from engine.exceptions import Abort, MissingResult
+from engine.exceptions import Abort
 from engine.results import check_name, split_ref
 from shared import names, telemetry
-from shared.errors import ErrorBody, SluiceError, StackUnavailable, error_from_body
+from shared.errors import SluiceError, StackUnavailable
 from shared.messages import Decision, LogRecord, ProposeReply, TaskRunRecord
 from shared.models import Deployment, FlowRun
 from shared.states import State
@@ -88,14 +87,9 @@ class PipeReporter:
     """A Reporter over the relay socket ``sock`` (module docstring). Thread-safe."""
 
     def __init__(self, sock: socket.socket, *, runner: str | None = None) -> None:
-        self._sock = sock
+        self._channel = RelayChannel(sock)
         self.runner = runner or f"engine@{socket.gethostname() or 'localhost'}:{os.getpid()}"
-        self._write_lock = threading.Lock()
         self._lock = threading.Lock()
-        self._pending: dict[int, Future[frames.ToProcess]] = {}
-        self._next_id = 0
-        self._closed: str | None = None
-        self._reader: threading.Thread | None = None
         self._attempts: dict[str, int] = {}
         self._client_exits = ExitStack()
         self._portal: Any = None
@@ -108,24 +102,19 @@ class PipeReporter:
 
     # --- lifecycle ------------------------------------------------------------------------
     def open(self) -> Self:
-        self._reader = threading.Thread(target=self._read, name="sluice-relay", daemon=True)
-        self._reader.start()
         return self
 
     def close(self) -> None:
         """Wait until every record sent is stored, then hang up."""
         try:
-            if self._closed is None:
+            if self._channel.closed is None:
                 self.request(frames.Flush(id=0))
         except SluiceError as exc:
             log.error("the run's last records may be lost: %s", exc.message)
         finally:
             self._client_exits.close()
             self._portal = self._client = None
-            self._fail_all("the reporter is closed")
-            with suppress(OSError):
-                self._sock.shutdown(socket.SHUT_RDWR)
-            self._sock.close()
+            self._channel.close("the reporter is closed")
 
     def __enter__(self) -> Self:
         return self.open()
@@ -142,91 +131,9 @@ class PipeReporter:
         return Runtime(reporter=self, results=self.results, **changes)
 
     # --- frames ----------------------------------------------------------------------------
-    def _read(self) -> None:
-        reason = "the runner's relay hung up"
-        try:
-            while True:
-                header = self._recv_exactly(frames.HEADER.size)
-                if header is None:
-                    break
-                (length,) = frames.HEADER.unpack(header)
-                if length > frames.MAX_FRAME:
-                    reason = f"the relay sent a frame of {length} bytes"
-                    break
-                body = self._recv_exactly(length)
-                if body is None:
-                    break
-                self._deliver(frames.decode_to_process(body))
-        except (OSError, msgspec.DecodeError) as exc:
-            reason = f"the relay connection failed: {exc}"
-        self._fail_all(reason)
-
-    def _recv_exactly(self, size: int) -> bytes | None:
-        chunks, left = [], size
-        while left:
-            chunk = self._sock.recv(min(left, 1 << 20))
-            if not chunk:
-                return None
-            chunks.append(chunk)
-            left -= len(chunk)
-        return b"".join(chunks)
-
-    def _deliver(self, frame: frames.ToProcess) -> None:
-        if frame.id == 0:
-            if isinstance(frame, frames.Refused):
-                print(f"error: the runner refused a record: {frame.message}", file=sys.stderr)
-            return
-        with self._lock:
-            future = self._pending.pop(frame.id, None)
-        if future is not None:
-            future.set_result(frame)
-
-    def _fail_all(self, reason: str) -> None:
-        with self._lock:
-            self._closed = self._closed or reason
-            pending, self._pending = self._pending, {}
-        for future in pending.values():
-            future.set_exception(StackUnavailable(reason))
-
-    def _send(self, frame: Any) -> None:
-        data = frames.encode_frame(frame)
-        with self._write_lock:
-            self._sock.sendall(data)
-
     def request(self, frame: Any) -> frames.ToProcess:
-        """Send a request frame (its id is set here) and wait for its reply.
-
-        Raises the error a Refused reply names, StackUnavailable when the relay is gone.
-        """
-        future: Future[frames.ToProcess] = Future()
-        with self._lock:
-            if self._closed is not None:
-                raise StackUnavailable(self._closed)
-            self._next_id += 1
-            ident = self._next_id
-            self._pending[ident] = future
-        try:
-            self._send(msgspec.structs.replace(frame, id=ident))
-        except OSError as exc:
-            with self._lock:
-                self._pending.pop(ident, None)
-            raise StackUnavailable(f"the runner's relay cannot be reached: {exc}") from None
-        reply = future.result()
-        if isinstance(reply, frames.Refused):
-            raise self._error(reply)
-        return reply
-
-    @staticmethod
-    def _error(reply: frames.Refused) -> Exception:
-        if reply.code == "missing_result":
-            return MissingResult(reply.message)
-        return error_from_body(ErrorBody(code=reply.code, message=reply.message))
-
-    def _post(self, frame: frames.TaskRecord | frames.Log) -> None:
-        if self._closed is not None:
-            return
-        with suppress(OSError):  # the relay is gone: the next request says so
-            self._send(frame)
+        """Send a request frame and wait for its reply (RelayChannel.request)."""
+        return self._channel.request(frame)
 
     # --- reads the engine needs ---------------------------------------------------------
     def read_flow_run(self, run_id: str) -> FlowRun:
@@ -376,12 +283,12 @@ class PipeReporter:
             upstream_ids=list(run.upstream_ids),
             tags=list(run.tags),
         )
-        self._post(frames.TaskRecord(record=record))
+        self._channel.post(frames.TaskRecord(record=record))
 
     def log(self, record: logging.LogRecord) -> None:
         line = log_record(record)
         if line is not None:
-            self._post(frames.Log(record=line))
+            self._channel.post(frames.Log(record=line))
 
     def log_line(self, run_id: str, level: int, message: str, detail: str | None = None) -> None:
         """A line in the run's log from the engine itself, also logged locally."""
@@ -394,7 +301,7 @@ class PipeReporter:
             message=text,
             logger="sluice.engine",
         )
-        self._post(frames.Log(record=record))
+        self._channel.post(frames.Log(record=record))
 
     def flush(self) -> None:
         self.request(frames.Flush(id=0))
