@@ -30,6 +30,7 @@ import anyio
 import anyio.abc
 
 from engine.runner._credentials import flow_process_env
+from engine.runner._fence import LEASE_FILE_ENV
 from engine.runner._standby import assignment_for, encode_assignment
 from engine.runner._subprocess import FlowRunProcess, StartFailed
 from shared.models import Deployment, FlowRun, Infrastructure
@@ -165,6 +166,8 @@ class ForkServerFlowRunner:
             "env": base,
             "cwd": cwd,
             "assignment": encode_assignment(assignment).decode(),
+            # The server fences the run (the child starts no watchdog thread).
+            "lease": assignment.env.get(LEASE_FILE_ENV),
         }
         ours, theirs = socket.socketpair()
         try:

@@ -18,6 +18,14 @@ first); a spare never runs more than one run. The spare is forked when the
 run's process exits, or SPARE_DELAY seconds after the run started if it is
 still going, so that forking does not take CPU from the run just started.
 
+The server also fences the runs it forked: it reads each one's lease file
+(``"lease"`` in the spawn request; :mod:`engine.runner._fence`) and SIGKILLs
+the run's process group once its deadline passes without a renewal, as a
+run's own watchdog thread would. One process watching every run costs no
+thread per run (a thread is a few hundred copy-on-write page faults in a
+forked child), and it still works when the runner is frozen: the server is a
+process of its own.
+
 No child connects to NATS: each reports through the runner's relay
 (:mod:`engine.runner._relay`) over a socket the runner creates per run and
 sends with the spawn request (SCM_RIGHTS); the server passes it on to the
@@ -25,9 +33,10 @@ child with its assignment, the same way, and keeps no copy.
 
 Protocol (one JSON object per line, runner <-> server):
 
-* runner: ``{"spawn": TOKEN, "env": {...}, "cwd": PATH|null, "assignment": TEXT}``
-  where ``assignment`` is the standby assignment line for the run, sent with
-  the child's end of its relay socket as ancillary data;
+* runner: ``{"spawn": TOKEN, "env": {...}, "cwd": PATH|null, "assignment": TEXT,
+  "lease": PATH|null}`` where ``assignment`` is the standby assignment line for
+  the run, sent with the child's end of its relay socket as ancillary data,
+  and ``lease`` the run's lease file (none: the run is not fenced);
 * server: ``{"spawned": TOKEN, "pid": PID}`` or ``{"spawned": TOKEN, "error": TEXT}``
 * server: ``{"exited": PID, "code": CODE}`` (negative: killed by that signal),
   only for processes that were given a run.
@@ -66,9 +75,14 @@ import engine._stack.reporter
 import engine.client
 import engine.runner._lifeline
 import engine.runner._process
-import engine.runner._standby  # noqa: F401
+import engine.runner._standby
+import engine.runner._standby_run  # noqa: F401
 import shared.settings  # noqa: F401
-from engine.runner._standby import run_standby, warm_codecs
+from engine.runner._fence import WATCH_PERIOD, read_deadline
+from engine.runner._lifeline import libc
+from engine.runner._process import echo_run_logs
+from engine.runner._standby import warm_codecs
+from engine.runner._standby_run import run_standby
 
 #: Seconds after a run is given out before its environment's next spare is
 #: forked, unless the run's process exits sooner (see the module docstring).
@@ -129,7 +143,7 @@ def _child(env: dict[str, str], cwd: str | None, channel: socket.socket) -> None
             os.chdir(cwd)
             sys.path.insert(0, cwd)
         random.seed()
-        code = run_standby(_channel_reader(channel))
+        code = run_standby(_channel_reader(channel), self_fence=False)  # we fence it
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     except BaseException as exc:  # report, never fall back into the server's loop
@@ -155,6 +169,9 @@ class _Server:
         self.assigned: dict[int, str] = {}
         #: Spares to fork: when at the latest, the environment and the folder.
         self.due: dict[str, tuple[float, dict[str, str], str | None]] = {}
+        #: The lease file of each child given a run, and when to read them next.
+        self.leases: dict[int, str] = {}
+        self.lease_check: float | None = None
 
     def send(self, obj: dict[str, object]) -> None:
         self.conn.sendall(json.dumps(obj).encode() + b"\n")
@@ -201,15 +218,46 @@ class _Server:
             _hand_over(channel, line, os.dup(relay))
         os.close(relay)
         self.assigned[pid] = key
+        if lease := request.get("lease"):
+            self.leases[pid] = str(lease)
+            self.lease_check = time.monotonic()  # read it now: it may be late already
         self.send({"spawned": token, "pid": pid})
         if self.max_spares > 0 and key not in self.due:
             self.due[key] = (time.monotonic() + SPARE_DELAY, env, cwd)
 
     def next_due(self) -> float | None:
-        """Seconds until the next spare is due (None: none is)."""
-        if not self.due:
+        """Seconds until a spare is due or the leases are to be read (None: neither)."""
+        times = [at for at, _, _ in self.due.values()]
+        if self.lease_check is not None:
+            times.append(self.lease_check)
+        if not times:
             return None
-        return max(0.0, min(at for at, _, _ in self.due.values()) - time.monotonic())
+        return max(0.0, min(times) - time.monotonic())
+
+    def check_leases(self) -> None:
+        """Fence every run whose lease has lapsed; read again at the soonest deadline."""
+        now = time.monotonic()
+        if self.lease_check is None or now < self.lease_check:
+            return
+        soonest = WATCH_PERIOD
+        for pid, path in list(self.leases.items()):
+            deadline = read_deadline(path)
+            if deadline is not None and now < deadline:
+                soonest = min(soonest, deadline - now)
+                continue
+            del self.leases[pid]
+            late = "its lease file is gone" if deadline is None else "no renewal came in time"
+            print(
+                f"sluice: the lease of the run in process {pid} was lost ({late}); stopping it",
+                file=sys.stderr,
+                flush=True,
+            )
+            try:
+                os.killpg(pid, signal.SIGKILL)  # it leads its own group: its whole tree
+            except ProcessLookupError:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)  # not its group's leader yet
+        self.lease_check = now + soonest if self.leases else None
 
     def fork_due(self, key: str | None = None) -> None:
         """Fork the spare for ``key`` now, or every spare whose time has come."""
@@ -238,6 +286,7 @@ class _Server:
                 return
             if pid in self.assigned:
                 key = self.assigned.pop(pid)
+                self.leases.pop(pid, None)
                 self.send({"exited": pid, "code": os.waitstatus_to_exitcode(status)})
                 self.fork_due(key)  # its run is over: the spare no longer competes with it
                 continue
@@ -250,6 +299,8 @@ class _Server:
 def prepare() -> None:
     """Do once, before any fork, what every forked run would otherwise do itself."""
     warm_codecs()  # once here, inherited by every fork
+    echo_run_logs()  # the run's loggers and the C library: set up once, here
+    libc()
     # The event-loop backend and the blocking portal import and set up more on
     # first use; a portal started and stopped once here spares each child that.
     with anyio.from_thread.start_blocking_portal() as portal:
@@ -291,6 +342,7 @@ def serve(path: str, spares: int) -> None:
     while True:
         ready, _, _ = select.select([conn.fileno(), wake_r], [], [], server.next_due())
         server.fork_due()
+        server.check_leases()
         if wake_r in ready:
             os.read(wake_r, 4096)
             server.reap()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import signal
 import sys
@@ -50,6 +51,12 @@ def _forward(signum: int = signal.SIGTERM, frame: FrameType | None = None) -> No
     os.kill(os.getpid(), signal.SIGTERM)
 
 
+@functools.cache
+def libc() -> ctypes.CDLL:
+    """The C library, loaded once (a fork server loads it before it forks)."""
+    return ctypes.CDLL(None, use_errno=True)
+
+
 def die_with_parent() -> None:
     """If started by a runner in our pid namespace, end with it.
 
@@ -67,8 +74,7 @@ def die_with_parent() -> None:
         parent = int(raw)
     except ValueError:
         return
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
+    if libc().prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
         return
     signal.signal(signal.SIGTERM, _forward)
     if os.getppid() != parent:  # it died before we asked

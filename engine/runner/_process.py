@@ -71,10 +71,18 @@ def _attempt(given: int | None) -> int | None:
         raise SystemExit(f"error: {ATTEMPT_ENV}={raw!r} is not a number") from None
 
 
+_echoing = False
+
+
 def echo_run_logs() -> None:
-    """Echo the run's log lines to stderr (the runner may stream them)."""
+    """Echo the run's log lines to stderr (the runner may stream them); once
+    per process (a fork server does it before it forks)."""
     import logging
 
+    global _echoing
+    if _echoing:
+        return
+    _echoing = True
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     for name in ("sluice.runs", "sluice.engine"):

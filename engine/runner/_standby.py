@@ -28,9 +28,8 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Mapping
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -38,7 +37,7 @@ from engine.runner._fence import LEASE_FILE_ENV
 from shared.models import Deployment, FlowRun
 
 if TYPE_CHECKING:
-    from engine._stack.execute import Execution
+    pass
 
 #: The environment variable naming the relay socket's descriptor (engine._stack.pipe_reporter).
 RELAY_FD_ENV = "SLUICE_RELAY_FD"
@@ -50,7 +49,6 @@ __all__ = [
     "assignment_for",
     "encode_assignment",
     "read_stdin_assignment",
-    "run_standby",
     "warm_codecs",
 ]
 
@@ -124,86 +122,6 @@ def warm_codecs() -> None:
     msgspec.json.Decoder(Assignment)
 
 
-def _enter(assignment: Assignment) -> None:
-    os.environ.update(assignment.env)
-    if assignment.cwd:
-        os.chdir(assignment.cwd)
-        folder = str(Path(assignment.cwd))
-        if folder not in sys.path:
-            sys.path.insert(0, folder)
-
-
-def run_standby(read_assignment: Callable[[], tuple[bytes, int | None]]) -> int:
-    """Wait for one assignment from ``read_assignment``, execute it; the exit code.
-
-    ``read_assignment`` gives the assignment line and the runner's relay
-    socket (a file descriptor): the run reports through it
-    (:class:`~engine._stack.pipe_reporter.PipeReporter`) and holds no NATS
-    connection. Without one, the process connects with its ``SLUICE_NATS_*``
-    settings as ``python -m engine`` does.
-
-    Exit codes are those of ``python -m engine``: 0 when the run's final
-    state was reported, 1 when it was not.
-    """
-    # Everything a run needs is imported here, while waiting costs nothing:
-    # imported after the assignment, it delayed every run's start by ~5 ms.
-    import engine._stack.pipe_reporter
-    import engine.runner._fence  # noqa: F401 - warm
-    from engine._stack.execute import EXIT_NOT_REPORTED
-    from engine.runner._lifeline import die_with_parent
-    from engine.runner._process import echo_run_logs, report_outcome
-    from shared import telemetry
-    from shared.errors import SluiceError
-
-    die_with_parent()
-    echo_run_logs()
-    warm_codecs()
-    telemetry.setup("sluice-engine")  # a no-op unless OTEL_TRACES_EXPORTER asks
-    line, relay_fd = read_assignment()
-    if not line.strip():
-        if relay_fd is not None:
-            os.close(relay_fd)
-        return 0  # the runner stopped before it had work for us
-    try:
-        assignment = msgspec.json.decode(line, type=Assignment)
-    except msgspec.DecodeError as exc:
-        print(f"error: unreadable assignment: {exc}", file=sys.stderr)
-        return EXIT_NOT_REPORTED
-    try:
-        outcome = _execute(assignment, relay_fd)
-    except (SluiceError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_NOT_REPORTED
-    return report_outcome(outcome)
-
-
-def _execute(assignment: Assignment, relay_fd: int | None) -> Execution:
-    from engine._stack.execute import execute_flow_run
-    from engine.runner._fence import watch_lease
-    from engine.runner._process import traced_execution
-
-    _enter(assignment)  # its TRACEPARENT too: the spans below join the run's trace
-    watch_lease()  # the assignment brought the lease file: fence from here on
-    reporter: Any
-    if relay_fd is not None:
-        from engine._stack.pipe_reporter import PipeReporter
-
-        reporter = PipeReporter.from_fd(relay_fd)
-    else:
-        from engine._stack.reporter import StackReporter
-        from shared.settings import Settings
-
-        reporter = StackReporter(Settings.from_env())
-    with traced_execution(assignment.run_id), reporter:
-        return execute_flow_run(
-            reporter,
-            assignment.run_id,
-            attempt=assignment.attempt,
-            run=assignment.run,
-            deployment=assignment.deployment,
-        )
-
-
 def read_stdin_assignment() -> tuple[bytes, int | None]:
     """The assignment line on stdin; the relay socket a subprocess flow runner
     passed (its number in SLUICE_RELAY_FD), if any."""
@@ -214,5 +132,6 @@ def read_stdin_assignment() -> tuple[bytes, int | None]:
 
 if __name__ == "__main__":
     from engine.runner._process import exit_process
+    from engine.runner._standby_run import run_standby
 
     exit_process(run_standby(read_stdin_assignment))

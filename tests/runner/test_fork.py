@@ -130,42 +130,48 @@ async def test_cancelling_a_parent_stops_its_running_subflow(
         assert not alive(pid)
 
 
-def test_the_fork_server_has_imported_everything_a_forked_run_imports() -> None:
+MODULES = """
+import sys
+from engine import flow
+
+@flow(name="{name}-modules")
+def modules() -> list[str]:
+    return sorted(sys.modules)
+"""
+
+
+async def test_a_forked_run_imports_nothing_but_its_flow(
+    orchestrator: Orchestrator,
+    client: Client,
+    settings: Settings,
+    unique: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A module first imported in a forked run is imported again by every run
-    (ctypes and argparse cost ~5 ms of CPU each time): the server imports
-    them all before it forks. Checked in a fresh interpreter, by executing
-    the imports of the function a forked child runs."""
-    import ast
-    import inspect
-    import subprocess
+    (ctypes and argparse cost ~5 ms of CPU each time), and even an import of a
+    loaded module touches pages a fork must copy: the server imports it all
+    before it forks (engine.runner._standby_run). Checked on a real forked run:
+    the modules its flow sees, against those of a fork server ready to fork."""
     import sys
-    import textwrap
 
-    from engine.runner import _standby as _standby
-
-    imports = []
-    for function in (_standby.run_standby, _standby._execute):
-        body = ast.parse(textwrap.dedent(inspect.getsource(function))).body[0]
-        assert isinstance(body, ast.FunctionDef)
-        imports += [
-            ast.unparse(node).replace("from .", "from engine.")
-            for node in ast.walk(body)
-            if isinstance(node, ast.Import | ast.ImportFrom)
-        ]
-    assert imports, "run_standby imports lazily; this test checks those imports"
-    script = "\n".join(
-        [
-            "import sys",
-            "import engine.runner._forkserver",
-            "before = set(sys.modules)",
-            *imports,
-            "print(sorted(set(sys.modules) - before))",
-        ]
+    script = "import sys, engine.runner._forkserver as s; s.prepare(); print(' '.join(sys.modules))"
+    out = await anyio.run_process([sys.executable, "-c", script])
+    server = set(out.stdout.decode().split()) | {"runpy"}  # the real one is started with -m
+    queue = f"q{unique}"
+    await deploy_flows(
+        client, tmp_path, MODULES.format(name=unique), {f"{unique}-modules": "modules"}, queue=queue
     )
-    out = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=Path.cwd()
+    monkeypatch.setenv("SLUICE_NATS_URL", settings.nats_url)
+    r = Runner(
+        name=f"mods-{unique}", settings=settings, queue=queue, flow_runner=ForkServerFlowRunner()
     )
-    assert out.stdout.strip() == "[]", out.stdout
+    async with running(r):
+        run = await client.create_flow_run(f"{unique}-modules/d")
+        done = await client.wait_for_flow_run(run.id)
+    assert done.state.type is StateType.COMPLETED, done.state.message
+    imported = [m for m in done.state.data if m not in server]
+    assert [m for m in imported if not m.startswith("sluice_flows_")] == [], imported
 
 
 def test_the_fork_server_socket_is_seen_only_once_it_listens(tmp_path: Path) -> None:
@@ -204,3 +210,59 @@ def test_the_fork_server_socket_is_seen_only_once_it_listens(tmp_path: Path) -> 
             listener.close()
     assert refused == []
     assert not list(tmp_path.glob("*.tmp"))  # the private names were renamed away
+
+
+def test_the_fork_server_fences_a_run_whose_lease_lapses(tmp_path: Path) -> None:
+    """A forked run starts no watchdog thread of its own: the server reads its
+    lease file and SIGKILLs it once the deadline passes without a renewal.
+    Here the run waits for ever on a relay that never answers, as a run whose
+    runner is frozen would."""
+    import json
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "fork.sock"
+    lease = tmp_path / "lease"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "engine.runner._forkserver", str(path), "0"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    ours, theirs = socket.socketpair()
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        while not path.exists():
+            assert server.poll() is None, server.stderr.read() if server.stderr else ""
+            time.sleep(0.01)
+        conn.connect(str(path))
+        lease.write_text(repr(time.monotonic() + 1.0))
+        request = {
+            "spawn": "t1",
+            "env": {},
+            "cwd": str(tmp_path),
+            "assignment": json.dumps({"run_id": "r1", "attempt": 1}),
+            "lease": str(lease),
+        }
+        socket.send_fds(conn, [json.dumps(request).encode() + b"\n"], [theirs.fileno()])
+        theirs.close()
+        reader = conn.makefile("r")
+        spawned = json.loads(reader.readline())
+        assert "pid" in spawned, spawned
+        exited = json.loads(reader.readline())  # the run's first request is never answered
+        assert exited == {"exited": spawned["pid"], "code": -signal.SIGKILL}
+        reader.close()
+        conn.close()  # the server exits when the runner hangs up
+        assert server.wait(timeout=60) == 0
+        assert server.stderr is not None
+        assert "was lost (no renewal came in time)" in server.stderr.read()
+    finally:
+        for sock in (ours, theirs, conn):
+            sock.close()
+        if server.poll() is None:
+            server.kill()
+        server.wait()
+        if server.stderr is not None:
+            server.stderr.close()
