@@ -15,7 +15,8 @@ never holds the runner's credentials.
   thread). A refusal raises the error it names (StackUnavailable, MissingResult, …).
 * Task-run records and log lines are written at once and not answered; the
   relay publishes them pipelined and stores them before the run's next
-  non-RUNNING state (it flushes first), and :meth:`close` flushes once more.
+  non-RUNNING state (it flushes first); :meth:`close` flushes once more if a
+  record was sent after that.
 
 User code that calls the client from inside the run (``create_flow_run``,
 ``wait_for_flow_run``, :class:`~engine.client.Client`) connects on first
@@ -52,7 +53,7 @@ from shared import names, telemetry
 from shared.errors import SluiceError, StackUnavailable
 from shared.messages import Decision, LogRecord, ProposeReply, TaskRunRecord
 from shared.models import Deployment, FlowRun
-from shared.states import State
+from shared.states import State, StateType
 
 __all__ = ["PipeReporter", "PipeResultStore"]
 
@@ -107,8 +108,10 @@ class PipeReporter:
     def close(self) -> None:
         """Wait until every record sent is stored, then hang up."""
         try:
-            if self._channel.closed is None:
-                self.request(frames.Flush(id=0))
+            # Only if a record was sent since the relay last stored them all:
+            # a trivial run's last request (its final state) did that already.
+            if self._channel.closed is None and self._channel.unflushed:
+                self.flush()
         except SluiceError as exc:
             log.error("the run's last records may be lost: %s", exc.message)
         finally:
@@ -131,9 +134,9 @@ class PipeReporter:
         return Runtime(reporter=self, results=self.results, **changes)
 
     # --- frames ----------------------------------------------------------------------------
-    def request(self, frame: Any) -> frames.ToProcess:
+    def request(self, frame: Any, *, flushes: bool = False) -> frames.ToProcess:
         """Send a request frame and wait for its reply (RelayChannel.request)."""
-        return self._channel.request(frame)
+        return self._channel.request(frame, flushes=flushes)
 
     # --- reads the engine needs ---------------------------------------------------------
     def read_flow_run(self, run_id: str) -> FlowRun:
@@ -213,15 +216,19 @@ class PipeReporter:
             transition_id=str(uuid.uuid4()),
             retry=retry,
         )
+        # The relay stores the records sent before any state but RUNNING first.
+        flushes = state.type is not StateType.RUNNING
         if telemetry.enabled():
             attributes = {"sluice.flow_run.id": run_id, "sluice.state.type": state.type.value}
             with (
                 telemetry.span(f"propose {state.type.value}", attributes=attributes),
                 telemetry.request_span(names.FLOWRUN_PROPOSE) as headers,
             ):
-                reply = self.request(msgspec.structs.replace(frame, trace_headers=headers))
+                reply = self.request(
+                    msgspec.structs.replace(frame, trace_headers=headers), flushes=flushes
+                )
         else:
-            reply = self.request(frame)
+            reply = self.request(frame, flushes=flushes)
         assert isinstance(reply, frames.ProposeResult)
         result = reply.reply
         if result.status is Decision.WAIT:
@@ -304,4 +311,4 @@ class PipeReporter:
         self._channel.post(frames.Log(record=record))
 
     def flush(self) -> None:
-        self.request(frames.Flush(id=0))
+        self.request(frames.Flush(id=0), flushes=True)

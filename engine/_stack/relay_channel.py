@@ -47,11 +47,17 @@ class RelayChannel:
         self.closed: str | None = None
         #: Whether a thread is reading the socket now (one at a time).
         self._reading = False
+        #: Whether a frame without reply was sent since the last request that
+        #: has the relay store them first (see :meth:`request`).
+        self.unflushed = False
 
-    def request(self, frame: Any) -> frames.ToProcess:
+    def request(self, frame: Any, *, flushes: bool = False) -> frames.ToProcess:
         """Send a request frame (its id is set here) and wait for its reply.
 
-        Raises the error a Refused reply names, StackUnavailable when the relay is gone.
+        ``flushes``: the relay stores every frame sent before this one before
+        it answers (a Flush, a proposal of a state other than RUNNING), so
+        :attr:`unflushed` is false again. Raises the error a Refused reply
+        names, StackUnavailable when the relay is gone.
         """
         future: Future[frames.ToProcess] = Future()
         with self._lock:
@@ -61,13 +67,15 @@ class RelayChannel:
             ident = self._next_id
             self._pending[ident] = future
         try:
-            self._send(msgspec.structs.replace(frame, id=ident))
+            self._send(msgspec.structs.replace(frame, id=ident), False if flushes else None)
         except OSError as exc:
             with self._lock:
                 self._pending.pop(ident, None)
             raise StackUnavailable(f"the runner's relay cannot be reached: {exc}") from None
         reply = self._wait(future)
         if isinstance(reply, frames.Refused):
+            if flushes:
+                self.unflushed = True  # it may have been refused before it stored them
             if reply.code == "missing_result":
                 raise MissingResult(reply.message)
             raise error_from_body(ErrorBody(code=reply.code, message=reply.message))
@@ -79,7 +87,7 @@ class RelayChannel:
         if self.closed is not None:
             return
         with suppress(OSError):
-            self._send(frame)
+            self._send(frame, True)
 
     def close(self, reason: str) -> None:
         """Fail every request still waiting with ``reason``, and hang up."""
@@ -88,10 +96,14 @@ class RelayChannel:
             self._sock.shutdown(socket.SHUT_RDWR)
         self._sock.close()
 
-    def _send(self, frame: Any) -> None:
+    def _send(self, frame: Any, unflushed: bool | None) -> None:
+        """Write ``frame``; then set :attr:`unflushed` (None: leave it), in the
+        same order as the frames."""
         data = frames.encode_frame(frame)
         with self._write_lock:
             self._sock.sendall(data)
+            if unflushed is not None:
+                self.unflushed = unflushed
 
     def _wait(self, future: Future[frames.ToProcess]) -> frames.ToProcess:
         """The reply ``future`` waits for: read by this thread, or by another

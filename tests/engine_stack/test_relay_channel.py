@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import socket
 import threading
+from datetime import UTC, datetime
 
 import pytest
 
 from engine._stack import relay_frames as frames
 from engine._stack.relay_channel import RelayChannel
-from shared.errors import FlowRunNotFound, StackUnavailable
+from shared.errors import FlowRunNotFound, SluiceError, StackUnavailable
+from shared.messages import LogRecord
 
 
 def _read_frames(sock: socket.socket, count: int) -> list[frames.ToRunner]:
@@ -79,3 +81,39 @@ def test_a_relay_that_hangs_up_fails_every_waiting_request() -> None:
     with pytest.raises(StackUnavailable, match="hung up"):
         channel.request(frames.Flush(id=0))
     channel.close("done")
+
+
+def test_a_record_sent_after_the_last_flushing_request_is_known_unflushed() -> None:
+    """A run's process flushes on closing only when a record went out after its
+    final state, which the relay stored everything before."""
+    ours, peer = socket.socketpair()
+    channel = RelayChannel(ours)
+    assert not channel.unflushed
+    record = frames.Log(
+        record=LogRecord(
+            flow_run_id="r", timestamp=datetime.now(UTC), level=20, message="hi", logger="x"
+        )
+    )
+    channel.post(record)
+    assert channel.unflushed
+
+    def answer(count: int, refuse: bool = False) -> None:
+        for frame in _read_frames(peer, count):
+            if isinstance(frame, frames.Flush):
+                no = frames.Refused(id=frame.id, code="x", message="no")
+                peer.sendall(frames.encode_frame(no if refuse else frames.Done(id=frame.id)))
+
+    peer_thread = threading.Thread(target=answer, args=(2,))
+    peer_thread.start()
+    channel.request(frames.Flush(id=0), flushes=True)
+    peer_thread.join(timeout=60)
+    assert not channel.unflushed
+    # A refused flushing request may not have stored anything: unflushed again.
+    peer_thread = threading.Thread(target=answer, args=(1, True))
+    peer_thread.start()
+    with pytest.raises(SluiceError):
+        channel.request(frames.Flush(id=0), flushes=True)
+    peer_thread.join(timeout=60)
+    assert channel.unflushed
+    channel.close("done")
+    peer.close()
