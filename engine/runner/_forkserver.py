@@ -18,7 +18,8 @@ first); a spare never runs more than one run. The spare is forked when the
 run's process exits, or SPARE_DELAY seconds after the run started if it is
 still going, so that forking does not take CPU from the run just started.
 
-The server also fences the runs it forked: it reads each one's lease file
+The server also fences the runs it forked (also after the runner is gone:
+see :meth:`_Server.drain`): it reads each one's lease file
 (``"lease"`` in the spawn request; :mod:`engine.runner._fence`) and SIGKILLs
 the run's process group once its deadline passes without a renewal, as a
 run's own watchdog thread would. One process watching every run costs no
@@ -194,12 +195,39 @@ class _Server:
         self.due: dict[str, tuple[float, dict[str, str], str | None]] = {}
         #: The lease file of each child given a run, and when to read them next.
         self.leases: dict[int, str] = {}
+        #: Children SIGKILLed for a lapsed lease, until they are reaped.
+        self.fenced: set[int] = set()
         self.lease_check: float | None = None
         #: How each environment seen differs from ours, by spare key.
         self.changes: dict[str, EnvChange] = {}
 
     def send(self, obj: dict[str, object]) -> None:
-        self.conn.sendall(json.dumps(obj).encode() + b"\n")
+        with contextlib.suppress(OSError):  # the runner is gone: nobody to tell
+            self.conn.sendall(json.dumps(obj).encode() + b"\n")
+
+    def drain(self) -> None:
+        """The runner is gone: end its runs as their lifeline would, and fence
+        those that do not end; return once none with a lease is left.
+
+        Each run gets SIGTERM to its process group, as the parent-death signal
+        would give it if we exited now. A run that ignores it (or is frozen) is
+        SIGKILLed at its lease deadline, which nobody renews any more: this
+        process stays until then, because it is the runs' fence.
+        """
+        self.due.clear()
+        for _, channel in self.spares.values():
+            channel.close()  # they read end-of-file and exit
+        self.spares.clear()
+        for pid in self.assigned:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGTERM)
+        wake_r = self.wake[0]
+        while any(pid in self.leases or pid in self.fenced for pid in self.assigned):
+            ready, _, _ = select.select([wake_r], [], [], self.next_due())
+            if ready:
+                os.read(wake_r, 4096)
+            self.reap()
+            self.check_leases()
 
     def fork(self, key: str, env: dict[str, str], cwd: str | None) -> tuple[int, socket.socket]:
         """Fork a child that waits for its assignment; (pid, our end of its channel)."""
@@ -276,6 +304,7 @@ class _Server:
                 soonest = min(soonest, deadline - now)
                 continue
             del self.leases[pid]
+            self.fenced.add(pid)
             late = "its lease file is gone" if deadline is None else "no renewal came in time"
             print(
                 f"sluice: the lease of the run in process {pid} was lost ({late}); stopping it",
@@ -317,6 +346,7 @@ class _Server:
             if pid in self.assigned:
                 key = self.assigned.pop(pid)
                 self.leases.pop(pid, None)
+                self.fenced.discard(pid)
                 self.send({"exited": pid, "code": os.waitstatus_to_exitcode(status)})
                 self.fork_due(key)  # its run is over: the spare no longer competes with it
                 continue
@@ -380,7 +410,8 @@ def serve(path: str, spares: int) -> None:
             chunk, fds, _, _ = socket.recv_fds(conn, 65536, 16)
             server.relays.extend(fds)  # one per spawn request, in order
             if not chunk:
-                return  # the runner is gone; spares read end-of-file and exit
+                server.drain()
+                return
             buffer += chunk
             while b"\n" in buffer:
                 line, buffer = buffer.split(b"\n", 1)

@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -212,57 +220,85 @@ def test_the_fork_server_socket_is_seen_only_once_it_listens(tmp_path: Path) -> 
     assert not list(tmp_path.glob("*.tmp"))  # the private names were renamed away
 
 
-def test_the_fork_server_fences_a_run_whose_lease_lapses(tmp_path: Path) -> None:
-    """A forked run starts no watchdog thread of its own: the server reads its
-    lease file and SIGKILLs it once the deadline passes without a renewal.
-    Here the run waits for ever on a relay that never answers, as a run whose
-    runner is frozen would."""
-    import json
-    import signal
-    import socket
-    import subprocess
-    import sys
-    import time
-
+@contextlib.contextmanager
+def fork_server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], socket.socket]]:
+    """A real fork server (no spares) and the runner's connection to it."""
     path = tmp_path / "fork.sock"
-    lease = tmp_path / "lease"
     server = subprocess.Popen(
         [sys.executable, "-m", "engine.runner._forkserver", str(path), "0"],
         stderr=subprocess.PIPE,
         text=True,
     )
-    ours, theirs = socket.socketpair()
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         while not path.exists():
             assert server.poll() is None, server.stderr.read() if server.stderr else ""
             time.sleep(0.01)
         conn.connect(str(path))
-        lease.write_text(repr(time.monotonic() + 1.0))
-        request = {
-            "spawn": "t1",
-            "env": {},
-            "cwd": str(tmp_path),
-            "assignment": json.dumps({"run_id": "r1", "attempt": 1}),
-            "lease": str(lease),
-        }
-        socket.send_fds(conn, [json.dumps(request).encode() + b"\n"], [theirs.fileno()])
-        theirs.close()
-        reader = conn.makefile("r")
-        spawned = json.loads(reader.readline())
-        assert "pid" in spawned, spawned
-        exited = json.loads(reader.readline())  # the run's first request is never answered
-        assert exited == {"exited": spawned["pid"], "code": -signal.SIGKILL}
-        reader.close()
-        conn.close()  # the server exits when the runner hangs up
-        assert server.wait(timeout=60) == 0
-        assert server.stderr is not None
-        assert "was lost (no renewal came in time)" in server.stderr.read()
+        yield server, conn
     finally:
-        for sock in (ours, theirs, conn):
-            sock.close()
+        conn.close()
         if server.poll() is None:
             server.kill()
         server.wait()
         if server.stderr is not None:
             server.stderr.close()
+
+
+def spawn_waiting_run(
+    conn: socket.socket, relay: socket.socket, lease: Path, deadline: float
+) -> tuple[int, Any]:
+    """Have the server fork a run whose first request (reading its run) is
+    never answered (we hold the other end of ``relay``), with ``lease`` holding
+    ``deadline``; (its pid, a reader of the server's messages, to close before
+    hanging up)."""
+    lease.write_text(repr(deadline))
+    theirs = relay
+    request = {
+        "spawn": "t1",
+        "env": {},
+        "cwd": str(lease.parent),
+        "assignment": json.dumps({"run_id": "r1", "attempt": 1}),
+        "lease": str(lease),
+    }
+    socket.send_fds(conn, [json.dumps(request).encode() + b"\n"], [theirs.fileno()])
+    theirs.close()
+    reader = conn.makefile("r")
+    spawned = json.loads(reader.readline())
+    assert "pid" in spawned, spawned
+    return int(spawned["pid"]), reader
+
+
+def test_the_fork_server_fences_a_run_whose_lease_lapses(tmp_path: Path) -> None:
+    """A forked run starts no watchdog thread of its own: the server reads its
+    lease file and SIGKILLs it once the deadline passes without a renewal.
+    Here the run waits for ever on a relay that never answers, as a run whose
+    runner is frozen would."""
+    ours, theirs = socket.socketpair()
+    with ours, fork_server(tmp_path) as (server, conn):
+        pid, reader = spawn_waiting_run(conn, theirs, tmp_path / "lease", time.monotonic() + 1)
+        exited = json.loads(reader.readline())
+        assert exited == {"exited": pid, "code": -signal.SIGKILL}
+        reader.close()
+        conn.close()  # the server exits when the runner hangs up
+        assert server.wait(timeout=60) == 0
+        assert server.stderr is not None
+        assert "was lost (no renewal came in time)" in server.stderr.read()
+
+
+def test_a_fork_server_whose_runner_died_stays_to_fence_its_runs(tmp_path: Path) -> None:
+    """A SIGKILLed runner's fork server gives its runs SIGTERM, as their
+    parent-death signal would; one that does not end (here: frozen, so the
+    signal waits) is SIGKILLed at its lease deadline, and only then does the
+    server go. Were it to go at once, nobody would fence that run."""
+    ours, theirs = socket.socketpair()
+    with ours, fork_server(tmp_path) as (server, conn):
+        pid, reader = spawn_waiting_run(conn, theirs, tmp_path / "lease", time.monotonic() + 2)
+        os.kill(pid, signal.SIGSTOP)
+        reader.close()
+        conn.close()  # the runner is gone
+        assert server.wait(timeout=60) == 0
+        assert server.stderr is not None
+        assert "was lost (no renewal came in time)" in server.stderr.read()
+        with contextlib.suppress(ChildProcessError):
+            assert not alive(pid)  # reaped by the server before it went
