@@ -81,6 +81,7 @@ import shared.settings  # noqa: F401
 from engine.runner._fence import WATCH_PERIOD, read_deadline
 from engine.runner._lifeline import libc
 from engine.runner._process import echo_run_logs
+from engine.runner._rehearsal import rehearse
 from engine.runner._standby import warm_codecs
 from engine.runner._standby_run import run_standby
 
@@ -361,6 +362,7 @@ def prepare() -> None:
     warm_codecs()  # once here, inherited by every fork
     echo_run_logs()  # the run's loggers and the C library: set up once, here
     libc()
+    rehearse()  # what every run executes, specialised here (engine.runner._rehearsal)
     # The event-loop backend and the blocking portal import and set up more on
     # first use; a portal started and stopped once here spares each child that.
     with anyio.from_thread.start_blocking_portal() as portal:
