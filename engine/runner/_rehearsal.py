@@ -14,7 +14,8 @@ to 388.
 So the server plays what every run does, a few times, with nothing leaving
 the process: it loads a flow file (this package's own, from disk, as a run
 loads its deployment's), and executes it as a run through the same engine
-path (:func:`engine._stack.execute.execute_flow_run`), reporting through a
+path (an assignment line decoded, :func:`engine._stack.execute.execute_flow_run`
+in its trace span, the outcome reported), reporting through a
 :class:`~engine._stack.pipe_reporter.PipeReporter` whose relay is a thread
 here that accepts every state, and with the run's log lines going nowhere.
 A rehearsal that fails costs only that saving: it is reported and ignored.
@@ -32,9 +33,13 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import msgspec
+
 from engine._stack import relay_frames as frames
 from engine._stack.execute import execute_flow_run
 from engine._stack.pipe_reporter import PipeReporter
+from engine.runner._process import report_outcome, traced_execution
+from engine.runner._standby import Assignment, encode_assignment
 from shared.messages import Decision, ProposeReply
 from shared.models import Deployment, FlowRun
 from shared.states import State, StateType
@@ -85,13 +90,23 @@ def _once() -> None:
         expected_start_time=now,
         attempt=1,
     )
+    # As a run gets it: an assignment line, and a relay socket's descriptor.
+    line = encode_assignment(Assignment(run_id=run.id, attempt=1, run=run, deployment=deployment))
+    assignment = msgspec.json.decode(line, type=Assignment)
     ours, theirs = socket.socketpair()
     relay = threading.Thread(target=_relay, args=(theirs, running), daemon=True)
     relay.start()
     try:
-        with PipeReporter(ours) as reporter:
-            reporter.adopt(run.id, 1)
-            execute_flow_run(reporter, run.id, attempt=1, run=run, deployment=deployment)
+        reporter = PipeReporter.from_fd(ours.detach())
+        with traced_execution(assignment.run_id), reporter:
+            outcome = execute_flow_run(
+                reporter,
+                assignment.run_id,
+                attempt=assignment.attempt,
+                run=assignment.run,
+                deployment=assignment.deployment,
+            )
+        report_outcome(outcome)
     finally:
         relay.join(timeout=5)  # no thread may be left when the server forks
         theirs.close()
