@@ -51,7 +51,7 @@ from engine.client import Client
 from engine.exceptions import MissingResult
 from shared import names
 from shared.errors import FlowRunNotFound, RequestError, SluiceError, StackUnavailable
-from shared.messages import ProposedState
+from shared.messages import Decision, ProposedState
 from shared.states import StateType
 
 __all__ = ["Relay"]
@@ -91,6 +91,8 @@ class Relay:
         #: Frames read so far: none means the process never began its run (its
         #: first act is a log line, before any of the flow's code is loaded).
         self.frames = 0
+        #: Whether the run's final state was accepted through us, for our claim.
+        self.ended = False
 
     async def serve(self) -> None:
         """Relay until the process hangs up; then store what it sent and return."""
@@ -264,6 +266,8 @@ class Relay:
                 trace_headers=frame.trace_headers,
             )
         )
+        if frame.run_id == self.run_id and reply.status is Decision.ACCEPT:
+            self.ended = reply.state.is_terminal
         return frames.ProposeResult(id=frame.id, reply=reply)
 
     async def _create_subflow(self, frame: frames.CreateSubflow) -> frames.SubflowCreated:

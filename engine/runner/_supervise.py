@@ -231,7 +231,7 @@ class _Supervise:
             if run_id in self._doomed:  # cancelled while it was starting
                 await process.kill(self.kill_grace)
             try:
-                code, began = await self._wait(client, run, process)
+                code, began, active.reported = await self._wait(client, run, process)
             except anyio.get_cancelled_exc_class():
                 # The runner is going away without a graceful stop: what it started must
                 # not outlive it, and a container has no lifeline to end it.
@@ -263,13 +263,14 @@ class _Supervise:
 
     async def _wait(
         self, client: Client, run: FlowRun, process: FlowRunProcess
-    ) -> tuple[int, bool]:
+    ) -> tuple[int, bool, bool]:
         """The process's exit code, relaying its frames meanwhile if it reports
         through us (engine.runner._relay) rather than a connection of its own;
-        and whether it began the run (sent a frame; True when it has no relay)."""
+        whether it began the run (sent a frame; True when it has no relay); and
+        whether its final state was accepted through us."""
         channel = getattr(process, "channel", None)
         if channel is None:
-            return await process.wait(), True
+            return await process.wait(), True, False
         relay = Relay(client, run.id, run.attempt, channel, runner=self.name)
         done = anyio.Event()
 
@@ -287,7 +288,7 @@ class _Supervise:
             with anyio.move_on_after(RELAY_GRACE):
                 await done.wait()
             tg.cancel_scope.cancel()
-        return code, relay.frames > 0
+        return code, relay.frames > 0, relay.ended
 
     async def _settling(self, run_id: str, report: Callable[[], Awaitable[None]]) -> None:
         """``report()``, again while the stack cannot be reached.
@@ -324,6 +325,8 @@ class _Supervise:
         )
 
     async def _after_exit(self, client: Client, run_id: str, active: _Active, code: int) -> None:
+        if active.reported:
+            return  # its relay saw the run end, for this claim: nothing to read or say
         current = await client.read_flow_run(run_id)
         if current.state.is_terminal or current.attempt != active.attempt:
             return  # the engine reported its end, or the run was claimed again meanwhile

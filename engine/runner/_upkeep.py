@@ -40,6 +40,8 @@ class _Active:
     stopping: bool = False
     fenced: bool = False
     """Killed because its lease could lapse (or was declared lost)."""
+    reported: bool = False
+    """Its relay saw the run's final state accepted for this claim."""
 
 
 class _Upkeep:
