@@ -37,6 +37,7 @@ __all__ = [
     "DeploymentRead",
     "Done",
     "Flush",
+    "FrameTooLarge",
     "GetResult",
     "Log",
     "Propose",
@@ -57,6 +58,7 @@ __all__ = [
     "decode_to_process",
     "decode_to_runner",
     "encode_frame",
+    "take_body",
 ]
 
 #: The length prefix: 4 bytes, big-endian, unsigned.
@@ -203,6 +205,26 @@ def encode_frame(frame: _Frame) -> bytes:
     """The frame with its length prefix, ready to write."""
     body = _encoder.encode(frame)
     return HEADER.pack(len(body)) + body
+
+
+class FrameTooLarge(ValueError):
+    """A length prefix over :data:`MAX_FRAME`: the stream cannot be trusted further."""
+
+
+def take_body(buffer: bytearray) -> bytes | None:
+    """Remove the first whole frame from ``buffer`` and return its body; None
+    while it is not whole yet. Raises FrameTooLarge."""
+    if len(buffer) < HEADER.size:
+        return None
+    (length,) = HEADER.unpack_from(buffer)
+    if length > MAX_FRAME:
+        raise FrameTooLarge(f"a frame of {length} bytes is too large")
+    end = HEADER.size + length
+    if len(buffer) < end:
+        return None
+    body = bytes(buffer[HEADER.size : end])
+    del buffer[:end]
+    return body
 
 
 def decode_to_runner(body: bytes) -> ToRunner:

@@ -156,6 +156,16 @@ def read_deadline(path: str) -> float | None:
         return None
 
 
+def lapsed(deadline: float | None, now: float) -> str | None:
+    """Why a lease whose file read ``deadline`` (None: unreadable) is lost at
+    ``now``; None while it holds. Said alike by a run's watchdog and a fork server."""
+    if deadline is None:
+        return "its lease file is gone"
+    if now >= deadline:
+        return "no renewal came in time"
+    return None
+
+
 def fence_now(reason: str) -> None:
     """End this process and its process group at once (SIGKILL): no cleanup,
     because cleanup is user code, and user code must not run past the deadline."""
@@ -172,10 +182,11 @@ def _watch(path: str) -> None:
     while True:
         deadline = read_deadline(path)
         now = time.monotonic()
-        if deadline is None or now >= deadline:
-            late = "its lease file is gone" if deadline is None else "no renewal came in time"
+        late = lapsed(deadline, now)
+        if late is not None:
             fence_now(f"the run's lease was lost ({late})")
             return
+        assert deadline is not None
         time.sleep(min(deadline - now, WATCH_PERIOD))
 
 

@@ -78,7 +78,7 @@ import engine.runner._process
 import engine.runner._standby
 import engine.runner._standby_run  # noqa: F401
 import shared.settings  # noqa: F401
-from engine.runner._fence import WATCH_PERIOD, read_deadline
+from engine.runner._fence import WATCH_PERIOD, lapsed, read_deadline
 from engine.runner._lifeline import libc
 from engine.runner._process import echo_run_logs
 from engine.runner._rehearsal import rehearse
@@ -301,12 +301,13 @@ class _Server:
         soonest = WATCH_PERIOD
         for pid, path in list(self.leases.items()):
             deadline = read_deadline(path)
-            if deadline is not None and now < deadline:
+            late = lapsed(deadline, now)
+            if late is None:
+                assert deadline is not None
                 soonest = min(soonest, deadline - now)
                 continue
             del self.leases[pid]
             self.fenced.add(pid)
-            late = "its lease file is gone" if deadline is None else "no renewal came in time"
             print(
                 f"sluice: the lease of the run in process {pid} was lost ({late}); stopping it",
                 file=sys.stderr,

@@ -42,7 +42,7 @@ from engine.runner._process import report_outcome, traced_execution
 from engine.runner._standby import Assignment, encode_assignment
 from shared.messages import Decision, ProposeReply
 from shared.models import Deployment, FlowRun
-from shared.states import State, StateType
+from shared.states import DEFAULT_NAMES, State, StateType
 
 __all__ = ["rehearse"]
 
@@ -114,17 +114,11 @@ def _once() -> None:
 
 def _relay(sock: socket.socket, running: State) -> None:
     """Answer every request as an accepting relay would, until the process hangs up."""
-    buffer = b""
+    buffer = bytearray()
     while chunk := sock.recv(65536):
         buffer += chunk
-        while len(buffer) >= frames.HEADER.size:
-            (length,) = frames.HEADER.unpack_from(buffer)
-            end = frames.HEADER.size + length
-            if len(buffer) < end:
-                break
-            frame = frames.decode_to_runner(buffer[frames.HEADER.size : end])
-            buffer = buffer[end:]
-            reply = _answer(frame, running)
+        while (body := frames.take_body(buffer)) is not None:
+            reply = _answer(frames.decode_to_runner(body), running)
             if reply is not None:
                 sock.sendall(frames.encode_frame(reply))
 
@@ -134,7 +128,7 @@ def _answer(frame: frames.ToRunner, running: State) -> frames.ToProcess | None:
         wanted = frame.state
         state = State(
             type=wanted.type,
-            name=wanted.name or wanted.type.value.title(),
+            name=wanted.name or DEFAULT_NAMES[wanted.type],
             timestamp=running.timestamp,
             message=wanted.message,
             details=wanted.details,

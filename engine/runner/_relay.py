@@ -118,16 +118,14 @@ class Relay:
     async def _read(self, stream: anyio.abc.SocketStream, requests: anyio.abc.TaskGroup) -> None:
         buffer = bytearray()
         while True:
-            while len(buffer) >= frames.HEADER.size:
-                (length,) = frames.HEADER.unpack_from(buffer)
-                if length > frames.MAX_FRAME:
-                    await self._refused(0, f"a frame of {length} bytes is too large; hanging up")
+            while True:
+                try:
+                    body = frames.take_body(buffer)
+                except frames.FrameTooLarge as exc:
+                    await self._refused(0, f"{exc}; hanging up")
                     return
-                end = frames.HEADER.size + length
-                if len(buffer) < end:
+                if body is None:
                     break
-                body = bytes(buffer[frames.HEADER.size : end])
-                del buffer[:end]
                 await self._frame(body, requests)
             try:
                 chunk = await stream.receive()

@@ -19,15 +19,11 @@ from shared.messages import LogRecord
 
 
 def _read_frames(sock: socket.socket, count: int) -> list[frames.ToRunner]:
-    got, buffer = [], b""
+    got: list[frames.ToRunner] = []
+    buffer = bytearray()
     while len(got) < count:
         buffer += sock.recv(65536)
-        while len(buffer) >= frames.HEADER.size:
-            (length,) = frames.HEADER.unpack(buffer[: frames.HEADER.size])
-            if len(buffer) < frames.HEADER.size + length:
-                break
-            body = buffer[frames.HEADER.size : frames.HEADER.size + length]
-            buffer = buffer[frames.HEADER.size + length :]
+        while (body := frames.take_body(buffer)) is not None:
             got.append(frames.decode_to_runner(body))
     return got
 
