@@ -15,12 +15,13 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import BrowserContext, Page, sync_playwright
+from playwright.sync_api import BrowserContext, Locator, Page, sync_playwright
 
 from engine.sync import SyncClient
 from services.dev import free_port
@@ -149,3 +150,13 @@ def screenshot(page: Page, name: str) -> Path:
     path = SCREENSHOTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
     return path
+
+
+def new_tag() -> str:
+    """A tag of its own for a test's runs (they are told apart by it)."""
+    return f"ui-{uuid.uuid4().hex[:8]}"
+
+
+def run_state(page: Page) -> Locator:
+    """The state shown on a run's page."""
+    return page.locator("#run-detail h1 .state")
