@@ -60,8 +60,7 @@ class RequestServer:
         self._queue = queue
         self._limiter = anyio.CapacityLimiter(concurrency)
         self._subs: list[Subscription] = []
-        self._idle = anyio.Event()
-        self._idle.set()
+        self._idle: anyio.Event | None = None  # made by stop(), set once no request runs
 
     async def add(self, subject: str, handler: Handler) -> None:
         """Subscribe ``handler`` to ``subject``; returns once the server has the
@@ -70,9 +69,12 @@ class RequestServer:
 
         async def on_message(msg: Msg) -> None:
             token = object()
-            await self._limiter.acquire_on_behalf_of(token)  # full: stop reading
-            if self._idle.is_set():
-                self._idle = anyio.Event()
+            try:
+                # Without a checkpoint while slots are free: that would cost every
+                # request a trip round the event loop.
+                self._limiter.acquire_on_behalf_of_nowait(token)
+            except anyio.WouldBlock:
+                await self._limiter.acquire_on_behalf_of(token)  # full: stop reading
             self._tg.start_soon(self._run, handler, msg, token)
 
         if self._micro_spec is not None:
@@ -120,7 +122,7 @@ class RequestServer:
                 )
         finally:
             self._limiter.release_on_behalf_of(token)
-            if not self._limiter.borrowed_tokens:
+            if self._idle is not None and not self._limiter.borrowed_tokens:
                 self._idle.set()
 
     async def _answer(self, handler: Handler, msg: Msg) -> str:
@@ -169,8 +171,10 @@ class RequestServer:
             except Exception as exc:
                 log.debug("stopping the micro service failed: %s", exc)
             self._micro = None
-        with anyio.move_on_after(grace):
-            await self._idle.wait()
+        if self._limiter.borrowed_tokens:
+            self._idle = anyio.Event()
+            with anyio.move_on_after(grace):
+                await self._idle.wait()
         if self._limiter.borrowed_tokens:
             log.warning(
                 "shutdown: %d requests still running after %.1fs; cancelling them",
