@@ -233,7 +233,7 @@ async def _runs_handler(nc: NATS) -> Runs:
     deployments = Deployments(
         DeploymentStore(await js.key_value(names.DEPLOYMENTS_BUCKET), js), clock
     )
-    runs = RunStore(await js.key_value(names.FLOW_RUNS_BUCKET))
+    runs = RunStore(await js.key_value(names.FLOW_RUNS_BUCKET), nc)
     claims = IdempotencyStore(await js.key_value(names.IDEMPOTENCY_BUCKET))
     return Runs(
         runs,

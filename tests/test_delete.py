@@ -169,7 +169,7 @@ async def test_a_delete_marker_is_the_event_even_without_the_run_in_it(
     js = nc.jetstream()
     kv = await js.key_value(names.FLOW_RUNS_BUCKET)
     entry = await kv.get(runs[0].id)
-    await RunStore(kv, js).delete(runs[0], entry.revision or 0, "line one\nline two")
+    await RunStore(kv, nc).delete(runs[0], entry.revision or 0, "line one\nline two")
     await kv.delete(runs[1].id)
     assert (await client.list_flow_runs(flow_name=f"f-{unique}")).flow_runs == []
     with_run, bare = [await _newest_write(nc, run.id) for run in runs]
@@ -207,10 +207,10 @@ async def test_the_read_model_keeps_a_deleted_run_out_against_replayed_events(
     await model.open()
     try:
         everything = ListFlowRuns(flow_name="f")
-        await model._apply([created, deleted, late])
+        await model._apply_messages([created, deleted, late])
         assert (await model.query(everything, None)).flow_runs == []
         assert (await model.query(ListFlowRuns(tags=["t"]), None)).flow_runs == []
-        await model._apply([again])
+        await model._apply_messages([again])
         assert [r.id for r in (await model.query(everything, None)).flow_runs] == [run.id]
     finally:
         await model.close()

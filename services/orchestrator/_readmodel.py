@@ -1,19 +1,30 @@
-"""The run query index: an SQLite file fed by the ``flow_runs`` stream.
+"""The run query index: an SQLite file kept from the ``flow_runs`` bucket's writes.
 
-Owns answering ``flowrun.list``. It is a cache, never a source of truth: it is
-built only from the bucket's stream (each write is a run event,
-``shared.runlog``), remembers the last stream sequence it applied, and if the
-file is lost (or the stream was recreated) it rebuilds itself from the
-stream, which holds every run's newest write (and the delete marker of every
-deleted one). It keeps runs as they are now, so a write it never saw (its run
-moved on first) loses it nothing. An event older than what a row already
-holds (by the run's KV revision) is ignored, so replays are harmless.
+Owns answering ``flowrun.list``. It is a cache, never a source of truth: what
+it holds comes from the bucket's writes (each is a run event,
+``shared.runlog``); it remembers the stream sequence up to which every write
+is applied (``applied_seq``), and if the file is lost (or the stream was
+recreated) it rebuilds itself from the stream, which holds every run's
+newest write (and the delete marker of every deleted one). It keeps runs as
+they are now, so a write it never saw (its run moved on first) loses it
+nothing. A write older than what a row already holds (by the run's KV
+revision) is ignored, so applying one twice, or out of order, is harmless.
+
+How it learns writes. This orchestrator writes the bucket, so its own writes
+are handed over as they are acknowledged (:meth:`ReadModel.note`): no message
+per write comes back to it from the stream, which cost a create at
+concurrency 1 about a tenth of its time. What no note covers (another
+replica's writes, a tool's delete, a note lost to a crash) is read from the
+stream (:meth:`ReadModel._catch_up`): when a query needs it (:meth:`sync`),
+at start-up, and when ``applied_seq`` has stood still behind newer writes
+for :data:`CHECK_EVERY` seconds. Writes are applied in batches: what arrived
+within :data:`GATHER` seconds, in one worker-thread call (``_runindex``).
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -26,171 +37,149 @@ from nats.aio.client import Client as NATS
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from shared import runlog
-from shared.codec import decode, encode
-from shared.messages import (
-    FlowRunDeleted,
-    FlowRunPage,
-    ListFlowRuns,
-)
+from shared.codec import decode
+from shared.messages import FlowRunDeleted, FlowRunPage, ListFlowRuns
 from shared.models import FlowRun
-from shared.states import StateType
+
+from . import _runindex
+from ._runindex import Write
 
 log = logging.getLogger("sluice.readmodel")
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    id TEXT PRIMARY KEY,
-    revision INTEGER NOT NULL,
-    name TEXT NOT NULL,
-    flow_name TEXT NOT NULL,
-    deployment_id TEXT,
-    deployment_name TEXT,
-    parent_flow_run_id TEXT,
-    runner TEXT,
-    state_type TEXT NOT NULL,
-    state_name TEXT NOT NULL,
-    expected_start REAL NOT NULL,
-    body BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS runs_by_start ON runs (expected_start DESC, id DESC);
-CREATE INDEX IF NOT EXISTS runs_by_state ON runs (state_type, expected_start DESC);
-CREATE INDEX IF NOT EXISTS runs_by_deployment ON runs (deployment_id, expected_start DESC);
-CREATE INDEX IF NOT EXISTS runs_by_flow ON runs (flow_name, expected_start DESC);
-CREATE INDEX IF NOT EXISTS runs_by_runner ON runs (runner, state_type);
-CREATE TABLE IF NOT EXISTS run_tags (
-    tag TEXT NOT NULL,
-    run_id TEXT NOT NULL,
-    PRIMARY KEY (tag, run_id)
-);
-CREATE TABLE IF NOT EXISTS deleted_runs (id TEXT PRIMARY KEY, revision INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
-
+#: Most writes applied in one transaction.
 BATCH = 500
-#: Bump when SCHEMA changes, or the stream it is fed from: an index built by an
-#: older version is rebuilt. (4: fed from the flow_runs stream, whose sequences
-#: are not those of the FLOWRUN_EVENTS stream that fed version 3.)
-SCHEMA_VERSION = "4"
-
-
-def _ts(dt: datetime) -> float:
-    return dt.timestamp()
+#: How long a batch of noted writes gathers (unless a query is waiting).
+GATHER = 0.02
+#: How long ``applied_seq`` may stand behind newer writes before they are read from the stream.
+CHECK_EVERY = 1.0
+#: How long a query waits for this orchestrator's own writes before reading the stream.
+NOTES_WAIT = 0.1
 
 
 class ReadModel:
     def __init__(self, path: Path, nc: NATS) -> None:
         self._path = path
-        self._nc = nc
         self._js = nc.jetstream()
         self._db: aiosqlite.Connection | None = None
+        self._writer: sqlite3.Connection | None = None
+        self._writes = anyio.CapacityLimiter(1)
         self.applied_seq = 0
+        """Every write of the stream up to this sequence is applied."""
+        self._above: set[int] = set()  # applied sequences after applied_seq
+        self._noted: list[Write] = []
+        self._arrived = anyio.Event()
         self._progress = anyio.Event()
+        self._hurry = anyio.Event()  # set while a query waits to see what was written
+        self._waiting = 0
+        self._applying = anyio.Lock()
+        self._catching_up = anyio.Lock()
 
     async def open(self) -> None:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer, self.applied_seq = await self._write(_runindex.open_writer, self._path)
         self._db = await aiosqlite.connect(self._path)
-        await self._db.executescript(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000;"
-        )
-        await self._db.executescript(SCHEMA)
-        if await self._meta("schema") != SCHEMA_VERSION:
-            # Cheaper to rebuild from the stream than to migrate a cache.
-            await self._db.executescript(
-                "DROP TABLE IF EXISTS runs; DROP TABLE IF EXISTS run_tags; "
-                "DROP TABLE IF EXISTS deleted_runs; DELETE FROM meta;"
-            )
-            await self._db.executescript(SCHEMA)
-            await self._db.execute(
-                "INSERT INTO meta(key, value) VALUES('schema', ?)", (SCHEMA_VERSION,)
-            )
-        self.applied_seq = int(await self._meta("seq") or 0)
-        await self._db.commit()
-
-    async def _meta(self, key: str) -> str | None:
-        async with self.db.execute("SELECT value FROM meta WHERE key=?", (key,)) as cur:
-            row = await cur.fetchone()
-        return str(row[0]) if row else None
+        await self._db.executescript(_runindex.PRAGMAS)
 
     async def close(self) -> None:
         if self._db is not None:
             await self._db.close()
             self._db = None
+        if self._writer is not None:
+            await self._write(self._writer.close)
+            self._writer = None
 
     @property
     def db(self) -> aiosqlite.Connection:
         assert self._db is not None, "ReadModel.open() was not called"
         return self._db
 
-    async def _reset(self) -> None:
-        log.warning("read model is ahead of the flow_runs stream (stream recreated?); rebuilding")
-        await self.db.executescript(
-            "DELETE FROM runs; DELETE FROM run_tags; DELETE FROM deleted_runs; "
-            "DELETE FROM meta WHERE key='seq';"
-        )
-        await self.db.commit()
-        self.applied_seq = 0
+    async def _write(self, fn: Any, *args: Any) -> Any:
+        # Not abandoned on cancellation: a batch is committed or rolled back whole.
+        return await anyio.to_thread.run_sync(fn, *args, limiter=self._writes)
 
-    # --- feeding ------------------------------------------------------------------
+    # --- learning writes ----------------------------------------------------------
+    def note(self, run_id: str, revision: int, run: FlowRun | None) -> None:
+        """A write of this orchestrator, acknowledged at stream sequence
+        ``revision``: ``run`` as stored, or None for a delete marker."""
+        self._noted.append((run_id, revision, run))
+        self._arrived.set()
+
     async def follow(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Apply events forever; resubscribe after a reconnect or any consumer failure.
+        """Apply noted writes in batches, and read from the stream what they miss.
 
-        nats-py's ordered consumer can go quiet after the server restarts, so
-        the subscription is rebuilt from the last applied sequence whenever
-        the connection was re-established.
-
-        Signals ``task_status`` once subscribed. Cancellation stops it between
-        batches; a half-applied batch is rolled back by SQLite.
+        Signals ``task_status`` at once; writes made before start-up are read
+        from the stream in the background (a query waits for them in ``sync``).
         """
-        started = False
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._watch)
+            task_status.started()
+            while True:
+                await self._arrived.wait()
+                if not self._waiting and self._hurry.is_set():
+                    self._hurry = anyio.Event()
+                if len(self._noted) < BATCH:
+                    with anyio.move_on_after(GATHER):
+                        await self._hurry.wait()  # a query waits: apply what is here
+                noted, self._noted = self._noted[:BATCH], self._noted[BATCH:]
+                if not self._noted:
+                    self._arrived = anyio.Event()
+                await self._apply(noted)
+
+    async def _watch(self) -> None:
+        """Read from the stream, at start-up and whenever ``applied_seq`` stood
+        still for CHECK_EVERY behind newer writes, what no note covered."""
+        stood = -1  # applied_seq at the last look; -1: catch up at once
         while True:
             try:
                 info = await self._js.stream_info(runlog.STREAM)
-                if info.state.last_seq < self.applied_seq:
+                last = info.state.last_seq
+                if last < self.applied_seq:
                     await self._reset()
-                sub = await self._js.subscribe(
-                    runlog.SUBJECTS,
-                    stream=runlog.STREAM,
-                    ordered_consumer=True,
-                    config=ConsumerConfig(
-                        deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-                        opt_start_seq=self.applied_seq + 1,
-                    ),
-                    idle_heartbeat=2.0,
-                    pending_msgs_limit=50_000,
-                )
-                if not started:
-                    started = True
-                    task_status.started()
-                try:
-                    await self._consume(sub, self._nc.stats["reconnects"])
-                finally:
-                    await sub.unsubscribe()
+                elif last > self.applied_seq and (stood < 0 or self.applied_seq == stood):
+                    await self._catch_up(last)
+                stood = self.applied_seq
             except (nats.errors.Error, TimeoutError, OSError) as exc:
-                log.warning("flow_runs stream consumer failed (%s); resubscribing", exc)
-                await anyio.sleep(0.5)
+                log.warning("reading the flow_runs stream failed (%s); trying again", exc)
+            await anyio.sleep(CHECK_EVERY)
 
-    async def _consume(self, sub: Any, reconnects: int) -> None:
-        """Apply messages in batches; return when the connection was re-established."""
-        pending: list[Any] = []
-        while True:
-            timeout = 0.05 if pending else 1.0
+    async def _catch_up(self, upto: int) -> None:
+        """Apply the stream's writes after ``applied_seq`` through ``upto`` that
+        no note covered. Sequences the stream no longer holds were replaced by a
+        newer write of their key, so reading past them accounts for them."""
+        async with self._catching_up:
+            start = self.applied_seq + 1
+            if start > upto:
+                return
+            sub = await self._js.subscribe(
+                runlog.SUBJECTS,
+                stream=runlog.STREAM,
+                ordered_consumer=True,
+                config=ConsumerConfig(
+                    deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start
+                ),
+                pending_msgs_limit=50_000,
+            )
             try:
-                msg = await sub.next_msg(timeout=timeout)
-            except nats.errors.TimeoutError:
-                if pending:
-                    await self._apply(pending)
-                    pending = []
-                if self._nc.stats["reconnects"] != reconnects:
-                    return
-                continue
-            pending.append(msg)
-            if len(pending) >= BATCH:
-                await self._apply(pending)
-                pending = []
+                batch: list[Any] = []
+                while True:
+                    msg = await sub.next_msg(timeout=5.0)
+                    meta = msg.metadata
+                    seq = meta.sequence.stream
+                    if seq > self.applied_seq and seq not in self._above:
+                        batch.append(msg)
+                    done = seq >= upto or meta.num_pending == 0
+                    if done or len(batch) >= BATCH:
+                        # Every sequence up to this one is now read (or gone).
+                        await self._apply_messages(batch, max(seq, upto) if done else seq)
+                        batch = []
+                    if done:
+                        return
+            finally:
+                await sub.unsubscribe()
 
-    async def _apply(self, batch: list[Any]) -> None:
-        db = self.db
-        for msg in batch:
+    async def _apply_messages(self, msgs: list[Any], through: int = 0) -> None:
+        """Apply messages of the stream; every sequence up to ``through`` is accounted for."""
+        writes: list[Write] = []
+        for msg in msgs:
             try:
                 event = runlog.event_of(msg)
             except msgspec.DecodeError as exc:
@@ -198,90 +187,62 @@ class ReadModel:
                 log.error("skipping undecodable run at seq %d: %s", seq, exc)
                 continue
             if isinstance(event, FlowRunDeleted):
-                await self._delete(event.flow_run_id, event.revision)
+                writes.append((event.flow_run_id, event.revision, None))
             else:
-                await self._upsert(event.flow_run, event.revision)
-        last = batch[-1].metadata.sequence.stream
-        await db.execute(
-            "INSERT INTO meta(key, value) VALUES('seq', ?) "
-            "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
-            (str(last),),
-        )
-        await db.commit()
-        self.applied_seq = last
+                writes.append((event.flow_run.id, event.revision, event.flow_run))
+        await self._apply(writes, through)
+
+    async def _apply(self, writes: list[Write], through: int = 0) -> None:
+        """Apply ``writes`` in one transaction, with the ``applied_seq`` they make."""
+        async with self._applying:
+            above = self._above | {seq for _, seq, _ in writes if seq > self.applied_seq}
+            mark = max(self.applied_seq, through)
+            while mark + 1 in above:
+                mark += 1
+            if writes or mark != self.applied_seq:
+                assert self._writer is not None, "ReadModel.open() was not called"
+                await self._write(_runindex.write, self._writer, writes, mark)
+            self._above = {seq for seq in above if seq > mark}
+            self.applied_seq = mark
         self._progress.set()
         self._progress = anyio.Event()
 
-    async def _delete(self, run_id: str, revision: int) -> None:
-        """Drop the run, and keep a tombstone so an older write replayed later
-        (a rebuild, a resubscription) does not bring it back."""
-        db = self.db
-        await db.execute("DELETE FROM runs WHERE id=? AND revision < ?", (run_id, revision))
-        await db.execute(
-            "DELETE FROM run_tags WHERE run_id=? AND run_id NOT IN (SELECT id FROM runs)",
-            (run_id,),
-        )
-        await db.execute(
-            "INSERT INTO deleted_runs(id, revision) VALUES (?, ?) "
-            "ON CONFLICT(id) DO UPDATE SET revision=MAX(revision, excluded.revision)",
-            (run_id, revision),
-        )
-
-    async def _upsert(self, run: FlowRun, revision: int) -> None:
-        db = self.db
-        # One statement, so the tombstone check costs no extra round trip to
-        # aiosqlite's thread: a write older than the run's deletion is skipped.
-        cur = await db.execute(
-            """INSERT INTO runs (id, revision, name, flow_name, deployment_id, deployment_name,
-                   parent_flow_run_id, runner, state_type, state_name, expected_start, body)
-               SELECT ?,?,?,?,?,?,?,?,?,?,?,?
-               WHERE NOT EXISTS (SELECT 1 FROM deleted_runs d WHERE d.id=? AND d.revision > ?)
-               ON CONFLICT(id) DO UPDATE SET
-                   revision=excluded.revision, name=excluded.name, runner=excluded.runner,
-                   state_type=excluded.state_type, state_name=excluded.state_name,
-                   expected_start=excluded.expected_start, body=excluded.body
-               WHERE excluded.revision > runs.revision""",
-            (
-                run.id,
-                revision,
-                run.name,
-                run.flow_name,
-                run.deployment_id,
-                run.deployment_name,
-                run.parent_flow_run_id,
-                run.runner,
-                run.state.type.value,
-                run.state.name,
-                _ts(run.expected_start_time),
-                encode(run),
-                run.id,
-                revision,
-            ),
-        )
-        if cur.rowcount:
-            await db.execute("DELETE FROM run_tags WHERE run_id=?", (run.id,))
-            await db.executemany(
-                "INSERT OR IGNORE INTO run_tags(tag, run_id) VALUES (?, ?)",
-                [(tag, run.id) for tag in run.tags],
-            )
+    async def _reset(self) -> None:
+        log.warning("read model is ahead of the flow_runs stream (stream recreated?); rebuilding")
+        assert self._writer is not None, "ReadModel.open() was not called"
+        async with self._applying:
+            await self._write(_runindex.clear, self._writer)
+            self.applied_seq = 0
+            self._above.clear()
 
     async def sync(self, timeout: float = 5.0) -> bool:
-        """Wait until every event published so far is applied (read-your-writes).
+        """Wait until every write stored so far is applied (read-your-writes).
 
-        A write is its event and is stored before it is acknowledged, so after
-        ``sync`` a query sees every write its caller was told about. Gives up after
-        ``timeout`` seconds (well inside a client's request timeout; a busy
-        machine can lag a second or more), logs it, and returns False; the
-        query then answers from what is applied.
+        A write is stored before it is acknowledged, so after ``sync`` a query
+        sees every write its caller was told about. This orchestrator's own
+        writes come as notes within moments; whatever is still missing after
+        NOTES_WAIT is read from the stream. Gives up after ``timeout`` seconds
+        (well inside a client's request timeout), logs it, and returns False;
+        the query then answers from what is applied.
         """
         info = await self._js.stream_info(runlog.STREAM)
         target = info.state.last_seq
-        with anyio.move_on_after(timeout):
-            while self.applied_seq < target:
-                await self._progress.wait()
+        self._waiting += 1
+        try:
+            with anyio.move_on_after(timeout):
+                with anyio.move_on_after(NOTES_WAIT):
+                    while self.applied_seq < target:
+                        self._hurry.set()
+                        await self._progress.wait()
+                if self.applied_seq < target:
+                    await self._catch_up(target)
+        except (nats.errors.Error, TimeoutError) as exc:
+            log.warning("reading the flow_runs stream failed (%s)", exc)
+        finally:
+            self._waiting -= 1
         if self.applied_seq < target:
             log.warning(
-                "read model %d event(s) behind after %.0f s; answering from what is applied",
+                "read model %d write(s) behind after %.0f s; answering from what is applied",
                 target - self.applied_seq,
                 timeout,
             )
@@ -290,55 +251,13 @@ class ReadModel:
 
     # --- querying -------------------------------------------------------------------
     async def query(self, req: ListFlowRuns, deployment_ids: list[str] | None) -> FlowRunPage:
-        where: list[str] = []
-        args: list[Any] = []
-        if req.states:
-            types = [s.upper() for s in req.states if s.upper() in StateType.__members__]
-            state_names = [s for s in req.states if s.upper() not in StateType.__members__]
-            clauses = []
-            if types:
-                clauses.append(f"state_type IN ({','.join('?' * len(types))})")
-                args.extend(types)
-            if state_names:
-                clauses.append(f"state_name COLLATE NOCASE IN ({','.join('?' * len(state_names))})")
-                args.extend(state_names)
-            where.append("(" + " OR ".join(clauses) + ")")
-        if deployment_ids is not None:
-            where.append(f"deployment_id IN ({','.join('?' * len(deployment_ids)) or 'NULL'})")
-            args.extend(deployment_ids)
-        if req.flow_name:
-            where.append("flow_name = ?")
-            args.append(req.flow_name)
-        if req.parent_flow_run_id:
-            where.append("parent_flow_run_id = ?")
-            args.append(req.parent_flow_run_id)
-        if req.runner:
-            where.append("runner = ?")
-            args.append(req.runner)
-        if req.since:
-            where.append("expected_start >= ?")
-            args.append(_ts(req.since))
-        if req.until:
-            where.append("expected_start < ?")
-            args.append(_ts(req.until))
-        if req.name is not None:
-            where.append("name = ?")
-            args.append(req.name)
-        if req.id_prefix:
-            # A range on the primary key, so a prefix look-up stays an index seek.
-            where.append("id >= ? AND id < ?")
-            args.extend([req.id_prefix, req.id_prefix + "\uffff"])
-        for tag in req.tags:
-            where.append("id IN (SELECT run_id FROM run_tags WHERE tag = ?)")
-            args.append(tag)
-        matching = " FROM runs" + (" WHERE " + " AND ".join(where) if where else "")
+        matching, args = _runindex.matching(req, deployment_ids)
         total = None
         if req.count:
             async with self.db.execute("SELECT COUNT(*)" + matching, args) as cur:
                 total = int((await cur.fetchone() or (0,))[0])
         sql = "SELECT body" + matching + " ORDER BY expected_start DESC, id DESC LIMIT ? OFFSET ?"
-        args.extend([req.limit + 1, req.offset])
-        async with self.db.execute(sql, args) as cur:
+        async with self.db.execute(sql, [*args, req.limit + 1, req.offset]) as cur:
             rows = list(await cur.fetchall())
         runs = [decode(row[0], FlowRun) for row in rows[: req.limit]]
         more = len(rows) > req.limit

@@ -2,7 +2,8 @@
 
 Every write is a compare-and-set on the run's KV revision, and the write is
 the run's event (``shared.runlog``); a write that makes a run due is followed
-by its dispatch item. A create is answered only after the run is stored; with
+by its dispatch item, sent ahead of the reply and acknowledged in the
+background (``_publish``). A create is answered only after the run is stored; with
 an idempotency key, ``_keys`` makes sure the key names one run (the run's own
 KV create is the check), so a crash in between is finished by the next
 request with that key instead of leaving a second run.

@@ -10,10 +10,12 @@ from __future__ import annotations
 import functools
 import hashlib
 from collections import OrderedDict
+from collections.abc import Callable
 
 import anyio
 import msgspec
 import nats.js.errors
+from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 from nats.js.kv import KeyValue
@@ -63,10 +65,39 @@ def _digest(text: str) -> str:
 _WRONG_LAST_SEQUENCE = (10071, 10164)
 
 
+class _ApiError(msgspec.Struct):
+    code: int = 0
+    err_code: int = 0
+    description: str = ""
+
+
+class _Ack(msgspec.Struct):
+    """JetStream's answer to a publish: the stored sequence, or why not."""
+
+    seq: int = 0
+    error: _ApiError | None = None
+
+
+_ACK = msgspec.json.Decoder(_Ack)
+
+
 class RunStore:
-    def __init__(self, kv: KeyValue, js: JetStreamContext | None = None) -> None:
+    def __init__(
+        self,
+        kv: KeyValue,
+        nc: NATS,
+        *,
+        timeout: float = 5.0,
+        on_write: Callable[[str, int, FlowRun | None], None] | None = None,
+    ) -> None:
+        """``kv``: the bucket, for reads; writes are requests on ``nc``, each
+        given ``timeout`` seconds (nats-py's JetStream default). ``on_write`` is
+        told of each stored write: the run's id, its revision, and the run (None
+        for a delete marker); the read model keeps its index from it."""
         self._kv = kv
-        self._js = js
+        self._nc = nc
+        self._timeout = timeout
+        self._on_write = on_write
 
     async def get(self, run_id: str) -> tuple[FlowRun, int] | None:
         try:
@@ -81,19 +112,45 @@ class RunStore:
         """Store a new run; raises Exists if its id holds a run (or, unless
         ``over_deleted``, ever held one: a delete marker counts)."""
         try:
-            if over_deleted:
-                return await self._kv.create(run.id, encode(run), validate_keys=False)
-            return await self._kv.update(run.id, encode(run), last=0, validate_keys=False)
+            return await self._write(run, 0)
+        except Stale:
+            if not over_deleted:
+                raise Exists(run.id) from None
+        try:  # nats-py's create writes over a delete marker
+            revision = await self._kv.create(run.id, encode(run), validate_keys=False)
         except nats.js.errors.KeyWrongLastSequenceError:
             raise Exists(run.id) from None
+        self._wrote(run.id, revision, run)
+        return revision
+
+    def _wrote(self, run_id: str, revision: int, run: FlowRun | None) -> None:
+        if self._on_write is not None:
+            self._on_write(run_id, revision, run)
 
     async def update(self, run: FlowRun, last_revision: int) -> int:
+        """Store ``run`` if it is still at ``last_revision``; raises Stale if not."""
+        return await self._write(run, last_revision)
+
+    async def _write(self, run: FlowRun, last: int, marker: dict[str, str] | None = None) -> int:
+        """A compare-and-set put of the run's key, as nats-py's KV does it, with
+        its acknowledgement decoded by msgspec: this is on every write's path.
+        ``marker``: the headers of a delete marker, which this write then is."""
         try:
-            return await self._kv.update(
-                run.id, encode(run), last=last_revision, validate_keys=False
+            msg = await self._nc.request(
+                runlog.subject(run.id),
+                encode(run),
+                timeout=self._timeout,
+                headers={**(marker or {}), "Nats-Expected-Last-Subject-Sequence": str(last)},
             )
-        except nats.js.errors.KeyWrongLastSequenceError:
-            raise Stale(run.id) from None
+        except nats.errors.NoRespondersError:
+            raise nats.js.errors.NoStreamResponseError from None
+        ack = _ACK.decode(msg.data)
+        if ack.error is not None:
+            if ack.error.err_code in _WRONG_LAST_SEQUENCE:
+                raise Stale(run.id)
+            raise nats.js.errors.APIError.from_error(msgspec.structs.asdict(ack.error))
+        self._wrote(run.id, ack.seq, None if marker is not None else run)
+        return ack.seq
 
     async def delete(self, run: FlowRun, last_revision: int, reason: str | None = None) -> int:
         """Put a delete marker on the run if it is still at ``last_revision``.
@@ -103,20 +160,7 @@ class RunStore:
         went, and ``reason`` goes in a header. Returns the marker's revision
         (nats-py's ``KeyValue.delete`` does not). Raises Stale if the run changed.
         """
-        assert self._js is not None, "RunStore needs a JetStream context to delete"
-        headers = {
-            **runlog.marker_headers(reason),
-            "Nats-Expected-Last-Subject-Sequence": str(last_revision),
-        }
-        try:
-            ack = await self._js.publish(
-                runlog.subject(run.id), encode(run), headers=headers, stream=runlog.STREAM
-            )
-        except nats.js.errors.APIError as exc:
-            if exc.err_code in _WRONG_LAST_SEQUENCE:
-                raise Stale(run.id) from None
-            raise
-        return ack.seq
+        return await self._write(run, last_revision, runlog.marker_headers(reason))
 
 
 class RecentRuns:

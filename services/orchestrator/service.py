@@ -103,12 +103,17 @@ class Orchestrator(Service):
         js = nc.jetstream()
         await bootstrap(js, s)
 
-        publisher = Publisher(js)
+        publisher = Publisher(js, retry_for=s.outage_grace)
         deployments_kv = await leader_kv(js, names.DEPLOYMENTS_BUCKET)
         deployment_store = DeploymentStore(deployments_kv, js)
         self.deployment_cache = cache = DeploymentCache(nc, deployments_kv)
         self.deployments = deployments = Deployments(deployment_store, self.clock, cache)
-        run_store = RunStore(await leader_kv(js, names.FLOW_RUNS_BUCKET), js)
+        self.read_model = read_model = ReadModel(self.read_model_path, nc)
+        await read_model.open()
+        stack.push_async_callback(read_model.close)
+        run_store = RunStore(
+            await leader_kv(js, names.FLOW_RUNS_BUCKET), nc, on_write=read_model.note
+        )
         claims = IdempotencyStore(await leader_kv(js, names.IDEMPOTENCY_BUCKET))
         runs = Runs(
             run_store,
@@ -119,13 +124,11 @@ class Orchestrator(Service):
             slots := Slots(js),
             slot_lease=s.slot_lease,
         )
-        self.read_model = read_model = ReadModel(self.read_model_path, nc)
-        await read_model.open()
-        stack.push_async_callback(read_model.close)
 
         await recover(js, publisher, self.clock)
 
         tg = await stack.enter_async_context(anyio.create_task_group())
+        await tg.start(publisher.run)
         await tg.start(read_model.follow)
         tg.start_soon(self._recover_after_reconnects, js, publisher)
         tg.start_soon(cache.follow)  # until it has caught up, creates read KV
@@ -145,6 +148,8 @@ class Orchestrator(Service):
 
         async def stop() -> None:
             await server.stop(self.grace)
+            if not await publisher.settle(self.grace):
+                log.warning("shutdown: dispatch items still unacknowledged; recovery offers them")
             tg.cancel_scope.cancel()
 
         stack.push_async_callback(stop)
