@@ -168,12 +168,11 @@ def notes_for(counts: Counts, levels: Sequence[int], modes: Sequence[str]) -> li
         "raw KV put: fresh file bucket (history 1, direct get), fresh uuid key per put; "
         "the value is an encoded flow run as the orchestrator stores it",
         "wire floor: per op 1 KV create (the run's event), then the dispatch item (a "
-        "JetStream publish with Nats-Msg-Id) — the round trips a create makes, without "
-        "the service (its deployment comes from a cache)",
+        "JetStream publish with Nats-Msg-Id, its ack not waited for) — what a create "
+        "sends, without the service (its deployment comes from a cache)",
         "orch. CPU ms/op: the orchestrator subprocess's CPU time (/proc) over a scenario's "
-        "warm-up and trials, its paired raw KV put trials included (the read model "
-        "catching up on the scenario's writes), divided by the scenario's operations; "
-        "a transition op is one lifecycle of three proposals",
+        "warm-up and trials, its paired raw KV put trials included, divided by the "
+        "scenario's operations; a transition op is one lifecycle of three proposals",
         "creates and proposals use engine.client.Client (msgspec encode/decode on the client "
         "side); every reply is checked (errors raise, transitions must be ACCEPT)",
         "ops/s = the median trial's timed ops ÷ its wall time; latency percentiles are "
