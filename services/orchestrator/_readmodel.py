@@ -52,8 +52,6 @@ BATCH = 500
 GATHER = 0.02
 #: How long ``applied_seq`` may stand behind newer writes before they are read from the stream.
 CHECK_EVERY = 1.0
-#: How long a query waits for this orchestrator's own writes before reading the stream.
-NOTES_WAIT = 0.1
 
 
 class ReadModel:
@@ -219,9 +217,9 @@ class ReadModel:
         """Wait until every write stored so far is applied (read-your-writes).
 
         A write is stored before it is acknowledged, so after ``sync`` a query
-        sees every write its caller was told about. This orchestrator's own
-        writes come as notes within moments; whatever is still missing after
-        NOTES_WAIT is read from the stream. Gives up after ``timeout`` seconds
+        sees every write its caller was told about. The writes handed over so
+        far are applied at once; whatever is still missing is read from the
+        stream. Gives up after ``timeout`` seconds
         (well inside a client's request timeout), logs it, and returns False;
         the query then answers from what is applied.
         """
@@ -230,10 +228,9 @@ class ReadModel:
         self._waiting += 1
         try:
             with anyio.move_on_after(timeout):
-                with anyio.move_on_after(NOTES_WAIT):
-                    while self.applied_seq < target:
-                        self._hurry.set()
-                        await self._progress.wait()
+                if self.applied_seq < target and self._noted:
+                    self._hurry.set()
+                    await self._progress.wait()  # the writes handed over so far
                 if self.applied_seq < target:
                     await self._catch_up(target)
         except (nats.errors.Error, TimeoutError) as exc:
