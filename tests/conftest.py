@@ -38,6 +38,15 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer
 
 
 @pytest.fixture
+def own_server(tmp_path: Path) -> Iterator[NatsServer]:
+    """A nats-server of the test's own: to stop, kill or restart, or to start bare."""
+    server = NatsServer(tmp_path / "nats")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 def settings(nats_server: NatsServer, tmp_path: Path) -> Settings:
     return Settings(nats_url=nats_server.url, home=tmp_path / "home", request_timeout=10.0)
 

@@ -9,7 +9,6 @@ orchestrators may share the queue group and take some of the requests.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import nats
@@ -22,14 +21,6 @@ from shared import names
 from shared.settings import Settings
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def own_server(tmp_path: Path) -> Iterator[NatsServer]:
-    server = NatsServer(tmp_path / "nats")
-    server.start()
-    yield server
-    server.stop()
 
 
 async def ask(nc: NATS, subject: str) -> dict:

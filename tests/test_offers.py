@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import anyio
 import nats
@@ -20,38 +18,14 @@ from shared.codec import decode
 from shared.models import FlowRun
 from shared.records import Dispatch
 from shared.settings import Settings
-from shared.states import State, StateDetails, StateType
+
+from ._runs import scheduled_run
 
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def private_server(tmp_path: Path) -> Iterator[NatsServer]:
-    """A server of this test's own: it starts without the dispatch stream."""
-    server = NatsServer(tmp_path / "nats")
-    server.start()
-    yield server
-    server.stop()
-
-
 def due_run() -> FlowRun:
-    now = datetime.now(UTC)
-    return FlowRun(
-        id=str(uuid.uuid4()),
-        name="due",
-        flow_name="f",
-        deployment_id=str(uuid.uuid4()),
-        deployment_name="f/d",
-        state=State(
-            type=StateType.SCHEDULED,
-            name="Scheduled",
-            timestamp=now,
-            details=StateDetails(scheduled_time=now),
-        ),
-        created=now,
-        updated=now,
-        expected_start_time=now,
-    )
+    return scheduled_run(deployment_id=str(uuid.uuid4()), deployment_name="f/d")
 
 
 def dispatch_config(url: str) -> StreamConfig:
@@ -60,9 +34,9 @@ def dispatch_config(url: str) -> StreamConfig:
 
 
 async def test_an_item_jetstream_did_not_store_is_sent_again_until_it_is(
-    private_server: NatsServer, caplog: pytest.LogCaptureFixture
+    own_server: NatsServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    nc = await nats.connect(private_server.url)
+    nc = await nats.connect(own_server.url)
     js = nc.jetstream()
     publisher = Publisher(js, retry_for=60.0)
     try:
@@ -72,7 +46,7 @@ async def test_an_item_jetstream_did_not_store_is_sent_again_until_it_is(
             assert await publisher.offer(run, datetime.now(UTC))
             # No stream takes the item yet: it is refused ("no responders") and kept.
             assert not await publisher.settle(0.5)
-            await js.add_stream(dispatch_config(private_server.url))
+            await js.add_stream(dispatch_config(own_server.url))
             assert await publisher.settle(30.0), "the item was never stored"
             assert "sending it again" in caplog.text
             info = await js.stream_info(names.DISPATCH_STREAM)
@@ -84,8 +58,8 @@ async def test_an_item_jetstream_did_not_store_is_sent_again_until_it_is(
         await nc.close()
 
 
-async def test_a_run_that_is_not_due_is_not_offered(private_server: NatsServer) -> None:
-    nc = await nats.connect(private_server.url)
+async def test_a_run_that_is_not_due_is_not_offered(own_server: NatsServer) -> None:
+    nc = await nats.connect(own_server.url)
     publisher = Publisher(nc.jetstream())
     try:
         run = due_run()

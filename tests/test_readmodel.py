@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
@@ -15,23 +13,10 @@ from services.orchestrator._readmodel import ReadModel
 from shared import names
 from shared.codec import encode
 from shared.messages import ListFlowRuns
-from shared.models import FlowRun
-from shared.states import State, StateType
+
+from ._runs import scheduled_run
 
 pytestmark = pytest.mark.anyio
-
-
-def a_run(flow_name: str) -> FlowRun:
-    now = datetime.now(UTC)
-    return FlowRun(
-        id=str(uuid.uuid4()),
-        name="r",
-        flow_name=flow_name,
-        state=State(type=StateType.SCHEDULED, name="Scheduled", timestamp=now),
-        created=now,
-        updated=now,
-        expected_start_time=now,
-    )
 
 
 async def test_a_write_made_elsewhere_reaches_the_index_without_a_query(
@@ -40,7 +25,7 @@ async def test_a_write_made_elsewhere_reaches_the_index_without_a_query(
     """Another replica's write, or a tool's, is read from the stream once
     applied_seq has stood behind it; no list request is needed for that."""
     kv = await nc.jetstream().key_value(names.FLOW_RUNS_BUCKET)
-    run = a_run(f"f{unique}")
+    run = scheduled_run(f"f{unique}")
     seq = await kv.create(run.id, encode(run))
     model = orchestrator.read_model
     with anyio.fail_after(30):
@@ -53,7 +38,7 @@ async def test_a_write_made_elsewhere_reaches_the_index_without_a_query(
 async def test_writes_handed_over_out_of_order_are_applied_up_to_the_first_gap(
     nc: NATS, tmp_path: Path, unique: str
 ) -> None:
-    runs = [a_run(f"f{unique}") for _ in range(3)]
+    runs = [scheduled_run(f"f{unique}") for _ in range(3)]
     model = ReadModel(tmp_path / "runs.sqlite", nc)
     await model.open()
     try:

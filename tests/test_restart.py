@@ -8,8 +8,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
@@ -26,9 +24,10 @@ from shared.errors import StackUnavailable
 from shared.messages import ProposedState, RegisterDeployment
 from shared.models import FlowRun
 from shared.settings import Settings
-from shared.states import State, StateDetails, StateType
+from shared.states import StateType
 
 from ._procs import start_service, wait_until_serving
+from ._runs import scheduled_run
 from .runner._script import ScriptFlowRunner
 from .runner.test_runner import deployment, running
 
@@ -67,23 +66,13 @@ async def test_a_run_written_but_never_announced_is_recovered(
         dep = await c.register_deployment(
             RegisterDeployment(name="d", flow_name=flow, queue=f"q{unique}")
         )
-    now = datetime.now(UTC)
-    orphan = FlowRun(
+    orphan = scheduled_run(
+        flow,
         id="00000000-0000-4000-8000-" + unique.rjust(12, "0"),
         name="orphan",
-        flow_name=flow,
         deployment_id=dep.id,
         deployment_name=f"{flow}/d",
         queue=f"q{unique}",
-        state=State(
-            type=StateType.SCHEDULED,
-            name="Scheduled",
-            timestamp=now,
-            details=StateDetails(scheduled_time=now),
-        ),
-        created=now,
-        updated=now,
-        expected_start_time=now,
     )
     nc = await nats.connect(settings.nats_url)
     try:
@@ -98,15 +87,6 @@ async def test_a_run_written_but_never_announced_is_recovered(
         assert [json.loads(m.data)["flow_run_id"] for m in msgs] == [orphan.id]
     finally:
         await nc.close()
-
-
-@pytest.fixture
-def own_server(tmp_path: Path) -> Iterator[NatsServer]:
-    """A nats-server of this test's own, to kill and restart."""
-    server = NatsServer(tmp_path / "nats")
-    server.start()
-    yield server
-    server.stop()
 
 
 async def test_nats_server_killed_and_restarted_under_load(

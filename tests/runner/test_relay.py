@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -192,14 +192,6 @@ async def test_a_process_killed_mid_frame_ends_its_relay(
     assert "hung up in the middle of a frame" in caplog.text
     # Half a proposal is no proposal.
     assert (await client.read_flow_run(mine)).state.type is StateType.PENDING
-
-
-@pytest.fixture
-def own_server(tmp_path: Path) -> Iterator[NatsServer]:
-    server = NatsServer(tmp_path / "nats")
-    server.start()
-    yield server
-    server.stop()
 
 
 async def test_a_run_reports_through_a_nats_restart(
