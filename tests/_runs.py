@@ -12,9 +12,9 @@ from shared.models import FlowRun
 from shared.states import State, StateDetails, StateType
 
 
-def scheduled_run(flow_name: str = "f", **fields: Any) -> FlowRun:
-    """A new run, Scheduled for now; ``fields`` replace any of its fields."""
-    now = datetime.now(UTC)
+def scheduled_run(flow_name: str = "f", *, at: datetime | None = None, **fields: Any) -> FlowRun:
+    """A new run, made and Scheduled ``at`` (default: now); ``fields`` replace any of its fields."""
+    now = at or datetime.now(UTC)
     run = FlowRun(
         id=str(uuid.uuid4()),
         name="r",

@@ -19,28 +19,16 @@ from shared.messages import (
     ProposeState,
 )
 from shared.models import FlowRun
-from shared.states import State, StateDetails, StateType
+from shared.states import StateDetails, StateType
+
+from ._runs import scheduled_run
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 RUN_ID = "00000000-0000-4000-8000-000000000001"
 
 
 def created() -> FlowRun:
-    return FlowRun(
-        id=RUN_ID,
-        name="n",
-        flow_name="f",
-        deployment_id="d",
-        state=State(
-            type=StateType.SCHEDULED,
-            name="Scheduled",
-            timestamp=T0,
-            details=StateDetails(scheduled_time=T0),
-        ),
-        created=T0,
-        updated=T0,
-        expected_start_time=T0,
-    )
+    return scheduled_run(id=RUN_ID, name="n", deployment_id="d", at=T0)
 
 
 def move(run: FlowRun, revision: int, proposed: ProposedState, **kw: object) -> FlowRun:
