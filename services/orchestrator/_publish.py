@@ -47,6 +47,7 @@ log = logging.getLogger("sluice.orchestrator")
 
 #: How long an item's acknowledgement may take before it is sent again.
 ACK_TIMEOUT = 5.0
+LATE = f"no acknowledgement within {ACK_TIMEOUT:g}s"
 #: Pauses between sends of an item JetStream did not store.
 RETRY_FIRST_PAUSE = 0.1
 RETRY_MOST_PAUSE = 5.0
@@ -122,7 +123,7 @@ class Publisher:
                         break  # the rest were sent later
                     del self._unacked[ack]
                     ack.cancel()  # nats-py forgets it and frees its slot
-                    self._failed.append((item, f"no acknowledgement within {ACK_TIMEOUT:g}s"))
+                    self._failed.append((item, LATE))
                 failed, self._failed = self._failed, []
                 for item, error in failed:
                     self._retrying += 1
@@ -155,12 +156,8 @@ class Publisher:
         item = self._unacked.pop(ack, None)
         if item is None:
             return  # given up on already (late), and sent again
-        if ack.cancelled():
-            error = "the connection closed before it was acknowledged"
-        else:
-            exc = ack.exception()
-            error = repr(exc) if exc is not None else ""
-        if error:
+        error = _why_not_stored(ack)
+        if error is not None:
             self._failed.append((item, error))
             self._wake.set()
         else:
@@ -196,11 +193,9 @@ class Publisher:
                     await asyncio.wait([ack])  # waits without cancelling nats-py's future
                 if not ack.done():
                     ack.cancel()
-                    error = f"no acknowledgement within {ACK_TIMEOUT:g}s"
-                elif ack.cancelled():
-                    error = "the connection closed before it was acknowledged"
-                elif (refused := ack.exception()) is not None:
-                    error = repr(refused)
+                    error = LATE
+                elif (refused := _why_not_stored(ack)) is not None:
+                    error = refused
                 else:
                     return
         finally:
@@ -244,3 +239,11 @@ class Publisher:
             encode(status),
             msg_ttl=ttl_seconds(lease),
         )
+
+
+def _why_not_stored(ack: asyncio.Future[PubAck]) -> str | None:
+    """None if JetStream stored the item whose ``ack`` is done; else why not."""
+    if ack.cancelled():
+        return "the connection closed before it was acknowledged"
+    refused = ack.exception()
+    return repr(refused) if refused is not None else None
