@@ -1,4 +1,5 @@
-"""Real flow files for runner tests: write one, register a deployment per flow in it."""
+"""Real flow files for runner tests: write one, register a deployment per flow in it,
+run one to its end."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from pathlib import Path
 
 from engine.client import Client
 from shared.messages import RegisterDeployment
+from shared.models import FlowRun
+from shared.states import StateType
 
 
 async def deploy_flows(
@@ -30,3 +33,10 @@ async def deploy_flows(
                 queue=queue,
             )
         )
+
+
+async def completed_run(client: Client, deployment: str) -> FlowRun:
+    """A new run of ``deployment``, once it has ended; it must have Completed."""
+    done = await client.wait_for_flow_run((await client.create_flow_run(deployment)).id)
+    assert done.state.type is StateType.COMPLETED, done.state.message
+    return done

@@ -25,7 +25,7 @@ from services.orchestrator import Orchestrator
 from shared.settings import Settings
 from shared.states import StateType
 
-from ._flows import deploy_flows
+from ._flows import completed_run, deploy_flows
 from .test_runner import running
 from .test_watcher import alive, until
 
@@ -68,10 +68,7 @@ async def test_forked_runs_complete_and_cancel(
     async with CancellationWatcher(settings, kill_grace=1.0), running(r):
         pids = []
         for _ in range(3):
-            run = await client.create_flow_run(f"{unique}-pid/d")
-            done = await client.wait_for_flow_run(run.id)
-            assert done.state.type is StateType.COMPLETED, done.state.message
-            pids.append(done.state.data)
+            pids.append((await completed_run(client, f"{unique}-pid/d")).state.data)
         assert len(set(pids)) == 3  # a process of its own for every run
         assert os.getpid() not in pids
 
@@ -175,9 +172,7 @@ async def test_a_forked_run_imports_nothing_but_its_flow(
         name=f"mods-{unique}", settings=settings, queue=queue, flow_runner=ForkServerFlowRunner()
     )
     async with running(r):
-        run = await client.create_flow_run(f"{unique}-modules/d")
-        done = await client.wait_for_flow_run(run.id)
-    assert done.state.type is StateType.COMPLETED, done.state.message
+        done = await completed_run(client, f"{unique}-modules/d")
     imported = [m for m in done.state.data if m not in server]
     assert [m for m in imported if not m.startswith("sluice_flows_")] == [], imported
 

@@ -26,7 +26,7 @@ from shared.models import Deployment, FlowRun
 from shared.settings import Settings
 from shared.states import StateType
 
-from ._flows import deploy_flows
+from ._flows import completed_run, deploy_flows
 from .test_runner import running
 from .test_watcher import alive
 
@@ -61,9 +61,7 @@ async def _serving(
 
 
 async def _one_run(client: Client, unique: str) -> FlowRun:
-    done = await client.wait_for_flow_run((await client.create_flow_run(f"{unique}/d")).id)
-    assert done.state.type is StateType.COMPLETED, done.state.message
-    return done
+    return await completed_run(client, f"{unique}/d")
 
 
 async def _eventually(check: Callable[[], T]) -> T:
