@@ -29,12 +29,9 @@ def rng(seed: int) -> random.Random:
 
 
 @pytest.fixture
-def own_nats(tmp_path: Path) -> Iterator[NatsServer]:
-    """A nats-server of this test's own, to kill and restart."""
-    server = NatsServer(tmp_path / "nats")
-    server.start()
-    yield server
-    server.stop()
+def own_nats(own_server: NatsServer) -> NatsServer:
+    """A nats-server of this test's own, to kill and restart (``tests/conftest.py``)."""
+    return own_server
 
 
 @pytest.fixture

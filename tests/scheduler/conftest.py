@@ -8,7 +8,7 @@ Late or removed by it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -36,11 +36,9 @@ START = datetime(2030, 1, 1, tzinfo=UTC)
 
 
 @pytest.fixture
-def sched_server(tmp_path: Path) -> Iterator[NatsServer]:
-    server = NatsServer(tmp_path / "nats")
-    server.start()
-    yield server
-    server.stop()
+def sched_server(own_server: NatsServer) -> NatsServer:
+    """The scheduler tests' server: one of the test's own (``tests/conftest.py``)."""
+    return own_server
 
 
 @dataclass
