@@ -26,13 +26,12 @@ from shared.states import StateType
 from .deploy_support import (
     COMPOSE_FILE,
     REPO,
-    LocalStack,
     is_sluice,
     load_compose,
     problems,
     replicas,
-    started,
 )
+from .local_stack import LocalStack, started
 from .ui.login import logged_in
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]

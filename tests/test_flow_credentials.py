@@ -23,7 +23,7 @@ from engine.runner._fork import ForkServerFlowRunner
 from engine.runner._subprocess import SubprocessFlowRunner
 from shared.states import StateType
 
-from .deploy_support import LocalStack, started
+from .local_stack import LocalStack, started
 from .runner._flows import deploy_flows
 from .runner.test_runner import running
 

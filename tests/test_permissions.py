@@ -28,7 +28,8 @@ from shared.errors import StackUnavailable
 from shared.messages import ProposedState, ProposeReply, ProposeState
 from shared.states import StateType
 
-from .deploy_support import REPO, LocalStack, started
+from .deploy_support import REPO
+from .local_stack import LocalStack, started
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 

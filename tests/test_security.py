@@ -40,7 +40,7 @@ from shared.models import FlowRun
 from shared.settings import Settings
 from shared.states import StateType
 
-from .deploy_support import LocalStack, started
+from .local_stack import LocalStack, started
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 

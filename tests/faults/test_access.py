@@ -27,7 +27,7 @@ from shared.connection import connect
 from shared.errors import SluiceError
 from shared.messages import Decision, ProposedState, RegisterDeployment
 from shared.states import StateType
-from tests.deploy_support import LocalStack
+from tests.local_stack import LocalStack
 
 from ._history import History
 from ._stack import verify
