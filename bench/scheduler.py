@@ -39,7 +39,6 @@ import tempfile
 import time
 from collections.abc import Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -62,14 +61,12 @@ from ._harness import (
     ForeignLoad,
     ServiceProcess,
     backend_options,
-    fmt,
     interrupt_on_signals,
     machine_info,
-    markdown_table,
-    percentile,
     running_nats_server,
 )
 from ._proccpu import cpu_seconds
+from ._scheduler_report import Idle, Lag, document
 
 DEFAULT_OUTPUT = REPO / "bench" / "results" / "scheduler.md"
 QUEUE = "bench-lag"
@@ -133,21 +130,6 @@ async def quiet_events(client: Client, at_least: int, quiet_for: float, timeout:
 
 
 # --- phase 1: lag -------------------------------------------------------------------------
-@dataclass
-class Lag:
-    deployments: int
-    minutes: int
-    lead: float
-    expected: int = 0
-    pending: list[float] = field(default_factory=list)
-    offered: list[float] = field(default_factory=list)
-    cpu: float = 0.0
-    rss: float = 0.0
-    peak: float = 0.0
-    window: float = 0.0
-    runs_created: int = 0
-
-
 async def lag_phase(url: str, home: Path, tmp: Path, lag: Lag) -> None:
     settings = Settings(nats_url=url, home=home, request_timeout=30.0)
     env = {"SLUICE_NATS_URL": url, "SLUICE_HOME": str(home)}
@@ -273,20 +255,6 @@ async def claimers(
 
 
 # --- phase 2: idle ------------------------------------------------------------------------
-@dataclass
-class Idle:
-    schedules: int
-    window: float
-    base_cpu: float = 0.0
-    base_rss: float = 0.0
-    register_s: float = 0.0
-    startup_s: float = 0.0
-    cpu: float = 0.0
-    rss: float = 0.0
-    peak: float = 0.0
-    runs: int = 0
-
-
 async def measure(proc: ServiceProcess, seconds: float) -> tuple[float, float, float]:
     assert proc.process is not None
     pid = proc.process.pid
@@ -340,90 +308,6 @@ async def idle_phase(url: str, home: Path, tmp: Path, idle: Idle) -> None:
             idle.cpu, idle.rss, idle.peak = await measure(sched, idle.window)
 
 
-# --- report -------------------------------------------------------------------------------
-def ms(values: list[float], q: float) -> str:
-    return fmt(percentile(values, q) * 1000) if q < 100 else fmt(values[-1] * 1000)
-
-
-def document(lags: list[Lag], idle: Idle, machine: dict[str, str], command: str) -> str:
-    first = lags[0]
-    lines = ["# Scheduler benchmark", ""]
-    lines += [f"- **{k}**: {v}" for k, v in machine.items()]
-    lines += ["", f"Command: `{command}`", "", "## Schedule lag", ""]
-    lines.append(
-        f"{first.deployments:,} deployments, each a `* * * * *` cron; {first.minutes} measured "
-        f"minute(s) per row; the benchmark process acts as the runners ({SLOTS:,} slots, "
-        f"{CLAIMERS} claims in flight at most): it holds an early offer, claims at the due "
-        "time, and completes the run 10 s later; "
-        "scheduler horizon 120 s (each minute, in one pass 7.5 s before the minute, it "
-        "creates the runs due two minutes later). Offer lag is negative when the item was "
-        "stored before the due time."
-    )
-    lines.append("")
-    rows = []
-    for lag in lags:
-        pend, offer = sorted(lag.pending), sorted(lag.offered)
-        rows.append(
-            [
-                f"{lag.lead:g} s",
-                f"{len(pend):,} / {lag.expected:,}",
-                ms(pend, 50),
-                ms(pend, 99),
-                ms(pend, 100) if pend else "n/a",
-                ms(offer, 50),
-                ms(offer, 99),
-                f"{lag.cpu:.1f} s / {lag.window:.0f} s",
-                f"{lag.rss:.0f}",
-            ]
-        )
-    headers = [
-        "dispatch lead",
-        "runs claimed",
-        "lag p50 ms",
-        "lag p99 ms",
-        "lag max ms",
-        "offer p50 ms",
-        "offer p99 ms",
-        "scheduler CPU",
-        "RSS MiB",
-    ]
-    lines.append(markdown_table(headers, rows))
-    lines += [
-        "",
-        "Lag: due time to the Pending state's timestamp. Offer: due time to the dispatch "
-        "item stored by JetStream. Scheduler CPU: from a minute before the measured "
-        "minutes to their end.",
-        "",
-        "## Idle footprint",
-        "",
-    ]
-    rows = [
-        ["no schedules (baseline)", "0", "-", f"{idle.base_rss:.0f}", "-", "-"],
-        [
-            f"{idle.schedules:,} schedules",
-            f"{idle.runs:,}",
-            f"{idle.startup_s:.0f}",
-            f"{idle.rss:.0f}",
-            f"{idle.peak:.0f}",
-            f"{idle.cpu:.2f} s / {idle.window:.0f} s ({idle.cpu / idle.window:.1%})",
-        ],
-    ]
-    lines.append(
-        markdown_table(
-            ["scheduler", "runs created", "start-up s", "RSS MiB", "peak MiB", "CPU at idle"],
-            rows,
-        )
-    )
-    lines += [
-        "",
-        f"Baseline CPU at idle: {idle.base_cpu:.2f} s. Registering the {idle.schedules:,} "
-        f"deployments took {idle.register_s:.0f} s (orchestrator). Start-up: from launching "
-        "the scheduler until its runs were all created (the event stream quiet for 5 s).",
-        "",
-    ]
-    return "\n".join(lines)
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.scheduler", description=__doc__)
     p.add_argument("--quick", action="store_true", help="small counts, one minute")
@@ -469,7 +353,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             home = tmp / "home-idle"
             anyio.run(idle_phase, server.url, home, tmp, idle, backend_options=backend_options())
     machine["other load on the host"] = foreign.summary()
-    text = document(lags, idle, machine, command.replace(str(REPO) + "/", ""))
+    text = document(
+        lags, idle, machine, command.replace(str(REPO) + "/", ""), slots=SLOTS, claimers=CLAIMERS
+    )
     print(text)
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
