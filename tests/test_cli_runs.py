@@ -30,13 +30,13 @@ from shared.models import DeploymentSchedule, IntervalSchedule
 from shared.settings import Settings
 from shared.states import State, StateDetails, StateType
 
-from . import test_cli as cli
-from .test_cli import ServiceProcess, Stack, assert_fails, eventually, move, sluice, sluice_json
+from . import _cli
+from ._cli import ServiceProcess, Stack, assert_fails, eventually, move, sluice, sluice_json
 
-# The module-scoped stack and the fixtures built on it, shared with test_cli.
-stack = cli.stack
-client = cli.client
-flow = cli.flow
+# The module-scoped stack and the fixtures built on it, (tests/_cli.py).
+stack = _cli.stack
+client = _cli.client
+flow = _cli.flow
 
 
 def sluice_process(stack: Stack, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -319,8 +319,8 @@ def test_inspect_shows_task_runs_history_and_result(
 
     web = sluice(stack, "flow-run", "inspect", run.id, "--web")
     assert web.stdout.strip() == f"http://127.0.0.1:8480/runs/{run.id}"
-    elsewhere = cli.CliRunner().invoke(
-        cli.app,
+    elsewhere = _cli.CliRunner().invoke(
+        _cli.app,
         ["flow-run", "inspect", run.id[:8], "--web"],
         env={**stack.env, "SLUICE_UI_URL": "https://sluice.example/"},
     )

@@ -16,13 +16,13 @@ import pytest
 from engine.sync import SyncClient
 from shared.states import StateType
 
-from . import test_cli as cli
-from .test_cli import INSPECT_HINT, WATCHED_STATE, Stack, move, sluice
+from . import _cli
+from ._cli import INSPECT_HINT, WATCHED_STATE, Stack, move, sluice
 
-# The module-scoped stack and the fixtures built on it, shared with test_cli.
-stack = cli.stack
-client = cli.client
-flow = cli.flow
+# The module-scoped stack and the fixtures built on it, (tests/_cli.py).
+stack = _cli.stack
+client = _cli.client
+flow = _cli.flow
 
 
 @pytest.mark.parametrize(("final", "exit_code"), [(StateType.COMPLETED, 0), (StateType.FAILED, 1)])
