@@ -81,10 +81,7 @@ def fuzz(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzz]:
     tmp: Path = tmp_path_factory.mktemp("fuzz-subjects")
     server = NatsServer(tmp / "nats")
     server.start()
-    # The default heartbeat (slot leases of 10 s): the stack shares this loop with the
-    # fuzzer's huge bodies, and with 1-s leases a stall could let a lease lapse while
-    # its run still says Running, which the states-based limit check counts as a breach.
-    settings = Settings(nats_url=server.url, home=tmp / "home")
+    settings = Settings(nats_url=server.url, home=tmp / "home", heartbeat_interval=0.5)
     runner = Runner(name=RUNNER, settings=settings, flow_runner=ScriptFlowRunner(), limit=2)
     try:
         with start_blocking_portal(backend_options={"use_uvloop": False}) as portal:
