@@ -279,6 +279,40 @@ async def test_a_replica_never_answers_from_an_outdated_copy(
         await other.close()
 
 
+async def test_a_proposal_judged_on_an_outdated_copy_leaves_the_claims_slot(
+    orchestrator: Orchestrator, nc: NATS, settings: Settings, unique: str
+) -> None:
+    """Found by the fuzz suite: a proposal judged on a copy of the run from
+    before its claim takes a slot (Scheduled -> Running takes one), finds the
+    claim's slot already held by the run and renews it, then loses the
+    compare-and-set on the run. Giving "its" slot back then freed the claim's:
+    a third run started with two Running and a limit of two."""
+    async with Client(settings) as admin:
+        deployment = await admin.register_deployment(
+            RegisterDeployment(name="d", flow_name=f"f{unique}", concurrency_limit=1)
+        )
+        first = await admin.create_flow_run(f"f{unique}/d")
+        second = await admin.create_flow_run(f"f{unique}/d")
+    other = await nats.connect(settings.nats_url)
+    try:
+        a, b = await _runs_handler(nc), await _runs_handler(other)
+        assert (await a.read(FlowRunRef(id=first.id))).state.type is StateType.SCHEDULED
+        await a.propose(ProposeState(id=first.id, state=ProposedState(type=StateType.SCHEDULED)))
+        pending = ProposedState(type=StateType.PENDING)
+        claim = await b.propose(ProposeState(id=first.id, state=pending, runner="r", attempt=0))
+        assert claim.status is Decision.ACCEPT and claim.lease_seconds
+        # a still remembers the run Scheduled: Running without a claim would take a slot
+        running = ProposedState(type=StateType.RUNNING)
+        reply = await a.propose(ProposeState(id=first.id, state=running))
+        assert reply.status is Decision.ABORT, reply.reason  # judged on the stored claim
+        held = await Slots(nc.jetstream()).holders(deployment.id, 1)
+        assert [lease.flow_run_id for lease in held] == [first.id]
+        late = await b.propose(ProposeState(id=second.id, state=pending, runner="r", attempt=0))
+        assert late.status is Decision.WAIT, late.reason
+    finally:
+        await other.close()
+
+
 async def test_a_cancel_reply_carries_the_state_stored_when_it_is_sent(
     client: Client, unique: str
 ) -> None:

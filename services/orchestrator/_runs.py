@@ -42,7 +42,7 @@ from ._keys import Keys
 from ._measure import measure
 from ._names import run_name
 from ._publish import Publisher
-from ._slots import SLOT_RETRY_SECONDS, Slots, ttl_seconds
+from ._slots import SLOT_RETRY_SECONDS, Hold, Slots, ttl_seconds
 from ._store import RecentRuns, RunStore, Stale, after_stale
 
 CAS_ATTEMPTS = 50
@@ -216,7 +216,7 @@ class Runs:
                 )
             state = rules.build_state(ctx)
             new = rules.apply(ctx, state)
-            took_slot = False
+            hold: Hold | None = None
             # Entering a claimed state takes a slot, however it is entered: a
             # Scheduled run proposed straight to Running must wait for one too.
             claims = state.type in rules.CLAIMED_TYPES and run.state.type not in rules.CLAIMED_TYPES
@@ -232,7 +232,8 @@ class Runs:
                     runner=req.runner,
                     attempt=new.attempt,
                 )
-                if not await self._slots.acquire(lease, limit, self._slot_lease):
+                hold = await self._slots.acquire(lease, limit, self._slot_lease)
+                if hold is None:
                     if from_recent:
                         continue  # as above: answer WAIT only on the stored run
                     return ProposeReply(
@@ -244,12 +245,11 @@ class Runs:
                         attempt=run.attempt,
                         revision=revision,
                     )
-                took_slot = True
             try:
                 new_revision = await self._runs.update(new, revision)
             except Stale:
-                if took_slot:
-                    await self._slots.release(run.deployment_id or "", limit, run.id)
+                if hold is not None:
+                    await self._slots.give_back(run.deployment_id or "", hold)
                 await after_stale(tries)
                 continue  # someone else moved the run; judge again against the new state
             self._recent.remember(new, new_revision)
@@ -265,7 +265,7 @@ class Runs:
                 flow_run=new,
                 # a runner's claim: it starts the run from this deployment
                 deployment=deployment if claims and req.runner else None,
-                lease_seconds=float(ttl_seconds(self._slot_lease)) if took_slot else None,
+                lease_seconds=float(ttl_seconds(self._slot_lease)) if hold else None,
             )
         raise Conflict(f"flow run {req.id} is changing too fast; propose again")
 

@@ -15,6 +15,7 @@ and writes the bucket's stream directly.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import nats.js.errors
 from nats.js import JetStreamContext
@@ -41,6 +42,15 @@ def ttl_seconds(lease: float) -> int:
     return max(1, math.ceil(lease))
 
 
+class Hold(NamedTuple):
+    """The slot an :meth:`Slots.acquire` wrote, at the sequence it wrote it."""
+
+    slot: int
+    seq: int
+    fresh: bool
+    """Taken now. False: the run held it already, and the write only renewed it."""
+
+
 class Slots:
     def __init__(self, js: JetStreamContext) -> None:
         self._js = js
@@ -52,9 +62,11 @@ class Slots:
             return None, 0
         return lease_from(msg), msg.seq or 0
 
-    async def _write(self, lease: SlotLease, n: int, last: int, ttl: float) -> bool:
+    async def _write(self, lease: SlotLease, n: int, last: int, ttl: float) -> int:
+        """Write the lease to slot ``n`` if it is still at ``last``: its new
+        sequence, or 0 when someone else wrote the slot meanwhile."""
         try:
-            await self._js.publish(
+            ack = await self._js.publish(
                 slot_subject(lease.deployment_id, n),
                 encode(lease),
                 headers={_EXPECTED_LAST: str(last)},
@@ -62,9 +74,9 @@ class Slots:
             )
         except nats.js.errors.APIError as exc:
             if exc.err_code in _WRONG_LAST_SEQUENCE:
-                return False  # someone else wrote this slot meanwhile
+                return 0  # someone else wrote this slot meanwhile
             raise
-        return True
+        return ack.seq
 
     async def holders(self, deployment_id: str, limit: int) -> list[SlotLease]:
         out = []
@@ -74,28 +86,41 @@ class Slots:
                 out.append(lease)
         return out
 
-    async def acquire(self, lease: SlotLease, limit: int, ttl: float) -> bool:
+    async def acquire(self, lease: SlotLease, limit: int, ttl: float) -> Hold | None:
         """Take a free slot for ``lease.flow_run_id`` (or renew the one it holds).
 
-        Returns False when every slot is held by another run.
+        Returns None when every slot is held by another run.
         """
         for _ in range(5):  # each pass loses only to a concurrent writer
             free: list[tuple[int, int]] = []
             for n in range(limit):
                 held, seq = await self._read(lease.deployment_id, n)
                 if held is not None and held.flow_run_id == lease.flow_run_id:
-                    if await self._write(lease, n, seq, ttl):
-                        return True
+                    if written := await self._write(lease, n, seq, ttl):
+                        return Hold(n, written, fresh=False)
                     break
                 if held is None:
                     free.append((n, seq))
             else:
                 for n, seq in free:
-                    if await self._write(lease, n, seq, ttl):
-                        return True
+                    if written := await self._write(lease, n, seq, ttl):
+                        return Hold(n, written, fresh=True)
                 if not free:
-                    return False
-        return False
+                    return None
+        return None
+
+    async def give_back(self, deployment_id: str, hold: Hold) -> None:
+        """Undo an :meth:`acquire` whose transition was not stored.
+
+        Only a slot it took, and only as it wrote it. A slot the run already
+        held belongs to the claim that took it: a proposal judged on an older
+        copy of the run (two proposals at once, or another orchestrator's
+        claim) renews that slot, then loses its compare-and-set on the run, and
+        giving the slot back would leave the claim running without one. And a
+        slot written again since (that claim's heartbeat) is left alone too.
+        """
+        if hold.fresh:
+            await self._delete(deployment_id, hold.slot, hold.seq)
 
     async def claim_again(
         self, run: FlowRun, claim: ProposeState, limit: int, ttl: float
@@ -116,7 +141,7 @@ class Slots:
             runner=claim.runner,
             attempt=run.attempt,
         )
-        if await self.acquire(lease, limit, ttl):
+        if await self.acquire(lease, limit, ttl) is not None:
             return accept, float(ttl_seconds(ttl))
         why = f"waiting for a concurrency slot of {run.deployment_name} ({limit} of {limit} in use)"
         return rules.Outcome(
@@ -125,18 +150,23 @@ class Slots:
 
     async def renew(self, lease: SlotLease, limit: int, ttl: float) -> bool:
         """Extend the run's lease; take a slot again if it lapsed. False: none free."""
-        return await self.acquire(lease, limit, ttl)
+        return await self.acquire(lease, limit, ttl) is not None
 
     async def release(self, deployment_id: str, limit: int, flow_run_id: str) -> None:
+        """Free every slot the run holds (it left the claimed states)."""
         for n in range(limit):
             held, seq = await self._read(deployment_id, n)
             if held is not None and held.flow_run_id == flow_run_id:
-                try:
-                    await self._js.publish(
-                        slot_subject(deployment_id, n),
-                        b"",
-                        headers={_EXPECTED_LAST: str(seq), "KV-Operation": "DEL"},
-                    )
-                except nats.js.errors.APIError as exc:
-                    if exc.err_code not in _WRONG_LAST_SEQUENCE:
-                        raise
+                await self._delete(deployment_id, n, seq)
+
+    async def _delete(self, deployment_id: str, n: int, seq: int) -> None:
+        """Free slot ``n`` if it is still at ``seq``."""
+        try:
+            await self._js.publish(
+                slot_subject(deployment_id, n),
+                b"",
+                headers={_EXPECTED_LAST: str(seq), "KV-Operation": "DEL"},
+            )
+        except nats.js.errors.APIError as exc:
+            if exc.err_code not in _WRONG_LAST_SEQUENCE:
+                raise

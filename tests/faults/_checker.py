@@ -200,34 +200,61 @@ def running_intervals(events: list[Event]) -> list[tuple[datetime, datetime | No
     return spans
 
 
+Span = tuple[datetime, datetime | None, str]
+"""A run's time in Running: from, until (None: still), and the run's id."""
+
+
+def peak(spans: Iterable[Span]) -> tuple[int, list[str]]:
+    """The most spans open at one instant (an end at t closes before a start at
+    t), and the runs open then: the message names them, so a breach found in
+    CI can be read without reproducing it."""
+    points: list[tuple[datetime, int, str]] = []
+    for start, end, run_id in spans:
+        points.append((start, 1, run_id))
+        if end is not None:
+            points.append((end, -1, run_id))
+    best: list[str] = []
+    open_now: list[str] = []
+    for _, step, run_id in sorted(points, key=lambda p: (p[0], p[1])):
+        if step > 0:
+            open_now.append(run_id)
+        else:
+            open_now.remove(run_id)
+        if len(open_now) > len(best):
+            best = list(open_now)
+    return len(best), best
+
+
 def max_overlap(spans: Iterable[tuple[datetime, datetime | None]]) -> int:
     """The most intervals open at one instant (an end at t closes before a start at t)."""
-    points: list[tuple[datetime, int]] = []
-    for start, end in spans:
-        points.append((start, 1))
-        if end is not None:
-            points.append((end, -1))
-    best = now = 0
-    for _, step in sorted(points):
-        now += step
-        best = max(best, now)
-    return best
+    return peak((start, end, str(n)) for n, (start, end) in enumerate(spans))[0]
 
 
 def concurrency(snap: Snapshot, report: Report) -> list[str]:
-    per_deployment: dict[str, list[tuple[datetime, datetime | None]]] = defaultdict(list)
-    for events in snap.events.values():
+    per_deployment: dict[str, list[Span]] = defaultdict(list)
+    for run_id, events in snap.events.items():
         dep = events[-1].flow_run.deployment_id
         if dep is not None:
-            per_deployment[dep] += running_intervals(events)
+            per_deployment[dep] += [(a, b, run_id) for a, b in running_intervals(events)]
     out = []
     for dep, spans in per_deployment.items():
-        seen = report.max_running[dep] = max_overlap(spans)
+        seen, runs = peak(spans)
+        report.max_running[dep] = seen
         deployment = snap.deployments.get(dep)
         limit = deployment.concurrency_limit if deployment else None
         if limit is not None and seen > limit:
-            out.append(f"deployment {dep}: {seen} runs Running at once, limit {limit}")
+            paths = "; ".join(f"{r}: {_path(snap.events[r])}" for r in runs)
+            out.append(f"deployment {dep}: {seen} runs Running at once, limit {limit} ({paths})")
     return out
+
+
+def _path(events: list[Event]) -> str:
+    """A run's states as the checker read them: type, attempt, claimant, time."""
+    return " -> ".join(
+        f"{s.type.value} a{e.flow_run.attempt} {e.flow_run.runner or '-'} {s.timestamp.time()}"
+        for e in events
+        for s in [e.flow_run.state]
+    )
 
 
 def leaked_slots(snap: Snapshot) -> list[str]:

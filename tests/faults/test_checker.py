@@ -119,7 +119,9 @@ def test_too_many_running_at_once_is_found() -> None:
     late = ((StateType.PENDING, 3), (StateType.RUNNING, 4), (StateType.COMPLETED, 6))
     snap = snapshot(path("a", *OK), path("b", *late), limit=1)
     violations = check(History(), snap).violations
-    assert violations == [f"deployment {DEP}: 2 runs Running at once, limit 1"]
+    assert len(violations) == 1, violations
+    assert violations[0].startswith(f"deployment {DEP}: 2 runs Running at once, limit 1 (a: ")
+    assert "; b: SCHEDULED a0 - " in violations[0]  # each run's path is shown
     after = ((StateType.PENDING, 5), (StateType.RUNNING, 5), (StateType.COMPLETED, 6))
     assert check(History(), snapshot(path("a", *OK), path("b", *after), limit=1)).violations == []
 
