@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -22,6 +23,7 @@ from nats.js.kv import KeyValue
 
 from shared import runlog
 from shared.codec import decode, encode
+from shared.errors import StackUnavailable
 from shared.models import Deployment, FlowRun
 from shared.names import DEPLOYMENTS_BUCKET, kv_stream
 from shared.states import TERMINAL_TYPES
@@ -33,6 +35,23 @@ class Exists(Exception):
 
 class Stale(Exception):
     """A compare-and-set lost: the key changed since it was read."""
+
+
+class InFlight(Stale):
+    """A compare-and-set refused because another write of the key is in flight.
+
+    Only a replicated stream says this (error 10164, "wrong last sequence" with
+    no number): its leader will not judge an expected sequence while a write of
+    the same key is still being replicated. Whether the key holds a value is
+    not known yet: often the write in flight is this request's own earlier try,
+    whose answer was lost to an election. A create must wait for it, never take
+    it for "exists" (that made a keyed create store a second run).
+    """
+
+
+#: How long a write waits out another write of its key in flight before the
+#: request is answered "unavailable" (the caller tries again).
+IN_FLIGHT_WAIT = 5.0
 
 
 #: Lost compare-and-sets retried at once before :func:`after_stale` pauses.
@@ -56,13 +75,34 @@ async def after_stale(lost: int) -> None:
         await anyio.sleep(min(STALE_FIRST_PAUSE * 2 ** (lost - STALE_AT_ONCE), STALE_MOST_PAUSE))
 
 
+class _Waited:
+    """Pauses between tries of a write refused while another write of its key
+    is in flight; past :data:`IN_FLIGHT_WAIT`, gives up with StackUnavailable."""
+
+    def __init__(self, what: str) -> None:
+        self._what = what
+        self._tries = 0
+        self._until = time.monotonic() + IN_FLIGHT_WAIT
+
+    async def pause(self) -> None:
+        self._tries += 1
+        if time.monotonic() >= self._until:
+            raise StackUnavailable(
+                f"another write of {self._what} is still in flight after {IN_FLIGHT_WAIT:g}s "
+                "(a replicated stream electing a leader?); try again"
+            )
+        await after_stale(self._tries + STALE_AT_ONCE - 1)
+
+
 def _digest(text: str) -> str:
     # KV keys allow a narrow alphabet; user-chosen strings are hashed.
     return hashlib.sha256(text.encode()).hexdigest()[:40]
 
 
-#: JetStream's error codes for a failed expected-last-sequence check.
-_WRONG_LAST_SEQUENCE = (10071, 10164)
+#: JetStream's error codes for a failed expected-last-sequence check: the key
+#: is at another sequence, and (replicated streams) a write of it is in flight.
+_WRONG_LAST_SEQUENCE = 10071
+_IN_FLIGHT = 10164
 
 
 class _ApiError(msgspec.Struct):
@@ -111,11 +151,16 @@ class RunStore:
     async def create(self, run: FlowRun, *, over_deleted: bool = True) -> int:
         """Store a new run; raises Exists if its id holds a run (or, unless
         ``over_deleted``, ever held one: a delete marker counts)."""
-        try:
-            return await self._write(run, 0)
-        except Stale:
-            if not over_deleted:
-                raise Exists(run.id) from None
+        waited = _Waited(f"flow run {run.id}")
+        while True:
+            try:
+                return await self._write(run, 0)
+            except InFlight:
+                await waited.pause()
+            except Stale:
+                break
+        if not over_deleted:
+            raise Exists(run.id)
         try:  # nats-py's create writes over a delete marker
             revision = await self._kv.create(run.id, encode(run), validate_keys=False)
         except nats.js.errors.KeyWrongLastSequenceError:
@@ -146,8 +191,10 @@ class RunStore:
             raise nats.js.errors.NoStreamResponseError from None
         ack = _ACK.decode(msg.data)
         if ack.error is not None:
-            if ack.error.err_code in _WRONG_LAST_SEQUENCE:
+            if ack.error.err_code == _WRONG_LAST_SEQUENCE:
                 raise Stale(run.id)
+            if ack.error.err_code == _IN_FLIGHT:
+                raise InFlight(run.id)
             raise nats.js.errors.APIError.from_error(msgspec.structs.asdict(ack.error))
         self._wrote(run.id, ack.seq, None if marker is not None else run)
         return ack.seq
@@ -211,12 +258,25 @@ class IdempotencyStore:
 
     async def claim(self, key: str, run_id: str) -> str:
         """Bind ``key`` to ``run_id`` unless already bound; return the bound id."""
-        try:
-            await self._kv.create(key, run_id.encode(), validate_keys=False)
-            return run_id
-        except nats.js.errors.KeyWrongLastSequenceError:
-            entry = await self._kv.get(key, validate_keys=False)
-            return (entry.value or b"").decode()
+        waited = _Waited(f"idempotency claim {key}")
+        while True:
+            try:
+                await self._kv.create(key, run_id.encode(), validate_keys=False)
+                return run_id
+            except nats.js.errors.KeyWrongLastSequenceError:
+                pass
+            except nats.js.errors.NotFoundError:
+                pass  # nats-py's create read the key to see if it was deleted: in flight
+            try:
+                entry = await self._kv.get(key, validate_keys=False)
+            except nats.js.errors.NotFoundError:
+                entry = None
+            if entry is not None and entry.value:
+                return entry.value.decode()
+            # A write of the key is in flight (a replicated stream's 10164,
+            # which nats-py reports as a wrong last sequence), or the key was
+            # released in between: try again.
+            await waited.pause()
 
     async def release(self, key: str, run_id: str) -> None:
         """Unbind ``key`` if it still names ``run_id`` (its run was deleted)."""
@@ -230,7 +290,7 @@ class IdempotencyStore:
         try:
             await self._kv.delete(key, last=entry.revision, validate_keys=False)
         except nats.js.errors.APIError as exc:
-            if exc.err_code not in _WRONG_LAST_SEQUENCE:
+            if exc.err_code not in (_WRONG_LAST_SEQUENCE, _IN_FLIGHT):
                 raise
 
 
