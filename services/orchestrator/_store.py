@@ -151,11 +151,12 @@ class RunStore:
     async def create(self, run: FlowRun, *, over_deleted: bool = True) -> int:
         """Store a new run; raises Exists if its id holds a run (or, unless
         ``over_deleted``, ever held one: a delete marker counts)."""
-        waited = _Waited(f"flow run {run.id}")
+        waited: _Waited | None = None  # made only when needed: this is every create's path
         while True:
             try:
                 return await self._write(run, 0)
             except InFlight:
+                waited = waited or _Waited(f"flow run {run.id}")
                 await waited.pause()
             except Stale:
                 break
