@@ -1,8 +1,9 @@
 """``sluice deployment create FILE`` and ``sluice deployment run``, against a real stack.
 
-The session's nats-server plus an orchestrator process for this module, as in
-``test_cli.py`` (each CLI command runs its own event loop with ``anyio.run``,
-so the in-process orchestrator fixture will not do). Spec files and the flows
+The session's nats-server plus an orchestrator process for this module
+(``tests/_cli.py``, as for ``test_cli.py``: each CLI command runs its own
+event loop with ``anyio.run``, so the in-process orchestrator fixture will
+not do). Spec files and the flows
 they name are written into ``tmp_path``; every flow name carries a unique
 suffix because the server is shared by the whole session, and every flow
 module has a unique name because imported modules stay in ``sys.modules``.
@@ -10,121 +11,28 @@ module has a unique name because imported modules stay in ``sys.modules``.
 
 from __future__ import annotations
 
-import json
-import os
-import re
-import signal
-import subprocess
-import sys
-import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import anyio
 import pytest
-from typer.testing import CliRunner, Result
+from typer.testing import CliRunner
 
 from engine.cli import app
 from engine.client import Client
 from engine.runner._docker import DockerFlowRunner
 from engine.runner._subprocess import from_infrastructure
 from engine.sync import SyncClient
-from services.dev import NatsServer
 from shared.messages import Decision, ProposedState
 from shared.settings import Settings
 from shared.states import StateType
 
-READY_TIMEOUT = 60.0
+from . import _cli
+from ._cli import INSPECT_HINT, Stack, assert_fails, sluice, sluice_json
 
-
-# --- the stack: an orchestrator process on the session's nats-server --------------------
-class Orchestrator:
-    """``python -m services.orchestrator``, ready once its log says so (read by a thread)."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "services.orchestrator"],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.lines: list[str] = []
-        self._ready = threading.Event()
-        self._reader = threading.Thread(target=self._read_log, daemon=True)
-        self._reader.start()
-
-    def _read_log(self) -> None:
-        assert self._proc.stderr is not None
-        for line in self._proc.stderr:
-            self.lines.append(line)
-            if "orchestrator ready" in line:
-                self._ready.set()
-        self._ready.set()  # it exited: stop waiting, wait_ready() says so
-
-    def wait_ready(self) -> None:
-        if not self._ready.wait(READY_TIMEOUT) or self._proc.poll() is not None:
-            raise RuntimeError(f"the orchestrator did not start:\n{''.join(self.lines)}")
-
-    def stop(self) -> None:
-        if self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGTERM)
-        try:
-            self._proc.wait(30)
-        finally:
-            if self._proc.poll() is None:
-                self._proc.kill()
-                self._proc.wait()
-            self._reader.join(10)
-            assert self._proc.stderr is not None
-            self._proc.stderr.close()
-
-
-@dataclass(frozen=True)
-class Stack:
-    settings: Settings
-    env: dict[str, str]
-    """What the CLI needs in its environment to reach this stack."""
-
-
-@pytest.fixture(scope="module")
-def stack(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    home = tmp_path_factory.mktemp("cli-deployments-home")
-    env = {"SLUICE_NATS_URL": nats_server.url, "SLUICE_HOME": str(home)}
-    orchestrator = Orchestrator({**os.environ, **env, "SLUICE_LOG_LEVEL": "INFO"})
-    try:
-        orchestrator.wait_ready()
-        yield Stack(settings=Settings(nats_url=nats_server.url, home=home), env=env)
-    finally:
-        orchestrator.stop()
-
-
-@pytest.fixture(scope="module")
-def client(stack: Stack) -> Iterator[SyncClient]:
-    with SyncClient(stack.settings) as c:
-        yield c
-
-
-def sluice(stack: Stack, *args: str) -> Result:
-    return CliRunner().invoke(app, list(args), env=stack.env)
-
-
-def sluice_json(stack: Stack, *args: str) -> Any:
-    result = sluice(stack, *args, "--json")
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
-
-
-def assert_fails(result: Result, code: int, *fragments: str) -> None:
-    """Exited with ``code``, said each fragment on stderr, and showed no traceback."""
-    assert result.exit_code == code, result.output
-    assert isinstance(result.exception, SystemExit), result.exception
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in result.stderr, result.stderr
+# The module-scoped stack and the fixtures built on it (tests/_cli.py).
+stack = _cli.stack
+client = _cli.client
 
 
 # --- spec files ---------------------------------------------------------------------------
@@ -260,7 +168,7 @@ def test_run_a_deployment(stack: Stack, client: SyncClient, created: Spec) -> No
     assert result.exit_code == 0, result.output
     assert "Created flow run" in result.stdout
     assert "Scheduled" in result.stdout
-    match = re.search(r"sluice flow-run inspect ([0-9a-f-]{36})", result.stdout)
+    match = INSPECT_HINT.search(result.stdout)
     assert match, result.stdout
     run = client.read_flow_run(match[1])
     assert run.deployment_name == f"{created.flow}/main"
