@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import re
 import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 
 import anyio
 import pytest
@@ -27,12 +25,9 @@ from .runner.test_runner import deployment, finished, runner, running
 
 
 @pytest.fixture
-def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
-    """Overrides the session's server for this module's tests."""
-    server = NatsServer(tmp_path / "nats")
-    server.start()
-    yield server
-    server.stop()
+def nats_server(own_server: NatsServer) -> NatsServer:
+    """Overrides the session's server for this module's tests: each its own."""
+    return own_server
 
 
 def test_metrics_are_off_unless_asked_for() -> None:
