@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+import anyio
 import pytest
 from typer.testing import CliRunner, Result
 
@@ -195,9 +196,24 @@ async def move(
             reply = await c.propose_state(run_id, ProposedState(type=state, message=f"to {state}"))
             assert reply.status is Decision.ACCEPT, reply
             if i == 0:
-                js = c.nc.jetstream()
-                for line in lines or []:
-                    record = LogRecord(
-                        flow_run_id=run_id, timestamp=datetime.now(UTC), level=20, message=line
-                    )
-                    await js.publish(names.logs_subject(run_id), encode(record))
+                await publish_logs(c, run_id, [(20, line) for line in lines or []])
+
+
+async def publish_logs(c: Client, run_id: str, lines: list[tuple[int, str]]) -> None:
+    """Publish ``(level, message)`` log records of the run, as its engine would."""
+    js = c.nc.jetstream()
+    for level, message in lines:
+        record = LogRecord(
+            flow_run_id=run_id, timestamp=datetime.now(UTC), level=level, message=message
+        )
+        await js.publish(names.logs_subject(run_id), encode(record))
+
+
+def log(settings: Settings, run_id: str, lines: list[tuple[int, str]]) -> None:
+    """:func:`publish_logs` from a test's thread."""
+
+    async def publish() -> None:
+        async with Client(settings) as c:
+            await publish_logs(c, run_id, lines)
+
+    anyio.run(publish)

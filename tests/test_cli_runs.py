@@ -1,6 +1,6 @@
 """The CLI's daily-use commands for runs, end to end against a real stack.
 
-``--version``, ``runner start``, ``flow-run watch|delete``, ``ls --since/--until``,
+``--version``, ``runner start``, ``flow-run delete``, ``ls --since/--until``,
 ``logs --tail/--level``, runs named by id prefix or name, state names checked,
 ``inspect`` with task runs, history and result, shell completion, a repeated
 idempotency key, and "did you mean". Same stack and helpers as ``test_cli``.
@@ -25,13 +25,12 @@ from services.dev import free_port
 from shared import names
 from shared.codec import encode
 from shared.errors import FlowRunNotFound
-from shared.messages import Decision, LogRecord, ProposedState, RegisterDeployment, TaskRunRecord
+from shared.messages import Decision, ProposedState, RegisterDeployment, TaskRunRecord
 from shared.models import DeploymentSchedule, IntervalSchedule
-from shared.settings import Settings
 from shared.states import State, StateDetails, StateType
 
 from . import _cli
-from ._cli import ServiceProcess, Stack, assert_fails, eventually, move, sluice, sluice_json
+from ._cli import ServiceProcess, Stack, assert_fails, eventually, log, move, sluice, sluice_json
 
 # The module-scoped stack and the fixtures built on it, (tests/_cli.py).
 stack = _cli.stack
@@ -92,63 +91,6 @@ def test_runner_start_runs_a_runner_that_heartbeats(stack: Stack, client: SyncCl
 
         assert anyio.run(heartbeat) == 3  # the SLUICE_RUNNER_* variable reached it
         assert runner.stop() == 0
-
-
-# --- flow-run watch -----------------------------------------------------------------------------
-@pytest.mark.parametrize(("final", "exit_code"), [(StateType.COMPLETED, 0), (StateType.FAILED, 1)])
-def test_watch_shows_every_state_from_the_history(
-    stack: Stack, client: SyncClient, flow: str, final: StateType, exit_code: int
-) -> None:
-    """The run passed Pending (claimed by a runner) long before the watch began."""
-    run = client.create_flow_run(flow)
-
-    async def claim_and_finish() -> None:
-        async with Client(stack.settings) as c:
-            reply = await c.propose_state(
-                run.id,
-                ProposedState(type=StateType.PENDING, message="claimed by runner runner-x"),
-                runner="runner-x",
-                attempt=0,
-            )
-            assert reply.status is Decision.ACCEPT, reply
-            for state in (StateType.RUNNING, final):
-                reply = await c.propose_state(run.id, ProposedState(type=state), attempt=1)
-                assert reply.status is Decision.ACCEPT, reply
-
-    anyio.run(claim_and_finish)
-    _log(stack.settings, run.id, [(20, "a line of the flow")])
-    result = sluice(stack, "flow-run", "watch", run.id)
-    assert result.exit_code == exit_code, result.output
-    out = result.stdout
-    order = [out.index(s) for s in ("Scheduled", "Pending", "Running", final.value.title())]
-    assert order == sorted(order), out
-    assert "runner-x" in out
-    assert "a line of the flow" in out
-    assert "ended" in out
-    quiet = sluice(stack, "flow-run", "watch", run.id, "--no-logs")
-    assert "a line of the flow" not in quiet.stdout
-    as_json = sluice(stack, "flow-run", "watch", run.id, "--json")
-    assert json.loads(as_json.stdout)["state"]["type"] == final.value
-
-
-def test_watch_of_an_unknown_run(stack: Stack) -> None:
-    missing = "00000000-0000-4000-8000-00000000abcd"
-    assert_fails(sluice(stack, "flow-run", "watch", missing), 1, "error:", missing)
-
-
-def test_watch_follows_a_retried_run_past_its_earlier_end(
-    stack: Stack, client: SyncClient, flow: str
-) -> None:
-    """History holds the first attempt's Failed; the watch goes on to the retry's end."""
-    run = client.create_flow_run(flow)
-    anyio.run(move, stack.settings, run.id, [StateType.RUNNING, StateType.FAILED])
-    retried = sluice(stack, "flow-run", "retry", run.id)
-    assert retried.exit_code == 0, retried.output
-    anyio.run(move, stack.settings, run.id, [StateType.RUNNING, StateType.COMPLETED])
-    result = sluice(stack, "flow-run", "watch", run.id)
-    assert result.exit_code == 0, result.output
-    assert result.stdout.index("Failed") < result.stdout.index("AwaitingRetry")
-    assert "ended Completed" in result.stdout
 
 
 # --- flow-run delete -----------------------------------------------------------------------------
@@ -223,23 +165,10 @@ def test_an_unknown_state_is_an_error_listing_the_valid_ones(stack: Stack) -> No
 
 
 # --- logs --tail/--level ---------------------------------------------------------------------
-def _log(settings: Settings, run_id: str, lines: list[tuple[int, str]]) -> None:
-    async def publish() -> None:
-        async with Client(settings) as c:
-            js = c.nc.jetstream()
-            for level, message in lines:
-                record = LogRecord(
-                    flow_run_id=run_id, timestamp=datetime.now(UTC), level=level, message=message
-                )
-                await js.publish(names.logs_subject(run_id), encode(record))
-
-    anyio.run(publish)
-
-
 def test_logs_tail_and_level(stack: Stack, client: SyncClient, flow: str) -> None:
     run = client.create_flow_run(flow)
     lines = [(10, "debug one"), (20, "info two"), (30, "warning three"), (40, "error four")]
-    _log(stack.settings, run.id, lines)
+    log(stack.settings, run.id, lines)
     anyio.run(move, stack.settings, run.id, [StateType.RUNNING, StateType.COMPLETED])
 
     def messages(*args: str) -> list[str]:
