@@ -26,11 +26,13 @@ from shared.models import FlowRun
 from shared.slots import STREAM, lease_from, slot_subject
 
 from . import rules
+from ._store import IN_FLIGHT, WRONG_LAST_SEQUENCE
 
 #: A claim that found no free slot is told to try again after this long.
 SLOT_RETRY_SECONDS = 0.5
 _EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
-_WRONG_LAST_SEQUENCE = (10071, 10164)
+#: A slot written meanwhile, or a write of it in flight: either way, not this try's.
+_LOST = (WRONG_LAST_SEQUENCE, IN_FLIGHT)
 
 
 def ttl_seconds(lease: float) -> int:
@@ -73,7 +75,7 @@ class Slots:
                 msg_ttl=ttl_seconds(ttl),
             )
         except nats.js.errors.APIError as exc:
-            if exc.err_code in _WRONG_LAST_SEQUENCE:
+            if exc.err_code in _LOST:
                 return 0  # someone else wrote this slot meanwhile
             raise
         return ack.seq
@@ -168,5 +170,5 @@ class Slots:
                 headers={_EXPECTED_LAST: str(seq), "KV-Operation": "DEL"},
             )
         except nats.js.errors.APIError as exc:
-            if exc.err_code not in _WRONG_LAST_SEQUENCE:
+            if exc.err_code not in _LOST:
                 raise

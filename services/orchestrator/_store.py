@@ -101,8 +101,8 @@ def _digest(text: str) -> str:
 
 #: JetStream's error codes for a failed expected-last-sequence check: the key
 #: is at another sequence, and (replicated streams) a write of it is in flight.
-_WRONG_LAST_SEQUENCE = 10071
-_IN_FLIGHT = 10164
+WRONG_LAST_SEQUENCE = 10071
+IN_FLIGHT = 10164
 
 
 class _ApiError(msgspec.Struct):
@@ -192,9 +192,9 @@ class RunStore:
             raise nats.js.errors.NoStreamResponseError from None
         ack = _ACK.decode(msg.data)
         if ack.error is not None:
-            if ack.error.err_code == _WRONG_LAST_SEQUENCE:
+            if ack.error.err_code == WRONG_LAST_SEQUENCE:
                 raise Stale(run.id)
-            if ack.error.err_code == _IN_FLIGHT:
+            if ack.error.err_code == IN_FLIGHT:
                 raise InFlight(run.id)
             raise nats.js.errors.APIError.from_error(msgspec.structs.asdict(ack.error))
         self._wrote(run.id, ack.seq, None if marker is not None else run)
@@ -291,7 +291,7 @@ class IdempotencyStore:
         try:
             await self._kv.delete(key, last=entry.revision, validate_keys=False)
         except nats.js.errors.APIError as exc:
-            if exc.err_code not in (_WRONG_LAST_SEQUENCE, _IN_FLIGHT):
+            if exc.err_code not in (WRONG_LAST_SEQUENCE, IN_FLIGHT):
                 raise
 
 
