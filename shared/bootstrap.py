@@ -22,6 +22,7 @@ from nats.js.api import (
     DiscardPolicy,
     KeyValueConfig,
     ObjectStoreConfig,
+    PersistMode,
     RetentionPolicy,
     StorageType,
     StreamConfig,
@@ -34,9 +35,29 @@ from .settings import Settings
 log = logging.getLogger("sluice.bootstrap")
 
 DUPLICATE_WINDOW = 120.0  # seconds; JetStream's Nats-Msg-Id de-duplication
+#: The JetStream API level of nats-server 2.14, the first that both flushes a
+#: stream asynchronously on request (2.12) and, after a crash lost the newest
+#: messages of one, moves its consumers back to what it holds (2.14): without
+#: that, a consumer ahead of its stream would skip the items stored next.
+ASYNC_FLUSH_API_LEVEL = 4
 
 
-def stream_configs(settings: Settings) -> list[StreamConfig]:
+def dispatch_persist_mode(settings: Settings, api_level: int) -> PersistMode | None:
+    """How the dispatch stream is written: flushed in the background where
+    the server allows it, so a create makes one fsync (the run's), not two.
+
+    A dispatch item is derived from the run, never its only record: one lost
+    with a crashed server (its last milliseconds) is offered again when the
+    orchestrator reconnects (``services.orchestrator._recovery``) and when the
+    run is marked Late. One replica only: JetStream refuses it on more.
+    """
+    if settings.replicas == 1 and api_level >= ASYNC_FLUSH_API_LEVEL:
+        return PersistMode.ASYNC
+    return None
+
+
+def stream_configs(settings: Settings, *, api_level: int = 0) -> list[StreamConfig]:
+    """The streams to create; ``api_level``: the server's JetStream API level."""
     # No run event stream: a run's events are the writes of the flow_runs
     # bucket (shared.runlog). A deployment made before keeps its FLOWRUN_EVENTS
     # stream, unused; an operator may delete it.
@@ -75,6 +96,7 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
             num_replicas=settings.replicas,
             max_age=settings.dispatch_max_age or None,
             duplicate_window=DUPLICATE_WINDOW,
+            persist_mode=dispatch_persist_mode(settings, api_level),
         ),
     ]
 
@@ -152,13 +174,21 @@ def _items(js: JetStreamContext, settings: Settings) -> list[_Item]:
         storage=StorageType.FILE,
         replicas=settings.replicas,
     )
+
+    async def create_stream(name: str) -> None:
+        # Asked only to create: a service that may not is not made to wait for the answer.
+        info = await js.account_info()
+        level = info.api.level or 0
+        config = next(c for c in stream_configs(settings, api_level=level) if c.name == name)
+        await js.add_stream(config)
+
     return [
         *(
             _Item(
                 "stream",
                 c.name or "",
                 partial(stream_exists, c.name or ""),
-                partial(js.add_stream, c),
+                partial(create_stream, c.name or ""),
             )
             for c in stream_configs(settings)
         ),

@@ -279,6 +279,20 @@ class _WaitingLog:
         self._gap = min(self._gap * 2, WAITING_LOG_MAX)
 
 
+async def close(nc: NATS) -> None:
+    """Close ``nc``; a connection the server dropped just before is closed quietly.
+
+    nats-py flushes what is still buffered on close, and raises if the socket
+    is already gone (a server killed while a service stops): nothing of that
+    buffer could have arrived anyway, and the service is stopping, so it is
+    not an error of the service.
+    """
+    try:
+        await nc.close()
+    except OSError as exc:
+        log.info("closing the NATS connection: the server had dropped it (%s)", exc)
+
+
 async def wait_for_server(settings: Settings, *, name: str) -> None:
     """Return once NATS at ``settings.nats_url`` accepts this process, logging
     "waiting for NATS at …" meanwhile (see :func:`connect`). Cancellable."""

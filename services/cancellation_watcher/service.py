@@ -47,7 +47,7 @@ from shared import names, runlog, telemetry
 from shared.bootstrap import bootstrap
 from shared.clock import Clock, SystemClock
 from shared.codec import decode, decode_reply, encode
-from shared.connection import connect
+from shared.connection import close, connect
 from shared.errors import SluiceError, StackUnavailable
 from shared.messages import (
     Decision,
@@ -94,7 +94,7 @@ class CancellationWatcher(Service):
             telemetry.observe("sluice.runner.slots.free", lambda: self._runner_slots(True))
         )
         nc = await connect(self.settings, name="sluice-cancellation-watcher")
-        stack.push_async_callback(nc.close)
+        stack.push_async_callback(close, nc)
         await bootstrap(nc.jetstream(), self.settings)
         self.client = Client(self.settings, nc=nc)
         tg = self._work = await stack.enter_async_context(anyio.create_task_group())

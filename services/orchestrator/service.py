@@ -29,7 +29,7 @@ from shared import names, telemetry
 from shared.bootstrap import bootstrap, leader_kv
 from shared.clock import Clock, SystemClock, utc
 from shared.codec import decode_request
-from shared.connection import connect
+from shared.connection import close, connect
 from shared.errors import Conflict, FlowRunNotFound
 from shared.messages import (
     CancelFlowRun,
@@ -99,7 +99,7 @@ class Orchestrator(Service):
                 reconnects.send_nowait(None)  # one pending signal is enough
 
         nc = self.nc = await connect(s, name="sluice-orchestrator", on_reconnect=on_reconnect)
-        stack.push_async_callback(nc.close)
+        stack.push_async_callback(close, nc)
         js = nc.jetstream()
         await bootstrap(js, s)
 

@@ -34,7 +34,7 @@ from shared import names, runlog, telemetry
 from shared.bootstrap import bootstrap
 from shared.clock import Clock, SystemClock, utc
 from shared.codec import decode_request
-from shared.connection import connect
+from shared.connection import close, connect
 from shared.errors import MalformedRequest, SluiceError
 from shared.messages import BackfillDeployment, BackfilledRun, BackfillReply
 from shared.models import Deployment, FlowRun
@@ -93,7 +93,7 @@ class Scheduler(Service):
         telemetry.setup("sluice-scheduler")  # as OTEL_* say; first call wins
         telemetry.serve_as("sluice-scheduler")  # its own service.name, even in sluice dev
         nc = self.nc = await connect(s, name="sluice-scheduler")
-        stack.push_async_callback(nc.close)
+        stack.push_async_callback(close, nc)
         self.js = js = nc.jetstream()
         await bootstrap(js, s)
         self.client = Client(s, nc=nc)
