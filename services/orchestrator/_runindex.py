@@ -11,7 +11,7 @@ aiosqlite on a second connection; WAL lets them read while a batch is written.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,7 @@ CREATE TABLE IF NOT EXISTS run_tags (
     run_id TEXT NOT NULL,
     PRIMARY KEY (tag, run_id)
 );
+CREATE INDEX IF NOT EXISTS run_tags_by_run ON run_tags (run_id);
 CREATE TABLE IF NOT EXISTS deleted_runs (id TEXT PRIMARY KEY, revision INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
@@ -61,17 +62,42 @@ SCHEMA_VERSION = "4"
 
 PRAGMAS = "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000;"
 
-_UPSERT = """
+#: One statement upserts a whole run of writes: the worker thread then gives the
+#: event loop the GIL back once per statement, not once per row. (Taken back
+#: row by row, the GIL went to the worker first each time, and the loop waited:
+#: it cost a create at concurrency 1 about 5 % of its throughput.)
+_UPSERT_ROWS = """
 INSERT INTO runs (id, revision, name, flow_name, deployment_id, deployment_name,
     parent_flow_run_id, runner, state_type, state_name, expected_start, body)
-SELECT ?,?,?,?,?,?,?,?,?,?,?,?
-WHERE NOT EXISTS (SELECT 1 FROM deleted_runs d WHERE d.id=? AND d.revision > ?)
+SELECT * FROM (VALUES {rows}) AS v
+WHERE NOT EXISTS (SELECT 1 FROM deleted_runs d WHERE d.id = v.column1 AND d.revision > v.column2)
 ON CONFLICT(id) DO UPDATE SET
     revision=excluded.revision, name=excluded.name, runner=excluded.runner,
     state_type=excluded.state_type, state_name=excluded.state_name,
     expected_start=excluded.expected_start, body=excluded.body
 WHERE excluded.revision > runs.revision
 """
+_ROW = "(" + ",".join("?" * 12) + ")"
+#: A run's tags are set when it is created and never change: they are added
+#: once, for a run the index holds.
+_TAG_ROWS = """
+INSERT OR IGNORE INTO run_tags(tag, run_id)
+SELECT v.column1, v.column2 FROM (VALUES {rows}) AS v
+WHERE EXISTS (SELECT 1 FROM runs r WHERE r.id = v.column2)
+"""
+#: Rows per statement, largest first: a handful of statement texts, so each is
+#: compiled once and then found in the connection's cache. (The largest keeps
+#: well under SQLite's 32,766 parameters.)
+_SIZES = (256, 64, 16, 4, 1)
+
+
+def _chunks(n: int) -> Iterator[tuple[int, int]]:
+    """(start, size) of the statements ``n`` rows take, each size in _SIZES."""
+    start = 0
+    for size in _SIZES:
+        while n - start >= size:
+            yield start, size
+            start += size
 
 
 def _ts(dt: datetime) -> float:
@@ -116,11 +142,15 @@ def clear(conn: sqlite3.Connection) -> None:
 def write(conn: sqlite3.Connection, writes: Sequence[Write], applied_seq: int) -> None:
     """Apply ``writes`` in order and record ``applied_seq``, in one transaction."""
     try:
+        upserts: list[tuple[FlowRun, int]] = []
         for run_id, revision, run in writes:
-            if run is None:
-                _delete(conn, run_id, revision)
-            else:
-                _upsert(conn, run, revision)
+            if run is not None:
+                upserts.append((run, revision))
+                continue
+            _upsert(conn, upserts)  # the writes before a delete come before it
+            upserts = []
+            _delete(conn, run_id, revision)
+        _upsert(conn, upserts)
         conn.execute(
             "INSERT INTO meta(key, value) VALUES('seq', ?) "
             "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
@@ -147,33 +177,36 @@ def _delete(conn: sqlite3.Connection, run_id: str, revision: int) -> None:
     )
 
 
-def _upsert(conn: sqlite3.Connection, run: FlowRun, revision: int) -> None:
-    # One statement checks the tombstone: a write older than the run's deletion is skipped.
-    cur = conn.execute(
-        _UPSERT,
-        (
-            run.id,
-            revision,
-            run.name,
-            run.flow_name,
-            run.deployment_id,
-            run.deployment_name,
-            run.parent_flow_run_id,
-            run.runner,
-            run.state.type.value,
-            run.state.name,
-            _ts(run.expected_start_time),
-            encode(run),
-            run.id,
-            revision,
-        ),
-    )
-    if cur.rowcount:
-        conn.execute("DELETE FROM run_tags WHERE run_id=?", (run.id,))
-        conn.executemany(
-            "INSERT OR IGNORE INTO run_tags(tag, run_id) VALUES (?, ?)",
-            [(tag, run.id) for tag in run.tags],
-        )
+def _upsert(conn: sqlite3.Connection, writes: Sequence[tuple[FlowRun, int]]) -> None:
+    """Store each run unless the index holds a newer write of it, or its deletion
+    (a write older than a tombstone is skipped); in order, so the newest write
+    of a run in ``writes`` is the one kept."""
+    tags: list[str] = []
+    for start, size in _chunks(len(writes)):
+        chunk = writes[start : start + size]
+        args: list[Any] = []
+        for run, revision in chunk:
+            args += (
+                run.id,
+                revision,
+                run.name,
+                run.flow_name,
+                run.deployment_id,
+                run.deployment_name,
+                run.parent_flow_run_id,
+                run.runner,
+                run.state.type.value,
+                run.state.name,
+                _ts(run.expected_start_time),
+                encode(run),
+            )
+            for tag in run.tags:
+                tags += (tag, run.id)
+        conn.execute(_UPSERT_ROWS.format(rows=",".join([_ROW] * size)), args)
+    # After every run is in: a tag's run must be held for the tag to be added.
+    for start, size in _chunks(len(tags) // 2):
+        pairs = tags[2 * start : 2 * (start + size)]
+        conn.execute(_TAG_ROWS.format(rows=",".join(["(?,?)"] * size)), pairs)
 
 
 def matching(req: ListFlowRuns, deployment_ids: list[str] | None) -> tuple[str, list[Any]]:
