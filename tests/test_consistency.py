@@ -28,6 +28,8 @@ from shared.clock import SystemClock
 from shared.messages import (
     Decision,
     FlowRunRef,
+    Heartbeat,
+    HeldRun,
     ProposedState,
     ProposeState,
     RegisterDeployment,
@@ -309,6 +311,53 @@ async def test_a_proposal_judged_on_an_outdated_copy_leaves_the_claims_slot(
         assert [lease.flow_run_id for lease in held] == [first.id]
         late = await b.propose(ProposeState(id=second.id, state=pending, runner="r", attempt=0))
         assert late.status is Decision.WAIT, late.reason
+    finally:
+        await other.close()
+
+
+async def test_a_heartbeat_does_not_take_a_slot_for_a_run_that_just_ended(
+    orchestrator: Orchestrator, nc: NATS, settings: Settings, unique: str
+) -> None:
+    """A heartbeat reads the run Running; before it renews the slot, the run
+    completes and its slot is freed. The renewal then found the slot free and
+    took it again, for a run that had ended: the deployment ran one short
+    until the lease ran out."""
+    async with Client(settings) as admin:
+        deployment = await admin.register_deployment(
+            RegisterDeployment(name="d", flow_name=f"f{unique}", concurrency_limit=1)
+        )
+        first = await admin.create_flow_run(f"f{unique}/d")
+        second = await admin.create_flow_run(f"f{unique}/d")
+    other = await nats.connect(settings.nats_url)
+    try:
+        a, b = await _runs_handler(nc), await _runs_handler(other)
+        pending = ProposedState(type=StateType.PENDING)
+        claim = await b.propose(ProposeState(id=first.id, state=pending, runner="r", attempt=0))
+        assert claim.status is Decision.ACCEPT
+        running = ProposedState(type=StateType.RUNNING)
+        await b.propose(ProposeState(id=first.id, state=running, attempt=claim.attempt))
+        store, read = a._runs, a._runs.get
+        ended = False
+
+        async def read_then_end(run_id: str) -> object:
+            nonlocal ended
+            found = await read(run_id)  # Running, as the heartbeat sees it
+            if not ended:
+                ended = True
+                completed = ProposedState(type=StateType.COMPLETED)
+                done = await b.propose(
+                    ProposeState(id=first.id, state=completed, attempt=claim.attempt)
+                )
+                assert done.status is Decision.ACCEPT
+            return found
+
+        store.get = read_then_end  # type: ignore[method-assign]
+        held = HeldRun(id=first.id, attempt=claim.attempt)
+        await a.heartbeat(Heartbeat(runner="r", interval=5.0, runs=[held]))
+        assert ended
+        assert await Slots(nc.jetstream()).holders(deployment.id, 1) == []
+        late = await b.propose(ProposeState(id=second.id, state=pending, runner="r", attempt=0))
+        assert late.status is Decision.ACCEPT, late.reason
     finally:
         await other.close()
 

@@ -316,9 +316,29 @@ class Runs:
                     runner=req.runner,
                     attempt=run.attempt,
                 )
-                if not await self._slots.renew(slot, limit, lease):
+                hold = await self._slots.acquire(slot, limit, lease)
+                if hold is None:
                     lost.append(held.id)  # its slot lapsed and was taken: not ours to run
+                elif hold.fresh and not await self._still_claimed(held.id, held.attempt):
+                    # The slot was free because the run ended (its slots
+                    # released) after the read above: not one to hold for a lease.
+                    await self._slots.give_back(slot.deployment_id, hold)
         return HeartbeatReply(lease_seconds=lease, lost=lost)
+
+    async def _still_claimed(self, run_id: str, attempt: int) -> bool:
+        """The run is stored in a claimed state of ``attempt``: a slot taken
+        for it now is its own. (A transition out of those states writes the
+        run first and then frees its slots, so a slot taken before this read
+        is either seen here or freed by that transition.)"""
+        found = await self._runs.get(run_id)
+        if found is None:
+            return False
+        run = found[0]
+        return (
+            run.attempt == attempt
+            and run.state.type in rules.CLAIMED_TYPES
+            and not _declared_lost(run)
+        )
 
     async def cancel(self, req: CancelFlowRun) -> FlowRun:
         """Scheduled or Pending: Cancelled at once. Running or Paused: Cancelling,

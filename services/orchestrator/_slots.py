@@ -150,10 +150,6 @@ class Slots:
             status=Decision.WAIT, reason=why, delay_seconds=SLOT_RETRY_SECONDS
         ), None
 
-    async def renew(self, lease: SlotLease, limit: int, ttl: float) -> bool:
-        """Extend the run's lease; take a slot again if it lapsed. False: none free."""
-        return await self.acquire(lease, limit, ttl) is not None
-
     async def release(self, deployment_id: str, limit: int, flow_run_id: str) -> None:
         """Free every slot the run holds (it left the claimed states)."""
         for n in range(limit):
