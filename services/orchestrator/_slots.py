@@ -26,11 +26,14 @@ from shared.models import FlowRun
 from shared.slots import STREAM, lease_from, slot_subject
 
 from . import rules
-from ._store import IN_FLIGHT, WRONG_LAST_SEQUENCE
+from ._store import IN_FLIGHT, WRONG_LAST_SEQUENCE, after_stale
 
 #: A claim that found no free slot is told to try again after this long.
 SLOT_RETRY_SECONDS = 0.5
 _EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
+#: Reads and deletes a release tries per slot the run holds, each losing only
+#: to a write of that slot between the two.
+RELEASE_TRIES = 5
 #: A slot written meanwhile, or a write of it in flight: either way, not this try's.
 _LOST = (WRONG_LAST_SEQUENCE, IN_FLIGHT)
 
@@ -151,14 +154,25 @@ class Slots:
         ), None
 
     async def release(self, deployment_id: str, limit: int, flow_run_id: str) -> None:
-        """Free every slot the run holds (it left the claimed states)."""
-        for n in range(limit):
-            held, seq = await self._read(deployment_id, n)
-            if held is not None and held.flow_run_id == flow_run_id:
-                await self._delete(deployment_id, n, seq)
+        """Free every slot the run holds (it left the claimed states).
 
-    async def _delete(self, deployment_id: str, n: int, seq: int) -> None:
-        """Free slot ``n`` if it is still at ``seq``."""
+        A slot written between the read and the delete (the run's heartbeat
+        renewing it, or, on a cluster, a write of it still in flight) is read
+        again and freed at its new sequence while the run still holds it:
+        left alone, it stayed held for a run that had ended, one lease long.
+        A slot another run holds by then is theirs.
+        """
+        for n in range(limit):
+            for tries in range(1, RELEASE_TRIES + 1):
+                held, seq = await self._read(deployment_id, n)
+                if held is None or held.flow_run_id != flow_run_id:
+                    break
+                if await self._delete(deployment_id, n, seq):
+                    break
+                await after_stale(tries)
+
+    async def _delete(self, deployment_id: str, n: int, seq: int) -> bool:
+        """Free slot ``n`` if it is still at ``seq``; False if it was written since."""
         try:
             await self._js.publish(
                 slot_subject(deployment_id, n),
@@ -168,3 +182,5 @@ class Slots:
         except nats.js.errors.APIError as exc:
             if exc.err_code not in _LOST:
                 raise
+            return False
+        return True

@@ -6,7 +6,7 @@ import pytest
 
 from engine.client import Client
 from services.orchestrator._slots import Slots
-from shared.messages import Decision, ProposedState, RegisterDeployment
+from shared.messages import Decision, ProposedState, RegisterDeployment, SlotLease
 from shared.states import StateType
 
 pytestmark = pytest.mark.anyio
@@ -64,3 +64,36 @@ async def test_a_claim_sent_again_holds_a_slot_lease_or_waits(client: Client, un
     again = await client.propose_state(first.id, ProposedState(type=StateType.PENDING), **claim)
     assert again.status is Decision.ACCEPT and again.lease_seconds, again
     assert [s.flow_run_id for s in await slots.holders(dep.id, 1)] == [first.id]
+
+
+async def test_a_release_frees_a_slot_renewed_between_its_read_and_its_delete(
+    client: Client, unique: str
+) -> None:
+    """The run's heartbeat renews its slot just as the run ends: the release's
+    delete, made at the sequence it read, lost to the renewal, and the slot
+    stayed held for an ended run until its lease ran out."""
+    flow = f"rel{unique}"
+    dep = await client.register_deployment(
+        RegisterDeployment(name="d", flow_name=flow, concurrency_limit=1)
+    )
+    run = await client.create_flow_run(f"{flow}/d")
+    claim = await client.propose_state(run.id, ProposedState(type=StateType.PENDING), runner="r")
+    assert claim.status is Decision.ACCEPT
+    slots = Slots(client.nc.jetstream())
+    lease = SlotLease(deployment_id=dep.id, flow_run_id=run.id, runner="r", attempt=claim.attempt)
+    read = slots._read
+    renewed = False
+
+    async def read_then_renew(deployment_id: str, n: int) -> tuple[SlotLease | None, int]:
+        nonlocal renewed
+        found = await read(deployment_id, n)
+        if not renewed:  # the heartbeat's write lands between this read and the delete
+            renewed = True
+            hold = await slots.acquire(lease, 1, 30.0)
+            assert hold is not None and not hold.fresh
+        return found
+
+    slots._read = read_then_renew  # type: ignore[method-assign]
+    await slots.release(dep.id, 1, run.id)
+    assert renewed
+    assert await Slots(client.nc.jetstream()).holders(dep.id, 1) == []
