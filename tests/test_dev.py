@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import anyio
 import pytest
 
 from engine.client import Client
 from services.dev import free_port
+from shared.errors import StackUnavailable
 from shared.messages import RegisterDeployment
 from shared.settings import Settings
+from shared.states import StateType
 
 from ._procs import service_env, start_service, wait_until_serving
 
@@ -89,3 +93,94 @@ def test_sluice_dev_passes_the_ui_port_on(tmp_path: Path) -> None:
         )
     assert done.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
+
+
+def nats_server_pid(home: Path) -> int | None:
+    """The pid of the nats-server the embedded stack in ``home`` runs, if one runs."""
+    conf = str(home / "nats" / "nats-server.conf").encode()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+                status = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if conf in cmdline and b"nats-server" in cmdline and ") Z " not in status:
+                return int(entry.name)
+    return None
+
+
+async def kill_nats_server(
+    settings: Settings, before: int | None = None, stack: subprocess.Popen[str] | None = None
+) -> int | None:
+    """SIGKILL the stack's nats-server once it serves (one other than ``before``);
+    None if the ``stack`` process ended first."""
+    port = int(settings.nats_url.rsplit(":", 1)[1])
+    with anyio.fail_after(60):
+        while (pid := nats_server_pid(settings.home)) is None or pid == before:
+            if stack is not None and stack.poll() is not None:
+                return None
+            await anyio.sleep(0.05)
+        while True:
+            try:
+                await (await anyio.connect_tcp("127.0.0.1", port)).aclose()
+                break
+            except OSError:
+                await anyio.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+async def test_a_killed_nats_server_is_started_again_and_runs_go_on(tmp_path: Path) -> None:
+    """A nats-server killed under `sluice dev` (by hand, or out of memory) comes
+    back on the same data, and the services reconnect: nothing to restart."""
+    settings = Settings(nats_url=f"nats://127.0.0.1:{free_port()}", home=tmp_path / "home")
+    log = tmp_path / "dev.log"
+    proc = start_service("services.dev", settings, log)
+    try:
+        await wait_until_serving(settings, proc)
+        async with Client(settings) as c:
+            before = await c.create_flow_run("hello-world/default", parameters={"name": "A"})
+            await kill_nats_server(settings)
+            with anyio.fail_after(60):
+                while True:
+                    try:
+                        after = await c.create_flow_run("hello-world/default")
+                        break
+                    except StackUnavailable:
+                        await anyio.sleep(0.2)
+            with anyio.fail_after(60):
+                for run in (before, after):
+                    done = await c.wait_for_flow_run(run.id)
+                    assert done.state.type is StateType.COMPLETED, done.state
+        assert proc.poll() is None
+        assert "starting it again on the same data" in log.read_text()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_nats_server_that_keeps_exiting_stops_the_stack(tmp_path: Path) -> None:
+    settings = Settings(nats_url=f"nats://127.0.0.1:{free_port()}", home=tmp_path / "home")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.dev"],
+        env={**service_env(settings), "SLUICE_EXAMPLES": ""},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+
+        async def kill_it_again_and_again() -> None:
+            pid = None
+            while proc.poll() is None:
+                pid = await kill_nats_server(settings, before=pid, stack=proc)
+
+        anyio.run(kill_it_again_and_again)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert proc.returncode == 1
+    assert "nats-server exited 6 times within 60s" in err
+    assert "Traceback" not in err

@@ -133,11 +133,20 @@ class NatsServer:
         self.kill()
         raise StackUnavailable(f"nats-server did not start within {timeout}s:\n{self._log_tail()}")
 
-    def _log_tail(self) -> str:
+    def _log_tail(self, lines: int = 15) -> str:
         try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-15:])
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
+
+    @property
+    def exit_code(self) -> int | None:
+        """The code the server exited with; None while it runs (or never started)."""
+        return None if self.process is None else self.process.poll()
+
+    def log_tail(self, lines: int = 15) -> str:
+        """The last lines of the server's log, to show why it stopped."""
+        return self._log_tail(lines)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Graceful stop (SIGTERM, then SIGKILL after ``timeout``)."""

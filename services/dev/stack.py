@@ -8,12 +8,17 @@ runner serves the ``default`` queue and registers the example deployments
 or to nothing for none). Importing them is the one place user code is
 imported in this process; each flow run still gets a process of its own.
 Last comes the web UI (``ui_port``; None: no UI), whose address it prints.
+
+The server is a child it keeps up: if it exits (killed, out of memory), it
+is started again on the same data, and the services reconnect by
+themselves. One that keeps exiting stops the stack with its log's last lines.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 from contextlib import AsyncExitStack
 from pathlib import Path
 from urllib.parse import urlparse
@@ -35,6 +40,11 @@ from ._natsserver import NatsServer, port_is_free
 log = logging.getLogger("sluice.dev")
 
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "0.0.0.0", "::1", ""}
+#: How often the stack looks at its nats-server, and how many restarts within
+#: RESTART_WINDOW seconds it makes before it gives up.
+SERVER_CHECK_INTERVAL = 0.5
+MAX_RESTARTS = 5
+RESTART_WINDOW = 60.0
 
 
 def server_for(settings: Settings) -> NatsServer:
@@ -91,6 +101,9 @@ class DevStack(Service):
         await anyio.to_thread.run_sync(self.server.start)
         stack.callback(self.server.stop)
         log.info("nats-server listening on %s (data in %s)", self.server.url, self.server.store_dir)
+        watch = await stack.enter_async_context(anyio.create_task_group())
+        stack.callback(watch.cancel_scope.cancel)  # runs first: the watch ends before the server
+        watch.start_soon(self._keep_server_up)
         await stack.enter_async_context(Orchestrator(self.settings))
         await stack.enter_async_context(CancellationWatcher(self.settings))
         await stack.enter_async_context(Scheduler(self.settings))
@@ -111,3 +124,34 @@ class DevStack(Service):
                 port = 0
             self.ui = await stack.enter_async_context(UIService(self.settings, port=port))
             print(f"Sluice web UI: {self.ui.url}", flush=True)
+
+    async def _keep_server_up(self) -> None:
+        """Start the server again whenever it exits; raise once it keeps exiting."""
+        restarts: list[float] = []
+        while True:
+            await anyio.sleep(SERVER_CHECK_INTERVAL)
+            code = self.server.exit_code
+            if code is None:
+                continue
+            now = time.monotonic()
+            restarts = [t for t in restarts if now - t < RESTART_WINDOW] + [now]
+            tail = self.server.log_tail(5)
+            if len(restarts) > MAX_RESTARTS:
+                raise StackUnavailable(
+                    f"nats-server exited {len(restarts)} times within {RESTART_WINDOW:g}s "
+                    f"(last with {code}); stopping the stack. Its log "
+                    f"({self.server.log_path}) ends:\n{tail}"
+                )
+            log.error(
+                "nats-server exited with %s; starting it again on the same data (%s). "
+                "Its log ends:\n%s",
+                code,
+                self.server.store_dir,
+                tail,
+            )
+            try:
+                await anyio.to_thread.run_sync(self.server.start)
+            except StackUnavailable as exc:  # counted as one more exit at the next look
+                log.error("starting nats-server again failed: %s", exc)
+                continue
+            log.info("nats-server is back on %s; the services reconnect", self.server.url)
