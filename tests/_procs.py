@@ -46,3 +46,21 @@ async def wait_until_serving(settings: Settings, proc: subprocess.Popen[bytes]) 
                 return
         except StackUnavailable:
             await anyio.sleep(0.05)
+
+
+def nats_server_of(home: Path) -> int | None:
+    """The pid of the nats-server ``sluice dev`` runs under ``home``, if one runs
+    (one killed and not yet reaped by the stack does not count)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        running = stat.rsplit(")", 1)[-1].split()[0] != "Z"
+        ours = any(str(home).encode() in a for a in argv)
+        if argv and argv[0].endswith(b"nats-server") and running and ours:
+            return int(entry.name)
+    return None

@@ -19,7 +19,7 @@ from shared.messages import RegisterDeployment
 from shared.settings import Settings
 from shared.states import StateType
 
-from ._procs import service_env, start_service, wait_until_serving
+from ._procs import nats_server_of, service_env, start_service, wait_until_serving
 
 pytestmark = pytest.mark.anyio
 
@@ -95,21 +95,6 @@ def test_sluice_dev_passes_the_ui_port_on(tmp_path: Path) -> None:
     assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
 
 
-def nats_server_pid(home: Path) -> int | None:
-    """The pid of the nats-server the embedded stack in ``home`` runs, if one runs."""
-    conf = str(home / "nats" / "nats-server.conf").encode()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes()
-                status = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if conf in cmdline and b"nats-server" in cmdline and ") Z " not in status:
-                return int(entry.name)
-    return None
-
-
 async def kill_nats_server(
     settings: Settings, before: int | None = None, stack: subprocess.Popen[str] | None = None
 ) -> int | None:
@@ -117,7 +102,7 @@ async def kill_nats_server(
     None if the ``stack`` process ended first."""
     port = int(settings.nats_url.rsplit(":", 1)[1])
     with anyio.fail_after(60):
-        while (pid := nats_server_pid(settings.home)) is None or pid == before:
+        while (pid := nats_server_of(settings.home)) is None or pid == before:
             if stack is not None and stack.poll() is not None:
                 return None
             await anyio.sleep(0.05)

@@ -26,7 +26,7 @@ from playwright.sync_api import BrowserContext, Locator, Page, sync_playwright
 from engine.sync import SyncClient
 from services.dev import free_port
 from shared.settings import Settings
-from tests._procs import service_env
+from tests._procs import nats_server_of, service_env
 
 CHROMIUM = Path(os.environ.get("SLUICE_TEST_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
@@ -93,20 +93,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         # server would outlive the test run.
         if (left := nats_server_of(settings.home)) is not None:
             os.kill(left, signal.SIGKILL)
-
-
-def nats_server_of(home: Path) -> int | None:
-    """The pid of a nats-server ``sluice dev`` started under ``home``, if one runs."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv and argv[0].endswith(b"nats-server") and any(str(home).encode() in a for a in argv):
-            return int(entry.name)
-    return None
 
 
 @pytest.fixture(scope="module")

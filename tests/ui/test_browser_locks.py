@@ -21,9 +21,9 @@ from playwright.sync_api import Page, expect
 
 from engine.sync import SyncClient
 from services.dev import free_port
-from tests._procs import service_env
+from tests._procs import nats_server_of, service_env
 
-from .conftest import WAIT_MS, Stack, nats_server_of, screenshot
+from .conftest import WAIT_MS, Stack, screenshot
 
 pytestmark = pytest.mark.slow
 
@@ -92,9 +92,15 @@ def test_a_page_says_the_stack_is_unreachable_and_disables_its_buttons(
 
     server = nats_server_of(stack.settings.home)
     assert server is not None, "no nats-server under the stack's home"
-    os.kill(server, signal.SIGKILL)
-
-    expect(page.locator("#stale")).to_be_visible(timeout=WAIT_MS)
-    expect(page.locator("#stale")).to_contain_text("Stack unreachable; data may be stale")
-    expect(cancel).to_be_disabled()
-    screenshot(page, "stale")
+    # Frozen, not killed: `sluice dev` starts a killed server again at once.
+    os.kill(server, signal.SIGSTOP)
+    try:
+        expect(page.locator("#stale")).to_be_visible(timeout=WAIT_MS)
+        expect(page.locator("#stale")).to_contain_text("Stack unreachable; data may be stale")
+        expect(cancel).to_be_disabled()
+        screenshot(page, "stale")
+    finally:
+        os.kill(server, signal.SIGCONT)
+    # Back: the banner goes, and the buttons work again.
+    expect(page.locator("#stale")).to_be_hidden(timeout=WAIT_MS)
+    expect(cancel).to_be_enabled()
