@@ -34,6 +34,7 @@ from shared.messages import (
     ProposeState,
     RegisterDeployment,
 )
+from shared.models import Deployment, FlowRun
 from shared.settings import Settings
 from shared.states import StateType
 
@@ -247,6 +248,25 @@ async def _runs_handler(nc: NATS) -> Runs:
     )
 
 
+@contextlib.asynccontextmanager
+async def _two_replicas_limit_one(
+    nc: NATS, settings: Settings, unique: str
+) -> AsyncIterator[tuple[Deployment, FlowRun, FlowRun, Runs, Runs]]:
+    """A deployment with a concurrency limit of 1, two of its runs, and the
+    handlers of two replicas (one on ``nc``, one on a connection of its own)."""
+    async with Client(settings) as admin:
+        deployment = await admin.register_deployment(
+            RegisterDeployment(name="d", flow_name=f"f{unique}", concurrency_limit=1)
+        )
+        first = await admin.create_flow_run(f"f{unique}/d")
+        second = await admin.create_flow_run(f"f{unique}/d")
+    other = await nats.connect(settings.nats_url)
+    try:
+        yield deployment, first, second, await _runs_handler(nc), await _runs_handler(other)
+    finally:
+        await other.close()
+
+
 async def test_a_replica_never_answers_from_an_outdated_copy(
     orchestrator: Orchestrator, nc: NATS, settings: Settings, unique: str
 ) -> None:
@@ -289,15 +309,7 @@ async def test_a_proposal_judged_on_an_outdated_copy_leaves_the_claims_slot(
     claim's slot already held by the run and renews it, then loses the
     compare-and-set on the run. Giving "its" slot back then freed the claim's:
     a third run started with two Running and a limit of two."""
-    async with Client(settings) as admin:
-        deployment = await admin.register_deployment(
-            RegisterDeployment(name="d", flow_name=f"f{unique}", concurrency_limit=1)
-        )
-        first = await admin.create_flow_run(f"f{unique}/d")
-        second = await admin.create_flow_run(f"f{unique}/d")
-    other = await nats.connect(settings.nats_url)
-    try:
-        a, b = await _runs_handler(nc), await _runs_handler(other)
+    async with _two_replicas_limit_one(nc, settings, unique) as (deployment, first, second, a, b):
         assert (await a.read(FlowRunRef(id=first.id))).state.type is StateType.SCHEDULED
         await a.propose(ProposeState(id=first.id, state=ProposedState(type=StateType.SCHEDULED)))
         pending = ProposedState(type=StateType.PENDING)
@@ -311,8 +323,6 @@ async def test_a_proposal_judged_on_an_outdated_copy_leaves_the_claims_slot(
         assert [lease.flow_run_id for lease in held] == [first.id]
         late = await b.propose(ProposeState(id=second.id, state=pending, runner="r", attempt=0))
         assert late.status is Decision.WAIT, late.reason
-    finally:
-        await other.close()
 
 
 async def test_a_heartbeat_does_not_take_a_slot_for_a_run_that_just_ended(
@@ -322,15 +332,7 @@ async def test_a_heartbeat_does_not_take_a_slot_for_a_run_that_just_ended(
     completes and its slot is freed. The renewal then found the slot free and
     took it again, for a run that had ended: the deployment ran one short
     until the lease ran out."""
-    async with Client(settings) as admin:
-        deployment = await admin.register_deployment(
-            RegisterDeployment(name="d", flow_name=f"f{unique}", concurrency_limit=1)
-        )
-        first = await admin.create_flow_run(f"f{unique}/d")
-        second = await admin.create_flow_run(f"f{unique}/d")
-    other = await nats.connect(settings.nats_url)
-    try:
-        a, b = await _runs_handler(nc), await _runs_handler(other)
+    async with _two_replicas_limit_one(nc, settings, unique) as (deployment, first, second, a, b):
         pending = ProposedState(type=StateType.PENDING)
         claim = await b.propose(ProposeState(id=first.id, state=pending, runner="r", attempt=0))
         assert claim.status is Decision.ACCEPT
@@ -358,8 +360,6 @@ async def test_a_heartbeat_does_not_take_a_slot_for_a_run_that_just_ended(
         assert await Slots(nc.jetstream()).holders(deployment.id, 1) == []
         late = await b.propose(ProposeState(id=second.id, state=pending, runner="r", attempt=0))
         assert late.status is Decision.ACCEPT, late.reason
-    finally:
-        await other.close()
 
 
 async def test_a_cancel_reply_carries_the_state_stored_when_it_is_sent(
