@@ -283,14 +283,14 @@ async def close(nc: NATS) -> None:
     """Close ``nc``; a connection the server dropped just before is closed quietly.
 
     nats-py flushes what is still buffered on close, and raises if the socket
-    is already gone (a server killed while a service stops): nothing of that
-    buffer could have arrived anyway, and the service is stopping, so it is
-    not an error of the service.
+    is already gone (a server killed while a service stops, a served flow
+    stopped after its stack): nothing of that buffer could have arrived
+    anyway, and the closer is stopping, so it is not its error.
     """
     try:
         await nc.close()
-    except OSError as exc:
-        log.info("closing the NATS connection: the server had dropped it (%s)", exc)
+    except (OSError, nats.errors.Error) as exc:
+        log.debug("closing the NATS connection: the server had dropped it (%s)", exc)
 
 
 async def wait_for_server(settings: Settings, *, name: str) -> None:

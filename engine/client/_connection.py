@@ -8,7 +8,6 @@ caller's trace context in its headers. Errors are translated in
 
 from __future__ import annotations
 
-import contextlib
 from types import TracebackType
 from typing import Any, Self
 
@@ -21,7 +20,7 @@ from nats.js.kv import KeyValue
 from shared import names, telemetry
 from shared.bootstrap import leader_kv
 from shared.codec import encode
-from shared.connection import connect, request
+from shared.connection import close, connect, request
 from shared.errors import StackUnavailable
 from shared.messages import (
     CreateFlowRun,
@@ -105,11 +104,7 @@ class _Connection:
     ) -> None:
         if self._owns_nc and self._nc is not None:
             nc, self._nc = self._nc, None
-            # Closing flushes what is buffered; with the server gone (a served
-            # flow stopped after its stack) that write fails, and there is
-            # nothing left to tell the server anyway.
-            with contextlib.suppress(OSError, nats.errors.Error):
-                await nc.close()
+            await close(nc)  # quietly, if the server is gone
 
     @property
     def nc(self) -> NATS:

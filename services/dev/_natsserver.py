@@ -123,7 +123,7 @@ class NatsServer:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise StackUnavailable(
-                    f"nats-server exited with {self.process.returncode}:\n{self._log_tail()}"
+                    f"nats-server exited with {self.process.returncode}:\n{self.log_tail()}"
                 )
             try:
                 with socket.create_connection((self.host, self.port), timeout=0.2):
@@ -131,9 +131,10 @@ class NatsServer:
             except OSError:
                 time.sleep(0.02)
         self.kill()
-        raise StackUnavailable(f"nats-server did not start within {timeout}s:\n{self._log_tail()}")
+        raise StackUnavailable(f"nats-server did not start within {timeout}s:\n{self.log_tail()}")
 
-    def _log_tail(self, lines: int = 15) -> str:
+    def log_tail(self, lines: int = 15) -> str:
+        """The last lines of the server's log, to show why it stopped."""
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
@@ -143,10 +144,6 @@ class NatsServer:
     def exit_code(self) -> int | None:
         """The code the server exited with; None while it runs (or never started)."""
         return None if self.process is None else self.process.poll()
-
-    def log_tail(self, lines: int = 15) -> str:
-        """The last lines of the server's log, to show why it stopped."""
-        return self._log_tail(lines)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Graceful stop (SIGTERM, then SIGKILL after ``timeout``)."""

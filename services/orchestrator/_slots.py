@@ -26,7 +26,7 @@ from shared.models import FlowRun
 from shared.slots import STREAM, lease_from, slot_subject
 
 from . import rules
-from ._store import IN_FLIGHT, WRONG_LAST_SEQUENCE, after_stale
+from ._store import LOST, after_stale
 
 #: A claim that found no free slot is told to try again after this long.
 SLOT_RETRY_SECONDS = 0.5
@@ -34,8 +34,6 @@ _EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
 #: Reads and deletes a release tries per slot the run holds, each losing only
 #: to a write of that slot between the two.
 RELEASE_TRIES = 5
-#: A slot written meanwhile, or a write of it in flight: either way, not this try's.
-_LOST = (WRONG_LAST_SEQUENCE, IN_FLIGHT)
 
 
 def ttl_seconds(lease: float) -> int:
@@ -78,7 +76,7 @@ class Slots:
                 msg_ttl=ttl_seconds(ttl),
             )
         except nats.js.errors.APIError as exc:
-            if exc.err_code in _LOST:
+            if exc.err_code in LOST:
                 return 0  # someone else wrote this slot meanwhile
             raise
         return ack.seq
@@ -180,7 +178,7 @@ class Slots:
                 headers={_EXPECTED_LAST: str(seq), "KV-Operation": "DEL"},
             )
         except nats.js.errors.APIError as exc:
-            if exc.err_code not in _LOST:
+            if exc.err_code not in LOST:
                 raise
             return False
         return True

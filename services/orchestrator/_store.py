@@ -103,6 +103,8 @@ def _digest(text: str) -> str:
 #: is at another sequence, and (replicated streams) a write of it is in flight.
 WRONG_LAST_SEQUENCE = 10071
 IN_FLIGHT = 10164
+#: Either: the key was written, or is being written, by someone else meanwhile.
+LOST = (WRONG_LAST_SEQUENCE, IN_FLIGHT)
 
 
 class _ApiError(msgspec.Struct):
@@ -291,7 +293,7 @@ class IdempotencyStore:
         try:
             await self._kv.delete(key, last=entry.revision, validate_keys=False)
         except nats.js.errors.APIError as exc:
-            if exc.err_code not in (WRONG_LAST_SEQUENCE, IN_FLIGHT):
+            if exc.err_code not in LOST:
                 raise
 
 

@@ -22,7 +22,7 @@ from nats.aio.client import Client as NATS
 
 from engine.client import Client
 from services._service import Service
-from shared.connection import connect
+from shared.connection import close, connect
 from shared.errors import RequestError, StackUnavailable
 from shared.settings import Settings
 
@@ -97,7 +97,7 @@ class UIService(Service):
 
         async def close_connection() -> None:
             for nc in connection:
-                await nc.close()
+                await close(nc)
 
         stack.push_async_callback(close_connection)
         config = uvicorn.Config(
