@@ -25,7 +25,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
@@ -95,13 +95,15 @@ async def serve_until_signal(
 ) -> None:
     """Run ``service`` until SIGINT or SIGTERM, answering them in every phase.
 
-    A signal while the service waits for NATS abandons the start: what was
-    opened is closed, and the process exits. A signal during the rest of the
-    start (seconds, once NATS answers) is acted on as soon as the service is
+    A signal while the service waits for NATS, or for the stack (a runner
+    waiting for its dispatch consumer), abandons the start: what was opened
+    is closed, and the process exits. A signal during the rest of the start
+    (seconds, once the stack answers) is acted on as soon as the service is
     ready. Once it runs, a signal leaves its context, which is the orderly
     shutdown, and a second one hurries that (a runner kills its runs instead
-    of draining them). A failed start raises its own exception, not a group
-    around it.
+    of draining them). A service that calls its ``fail`` is stopped the same
+    orderly way, and its error raised. A failed start raises its own exception,
+    not a group around it.
     """
     failed: Exception | None = None
     stop = anyio.Event()
@@ -116,10 +118,16 @@ async def serve_until_signal(
                     break
                 await _hurry_on_signal(service, name, signals)
 
+            async def until_failed(wait_failed: Callable[[], Awaitable[None]]) -> None:
+                await wait_failed()
+                stop.set()
+
             watch.start_soon(until_signal)
+            if (wait_failed := getattr(service, "wait_failed", None)) is not None:
+                watch.start_soon(until_failed, wait_failed)
             try:
-                # A signal while the service waits for NATS ends that wait
-                # (StartAbandoned); what it had opened closes the normal way.
+                # A signal while the service waits for NATS or the stack ends
+                # that wait (StartAbandoned); what it had opened closes the normal way.
                 with abandon_waits_on(stop):
                     async with service, anyio.create_task_group() as tg:
                         if alive is not None:
@@ -127,13 +135,21 @@ async def serve_until_signal(
                         log.info("%s ready", name)
                         await stop.wait()
                         tg.cancel_scope.cancel()
-            except StartAbandoned:
-                log.info("%s: stopped before it was ready", name)
             except Exception as exc:  # raised below as it is, not in the group's wrapping
-                failed = exc
+                if _abandoned(exc):
+                    log.info("%s: stopped before it was ready", name)
+                else:
+                    failed = exc
             watch.cancel_scope.cancel()
     if failed is not None:
         raise failed
+
+
+def _abandoned(exc: BaseException) -> bool:
+    """StartAbandoned, or a group of nothing else (a wait given up in a task)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_abandoned(inner) for inner in exc.exceptions)
+    return isinstance(exc, StartAbandoned)
 
 
 async def _hurry_on_signal(service: Any, name: str, signals: Any) -> None:

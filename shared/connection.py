@@ -95,12 +95,35 @@ _abandon: ContextVar[anyio.Event | None] = ContextVar("sluice_abandon_waits", de
 @contextlib.contextmanager
 def abandon_waits_on(event: anyio.Event) -> Iterator[None]:
     """Within this block (and the tasks it starts), a :func:`connect` that waits
-    for the server raises StartAbandoned as soon as ``event`` is set."""
+    for the server, or a :func:`pause_while_starting` between tries, raises
+    StartAbandoned as soon as ``event`` is set."""
     token = _abandon.set(event)
     try:
         yield
     finally:
         _abandon.reset(token)
+
+
+async def pause_while_starting(seconds: float, until: anyio.Event | None = None) -> None:
+    """Wait ``seconds`` (or until ``until`` is set) between tries of a start that
+    waits on the stack: a runner's first heartbeat answer, its dispatch consumer.
+    Such a wait may last as long as the stack is away, so it raises
+    StartAbandoned at once if the process is told to stop (:func:`abandon_waits_on`)."""
+    stop = _abandon.get()
+    waits = [event for event in (stop, until) if event is not None]
+    with anyio.move_on_after(seconds):
+        async with anyio.create_task_group() as race:
+            for event in waits:
+                race.start_soon(_set_ends, event, race.cancel_scope)
+            if not waits:
+                await anyio.sleep(seconds)
+    if stop is not None and stop.is_set() and not (until is not None and until.is_set()):
+        raise StartAbandoned("stopped while waiting for the stack")
+
+
+async def _set_ends(event: anyio.Event, scope: anyio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
 
 
 async def _connect_unless_abandoned(nc: NATS, options: dict[str, Any]) -> None:
@@ -290,6 +313,12 @@ async def close(nc: NATS) -> None:
     try:
         await nc.close()
     except (OSError, nats.errors.Error) as exc:
+        log.debug("closing the NATS connection: the server had dropped it (%s)", exc)
+    except RuntimeError as exc:
+        # uvloop's way of saying the same: its transport raises "the handler is
+        # closed" on that flush where asyncio's only logs.
+        if not nc.is_closed:
+            raise
         log.debug("closing the NATS connection: the server had dropped it (%s)", exc)
 
 

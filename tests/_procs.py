@@ -24,11 +24,14 @@ def service_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def start_service(module: str, settings: Settings, log: Path) -> subprocess.Popen[bytes]:
+def start_service(
+    module: str, settings: Settings, log: Path, **env: str
+) -> subprocess.Popen[bytes]:
+    """``python -m module`` with the settings (and any ``env`` on top), logging to ``log``."""
     with log.open("ab") as out:
         return subprocess.Popen(
             [sys.executable, "-m", module],
-            env=service_env(settings),
+            env={**service_env(settings), **env},
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

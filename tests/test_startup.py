@@ -1,6 +1,7 @@
-"""Every service started before NATS is reachable: it says it is waiting, stops
-at once on SIGTERM or SIGINT, and (the UI) answers 503 with a page that says
-why; a SluiceError that ends a service is the CLI's one line, not a traceback.
+"""Every service started before NATS is reachable (and a runner started before
+the orchestrator): it says it is waiting, stops at once on SIGTERM or SIGINT,
+and (the UI) answers 503 with a page that says why; a SluiceError that ends
+a service is the CLI's one line, not a traceback.
 
 Real processes, against a port where no NATS listens; then, for the UI and
 the runner, a real nats-server on that port.
@@ -115,6 +116,27 @@ def test_a_service_without_nats_says_so_and_stops_on_a_signal(
         if proc.popen.poll() is None:
             proc.popen.kill()
             proc.popen.wait()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
+def test_a_runner_waiting_for_the_orchestrator_stops_on_a_signal(
+    sig: int, nowhere: str, tmp_path: Path
+) -> None:
+    """NATS is up but no orchestrator has made the dispatch consumer yet: the
+    runner says so, and a signal ends that wait, however long it would last."""
+    server = NatsServer(tmp_path / "nats", port=int(nowhere.rsplit(":", 1)[1]))
+    server.start()
+    proc = Proc("services.runner", ["--queue", "default"], nowhere, tmp_path / "runner")
+    try:
+        proc.wait_for("is the orchestrator running?")  # its first heartbeat, unanswered
+        assert proc.stop(sig) == 0, proc.text()
+        assert "stopped before it was ready" in proc.text()
+        assert "Traceback" not in proc.text()
+    finally:
+        if proc.popen.poll() is None:
+            proc.popen.kill()
+            proc.popen.wait()
+        server.stop()
 
 
 def test_the_ui_serves_once_nats_comes(nowhere: str, tmp_path: Path) -> None:

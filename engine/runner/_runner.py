@@ -59,6 +59,7 @@ from engine.runner._upkeep import _Active, _Upkeep
 from shared import telemetry
 from shared.clock import Clock, SystemClock
 from shared.codec import decode
+from shared.connection import pause_while_starting
 from shared.dispatch import PROGRESS_SECONDS
 from shared.errors import FlowRunNotFound, SluiceError, StackUnavailable
 from shared.messages import Decision, Dispatch, ProposedState
@@ -241,7 +242,7 @@ class Runner(_Facade, _Serving, _Stopping, _Supervise, _Upkeep):
                         exc,
                     )
                     warned = True
-                await anyio.sleep(0.5)
+                await pause_while_starting(0.5)
 
     async def _subscribe(self, client: Client, filters: list[str]) -> Any:
         # Every runner serving the same thing shares one durable consumer,

@@ -25,6 +25,7 @@ from engine.runner._leftovers import containers_left, kill_tree, orphans_of, pro
 from engine.runner._subprocess import FlowRunner, FlowRunProcess, StartFailed, from_infrastructure
 from shared import names
 from shared.codec import decode_request, encode, encode_error
+from shared.connection import pause_while_starting
 from shared.errors import SluiceError, StackUnavailable
 from shared.messages import KillReply, KillRun, ProposedState
 from shared.models import Deployment, FlowRun
@@ -193,8 +194,10 @@ class _Upkeep:
                 started = False
                 while True:
                     beats.start_soon(self._beat, client, first)
-                    with anyio.move_on_after(period):
-                        await (anyio.sleep(period) if started else first.wait())
+                    if started:
+                        await anyio.sleep(period)
+                    else:  # the stack may be away for long: a stop ends that wait
+                        await pause_while_starting(period, until=first)
                     if not started and first.is_set():
                         started = True
                         task_status.started()

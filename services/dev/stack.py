@@ -126,7 +126,8 @@ class DevStack(Service):
             print(f"Sluice web UI: {self.ui.url}", flush=True)
 
     async def _keep_server_up(self) -> None:
-        """Start the server again whenever it exits; raise once it keeps exiting."""
+        """Start the server again whenever it exits; once it keeps exiting, fail
+        the stack (see Service.fail: raising here would run the teardown cancelled)."""
         restarts: list[float] = []
         while True:
             await anyio.sleep(SERVER_CHECK_INTERVAL)
@@ -137,11 +138,16 @@ class DevStack(Service):
             restarts = [t for t in restarts if now - t < RESTART_WINDOW] + [now]
             tail = self.server.log_tail(5)
             if len(restarts) > MAX_RESTARTS:
-                raise StackUnavailable(
-                    f"nats-server exited {len(restarts)} times within {RESTART_WINDOW:g}s "
-                    f"(last with {code}); stopping the stack. Its log "
-                    f"({self.server.log_path}) ends:\n{tail}"
+                # Runs cannot report without a server: stop them rather than drain.
+                self.fail(
+                    StackUnavailable(
+                        f"nats-server exited {len(restarts)} times within {RESTART_WINDOW:g}s "
+                        f"(last with {code}); stopping the stack. Its log "
+                        f"({self.server.log_path}) ends:\n{tail}"
+                    )
                 )
+                await self.hurry()
+                return
             log.error(
                 "nats-server exited with %s; starting it again on the same data (%s). "
                 "Its log ends:\n%s",

@@ -87,8 +87,7 @@ class RunnerService(Service):
                 self._deployments.append(deployment.full_name)
         tg = await stack.enter_async_context(anyio.create_task_group())
         await tg.start(self.runner.astart)
-        # Leaving stops taking work and drains (``drain_seconds``) before killing.
-        stack.push_async_callback(self.runner.astop)
+        stack.push_async_callback(self._stop)
         log.info(
             "runner %s serving %s (limit %d)",
             self.runner.name,
@@ -97,6 +96,12 @@ class RunnerService(Service):
             ),
             self.runner.limit,
         )
+
+    async def _stop(self) -> None:
+        """Leaving: stop taking work and drain (``drain_seconds``) before killing;
+        a runner hurried to its end already (see :meth:`hurry`) has nothing to stop."""
+        if self.runner.started:
+            await self.runner.astop()
 
     async def hurry(self) -> None:
         """A second stop signal: end the drain, kill the runs in progress now."""
