@@ -50,7 +50,7 @@ from engine.client import Client
 from engine.runner._facade import BackgroundRun, _Facade
 from engine.runner._fence import Fence
 from engine.runner._filters import consumer_filters
-from engine.runner._pull import fetch_unless, keep_in_progress
+from engine.runner._pull import fetch_unless, keep_in_progress, subscribe_when_ready
 from engine.runner._serving import _Serving, private_queue
 from engine.runner._stopping import _Stopping
 from engine.runner._subprocess import FlowRunner, SubprocessFlowRunner
@@ -59,9 +59,8 @@ from engine.runner._upkeep import _Active, _Upkeep
 from shared import telemetry
 from shared.clock import Clock, SystemClock
 from shared.codec import decode
-from shared.connection import pause_while_starting
 from shared.dispatch import PROGRESS_SECONDS
-from shared.errors import FlowRunNotFound, SluiceError, StackUnavailable
+from shared.errors import FlowRunNotFound, SluiceError
 from shared.messages import Decision, Dispatch, ProposedState
 from shared.models import Deployment, FlowRun
 from shared.settings import Settings
@@ -200,7 +199,8 @@ class Runner(_Facade, _Serving, _Stopping, _Supervise, _Upkeep):
                     async with anyio.create_task_group() as runs:
                         await self._reconcile(client)
                         subs = [
-                            await self._subscribe_when_ready(client, f) for f in self._consumers()
+                            await subscribe_when_ready(client, filters, self.name)
+                            for filters in self._consumers()
                         ]
                         task_status.started()  # taking work from here on
                         if run_once:
@@ -222,34 +222,6 @@ class Runner(_Facade, _Serving, _Stopping, _Supervise, _Upkeep):
     # --- consuming dispatch items -------------------------------------------------------
     def _consumers(self) -> list[list[str]]:
         return consumer_filters(self.queue, self._served, self._deployments)
-
-    async def _subscribe_when_ready(self, client: Client, filters: list[str]) -> Any:
-        """Subscribe, waiting for the dispatch stream if the stack is still starting.
-
-        Services may start in any order (compose starts them together); only
-        the orchestrator creates streams and consumers, so a runner that comes
-        first waits.
-        """
-        warned = False
-        while True:
-            try:
-                return await self._subscribe(client, filters)
-            except (nats.js.errors.NotFoundError, StackUnavailable) as exc:
-                if not warned:
-                    log.warning(
-                        "runner %s: waiting for the stack to create its dispatch consumer (%s)",
-                        self.name,
-                        exc,
-                    )
-                    warned = True
-                await pause_while_starting(0.5)
-
-    async def _subscribe(self, client: Client, filters: list[str]) -> Any:
-        # Every runner serving the same thing shares one durable consumer,
-        # which the orchestrator makes: runners may pull, not configure.
-        made = await client.dispatch_consumer(filters)
-        js = client.nc.jetstream()
-        return await js.pull_subscribe_bind(durable=made.durable, stream=made.stream)
 
     async def _pull(self, sub: Any, runs: anyio.abc.TaskGroup) -> None:
         """Ask for one item per free slot, forever; a full runner asks for nothing.
