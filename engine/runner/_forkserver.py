@@ -58,8 +58,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 # Everything a run needs, imported once here, before any fork.
 import anyio
@@ -79,39 +78,17 @@ import engine.runner._standby
 import engine.runner._standby_run  # noqa: F401
 import shared.settings  # noqa: F401
 from engine.runner._fence import WATCH_PERIOD, lapsed, read_deadline
+from engine.runner._forkchild import EnvChange, child
 from engine.runner._lifeline import libc
 from engine.runner._process import echo_run_logs
 from engine.runner._rehearsal import rehearse
 from engine.runner._standby import warm_codecs
-from engine.runner._standby_run import run_standby
 
 #: Seconds after a run is given out before its environment's next spare is
 #: forked, unless the run's process exits sooner (see the module docstring).
 SPARE_DELAY = 0.25
 #: Environments whose difference from the server's is remembered (then forgotten).
 MAX_ENVIRONMENTS = 64
-
-
-def _channel_reader(channel: socket.socket) -> Callable[[], tuple[bytes, int | None]]:
-    """Read one assignment line from ``channel`` (blocking), with the relay socket
-    the server passed along with it; (b"", None) when the server closed it first."""
-
-    def read_assignment() -> tuple[bytes, int | None]:
-        data, relay = b"", None
-        while not data.endswith(b"\n"):
-            chunk, fds, _, _ = socket.recv_fds(channel, 65536, 1)
-            for fd in fds:
-                if relay is None:
-                    relay = fd
-                else:
-                    os.close(fd)
-            if not chunk:
-                break
-            data += chunk
-        channel.close()
-        return data, relay
-
-    return read_assignment
 
 
 def _hand_over(channel: socket.socket, line: bytes, relay: int) -> bool:
@@ -129,54 +106,6 @@ def _hand_over(channel: socket.socket, line: bytes, relay: int) -> bool:
     finally:
         channel.close()
         os.close(relay)
-
-
-class EnvChange(NamedTuple):
-    """What turns the server's environment into a run's: names to drop, values to set."""
-
-    drop: list[str]
-    set: dict[str, str]
-
-    @classmethod
-    def to(cls, env: dict[str, str]) -> EnvChange:
-        # Worked out here, once per environment, rather than in each child:
-        # clearing and refilling os.environ there costs ~0.5 ms of CPU (most
-        # of it copy-on-write faults), and a run's environment differs from
-        # the server's in a few names only.
-        here = os.environ
-        return cls(
-            drop=[name for name in here if name not in env],
-            set={name: value for name, value in env.items() if here.get(name) != value},
-        )
-
-
-def _child(change: EnvChange, cwd: str | None, channel: socket.socket) -> None:
-    """In the forked child: become the run's own process, execute it, never return.
-
-    (The random module reseeds itself in a forked child: os.register_at_fork.)
-    """
-    code = 1
-    try:
-        os.setsid()  # its own process group: a kill reaches its whole tree
-        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGPIPE):
-            signal.signal(sig, signal.SIG_DFL)
-        signal.set_wakeup_fd(-1)
-        for name in change.drop:
-            del os.environ[name]
-        os.environ.update(change.set)
-        os.environ["SLUICE_RUNNER_PID"] = str(os.getppid())  # the server: we go with it
-        if cwd:
-            os.chdir(cwd)
-            sys.path.insert(0, cwd)
-        code = run_standby(_channel_reader(channel), self_fence=False)  # we fence it
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    except BaseException as exc:  # report, never fall back into the server's loop
-        print(f"fork server child failed: {exc!r}", file=sys.stderr)
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
 
 
 class _Server:
@@ -246,7 +175,7 @@ class _Server:
                 os.close(fd)
             for _, channel in self.spares.values():
                 channel.close()
-            _child(change, cwd, theirs)
+            child(change, cwd, theirs)
         theirs.close()
         return pid, ours
 
