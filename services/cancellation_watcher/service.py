@@ -62,6 +62,8 @@ from shared.settings import Settings
 from shared.slots import is_live
 from shared.states import StateType
 
+from ._rules import orphaned, settled
+
 log = logging.getLogger("sluice.watcher")
 
 ACTIVE = ["PENDING", "RUNNING", "PAUSED", "CANCELLING"]
@@ -243,7 +245,12 @@ class CancellationWatcher(Service):
         async with anyio.create_task_group() as work:
             while True:
                 reconnects = self.client.nc.stats["reconnects"]
-                watcher = await kv.watchall()
+                try:  # a server just restarted may not answer JetStream yet
+                    watcher = await kv.watchall()
+                except (nats.errors.Error, TimeoutError) as exc:
+                    log.warning("cannot follow runner heartbeats (%s); retrying", exc)
+                    await anyio.sleep(1.0)
+                    continue
                 try:
                     while self.client.nc.stats["reconnects"] == reconnects:
                         try:
@@ -282,7 +289,7 @@ class CancellationWatcher(Service):
                 continue
             status = self._alive.get(run.runner)
             if status is not None:
-                if _orphaned(run, status, grace + timedelta(seconds=self.settings.request_timeout)):
+                if orphaned(run, status, grace + timedelta(seconds=self.settings.request_timeout)):
                     await self._release_orphan(run)
                 continue
             if self.clock.now() - run.state.timestamp < grace:
@@ -347,7 +354,7 @@ class CancellationWatcher(Service):
                 run = await self.client.read_flow_run(run.id)
                 if run.runner != runner:
                     return
-                state = _settled(run.state.type, gone)
+                state = settled(run.state.type, gone)
                 if state is None:
                     return
                 reply = await self.client.propose_state(
@@ -363,38 +370,3 @@ class CancellationWatcher(Service):
             log.warning("run %s: %s -> %s", run.id, gone, reply.status.value)
             if reply.status is not Decision.REJECT:
                 return
-
-
-def _orphaned(run: FlowRun, status: RunnerStatus, grace: timedelta) -> bool:
-    """Pending by a live runner whose heartbeats, long after the claim, do not name it."""
-    return (
-        run.state.type is StateType.PENDING
-        and status.at - run.state.timestamp > grace
-        and all((held.id, held.attempt) != (run.id, run.attempt) for held in status.runs)
-    )
-
-
-def _settled(current: StateType, gone: str) -> ProposedState | None:
-    """What a run of a runner whose lease lapsed becomes, by its state now.
-
-    The lease lapsed on the server, so its processes passed their fencing
-    deadline before that: none of them runs a body any more.
-    """
-    if current is StateType.PENDING:
-        return ProposedState(
-            type=StateType.SCHEDULED,
-            message=f"{gone} before starting the run; offered to another runner",
-        )
-    if current is StateType.CANCELLING:
-        return ProposedState(
-            type=StateType.CANCELLED,
-            message=f"Cancelled: {gone}; its lease lapsed, so the run's process had "
-            "stopped itself by then.",
-        )
-    if current in (StateType.RUNNING, StateType.PAUSED):
-        return ProposedState(
-            type=StateType.CRASHED,
-            message=f"Crashed: {gone}; its lease was lost, so the run's process "
-            "stopped itself before the lease could lapse.",
-        )
-    return None

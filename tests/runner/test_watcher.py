@@ -16,7 +16,10 @@ from anyio.abc import Process
 from engine.client import Client
 from engine.runner import Runner
 from services.cancellation_watcher import CancellationWatcher
+from services.dev import NatsServer
+from services.dev._natsserver import server_binary
 from services.orchestrator import Orchestrator
+from shared.errors import StackUnavailable
 from shared.models import FlowRun
 from shared.settings import Settings
 from shared.states import StateType
@@ -207,3 +210,53 @@ async def test_a_restarted_runner_kills_and_reports_what_it_left_behind(
     with anyio.fail_after(30):  # SIGKILLed; gone once init has reaped it
         while alive(flow_pid):  # noqa: ASYNC110 - polling another process's life
             await anyio.sleep(0.05)
+
+
+async def test_the_watcher_outlives_a_server_back_without_jetstream_for_a_while(
+    own_server: NatsServer, tmp_path: Path, unique: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server comes back but JetStream does not answer yet (here: a bare
+    server on the same port). The watcher keeps trying to follow the runners'
+    heartbeats instead of dying, and once JetStream is back a killed runner
+    still has its run crashed."""
+    fast = Settings(
+        nats_url=own_server.url, home=tmp_path / "home", heartbeat_interval=0.5, request_timeout=2.0
+    )
+    async with (
+        Orchestrator(fast, grace=2.0),
+        CancellationWatcher(fast, kill_grace=0.5),
+        Client(fast) as client,
+    ):
+        own_server.kill()
+        bare = await anyio.open_process(
+            [server_binary(), "-a", own_server.host, "-p", str(own_server.port)]
+        )
+        try:
+            with anyio.fail_after(60):
+                while "cannot follow runner heartbeats" not in caplog.text:  # noqa: ASYNC110
+                    await anyio.sleep(0.05)
+        finally:
+            bare.terminate()
+            await bare.wait()
+        await anyio.to_thread.run_sync(own_server.start)
+
+        with anyio.fail_after(60):
+            while True:  # the services reconnect with a back-off
+                try:
+                    dep_id = await Runner(settings=fast).aadd_deployment(deployment(f"f{unique}"))
+                    break
+                except StackUnavailable:
+                    await anyio.sleep(0.2)
+        env = service_env(fast) | {"PYTHONPATH": str(ROOT), "SLUICE_HEARTBEAT_INTERVAL": "0.5"}
+        name = f"doomed-{unique}"
+        proc = await runner_process(name, dep_id, env)
+        try:
+            run = await client.create_flow_run(f"f{unique}/d", parameters={"sleep": 120})
+            await until(client, run.id, StateType.RUNNING)
+            os.kill(proc.pid, signal.SIGKILL)
+            await proc.wait()
+            final = await until(client, run.id, StateType.CRASHED)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+    assert f"runner {name} stopped heartbeating" in (final.state.message or "")
