@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from services.dev import NatsServer
-from services.dev._natsserver import free_port
+from services.dev._natsserver import free_port, server_binary
 
 pytestmark = pytest.mark.slow
 
@@ -192,3 +192,37 @@ def test_the_cli_says_the_same_when_nats_is_not_there(nowhere: str, tmp_path: Pa
     lines = [line for line in (out.stdout + out.stderr).splitlines() if line.strip()]
     assert len(lines) == 1, lines
     assert lines[0].startswith("error: cannot reach NATS at " + nowhere), lines
+
+
+def test_the_cli_says_so_when_the_server_has_no_jetstream(nowhere: str, tmp_path: Path) -> None:
+    """A nats-server without JetStream (or one still starting it): reading a run
+    by its id is one ``error:`` line too, not a traceback from nats-py."""
+    port = int(nowhere.rsplit(":", 1)[1])
+    bare = subprocess.Popen(
+        [server_binary(), "-a", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
+        env.update(SLUICE_NATS_URL=nowhere, SLUICE_HOME=str(tmp_path))
+        run_id = "3f2b8a1e-1111-4222-8333-944455556666"
+        deadline = time.monotonic() + DEADLINE
+        while True:  # until the bare server listens
+            assert time.monotonic() < deadline, "the bare nats-server did not start"
+            out = subprocess.run(
+                [sys.executable, "-m", "engine.cli", "flow-run", "inspect", run_id],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=DEADLINE,
+            )
+            if "cannot reach NATS" not in out.stderr + out.stdout:
+                break
+    finally:
+        bare.terminate()
+        bare.wait()
+    assert out.returncode == 1
+    lines = [line for line in (out.stdout + out.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("error: JetStream is not available on this NATS server"), lines

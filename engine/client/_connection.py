@@ -150,11 +150,25 @@ class _Connection:
                 raise StackUnavailable(
                     "the flow_runs bucket does not exist; has the orchestrator ever started?"
                 ) from None
+            except (nats.errors.Error, TimeoutError) as exc:  # the server gone, or not ready
+                raise _no_jetstream(exc) from None
         return self._runs_kv
 
     async def _leader_kv(self) -> KeyValue:
         """``flow_runs`` read through its stream's leader (see ``shared.bootstrap.leader_kv``)."""
         if self._runs_leader_kv is None:
             await self._kv()  # the bucket exists, or StackUnavailable says it does not
-            self._runs_leader_kv = await leader_kv(self.nc.jetstream(), names.FLOW_RUNS_BUCKET)
+            try:
+                self._runs_leader_kv = await leader_kv(self.nc.jetstream(), names.FLOW_RUNS_BUCKET)
+            except (nats.errors.Error, TimeoutError) as exc:
+                raise _no_jetstream(exc) from None
         return self._runs_leader_kv
+
+
+def _no_jetstream(exc: Exception) -> StackUnavailable:
+    if isinstance(exc, (nats.js.errors.ServiceUnavailableError, nats.errors.NoRespondersError)):
+        return StackUnavailable(
+            "JetStream is not available on this NATS server; is it starting, or "
+            "running without JetStream (nats-server -js)?"
+        )
+    return StackUnavailable(f"JetStream did not answer ({exc or type(exc).__name__})")
