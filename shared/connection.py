@@ -310,6 +310,11 @@ async def close(nc: NATS) -> None:
     stopped after its stack): nothing of that buffer could have arrived
     anyway, and the closer is stopping, so it is not its error.
     """
+    if nc.is_reconnecting:
+        # What nats-py buffered for the next connection cannot be delivered
+        # now. Left in, its close flushes it into the dead socket, raises, and
+        # skips the rest: its subscriptions' tasks are then destroyed pending.
+        nc._pending, nc._pending_data_size = [], 0
     try:
         await nc.close()
     except (OSError, nats.errors.Error) as exc:

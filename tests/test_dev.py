@@ -116,14 +116,34 @@ async def kill_nats_server(
     return pid
 
 
+async def serving_dev_stack(
+    tmp_path: Path, **env: str
+) -> tuple[Settings, Path, subprocess.Popen[bytes]]:
+    """`python -m services.dev` on a free port, once it serves; its settings and log."""
+    settings = Settings(nats_url=f"nats://127.0.0.1:{free_port()}", home=tmp_path / "home")
+    log = tmp_path / "dev.log"
+    proc = start_service("services.dev", settings, log, **env)
+    try:
+        await wait_until_serving(settings, proc)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return settings, log, proc
+
+
+async def kill_until_the_stack_stops(settings: Settings, proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL each nats-server the stack starts again, until the stack gives up."""
+    pid = None
+    while proc.poll() is None:
+        pid = await kill_nats_server(settings, before=pid, stack=proc)
+
+
 async def test_a_killed_nats_server_is_started_again_and_runs_go_on(tmp_path: Path) -> None:
     """A nats-server killed under `sluice dev` (by hand, or out of memory) comes
     back on the same data, and the services reconnect: nothing to restart."""
-    settings = Settings(nats_url=f"nats://127.0.0.1:{free_port()}", home=tmp_path / "home")
-    log = tmp_path / "dev.log"
-    proc = start_service("services.dev", settings, log)
+    settings, log, proc = await serving_dev_stack(tmp_path)
     try:
-        await wait_until_serving(settings, proc)
         async with Client(settings) as c:
             before = await c.create_flow_run("hello-world/default", parameters={"name": "A"})
             await kill_nats_server(settings)
@@ -146,16 +166,11 @@ async def test_a_killed_nats_server_is_started_again_and_runs_go_on(tmp_path: Pa
 
 
 async def test_a_nats_server_that_keeps_exiting_stops_the_stack(tmp_path: Path) -> None:
-    settings = Settings(nats_url=f"nats://127.0.0.1:{free_port()}", home=tmp_path / "home")
-    log = tmp_path / "dev.log"
-    proc = start_service("services.dev", settings, log, SLUICE_EXAMPLES="")
+    # Kill only a stack that serves: a server killed while the stack is still
+    # starting is a failed start, reported as such (not this case).
+    settings, log, proc = await serving_dev_stack(tmp_path, SLUICE_EXAMPLES="")
     try:
-        # Kill only a stack that has started: a server killed while the stack is
-        # still starting is a failed start, reported as such (not this case).
-        await wait_until_serving(settings, proc)
-        pid = None
-        while proc.poll() is None:
-            pid = await kill_nats_server(settings, before=pid, stack=proc)
+        await kill_until_the_stack_stops(settings, proc)
         code = await anyio.to_thread.run_sync(proc.wait, 60)
     finally:
         proc.kill()
@@ -164,3 +179,58 @@ async def test_a_nats_server_that_keeps_exiting_stops_the_stack(tmp_path: Path) 
     assert code == 1, text
     assert "nats-server exited 6 times within 60s" in text
     assert "Traceback" not in text
+    assert "Task was destroyed" not in text  # every connection closed whole
+
+
+def _processes_of(home: Path) -> list[int]:
+    """Live processes started for the stack under ``home`` (its runs' among them)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+            running = (entry / "stat").read_text().rsplit(")", 1)[-1].split()[0] != "Z"
+        except OSError:
+            continue
+        if running and f"SLUICE_HOME={home}".encode() in environ.split(b"\0"):
+            found.append(int(entry.name))
+    return found
+
+
+async def test_a_run_in_flight_when_the_stack_gives_up_is_settled_on_the_next_start(
+    tmp_path: Path,
+) -> None:
+    """The stack stops with a run in progress: its process goes with it, every
+    connection closes whole, and the next `sluice dev` on the same data settles
+    the run (its runner restarted and found no process), so nothing stays Running."""
+    settings, log, proc = await serving_dev_stack(tmp_path)
+    try:
+        async with Client(settings) as c:
+            run = await c.create_flow_run("sleepy/default", parameters={"seconds": 600})
+            async for seen in c.watch_flow_run(run.id):
+                if seen.state.type is StateType.RUNNING:
+                    break
+        await kill_until_the_stack_stops(settings, proc)
+        assert await anyio.to_thread.run_sync(proc.wait, 60) == 1
+    finally:
+        proc.kill()
+        proc.wait()
+    text = log.read_text()
+    assert "Traceback" not in text
+    assert "Task was destroyed" not in text
+    assert _processes_of(settings.home) == []
+
+    proc = start_service("services.dev", settings, tmp_path / "dev2.log")
+    try:
+        await wait_until_serving(settings, proc)
+        async with Client(settings) as c:
+            with anyio.fail_after(60):
+                async for seen in c.watch_flow_run(run.id):
+                    if seen.state.is_terminal:
+                        break
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    assert seen.state.type is StateType.CRASHED, seen.state
+    assert "runner dev restarted" in (seen.state.message or "")
