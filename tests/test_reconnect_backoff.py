@@ -86,3 +86,35 @@ async def test_a_lost_server_is_retried_with_backoff_and_one_line_each(tmp_path:
         logger.removeHandler(lines)
         logger.level = old_level
         server.stop()
+
+
+@pytest.mark.parametrize("anyio_backend", [("asyncio", {"use_uvloop": True})])
+async def test_closing_a_connection_whose_server_died_ends_its_subscriptions(
+    own_server: NatsServer, tmp_path: Path
+) -> None:
+    """A service stops while its server is gone, with a message buffered for the
+    next connection. Under uvloop (as services run), nats-py's close raised on
+    flushing that buffer into the dead socket and skipped the rest: a reader of
+    a subscription waited for ever. Closing drops the buffer first."""
+    from shared.connection import close
+
+    nc = await connect(Settings(nats_url=own_server.url, home=tmp_path), name="t")
+    sub = await nc.subscribe("t.in")
+    ended = anyio.Event()
+
+    async def read() -> None:
+        async for _ in sub.messages:
+            pass
+        ended.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(read)
+        own_server.kill()
+        with anyio.fail_after(30):
+            while not nc.is_reconnecting:  # noqa: ASYNC110 - nats-py has no event for it
+                await anyio.sleep(0.01)
+        await nc.publish("t.out", b"for the next connection")
+        await close(nc)
+        with anyio.fail_after(30):
+            await ended.wait()
+    assert nc.is_closed
