@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import anyio
 
@@ -67,3 +69,17 @@ def nats_server_of(home: Path) -> int | None:
         if argv and argv[0].endswith(b"nats-server") and running and ours:
             return int(entry.name)
     return None
+
+
+def stop_dev_stack(proc: subprocess.Popen[Any], home: Path, timeout: float = 60.0) -> None:
+    """Stop a `sluice dev` process as Ctrl-C does; SIGKILL only after ``timeout``.
+    Its nats-server runs in a session of its own, so a stack killed before it
+    stopped the server would leave it running: that one is killed too."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    if (left := nats_server_of(home)) is not None:
+        os.kill(left, signal.SIGKILL)

@@ -19,7 +19,13 @@ from shared.messages import RegisterDeployment
 from shared.settings import Settings
 from shared.states import StateType
 
-from ._procs import nats_server_of, service_env, start_service, wait_until_serving
+from ._procs import (
+    nats_server_of,
+    service_env,
+    start_service,
+    stop_dev_stack,
+    wait_until_serving,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -132,17 +138,6 @@ async def serving_dev_stack(
     return settings, log, proc
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """Stop a dev stack as Ctrl-C does. A SIGKILLed stack leaves its nats-server
-    running (a session of its own), so SIGKILL is the last resort only."""
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 async def kill_until_the_stack_stops(settings: Settings, proc: subprocess.Popen[bytes]) -> None:
     """SIGKILL each nats-server the stack starts again, until the stack gives up."""
     pid = None
@@ -172,7 +167,7 @@ async def test_a_killed_nats_server_is_started_again_and_runs_go_on(tmp_path: Pa
         assert proc.poll() is None
         assert "starting it again on the same data" in log.read_text()
     finally:
-        stop(proc)
+        stop_dev_stack(proc, settings.home)
 
 
 async def test_a_nats_server_that_keeps_exiting_stops_the_stack(tmp_path: Path) -> None:
@@ -238,6 +233,6 @@ async def test_a_run_in_flight_when_the_stack_gives_up_is_settled_on_the_next_st
                     if seen.state.is_terminal:
                         break
     finally:
-        stop(proc)
+        stop_dev_stack(proc, settings.home)
     assert seen.state.type is StateType.CRASHED, seen.state
     assert "runner dev restarted" in (seen.state.message or "")

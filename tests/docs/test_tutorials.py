@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from services.dev import free_port
+from tests._procs import stop_dev_stack
 
 REPO = Path(__file__).parents[2]
 TUTORIALS = REPO / "examples" / "tutorials"
@@ -143,12 +144,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield stack
     finally:
         stack.stop_background()
-        dev.send_signal(signal.SIGTERM)
-        try:
-            dev.wait(60)
-        except subprocess.TimeoutExpired:
-            dev.kill()
-            dev.wait()
+        stop_dev_stack(dev, home)
 
 
 @pytest.fixture(autouse=True)

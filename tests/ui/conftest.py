@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ from playwright.sync_api import BrowserContext, Locator, Page, sync_playwright
 from engine.sync import SyncClient
 from services.dev import free_port
 from shared.settings import Settings
-from tests._procs import nats_server_of, service_env
+from tests._procs import service_env, stop_dev_stack
 
 CHROMIUM = Path(os.environ.get("SLUICE_TEST_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
@@ -83,16 +82,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     try:
         yield Stack(settings=settings, url=_wait_for_ui(proc, log), log=log)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        # Killed before it stopped its nats-server (a session of its own), the
-        # server would outlive the test run.
-        if (left := nats_server_of(settings.home)) is not None:
-            os.kill(left, signal.SIGKILL)
+        stop_dev_stack(proc, settings.home, timeout=30)
 
 
 @pytest.fixture(scope="module")
