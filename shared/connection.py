@@ -110,13 +110,12 @@ async def pause_while_starting(seconds: float, until: anyio.Event | None = None)
     Such a wait may last as long as the stack is away, so it raises
     StartAbandoned at once if the process is told to stop (:func:`abandon_waits_on`)."""
     stop = _abandon.get()
-    waits = [event for event in (stop, until) if event is not None]
-    with anyio.move_on_after(seconds):
-        async with anyio.create_task_group() as race:
-            for event in waits:
+    async with anyio.create_task_group() as race:
+        for event in (stop, until):
+            if event is not None:
                 race.start_soon(_set_ends, event, race.cancel_scope)
-            if not waits:
-                await anyio.sleep(seconds)
+        await anyio.sleep(seconds)
+        race.cancel_scope.cancel()
     if stop is not None and stop.is_set() and not (until is not None and until.is_set()):
         raise StartAbandoned("stopped while waiting for the stack")
 

@@ -171,4 +171,4 @@ def _no_jetstream(exc: Exception) -> StackUnavailable:
             "JetStream is not available on this NATS server; is it starting, or "
             "running without JetStream (nats-server -js)?"
         )
-    return StackUnavailable(f"JetStream did not answer ({exc or type(exc).__name__})")
+    return StackUnavailable(f"JetStream did not answer ({str(exc) or type(exc).__name__})")
