@@ -33,9 +33,9 @@ from typing import Any
 import anyio
 
 from shared import telemetry
-from shared.connection import StartAbandoned, abandon_waits_on
 from shared.errors import SluiceError
 from shared.settings import Settings
+from shared.starting import StartAbandoned, abandon_waits_on
 
 log = logging.getLogger("sluice")
 

@@ -8,14 +8,12 @@ exceptions become :class:`StackUnavailable` for callers.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import logging
 import random
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextvars import ContextVar
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import anyio
@@ -26,6 +24,7 @@ from nats.aio.client import Client as NATS
 from .codec import decode_reply, encode
 from .errors import StackUnavailable
 from .settings import Settings
+from .starting import StartAbandoned, stop_requested
 
 log = logging.getLogger("sluice.nats")
 
@@ -83,50 +82,8 @@ def inbox_prefix(settings: Settings) -> str:
     return DEFAULT_INBOX
 
 
-class StartAbandoned(Exception):
-    """A wait for the server ended because the process was told to stop
-    (:func:`abandon_waits_on`): a normal exception, so whatever the waiting
-    service had opened is closed the normal way."""
-
-
-_abandon: ContextVar[anyio.Event | None] = ContextVar("sluice_abandon_waits", default=None)
-
-
-@contextlib.contextmanager
-def abandon_waits_on(event: anyio.Event) -> Iterator[None]:
-    """Within this block (and the tasks it starts), a :func:`connect` that waits
-    for the server, or a :func:`pause_while_starting` between tries, raises
-    StartAbandoned as soon as ``event`` is set."""
-    token = _abandon.set(event)
-    try:
-        yield
-    finally:
-        _abandon.reset(token)
-
-
-async def pause_while_starting(seconds: float, until: anyio.Event | None = None) -> None:
-    """Wait ``seconds`` (or until ``until`` is set) between tries of a start that
-    waits on the stack: a runner's first heartbeat answer, its dispatch consumer.
-    Such a wait may last as long as the stack is away, so it raises
-    StartAbandoned at once if the process is told to stop (:func:`abandon_waits_on`)."""
-    stop = _abandon.get()
-    async with anyio.create_task_group() as race:
-        for event in (stop, until):
-            if event is not None:
-                race.start_soon(_set_ends, event, race.cancel_scope)
-        await anyio.sleep(seconds)
-        race.cancel_scope.cancel()
-    if stop is not None and stop.is_set() and not (until is not None and until.is_set()):
-        raise StartAbandoned("stopped while waiting for the stack")
-
-
-async def _set_ends(event: anyio.Event, scope: anyio.CancelScope) -> None:
-    await event.wait()
-    scope.cancel()
-
-
 async def _connect_unless_abandoned(nc: NATS, options: dict[str, Any]) -> None:
-    stop = _abandon.get()
+    stop = stop_requested()
     if stop is None:
         await nc.connect(**options)
         return

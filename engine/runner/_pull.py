@@ -24,9 +24,9 @@ import nats.js.errors
 from nats.aio.msg import Msg
 
 from engine.client import Client
-from shared.connection import pause_while_starting
 from shared.dispatch import PROGRESS_SECONDS
 from shared.errors import StackUnavailable
+from shared.starting import pause_while_starting
 
 log = logging.getLogger("sluice.runner")
 

@@ -25,10 +25,10 @@ from engine.runner._leftovers import containers_left, kill_tree, orphans_of, pro
 from engine.runner._subprocess import FlowRunner, FlowRunProcess, StartFailed, from_infrastructure
 from shared import names
 from shared.codec import decode_request, encode, encode_error
-from shared.connection import pause_while_starting
 from shared.errors import SluiceError, StackUnavailable
 from shared.messages import KillReply, KillRun, ProposedState
 from shared.models import Deployment, FlowRun
+from shared.starting import pause_while_starting
 from shared.states import StateType
 
 log = logging.getLogger("sluice.runner")
